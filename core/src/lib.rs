@@ -1,0 +1,27 @@
+//! # Layout
+//!
+//! `metrum-core` is the vocabulary every other Metrum crate speaks. It has no heavy
+//! dependencies (serde only) so the scheduler and metrics crates stay pure and fast to test.
+//!
+//! | module | what lives there |
+//! | --- | --- |
+//! | [`ids`] | newtypes: [`RequestId`], [`BlockId`], [`TokenId`] |
+//! | [`time`] | [`Nanos`]: monotonic time as integer nanoseconds since an engine epoch |
+//! | [`sampling`] | [`SamplingParams`] and its validation |
+//! | [`request`] | [`FinishReason`] and [`RequestStatus`], the request lifecycle enum |
+//! | [`events`] | [`EngineEvent`]: what the scheduler/engine emit, with timestamps |
+//!
+//! Time is never read from a clock here: whoever owns the clock passes [`Nanos`] in. That keeps
+//! the scheduler deterministic and lets metrics be computed offline on recorded timelines.
+
+pub mod events;
+pub mod ids;
+pub mod request;
+pub mod sampling;
+pub mod time;
+
+pub use events::{EngineEvent, EventKind};
+pub use ids::{BlockId, RequestId, TokenId};
+pub use request::{FinishReason, RequestStatus};
+pub use sampling::{SamplingError, SamplingParams};
+pub use time::Nanos;

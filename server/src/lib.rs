@@ -1,0 +1,1 @@
+//! # Layout (placeholder, filled by the server work)
