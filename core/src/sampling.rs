@@ -75,7 +75,11 @@ pub const MAX_LOGPROBS: usize = 20;
 
 impl SamplingParams {
     pub fn greedy(max_tokens: usize) -> Self {
-        SamplingParams { temperature: 0.0, max_tokens, ..Default::default() }
+        SamplingParams {
+            temperature: 0.0,
+            max_tokens,
+            ..Default::default()
+        }
     }
 
     pub fn is_greedy(&self) -> bool {
@@ -85,10 +89,16 @@ impl SamplingParams {
     /// Rejects values no sampler can honour. Range checks mirror vLLM's `SamplingParams._verify_args`.
     pub fn validate(&self) -> Result<(), SamplingError> {
         fn err(param: &'static str, message: impl Into<String>) -> Result<(), SamplingError> {
-            Err(SamplingError { param, message: message.into() })
+            Err(SamplingError {
+                param,
+                message: message.into(),
+            })
         }
         if !self.temperature.is_finite() || self.temperature < 0.0 || self.temperature > 100.0 {
-            return err("temperature", format!("must be in [0, 100], got {}", self.temperature));
+            return err(
+                "temperature",
+                format!("must be in [0, 100], got {}", self.temperature),
+            );
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return err("top_p", format!("must be in (0, 1], got {}", self.top_p));
@@ -97,13 +107,22 @@ impl SamplingParams {
             return err("min_p", format!("must be in [0, 1], got {}", self.min_p));
         }
         if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
-            return err("repetition_penalty", format!("must be > 0, got {}", self.repetition_penalty));
+            return err(
+                "repetition_penalty",
+                format!("must be > 0, got {}", self.repetition_penalty),
+            );
         }
         if !(-2.0..=2.0).contains(&self.presence_penalty) {
-            return err("presence_penalty", format!("must be in [-2, 2], got {}", self.presence_penalty));
+            return err(
+                "presence_penalty",
+                format!("must be in [-2, 2], got {}", self.presence_penalty),
+            );
         }
         if !(-2.0..=2.0).contains(&self.frequency_penalty) {
-            return err("frequency_penalty", format!("must be in [-2, 2], got {}", self.frequency_penalty));
+            return err(
+                "frequency_penalty",
+                format!("must be in [-2, 2], got {}", self.frequency_penalty),
+            );
         }
         if self.max_tokens == 0 {
             return err("max_tokens", "must be at least 1");
@@ -113,12 +132,18 @@ impl SamplingParams {
         }
         if let Some(k) = self.logprobs {
             if k > MAX_LOGPROBS {
-                return err("logprobs", format!("at most {MAX_LOGPROBS} alternatives, got {k}"));
+                return err(
+                    "logprobs",
+                    format!("at most {MAX_LOGPROBS} alternatives, got {k}"),
+                );
             }
         }
         for (_, bias) in &self.logit_bias {
             if !bias.is_finite() || !(-100.0..=100.0).contains(bias) {
-                return err("logit_bias", format!("bias must be in [-100, 100], got {bias}"));
+                return err(
+                    "logit_bias",
+                    format!("bias must be in [-100, 100], got {bias}"),
+                );
             }
         }
         Ok(())
@@ -132,11 +157,20 @@ mod tests {
     #[test]
     fn defaults_are_valid_and_bad_values_are_named() {
         assert!(SamplingParams::default().validate().is_ok());
-        let bad = SamplingParams { top_p: 0.0, ..Default::default() };
+        let bad = SamplingParams {
+            top_p: 0.0,
+            ..Default::default()
+        };
         assert_eq!(bad.validate().unwrap_err().param, "top_p");
-        let bad = SamplingParams { temperature: f32::NAN, ..Default::default() };
+        let bad = SamplingParams {
+            temperature: f32::NAN,
+            ..Default::default()
+        };
         assert_eq!(bad.validate().unwrap_err().param, "temperature");
-        let bad = SamplingParams { max_tokens: 0, ..Default::default() };
+        let bad = SamplingParams {
+            max_tokens: 0,
+            ..Default::default()
+        };
         assert_eq!(bad.validate().unwrap_err().param, "max_tokens");
     }
 }

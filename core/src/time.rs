@@ -8,7 +8,9 @@
 use serde::{Deserialize, Serialize};
 use std::ops::{Add, Sub};
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Nanos(pub u64);
 
 impl Nanos {
@@ -56,7 +58,9 @@ pub struct MonotonicClock {
 
 impl MonotonicClock {
     pub fn new() -> Self {
-        MonotonicClock { epoch: std::time::Instant::now() }
+        MonotonicClock {
+            epoch: std::time::Instant::now(),
+        }
     }
 
     pub fn now(&self) -> Nanos {

@@ -1,1 +1,29 @@
-//! # Layout (placeholder, filled by the kernels work)
+//! # Layout
+//!
+//! `metrum-kernels` holds the attention, KV-cache and fused kernels the engine's forward pass calls.
+//! Every kernel has a readable CPU implementation that is the oracle, and (behind feature `cuda`)
+//! a CUDA implementation under `csrc/` that is tested against it with the same test body.
+//!
+//! | module | what lives there |
+//! | --- | --- |
+//! | [`metadata`] | [`AttentionMetadata`]: one varlen batch's sequence layout, block tables, slot mapping |
+//! | [`attention`] | [`paged_attention`], [`reshape_and_cache`]: the public entry points, dispatching by device |
+//! | `cpu` | the CPU reference implementations (f32 math; f16/bf16 are converted) |
+//!
+//! ## Conventions shared by every kernel
+//! - A varlen batch is flat: `T` tokens from `S` sequences. Sequence `s` owns query rows
+//!   `query_start_loc[s]..query_start_loc[s+1]`; its context after this step is `seq_lens[s]`
+//!   tokens, so its query rows sit at positions `seq_lens[s] - q_len .. seq_lens[s]`.
+//!   A prefill chunk is `q_len > 1` starting at any position; a decode is `q_len == 1`.
+//! - The paged KV cache of one layer is two tensors `[num_blocks, block_size, num_kv_heads, head_dim]`.
+//!   Token `p` of sequence `s` lives in block `block_tables[s][p / block_size]`, row `p % block_size`.
+//!   `slot_mapping[t] = block * block_size + row` says where the new K/V of batch token `t` goes.
+//! - Attention is causal: query at position `p` sees keys `0..=p`. GQA: query head `h` reads
+//!   KV head `h / (num_heads / num_kv_heads)`.
+
+pub mod attention;
+mod cpu;
+pub mod metadata;
+
+pub use attention::{paged_attention, reshape_and_cache};
+pub use metadata::AttentionMetadata;

@@ -1,0 +1,119 @@
+//! Public entry points: paged attention over a varlen batch, and writing new K/V into the cache.
+//! Each is a candle custom op so it dispatches on the tensors' device: the CPU reference in
+//! `crate::cpu`, the CUDA kernels (feature `cuda`) in `crate::cuda`.
+
+use crate::{AttentionMetadata, cpu};
+use candle_core::{CpuStorage, CustomOp3, InplaceOp2, Layout, Result, Shape, Tensor};
+
+/// Writes the new keys and values of every batch token into the paged cache, in place.
+///
+/// `key`, `value`: `[T, num_kv_heads, head_dim]`; `key_cache`, `value_cache`:
+/// `[num_blocks, block_size, num_kv_heads, head_dim]`, same dtype. Destination slots come from
+/// `meta.slot_mapping`.
+pub fn reshape_and_cache(
+    key: &Tensor,
+    value: &Tensor,
+    key_cache: &Tensor,
+    value_cache: &Tensor,
+    meta: &AttentionMetadata,
+) -> Result<()> {
+    let (t, _, _) = key.dims3()?;
+    if t != meta.num_tokens() || value.dims() != key.dims() {
+        candle_core::bail!(
+            "reshape_and_cache: key {:?} / value {:?} do not match {} batch tokens",
+            key.dims(),
+            value.dims(),
+            meta.num_tokens()
+        );
+    }
+    let op = WriteCache { meta };
+    key_cache.inplace_op2(&key.contiguous()?, &op)?;
+    value_cache.inplace_op2(&value.contiguous()?, &op)?;
+    Ok(())
+}
+
+/// Causal attention of every batch token's query over its sequence's context in the paged
+/// cache (which must already hold this step's K/V, see [`reshape_and_cache`]).
+///
+/// `q`: `[T, num_heads, head_dim]`. Returns `[T, num_heads, head_dim]` in `q`'s dtype.
+pub fn paged_attention(
+    q: &Tensor,
+    key_cache: &Tensor,
+    value_cache: &Tensor,
+    meta: &AttentionMetadata,
+    softmax_scale: f32,
+) -> Result<Tensor> {
+    let op = PagedAttention {
+        meta,
+        softmax_scale,
+    };
+    q.contiguous()?
+        .apply_op3_no_bwd(key_cache, value_cache, &op)
+}
+
+pub(crate) struct WriteCache<'a> {
+    pub meta: &'a AttentionMetadata,
+}
+
+impl InplaceOp2 for WriteCache<'_> {
+    fn name(&self) -> &'static str {
+        "metrum-reshape-and-cache"
+    }
+
+    fn cpu_fwd(
+        &self,
+        cache: &mut CpuStorage,
+        cl: &Layout,
+        new: &CpuStorage,
+        nl: &Layout,
+    ) -> Result<()> {
+        cpu::reshape_and_cache(cache, cl, new, nl, self.meta)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        cache: &mut candle_core::CudaStorage,
+        cl: &Layout,
+        new: &candle_core::CudaStorage,
+        nl: &Layout,
+    ) -> Result<()> {
+        crate::cuda::reshape_and_cache(cache, cl, new, nl, self.meta)
+    }
+}
+
+pub(crate) struct PagedAttention<'a> {
+    pub meta: &'a AttentionMetadata,
+    pub softmax_scale: f32,
+}
+
+impl CustomOp3 for PagedAttention<'_> {
+    fn name(&self) -> &'static str {
+        "metrum-paged-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        q: &CpuStorage,
+        ql: &Layout,
+        k: &CpuStorage,
+        kl: &Layout,
+        v: &CpuStorage,
+        vl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        cpu::paged_attention(q, ql, k, kl, v, vl, self.meta, self.softmax_scale)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        q: &candle_core::CudaStorage,
+        ql: &Layout,
+        k: &candle_core::CudaStorage,
+        kl: &Layout,
+        v: &candle_core::CudaStorage,
+        vl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::paged_attention(q, ql, k, kl, v, vl, self.meta, self.softmax_scale)
+    }
+}
