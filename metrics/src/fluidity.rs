@@ -9,8 +9,8 @@
 //! Choices the spec leaves open, taken as it recommends:
 //! - the denominator is met tokens + missed deadlines (Etalon's code), not the token count;
 //! - a request with no deadline at all has an undefined miss rate (`None`), not 0;
-//! - a request that fails ([`metrum_core::FinishReason::Error`]) with a known `max_tokens`
-//!   is charged one missed deadline for every token it still owed.
+//! - a failed request ([`RequestTimeline::is_failed`]) with a known `max_tokens` is charged
+//!   one missed deadline for every token it still owed.
 
 use crate::slo::SloError;
 use crate::timeline::RequestTimeline;
@@ -260,7 +260,7 @@ impl DeadlineTracker {
     }
 }
 
-/// Tokens a failed request still owed: `max_tokens − N` for [`metrum_core::FinishReason::Error`]
+/// Tokens a failed request ([`RequestTimeline::is_failed`]) still owed: `max_tokens − N`
 /// with a known `max_tokens`, else 0.
 pub fn unproduced_tokens(timeline: &RequestTimeline) -> u64 {
     match timeline.shape().max_tokens {

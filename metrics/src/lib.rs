@@ -30,8 +30,9 @@
 //!   capacity numbers use), not the token count. The first token's slack carries into decode.
 //! - **Exact arithmetic.** Deadlines are integer nanoseconds; `D_p(P)` is rounded to a whole
 //!   nanosecond once.
-//! - **Failed requests** (`FinishReason::Error`) are never dropped: they count in the error
-//!   rate, and a known `max_tokens` charges one missed deadline per token still owed.
+//! - **Failed requests** (`FinishReason::Error`, or `stop`/`length` with zero output tokens)
+//!   are never dropped: they count in the error rate, count as the worst value in capacity
+//!   SLO checks, and a known `max_tokens` charges one missed deadline per token still owed.
 //!   Aborts (the client left) are not charged.
 //! - **Prefill model** is the closed-form quadratic fitted to the minimum TTFT per length.
 //! - **Defaults** are Etalon's: `D_d` = 30 ms, `S` = 300 ms, fluidity target 0.9 at P99.

@@ -168,10 +168,11 @@ pub fn steady_state(
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestCounts {
     pub launched: u64,
-    /// Finished with `stop` or `length`.
+    /// Finished with `stop` or `length` and at least one token.
     pub completed: u64,
     pub aborted: u64,
-    /// Finished with `error`, including those that never produced a token.
+    /// Finished with `error`, or with `stop`/`length` but no token
+    /// ([`RequestTimeline::is_failed`]).
     pub failed: u64,
     pub unfinished: u64,
 }
@@ -229,11 +230,11 @@ pub fn summarize(
         ..RequestCounts::default()
     };
     for t in timelines {
-        match t.finish().map(|f| f.reason) {
-            Some(FinishReason::Stop | FinishReason::Length) => requests.completed += 1,
-            Some(FinishReason::Abort) => requests.aborted += 1,
-            Some(FinishReason::Error) => requests.failed += 1,
-            None => requests.unfinished += 1,
+        match (t.is_failed(), t.finish().map(|f| f.reason)) {
+            (true, _) | (_, Some(FinishReason::Error)) => requests.failed += 1,
+            (_, Some(FinishReason::Stop | FinishReason::Length)) => requests.completed += 1,
+            (_, Some(FinishReason::Abort)) => requests.aborted += 1,
+            (_, None) => requests.unfinished += 1,
         }
     }
     let output_tokens_total: u64 = timelines.iter().map(|t| t.output_tokens()).sum();

@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 pub struct RequestShape {
     /// `P_r`: prompt length in tokens. Sets the prefill deadline `D_p(P)`.
     pub prompt_tokens: u32,
-    /// The request's `max_tokens`. A request that fails with [`FinishReason::Error`] is charged
-    /// a miss for every token it still owed (spec (a), corner cases: failed requests).
+    /// The request's `max_tokens`. A failed request ([`RequestTimeline::is_failed`]) is
+    /// charged a miss for every token it still owed (spec (a), corner cases: failed requests).
     pub max_tokens: Option<u32>,
 }
 
@@ -154,9 +154,15 @@ impl RequestTimeline {
         self.deliveries.last().map(|d| d.at)
     }
 
-    /// Ended with [`FinishReason::Error`]: counted as failed, never silently dropped.
+    /// Failed: ended with [`FinishReason::Error`], or ended `stop`/`length` without a single
+    /// output token (the spec's recommendation for N = 0: TTFT missing, request failed).
+    /// Aborts are the client's doing and never count as failures.
     pub fn is_failed(&self) -> bool {
-        matches!(self.finish, Some(f) if f.reason == FinishReason::Error)
+        match self.finish.map(|f| f.reason) {
+            Some(FinishReason::Error) => true,
+            Some(FinishReason::Stop | FinishReason::Length) => self.deliveries.is_empty(),
+            Some(FinishReason::Abort) | None => false,
+        }
     }
 }
 
@@ -441,6 +447,22 @@ mod tests {
         ));
         assert_eq!(b.timeline().last_event(), ms(20));
         assert_eq!(b.timeline().output_tokens(), 0);
+    }
+
+    #[test]
+    fn failure_means_an_error_or_a_completion_without_any_token() {
+        let ended = |reason, tokens| {
+            let mut b = TimelineBuilder::new(ID, ms(0), SHAPE);
+            b.tokens(ms(1), tokens).unwrap();
+            b.finished(ms(2), reason).unwrap();
+            b.build().is_failed()
+        };
+        assert!(ended(FinishReason::Error, 1));
+        assert!(ended(FinishReason::Stop, 0));
+        assert!(ended(FinishReason::Length, 0));
+        assert!(!ended(FinishReason::Stop, 1));
+        assert!(!ended(FinishReason::Abort, 0));
+        assert!(!TimelineBuilder::new(ID, ms(0), SHAPE).build().is_failed());
     }
 
     #[test]
