@@ -229,3 +229,17 @@ fn an_impossible_event_is_counted_and_rejected() {
         1.0
     );
 }
+
+#[test]
+fn the_registry_can_be_shared_between_the_engine_thread_and_http_handlers() {
+    fn shareable<T: Send + Sync + 'static>() {}
+    shareable::<MetricsRegistry>();
+    let reg = std::sync::Arc::new(registry());
+    let engine = {
+        let reg = reg.clone();
+        std::thread::spawn(move || reg.observe_iteration(ms(5), 32))
+    };
+    engine.join().unwrap();
+    let scrape = parse_exposition(&reg.render().unwrap());
+    assert_eq!(scalar(&scrape, "metrum_iteration_tokens_sum", &[]), 32.0);
+}
