@@ -387,6 +387,41 @@ fn same_seed_same_tokens_whatever_else_is_sampled_in_between() {
 }
 
 #[test]
+fn samplers_move_across_threads_without_changing_tokens() {
+    // The engine may sample rows on worker threads; scratch buffers are per thread, results
+    // must not be.
+    let p = SamplingParams {
+        seed: Some(5),
+        top_k: 40,
+        top_p: 0.9,
+        ..params(0.8)
+    };
+    let row: Vec<f32> = (0..3000).map(|i| ((i * 17) % 101) as f32 / 25.0).collect();
+    let here: Vec<u32> = {
+        let mut s = SequenceSampler::new(&p, &[], 0);
+        (0..16).map(|_| s.sample(&mut row.clone()).token).collect()
+    };
+    let mut s = SequenceSampler::new(&p, &[], 0);
+    let mut there = Vec::new();
+    for _ in 0..4 {
+        let (moved, tokens) = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let mut s = s;
+                    let tokens: Vec<u32> =
+                        (0..4).map(|_| s.sample(&mut row.clone()).token).collect();
+                    (s, tokens)
+                })
+                .join()
+                .expect("sampling thread")
+        });
+        s = moved;
+        there.extend(tokens);
+    }
+    assert_eq!(here, there);
+}
+
+#[test]
 fn different_seeds_give_different_tokens() {
     let row = vec![0.0f32; 5000];
     let run = |seed: u64| -> Vec<u32> {
@@ -500,4 +535,106 @@ fn unvalidated_parameters_do_not_panic() {
         out.token, 1,
         "p <= 0 and min_p > 1 still keep the best token"
     );
+}
+
+#[test]
+fn draws_over_a_multi_block_vocabulary_follow_the_softmax() {
+    // 1000 tokens span four draw blocks; bins of 125 do not line up with them, so a walk that
+    // mis-sums or skips a block would show as a skewed bin.
+    let logits: Vec<f32> = (0..1000)
+        .map(|i| (i % 7) as f32 * 0.5 - (i / 250) as f32)
+        .collect();
+    let probs = softmax(&logits.iter().map(|&l| l as f64).collect::<Vec<_>>());
+    let mut s = SequenceSampler::new(&params(1.0), &[], 31);
+    let counts = histogram(&mut s, &logits, 40_000);
+    let bin = |values: &[f64]| -> Vec<f64> { values.chunks(125).map(|c| c.iter().sum()).collect() };
+    let binned_counts: Vec<usize> = counts.chunks(125).map(|c| c.iter().sum()).collect();
+    let stat = chi_square(&binned_counts, &bin(&probs));
+    // 99.9% quantile of chi-square with 7 degrees of freedom.
+    assert!(stat < 24.32, "chi2 = {stat} for bins {binned_counts:?}");
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn logit() -> impl Strategy<Value = f32> {
+        prop_oneof![
+            8 => -20.0f32..20.0,
+            1 => Just(f32::NAN),
+            1 => Just(f32::NEG_INFINITY),
+            1 => Just(f32::INFINITY),
+        ]
+    }
+
+    fn sampling_params() -> impl Strategy<Value = SamplingParams> {
+        (
+            (
+                prop_oneof![Just(0.0f32), 0.05f32..3.0],
+                0usize..12,
+                0.01f32..=1.0,
+                0.0f32..=1.0,
+            ),
+            (0.5f32..2.0, -2.0f32..2.0, -2.0f32..2.0),
+            proptest::collection::vec((0u32..40, -100.0f32..100.0), 0..3),
+            (any::<u64>(), proptest::option::of(0usize..=20), 0usize..3),
+        )
+            .prop_map(
+                |((temperature, top_k, top_p, min_p), (rep, pres, freq), bias, (seed, lp, min))| {
+                    SamplingParams {
+                        temperature,
+                        top_k,
+                        top_p,
+                        min_p,
+                        repetition_penalty: rep,
+                        presence_penalty: pres,
+                        frequency_penalty: freq,
+                        logit_bias: bias,
+                        seed: Some(seed),
+                        logprobs: lp,
+                        min_tokens: min,
+                        stop_token_ids: vec![0],
+                        ..Default::default()
+                    }
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Whatever the row and the (validated-range) parameters: the token is in the vocabulary,
+        /// has positive probability whenever any token does, logprobs are never NaN or positive,
+        /// and the top list is sorted best first and agrees with the sampled token's logprob.
+        #[test]
+        fn every_sample_is_well_formed(
+            p in sampling_params(),
+            prompt in proptest::collection::vec(0u32..40, 0..10),
+            rows in proptest::collection::vec(proptest::collection::vec(logit(), 1..40), 1..6),
+        ) {
+            let mut s = SequenceSampler::new(&p, &prompt, 0);
+            for row in rows {
+                let mut row = row;
+                let out = s.sample(&mut row);
+                prop_assert!((out.token as usize) < row.len());
+                prop_assert!(!out.logprob.is_nan() && out.logprob <= 1e-6);
+                if row.iter().any(|&l| l > f32::NEG_INFINITY) {
+                    prop_assert!(out.logprob > f32::NEG_INFINITY, "drew an impossible token");
+                }
+                prop_assert_eq!(out.top_logprobs.len(), p.logprobs.map_or(0, |k| k.min(row.len())));
+                // Ranked by the processed logits (left in `row`); the logprobs themselves may tie
+                // where f32 cannot tell `x - f32::MAX` apart for small x.
+                for pair in out.top_logprobs.windows(2) {
+                    let ((a, la), (b, lb)) = (pair[0], pair[1]);
+                    let (ra, rb) = (row[a as usize], row[b as usize]);
+                    prop_assert!(la >= lb, "unsorted {:?}", out.top_logprobs);
+                    prop_assert!(ra > rb || (ra == rb && a < b), "misranked {:?}", out.top_logprobs);
+                }
+                for &(id, lp) in &out.top_logprobs {
+                    prop_assert!(!lp.is_nan() && lp <= 1e-6);
+                    prop_assert!(id != out.token || lp == out.logprob || (lp - out.logprob).abs() < 1e-6);
+                }
+            }
+        }
+    }
 }
