@@ -1,0 +1,276 @@
+//! `POST /v1/chat/completions`: messages in, rendered through the model's chat template,
+//! assistant replies out, streamed or not.
+
+use super::extract::SampledJson;
+use super::generate::{self, ChunkWriter};
+use super::text::{self, Turn};
+use super::types::{
+    ChatChoice, ChatChunk, ChatChunkChoice, ChatDelta, ChatMessage, ChatMessageOut, ChatRequest,
+    ChatResponse, MessageContent, Usage, unix_now,
+};
+use super::{AppState, RequestContext, logprobs};
+use crate::error::ApiError;
+use crate::sse;
+use crate::validation::{self, ModelLimits};
+use axum::Extension;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use metrum_core::FinishReason;
+use metrum_core::sampling::MAX_LOGPROBS;
+use metrum_engine::TextCodec;
+use metrum_engine::handle::TokenLogprob;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Roles a chat template may see. `developer` is OpenAI's newer name for `system`.
+const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
+
+pub async fn create(
+    State(state): State<AppState>,
+    Extension(ctx): Extension<RequestContext>,
+    SampledJson(request, sampling): SampledJson<ChatRequest>,
+) -> Result<Response, ApiError> {
+    let arrival = Instant::now();
+    let info = state.check_model(request.model.as_deref())?;
+    let limits = ModelLimits {
+        vocab_size: info.vocab_size,
+        max_model_len: info.max_model_len,
+    };
+    let model = info.served_model_name.clone();
+    let turns = validate_messages(&request.messages)?;
+    let top_logprobs = logprob_count(request.logprobs, request.top_logprobs)?;
+    let plan = validation::plan(&sampling, top_logprobs, limits)?;
+    let permit = generate::admit(&state, plan.n)?;
+    let codec = text::codec(&state)?;
+    let add_generation_prompt = request.add_generation_prompt.unwrap_or(true);
+    let prompt = text::encode_chat(codec.clone(), turns, add_generation_prompt).await?;
+    let batch =
+        generate::submit(&state, &ctx, vec![prompt], &plan, limits, arrival, permit).await?;
+    let writer = ChatChunks {
+        id: format!("chatcmpl-{}", ctx.id),
+        created: unix_now(),
+        model,
+        codec,
+        top: top_logprobs.unwrap_or(0) as usize,
+    };
+    if plan.stream {
+        return Ok(generate::stream(batch, ctx, plan.include_usage, writer));
+    }
+    let (outputs, usage) = generate::collect(batch, &ctx).await?;
+    let several = outputs.len() > 1;
+    let metrum = outputs.first().map(|o| o.timing.clone());
+    let choices = outputs
+        .into_iter()
+        .map(|o| ChatChoice {
+            index: o.choice,
+            logprobs: top_logprobs.map(|_| writer.logprobs(&o.logprobs)),
+            message: ChatMessageOut {
+                role: "assistant",
+                content: o.text,
+            },
+            finish_reason: Some(o.finish.as_str()),
+            metrum: several.then_some(o.timing),
+        })
+        .collect();
+    Ok(axum::Json(ChatResponse {
+        id: writer.id,
+        object: "chat.completion",
+        created: writer.created,
+        model: writer.model,
+        choices,
+        usage: Some(usage),
+        metrum,
+    })
+    .into_response())
+}
+
+/// Checks roles and flattens content parts; the template sees plain `(role, text)` turns.
+pub fn validate_messages(messages: &[ChatMessage]) -> Result<Vec<Turn>, ApiError> {
+    if messages.is_empty() {
+        return Err(ApiError::param(
+            "messages",
+            "at least one message is required",
+        ));
+    }
+    messages
+        .iter()
+        .enumerate()
+        .map(|(i, message)| {
+            if !ROLES.contains(&message.role.as_str()) {
+                return Err(ApiError::param(
+                    format!("messages[{i}].role"),
+                    format!(
+                        "unknown role `{}`; expected one of {}",
+                        message.role,
+                        ROLES.join(", ")
+                    ),
+                ));
+            }
+            let content = match &message.content {
+                None => String::new(),
+                Some(MessageContent::Text(text)) => text.clone(),
+                Some(MessageContent::Parts(parts)) => {
+                    let mut text = String::new();
+                    for (j, part) in parts.iter().enumerate() {
+                        match (part.kind.as_str(), &part.text) {
+                            ("text", Some(t)) => text.push_str(t),
+                            _ => {
+                                return Err(ApiError::param(
+                                    format!("messages[{i}].content[{j}]"),
+                                    "only text content parts are supported",
+                                ));
+                            }
+                        }
+                    }
+                    text
+                }
+            };
+            Ok(Turn {
+                role: message.role.clone(),
+                content,
+            })
+        })
+        .collect()
+}
+
+/// OpenAI's chat rules: `top_logprobs` needs `logprobs: true` and is at most 20.
+fn logprob_count(logprobs: Option<bool>, top: Option<u64>) -> Result<Option<u64>, ApiError> {
+    match (logprobs.unwrap_or(false), top) {
+        (_, Some(k)) if k > MAX_LOGPROBS as u64 => Err(ApiError::param(
+            "top_logprobs",
+            format!("must be in [0, {MAX_LOGPROBS}], got {k}"),
+        )),
+        (false, Some(k)) if k > 0 => Err(ApiError::param(
+            "top_logprobs",
+            "requires `logprobs` to be true",
+        )),
+        (true, top) => Ok(Some(top.unwrap_or(0))),
+        (false, _) => Ok(None),
+    }
+}
+
+/// Spells stream chunks the chat way.
+struct ChatChunks {
+    id: String,
+    created: u64,
+    model: String,
+    codec: Arc<TextCodec>,
+    top: usize,
+}
+
+impl ChatChunks {
+    fn logprobs(&self, entries: &[TokenLogprob]) -> super::types::ChatLogprobs {
+        logprobs::chat(entries, self.top, &|t| text::token_text(&self.codec, t))
+    }
+
+    fn chunk(
+        &self,
+        choices: Vec<ChatChunkChoice>,
+        usage: Option<Usage>,
+        metrum: Option<serde_json::Value>,
+    ) -> Bytes {
+        sse::data_event(&ChatChunk {
+            id: self.id.clone(),
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: self.model.clone(),
+            choices,
+            usage,
+            metrum,
+        })
+    }
+}
+
+impl ChunkWriter for ChatChunks {
+    fn opening(&mut self, choices: usize) -> Vec<Bytes> {
+        (0..choices)
+            .map(|index| {
+                let delta = ChatDelta {
+                    role: Some("assistant"),
+                    content: Some(String::new()),
+                };
+                let choice = ChatChunkChoice {
+                    index,
+                    delta,
+                    logprobs: None,
+                    finish_reason: None,
+                };
+                self.chunk(vec![choice], None, None)
+            })
+            .collect()
+    }
+
+    fn delta(&mut self, choice: usize, text: String, entries: &[TokenLogprob]) -> Option<Bytes> {
+        if text.is_empty() && entries.is_empty() {
+            return None;
+        }
+        let logprobs = (!entries.is_empty()).then(|| self.logprobs(entries));
+        let choice = ChatChunkChoice {
+            index: choice,
+            delta: ChatDelta {
+                role: None,
+                content: Some(text),
+            },
+            logprobs,
+            finish_reason: None,
+        };
+        Some(self.chunk(vec![choice], None, None))
+    }
+
+    fn finished(&mut self, choice: usize, reason: FinishReason) -> Bytes {
+        let choice = ChatChunkChoice {
+            index: choice,
+            delta: ChatDelta::default(),
+            logprobs: None,
+            finish_reason: Some(reason.as_str()),
+        };
+        self.chunk(vec![choice], None, None)
+    }
+
+    fn usage(&mut self, usage: Usage, metrum: Option<serde_json::Value>) -> Bytes {
+        self.chunk(Vec::new(), Some(usage), metrum)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::extract::parse_json;
+
+    fn messages(json: &str) -> Vec<ChatMessage> {
+        parse_json(json.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn roles_and_parts_are_checked() {
+        let turns = validate_messages(&messages(
+            r#"[{"role": "system", "content": "be brief"},
+                {"role": "user", "content": [{"type": "text", "text": "hi "}, {"type": "text", "text": "there"}]}]"#,
+        ))
+        .unwrap();
+        assert_eq!(turns[1].content, "hi there");
+        let err =
+            validate_messages(&messages(r#"[{"role": "wizard", "content": "x"}]"#)).unwrap_err();
+        assert!(
+            matches!(err, ApiError::BadRequest { param: Some(p), .. } if p == "messages[0].role")
+        );
+        let err = validate_messages(&messages(
+            r#"[{"role": "user", "content": [{"type": "image_url"}]}]"#,
+        ))
+        .unwrap_err();
+        assert!(
+            matches!(err, ApiError::BadRequest { param: Some(p), .. } if p == "messages[0].content[0]")
+        );
+        assert!(validate_messages(&[]).is_err());
+    }
+
+    #[test]
+    fn top_logprobs_rules() {
+        assert_eq!(logprob_count(None, None).unwrap(), None);
+        assert_eq!(logprob_count(Some(true), None).unwrap(), Some(0));
+        assert_eq!(logprob_count(Some(true), Some(3)).unwrap(), Some(3));
+        assert!(logprob_count(Some(false), Some(3)).is_err());
+        assert!(logprob_count(Some(true), Some(21)).is_err());
+    }
+}

@@ -1,0 +1,180 @@
+//! Request-body extraction that speaks the API's error language.
+//!
+//! axum's `Json` rejects a missing content type with 415 and a type mismatch with 422, each with
+//! a plain-text body. vLLM accepts any content type for JSON bodies and the OpenAI contract says
+//! 400 with an error object, so this extractor reads the bytes itself and names the offending
+//! field (`messages[0].role`) through `serde_path_to_error`.
+
+use super::types::SamplingFields;
+use crate::error::ApiError;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::{StatusCode, header};
+use serde::de::DeserializeOwned;
+
+/// The configured body limit, stored in request extensions so the 413 message can quote it.
+#[derive(Clone, Copy, Debug)]
+pub struct BodyLimit(pub usize);
+
+/// A JSON body parsed with OpenAI-style 400/413 errors.
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = read_body(req, state).await?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// A generation request: the endpoint's own fields `T` plus the shared [`SamplingFields`],
+/// both read from the same JSON object. (serde's `flatten` would lose the field name in type
+/// errors, and naming the field is the point of a good 400.)
+pub struct SampledJson<T>(pub T, pub SamplingFields);
+
+impl<S, T> FromRequest<S> for SampledJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = read_body(req, state).await?;
+        let value: serde_json::Value = parse_json(&bytes)?;
+        if !value.is_object() {
+            return Err(ApiError::bad_request(
+                "the request body must be a JSON object",
+            ));
+        }
+        Ok(SampledJson(parse_value(&value)?, parse_value(&value)?))
+    }
+}
+
+/// Reads the whole body within the configured limit. A `Content-Length` over the limit is
+/// refused before any of the body is read.
+async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    let limit = req
+        .extensions()
+        .get::<BodyLimit>()
+        .map_or(usize::MAX, |l| l.0);
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    Bytes::from_request(req, state).await.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge { limit }
+        } else {
+            ApiError::bad_request(format!("could not read the request body: {rejection}"))
+        }
+    })
+}
+
+/// Deserializes `T` from an already-parsed JSON value, naming the offending field on error.
+pub fn parse_value<T: DeserializeOwned>(value: &serde_json::Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|err| {
+        let path = err.path().to_string();
+        type_error(path, err.into_inner())
+    })
+}
+
+fn type_error(path: String, inner: serde_json::Error) -> ApiError {
+    let param = (path != ".").then_some(path);
+    let message = match &param {
+        Some(p) => format!("invalid value for `{p}`: {inner}"),
+        None => format!("invalid request body: {inner}"),
+    };
+    ApiError::BadRequest {
+        message,
+        param,
+        code: None,
+    }
+}
+
+/// Parses `bytes` as `T`. Syntax errors say "malformed JSON"; type errors name the field.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request(
+            "the request body is empty; expected a JSON object",
+        ));
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            ApiError::bad_request(format!("malformed JSON in the request body: {inner}"))
+        } else {
+            type_error(path, inner)
+        }
+    })?;
+    deserializer
+        .end()
+        .map_err(|e| ApiError::bad_request(format!("malformed JSON in the request body: {e}")))?;
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize, Debug)]
+    struct Probe {
+        #[allow(dead_code)]
+        temperature: Option<f32>,
+        #[allow(dead_code)]
+        messages: Option<Vec<Inner>>,
+    }
+    #[derive(serde::Deserialize, Debug)]
+    struct Inner {
+        #[allow(dead_code)]
+        role: String,
+    }
+
+    fn param_of(err: ApiError) -> Option<String> {
+        match err {
+            ApiError::BadRequest { param, .. } => param,
+            other => panic!("expected 400, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn malformed_json_is_a_400_without_param() {
+        let err = parse_json::<Probe>(b"{\"temperature\": ").unwrap_err();
+        assert!(err.to_string().contains("malformed JSON"), "{err}");
+        assert_eq!(param_of(err), None);
+        assert!(parse_json::<Probe>(b"{} trailing").is_err());
+        assert!(parse_json::<Probe>(b"  ").is_err());
+    }
+
+    #[test]
+    fn wrong_types_name_the_nested_field() {
+        let err = parse_json::<Probe>(br#"{"temperature": "hot"}"#).unwrap_err();
+        assert_eq!(param_of(err).as_deref(), Some("temperature"));
+        let err =
+            parse_json::<Probe>(br#"{"messages": [{"role": "user"}, {"role": 3}]}"#).unwrap_err();
+        assert_eq!(param_of(err).as_deref(), Some("messages[1].role"));
+    }
+
+    #[test]
+    fn values_name_their_field_too() {
+        let value = serde_json::json!({"temperature": "hot"});
+        let err = parse_value::<Probe>(&value).unwrap_err();
+        assert_eq!(param_of(err).as_deref(), Some("temperature"));
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored() {
+        assert!(parse_json::<Probe>(br#"{"temperature": 0.5, "foo": [1, 2]}"#).is_ok());
+    }
+}

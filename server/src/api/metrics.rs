@@ -1,0 +1,25 @@
+//! `GET /metrics`: the engine's Prometheus registry in the text exposition format.
+
+use super::{AppState, RequestContext};
+use crate::error::ApiError;
+use axum::Extension;
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+
+pub async fn render(
+    State(state): State<AppState>,
+    Extension(ctx): Extension<RequestContext>,
+) -> Result<Response, ApiError> {
+    let text = state
+        .engine
+        .metrics()
+        .render()
+        .map_err(|e| ApiError::internal(&ctx.id, format!("cannot render metrics: {e}")))?;
+    let mut response = text.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    Ok(response)
+}

@@ -1,0 +1,139 @@
+//! The HTTP surface: routes, shared state, and the layers every request passes through.
+//!
+//! | route | file |
+//! | --- | --- |
+//! | `POST /v1/completions` | [`completions`] |
+//! | `POST /v1/chat/completions` | [`chat`] |
+//! | `GET /v1/models` | [`models`] |
+//! | `POST /tokenize`, `POST /detokenize` | [`tokenize`] |
+//! | `GET /health` | [`health`] |
+//! | `GET /metrics` | [`metrics`] |
+//! | `GET /version` | [`version`] |
+//!
+//! Shared machinery: [`extract`] (JSON bodies with OpenAI errors), [`text`] (tokenizer work on
+//! blocking threads), [`generate`] (submit, collect, stream; shared by both generation routes),
+//! [`logprobs`] (engine logprobs -> both wire shapes), [`types`] (wire types).
+
+pub mod chat;
+pub mod completions;
+pub mod extract;
+pub mod generate;
+pub mod health;
+pub mod logprobs;
+pub mod metrics;
+pub mod models;
+pub mod text;
+pub mod tokenize;
+pub mod types;
+pub mod version;
+
+use crate::ServerOptions;
+use crate::auth::{ApiKey, require_api_key};
+use crate::error::ApiError;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{HeaderValue, Uri};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use extract::BodyLimit;
+use metrum_engine::handle::{EngineHandle, ModelInfo};
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+
+/// What every handler can reach. Cheap to clone (handles and `Arc`s only).
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: EngineHandle,
+    /// One permit per sequence the server holds; see `ServerOptions::max_in_flight`.
+    pub admission: Arc<Semaphore>,
+    pub max_in_flight: usize,
+    pub engine_config: Arc<serde_json::Value>,
+}
+
+impl AppState {
+    /// The loaded model's facts, or 503 while it is still loading.
+    pub fn model(&self) -> Result<&ModelInfo, ApiError> {
+        self.engine.model_info().ok_or_else(|| {
+            ApiError::Unavailable("the model is still loading; retry shortly".into())
+        })
+    }
+
+    /// 404 unless `requested` is absent or names the served model.
+    pub fn check_model(&self, requested: Option<&str>) -> Result<&ModelInfo, ApiError> {
+        let info = self.model()?;
+        match requested {
+            Some(name) if name != info.served_model_name => {
+                Err(ApiError::ModelNotFound(name.to_string()))
+            }
+            _ => Ok(info),
+        }
+    }
+}
+
+/// The request id: the client's `x-request-id` when it sent one, else a fresh random one.
+/// Response ids (`cmpl-<id>`), logs and 500 messages all use it.
+#[derive(Clone, Debug)]
+pub struct RequestContext {
+    pub id: String,
+}
+
+/// Builds the router: `/v1` routes behind the optional API key, operational routes open.
+pub fn router(engine: EngineHandle, options: &ServerOptions) -> Router {
+    let state = AppState {
+        engine,
+        admission: Arc::new(Semaphore::new(options.max_in_flight)),
+        max_in_flight: options.max_in_flight,
+        engine_config: Arc::new(options.engine_config.clone()),
+    };
+    let mut v1 = Router::new()
+        .route("/v1/completions", post(completions::create))
+        .route("/v1/chat/completions", post(chat::create))
+        .route("/v1/models", get(models::list));
+    if let Some(key) = &options.api_key {
+        let key = ApiKey(Arc::from(key.as_str()));
+        v1 = v1.route_layer(middleware::from_fn_with_state(key, require_api_key));
+    }
+    let open = Router::new()
+        .route("/health", get(health::health))
+        .route("/metrics", get(metrics::render))
+        .route("/version", get(version::version))
+        .route("/tokenize", post(tokenize::tokenize))
+        .route("/detokenize", post(tokenize::detokenize));
+    Router::new()
+        .merge(v1)
+        .merge(open)
+        .fallback(route_not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(options.max_body_bytes))
+        .layer(axum::Extension(BodyLimit(options.max_body_bytes)))
+        .layer(middleware::from_fn(assign_request_id))
+}
+
+async fn route_not_found(uri: Uri) -> ApiError {
+    ApiError::RouteNotFound(uri.path().to_string())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+/// Attaches a [`RequestContext`] and echoes its id in the `x-request-id` response header.
+async fn assign_request_id(mut request: Request, next: Next) -> Response {
+    let id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
+    request
+        .extensions_mut()
+        .insert(RequestContext { id: id.clone() });
+    let mut response = next.run(request).await;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}

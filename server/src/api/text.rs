@@ -1,0 +1,133 @@
+//! Tokenizer work for the handlers. Encoding and chat-template rendering cost real CPU time on
+//! long prompts, so they run on tokio's blocking pool and never stall the async workers that
+//! relay other requests' tokens.
+
+use super::AppState;
+use super::types::Prompt;
+use crate::error::ApiError;
+use crate::validation::ModelLimits;
+use metrum_engine::TextCodec;
+use std::sync::Arc;
+
+/// One chat turn, validated, ready for the template.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Turn {
+    pub role: String,
+    pub content: String,
+}
+
+/// The tokenizer and chat template, or 503 while the model loads.
+pub fn codec(state: &AppState) -> Result<Arc<TextCodec>, ApiError> {
+    state
+        .engine
+        .text()
+        .ok_or_else(|| ApiError::Unavailable("the model is still loading; retry shortly".into()))
+}
+
+/// Runs `work` on the blocking pool.
+async fn blocking<T, F>(work: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, ApiError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError::internal("-", format!("tokenizer task failed: {e}")))?
+}
+
+/// Tokenizes each prompt (text prompts get the tokenizer's special tokens, as vLLM does) and
+/// checks token-id prompts against the vocabulary.
+pub async fn encode_prompts(
+    codec: Arc<TextCodec>,
+    prompts: Vec<Prompt>,
+    limits: ModelLimits,
+) -> Result<Vec<Vec<u32>>, ApiError> {
+    blocking(move || {
+        prompts
+            .into_iter()
+            .map(|prompt| match prompt {
+                Prompt::Text(text) => encode_text(&codec, &text, true),
+                Prompt::Tokens(ids) => {
+                    if let Some(bad) = ids.iter().find(|&&t| t as usize >= limits.vocab_size) {
+                        return Err(ApiError::param(
+                            "prompt",
+                            format!(
+                                "token id {bad} is outside the vocabulary (size {})",
+                                limits.vocab_size
+                            ),
+                        ));
+                    }
+                    Ok(ids)
+                }
+            })
+            .collect()
+    })
+    .await
+}
+
+/// Tokenizes one text.
+pub async fn encode(
+    codec: Arc<TextCodec>,
+    text: String,
+    add_special_tokens: bool,
+) -> Result<Vec<u32>, ApiError> {
+    blocking(move || encode_text(&codec, &text, add_special_tokens)).await
+}
+
+fn encode_text(
+    codec: &TextCodec,
+    text: &str,
+    add_special_tokens: bool,
+) -> Result<Vec<u32>, ApiError> {
+    codec
+        .encode(text, add_special_tokens)
+        .map_err(|e| ApiError::param("prompt", format!("cannot tokenize the prompt: {e}")))
+}
+
+/// Renders the chat template and tokenizes the result. The template already spells out every
+/// special token, so none are added on top (vLLM does the same for chat).
+pub async fn encode_chat(
+    codec: Arc<TextCodec>,
+    turns: Vec<Turn>,
+    add_generation_prompt: bool,
+) -> Result<Vec<u32>, ApiError> {
+    blocking(move || {
+        let messages: Vec<(String, String)> =
+            turns.into_iter().map(|t| (t.role, t.content)).collect();
+        let rendered = codec
+            .apply_chat_template(&messages, add_generation_prompt)
+            .map_err(|e| {
+                ApiError::param("messages", format!("cannot apply the chat template: {e}"))
+            })?;
+        encode_text(&codec, &rendered, false)
+    })
+    .await
+}
+
+/// Detokenizes `tokens`, rejecting ids outside the vocabulary.
+pub async fn decode(
+    codec: Arc<TextCodec>,
+    tokens: Vec<u32>,
+    limits: ModelLimits,
+) -> Result<String, ApiError> {
+    if let Some(bad) = tokens.iter().find(|&&t| t as usize >= limits.vocab_size) {
+        return Err(ApiError::param(
+            "tokens",
+            format!(
+                "token id {bad} is outside the vocabulary (size {})",
+                limits.vocab_size
+            ),
+        ));
+    }
+    blocking(move || {
+        codec
+            .decode(&tokens)
+            .map_err(|e| ApiError::param("tokens", format!("cannot detokenize: {e}")))
+    })
+    .await
+}
+
+/// The text of one token for logprobs (a vocabulary lookup; cheap enough to run inline).
+pub fn token_text(codec: &TextCodec, token: u32) -> String {
+    codec.decode(&[token]).unwrap_or_default()
+}

@@ -1,0 +1,321 @@
+//! Wire request fields -> engine [`SamplingParams`], checking every range on the way.
+//!
+//! Parse, don't validate (TGI's `Valid*` split): after this module nothing handles the raw
+//! request. Checks that need the prompt length (context overflow) run in
+//! [`resolve_max_tokens`] once the prompt is tokenized.
+
+use crate::api::types::SamplingFields;
+use crate::error::ApiError;
+use metrum_core::SamplingParams;
+use metrum_core::sampling::MAX_LOGPROBS;
+
+/// Most choices one request may ask for; each choice is a separate engine sequence.
+pub const MAX_N: usize = 128;
+
+/// Facts about the served model that bound the request fields.
+#[derive(Clone, Copy, Debug)]
+pub struct ModelLimits {
+    pub vocab_size: usize,
+    pub max_model_len: usize,
+}
+
+/// A request's generation settings, validated; `max_tokens` is still open until the prompt
+/// length is known.
+#[derive(Clone, Debug)]
+pub struct GenerationPlan {
+    pub params: SamplingParams,
+    /// The client's `max_tokens` / `max_completion_tokens`; `None` = fill the context (vLLM).
+    pub requested_max_tokens: Option<usize>,
+    pub n: usize,
+    pub priority: i32,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub user: Option<String>,
+}
+
+/// Builds the plan. `logprobs` is the number of alternatives per token the endpoint asked for
+/// (`None`: no logprobs), already extracted from its endpoint-specific fields.
+pub fn plan(
+    fields: &SamplingFields,
+    logprobs: Option<u64>,
+    limits: ModelLimits,
+) -> Result<GenerationPlan, ApiError> {
+    let defaults = SamplingParams::default();
+    let n = fields.n.unwrap_or(1);
+    if n == 0 || n > MAX_N as u64 {
+        return Err(ApiError::param(
+            "n",
+            format!("must be in [1, {MAX_N}], got {n}"),
+        ));
+    }
+    let requested_max_tokens = fields.max_completion_tokens.or(fields.max_tokens);
+    let param_name = if fields.max_completion_tokens.is_some() {
+        "max_completion_tokens"
+    } else {
+        "max_tokens"
+    };
+    if requested_max_tokens == Some(0) {
+        return Err(ApiError::param(param_name, "must be at least 1"));
+    }
+    let top_k = match fields.top_k {
+        None | Some(-1) | Some(0) => 0,
+        Some(k) if k > 0 => usize::try_from(k).unwrap_or(usize::MAX),
+        Some(k) => {
+            return Err(ApiError::param(
+                "top_k",
+                format!("must be -1 (disabled) or at least 1, got {k}"),
+            ));
+        }
+    };
+    let logprobs = match logprobs {
+        Some(k) if k > MAX_LOGPROBS as u64 => {
+            return Err(ApiError::param(
+                "logprobs",
+                format!("at most {MAX_LOGPROBS} alternatives, got {k}"),
+            ));
+        }
+        other => other.map(|k| k as usize),
+    };
+    let logit_bias = parse_logit_bias(fields, limits)?;
+    let stop_token_ids = fields.stop_token_ids.clone().unwrap_or_default();
+    if let Some(bad) = stop_token_ids
+        .iter()
+        .find(|&&t| t as usize >= limits.vocab_size)
+    {
+        return Err(ApiError::param(
+            "stop_token_ids",
+            format!(
+                "token id {bad} is outside the vocabulary (size {})",
+                limits.vocab_size
+            ),
+        ));
+    }
+    let stop = fields
+        .stop
+        .clone()
+        .map(|s| s.into_vec())
+        .unwrap_or_default();
+    if stop.iter().any(String::is_empty) {
+        return Err(ApiError::param("stop", "stop strings must not be empty"));
+    }
+    let min_tokens = fields.min_tokens.unwrap_or(0);
+    let params = SamplingParams {
+        temperature: fields.temperature.unwrap_or(defaults.temperature),
+        top_k,
+        top_p: fields.top_p.unwrap_or(defaults.top_p),
+        min_p: fields.min_p.unwrap_or(defaults.min_p),
+        repetition_penalty: fields
+            .repetition_penalty
+            .unwrap_or(defaults.repetition_penalty),
+        presence_penalty: fields.presence_penalty.unwrap_or(defaults.presence_penalty),
+        frequency_penalty: fields
+            .frequency_penalty
+            .unwrap_or(defaults.frequency_penalty),
+        logit_bias,
+        seed: fields.seed,
+        // Placeholder that passes validation; resolve_max_tokens sets the real value.
+        max_tokens: requested_max_tokens.map_or(usize::MAX, |m| m as usize),
+        min_tokens: usize::try_from(min_tokens).unwrap_or(usize::MAX),
+        stop_token_ids,
+        stop,
+        ignore_eos: fields.ignore_eos.unwrap_or(false),
+        logprobs,
+    };
+    params.validate().map_err(|e| {
+        // Core names the field; keep the client's spelling for max_tokens.
+        let param = if e.param == "max_tokens" {
+            param_name
+        } else {
+            e.param
+        };
+        ApiError::param(param, e.message)
+    })?;
+    Ok(GenerationPlan {
+        params,
+        requested_max_tokens: requested_max_tokens.map(|m| m as usize),
+        n: n as usize,
+        priority: fields.priority.unwrap_or(0),
+        stream: fields.stream.unwrap_or(false),
+        include_usage: fields
+            .stream_options
+            .as_ref()
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false),
+        user: fields.user.clone(),
+    })
+}
+
+fn parse_logit_bias(
+    fields: &SamplingFields,
+    limits: ModelLimits,
+) -> Result<Vec<(u32, f32)>, ApiError> {
+    let Some(map) = &fields.logit_bias else {
+        return Ok(Vec::new());
+    };
+    map.iter()
+        .map(|(key, &bias)| {
+            let token: u32 = key.trim().parse().map_err(|_| {
+                ApiError::param("logit_bias", format!("key `{key}` is not a token id"))
+            })?;
+            if token as usize >= limits.vocab_size {
+                return Err(ApiError::param(
+                    "logit_bias",
+                    format!(
+                        "token id {token} is outside the vocabulary (size {})",
+                        limits.vocab_size
+                    ),
+                ));
+            }
+            Ok((token, bias))
+        })
+        .collect()
+}
+
+/// Fixes `max_tokens` for a prompt of `prompt_len` tokens: the client's value when it fits the
+/// context, the rest of the context when the client gave none (vLLM), a 400 otherwise.
+pub fn resolve_max_tokens(
+    plan: &GenerationPlan,
+    prompt_len: usize,
+    limits: ModelLimits,
+) -> Result<SamplingParams, ApiError> {
+    if prompt_len == 0 {
+        return Err(ApiError::param("prompt", "the prompt must not be empty"));
+    }
+    let context = limits.max_model_len;
+    let mut params = plan.params.clone();
+    match plan.requested_max_tokens {
+        Some(max_tokens) if prompt_len.saturating_add(max_tokens) > context => {
+            Err(context_error(context, prompt_len, Some(max_tokens)))
+        }
+        Some(max_tokens) => {
+            params.max_tokens = max_tokens;
+            Ok(params)
+        }
+        None if prompt_len >= context => Err(context_error(context, prompt_len, None)),
+        None => {
+            params.max_tokens = context - prompt_len;
+            params.min_tokens = params.min_tokens.min(params.max_tokens);
+            Ok(params)
+        }
+    }
+}
+
+fn context_error(context: usize, prompt_len: usize, max_tokens: Option<usize>) -> ApiError {
+    let message = match max_tokens {
+        Some(m) => format!(
+            "This model's maximum context length is {context} tokens. However, you requested \
+             {} tokens ({prompt_len} in the prompt, {m} in the completion). Please reduce the \
+             length of the prompt or completion.",
+            prompt_len + m
+        ),
+        None => format!(
+            "This model's maximum context length is {context} tokens. However, the prompt has \
+             {prompt_len} tokens, which leaves no room for a completion."
+        ),
+    };
+    ApiError::BadRequest {
+        message,
+        param: Some("max_tokens".into()),
+        code: Some("context_length_exceeded"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::extract::parse_json;
+
+    const LIMITS: ModelLimits = ModelLimits {
+        vocab_size: 100,
+        max_model_len: 64,
+    };
+
+    fn fields(json: &str) -> SamplingFields {
+        parse_json(json.as_bytes()).unwrap()
+    }
+
+    fn param_of(r: Result<GenerationPlan, ApiError>) -> String {
+        match r {
+            Err(ApiError::BadRequest { param, .. }) => param.unwrap_or_default(),
+            other => panic!("expected a 400, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn fields_map_onto_sampling_params() {
+        let f = fields(
+            r#"{"max_tokens": 7, "temperature": 0.5, "top_k": 5, "top_p": 0.9, "min_p": 0.1,
+                "presence_penalty": 0.5, "frequency_penalty": -0.5, "repetition_penalty": 1.1,
+                "logit_bias": {"3": 2.0}, "seed": 9, "stop": ["a", "b"], "stop_token_ids": [4],
+                "ignore_eos": true, "n": 2, "priority": -1, "stream": true,
+                "stream_options": {"include_usage": true}}"#,
+        );
+        let plan = plan(&f, Some(2), LIMITS).unwrap();
+        let p = &plan.params;
+        assert_eq!(
+            (p.temperature, p.top_k, p.top_p, p.min_p),
+            (0.5, 5, 0.9, 0.1)
+        );
+        assert_eq!(p.logit_bias, vec![(3, 2.0)]);
+        assert_eq!((p.seed, p.ignore_eos, p.logprobs), (Some(9), true, Some(2)));
+        assert_eq!(p.stop, vec!["a".to_string(), "b".to_string()]);
+        assert_eq!(p.stop_token_ids, vec![4]);
+        assert_eq!(
+            (plan.n, plan.priority, plan.stream, plan.include_usage),
+            (2, -1, true, true)
+        );
+        assert_eq!(plan.requested_max_tokens, Some(7));
+    }
+
+    #[test]
+    fn max_completion_tokens_wins_and_top_k_minus_one_disables() {
+        let f = fields(r#"{"max_tokens": 7, "max_completion_tokens": 3, "top_k": -1}"#);
+        let plan = plan(&f, None, LIMITS).unwrap();
+        assert_eq!(plan.requested_max_tokens, Some(3));
+        assert_eq!(plan.params.top_k, 0);
+    }
+
+    #[test]
+    fn out_of_range_values_name_their_field() {
+        let cases = [
+            (r#"{"n": 0}"#, "n"),
+            (r#"{"max_tokens": 0}"#, "max_tokens"),
+            (r#"{"max_completion_tokens": 0}"#, "max_completion_tokens"),
+            (r#"{"temperature": -1}"#, "temperature"),
+            (r#"{"top_p": 1.5}"#, "top_p"),
+            (r#"{"top_k": -2}"#, "top_k"),
+            (r#"{"min_p": 2}"#, "min_p"),
+            (r#"{"presence_penalty": 3}"#, "presence_penalty"),
+            (r#"{"frequency_penalty": -3}"#, "frequency_penalty"),
+            (r#"{"repetition_penalty": 0}"#, "repetition_penalty"),
+            (r#"{"logit_bias": {"x": 1}}"#, "logit_bias"),
+            (r#"{"logit_bias": {"100": 1}}"#, "logit_bias"),
+            (r#"{"logit_bias": {"1": 500}}"#, "logit_bias"),
+            (r#"{"stop_token_ids": [100]}"#, "stop_token_ids"),
+            (r#"{"stop": ""}"#, "stop"),
+            (r#"{"max_tokens": 2, "min_tokens": 3}"#, "min_tokens"),
+        ];
+        for (json, param) in cases {
+            assert_eq!(param_of(plan(&fields(json), None, LIMITS)), param, "{json}");
+        }
+        assert_eq!(param_of(plan(&fields("{}"), Some(21), LIMITS)), "logprobs");
+    }
+
+    #[test]
+    fn max_tokens_resolves_against_the_context() {
+        let with = plan(&fields(r#"{"max_tokens": 10}"#), None, LIMITS).unwrap();
+        assert_eq!(
+            resolve_max_tokens(&with, 54, LIMITS).unwrap().max_tokens,
+            10
+        );
+        let err = resolve_max_tokens(&with, 55, LIMITS).unwrap_err();
+        assert!(
+            err.to_string().contains("maximum context length is 64"),
+            "{err}"
+        );
+        let open = plan(&fields("{}"), None, LIMITS).unwrap();
+        assert_eq!(resolve_max_tokens(&open, 60, LIMITS).unwrap().max_tokens, 4);
+        assert!(resolve_max_tokens(&open, 64, LIMITS).is_err());
+        assert!(resolve_max_tokens(&open, 0, LIMITS).is_err());
+    }
+}
