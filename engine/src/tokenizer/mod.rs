@@ -66,12 +66,56 @@ impl Tokenizer {
     pub fn from_model_files(files: &ModelFiles) -> Result<Tokenizer, TokenizerError> {
         match files {
             ModelFiles::Synthetic { .. } => Ok(Tokenizer::byte_level()),
-            _ => match (files.tokenizer_json(), files) {
-                (Some(json), _) => Tokenizer::from_file(json, files.tokenizer_config()),
-                (None, ModelFiles::Gguf { path, .. }) => Tokenizer::from_gguf_file(path),
-                (None, _) => Err(TokenizerError::Unsupported("model has no tokenizer".into())),
+            ModelFiles::SafetensorsDir {
+                tokenizer_json,
+                tokenizer_config,
+                generation_config,
+                ..
+            } => {
+                let tokenizer = Tokenizer::from_file(tokenizer_json, tokenizer_config.as_deref())?;
+                match generation_config {
+                    Some(path) => tokenizer.with_generation_config(path),
+                    None => Ok(tokenizer),
+                }
+            }
+            ModelFiles::Gguf {
+                path,
+                tokenizer_json,
+                tokenizer_config,
+            } => match tokenizer_json {
+                Some(json) => Tokenizer::from_file(json, tokenizer_config.as_deref()),
+                None => Tokenizer::from_gguf_file(path),
             },
         }
+    }
+
+    /// Adds generation_config.json's `eos_token_id` (one id or a list, as Llama 3 has) to
+    /// the ids that end generation.
+    pub fn with_generation_config(mut self, path: &Path) -> Result<Tokenizer, TokenizerError> {
+        let load_err = |reason: String| TokenizerError::Load {
+            path: path.display().to_string(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| load_err(e.to_string()))?;
+        let config: Json = serde_json::from_str(&text).map_err(|e| load_err(e.to_string()))?;
+        let ids: Vec<u32> = match config.get("eos_token_id") {
+            Some(Json::Array(ids)) => ids
+                .iter()
+                .filter_map(Json::as_u64)
+                .map(|id| id as u32)
+                .collect(),
+            Some(id) => id.as_u64().map(|id| id as u32).into_iter().collect(),
+            None => Vec::new(),
+        };
+        self.eos.extend(
+            ids.iter()
+                .copied()
+                .filter(|&id| (id as usize) < self.vocab_size),
+        );
+        if self.primary_eos.is_none() {
+            self.primary_eos = ids.first().copied();
+        }
+        Ok(self)
     }
 
     /// A tokenizer.json, with special tokens named in tokenizer_config.json when given.
@@ -127,7 +171,10 @@ impl Tokenizer {
             .into_iter()
             .chain(vocab.extra_end_ids.iter().copied())
             .collect();
-        Ok(Tokenizer::with_specials(inner, vocab.bos, eos).with_pad(vocab.pad))
+        let mut tokenizer = Tokenizer::with_specials(inner, vocab.bos, eos).with_pad(vocab.pad);
+        // Every GGUF id is valid, even a duplicate piece that the id map could not keep.
+        tokenizer.vocab_size = tokenizer.vocab_size.max(vocab.tokens.len());
+        Ok(tokenizer)
     }
 
     /// 256 tokens, id `b` = byte `b`, no merges and no special tokens: for synthetic models.
