@@ -241,3 +241,21 @@ fn templates_come_from_the_model_files() {
         )
     );
 }
+
+#[test]
+fn templates_and_tokenizers_can_be_shared_across_threads() {
+    fn shareable<T: Send + Sync + 'static>() {}
+    shareable::<ChatTemplate>();
+    shareable::<Tokenizer>();
+    let template = std::sync::Arc::new(smollm2());
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            let template = template.clone();
+            std::thread::spawn(move || template.render(&[msg("user", &i.to_string())], true))
+        })
+        .collect();
+    for (i, handle) in handles.into_iter().enumerate() {
+        let prompt = handle.join().expect("thread").expect("render");
+        assert!(prompt.contains(&format!("user\n{i}<|im_end|>")), "{prompt}");
+    }
+}
