@@ -1,0 +1,179 @@
+//! The HTTP side of one request: a streaming `POST /v1/completions`, every network read
+//! timestamped on the run's monotonic clock the moment it arrives, folded by
+//! [`crate::stream::StreamRecord`]. Also the small GETs around a run (`/health`,
+//! `/v1/models`, `/version`).
+
+use crate::sse::SseDecoder;
+use crate::stream::{StreamRecord, clip};
+use anyhow::{Context, Result, anyhow, bail};
+use futures::StreamExt;
+use metrum_core::Nanos;
+use metrum_core::time::MonotonicClock;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// What one request needs to be sent.
+#[derive(Clone, Debug)]
+pub struct CompletionCall {
+    pub url: String,
+    pub model: String,
+    pub prompt: String,
+    pub max_tokens: u32,
+    pub temperature: f64,
+    pub timeout: Duration,
+}
+
+impl CompletionCall {
+    /// The request body: `max_tokens = N` and `ignore_eos` so every system generates exactly
+    /// N tokens (R3), usage requested in the stream so token counts are the server's.
+    pub fn body(&self) -> Value {
+        json!({
+            "model": self.model,
+            "prompt": self.prompt,
+            "max_tokens": self.max_tokens,
+            "ignore_eos": true,
+            "temperature": self.temperature,
+            "stream": true,
+            "stream_options": {"include_usage": true},
+        })
+    }
+}
+
+/// The stream as received and when it ended (last byte, error or timeout).
+#[derive(Clone, Debug)]
+pub struct CallOutcome {
+    pub record: StreamRecord,
+    pub ended: Nanos,
+}
+
+/// Sends `call` and reads its stream to the end. Never returns early on a failure: the
+/// failure is recorded in the outcome's `record.error`, with whatever arrived before it.
+pub async fn stream_completion(
+    http: &reqwest::Client,
+    call: &CompletionCall,
+    clock: &MonotonicClock,
+) -> CallOutcome {
+    let mut record = StreamRecord::default();
+    let deadline = tokio::time::Instant::now() + call.timeout;
+    let timed_out = |record: &mut StreamRecord| {
+        record.fail(format!(
+            "timed out after {:.3} s",
+            call.timeout.as_secs_f64()
+        ));
+    };
+    let send = http.post(&call.url).json(&call.body()).send();
+    let response = match tokio::time::timeout_at(deadline, send).await {
+        Err(_) => {
+            timed_out(&mut record);
+            return CallOutcome {
+                record,
+                ended: clock.now(),
+            };
+        }
+        Ok(Err(e)) => {
+            record.fail(format!("request failed: {e}"));
+            return CallOutcome {
+                record,
+                ended: clock.now(),
+            };
+        }
+        Ok(Ok(r)) => r,
+    };
+    let status = response.status();
+    if !status.is_success() {
+        let body = tokio::time::timeout_at(deadline, response.text()).await;
+        let body = body.ok().and_then(Result::ok).unwrap_or_default();
+        record.fail(format!("HTTP {status}: {}", clip(body.trim())));
+        return CallOutcome {
+            record,
+            ended: clock.now(),
+        };
+    }
+    let mut decoder = SseDecoder::new();
+    let mut bytes = response.bytes_stream();
+    loop {
+        match tokio::time::timeout_at(deadline, bytes.next()).await {
+            Err(_) => {
+                timed_out(&mut record);
+                break;
+            }
+            Ok(None) => {
+                if !record.done {
+                    record.fail("stream closed before [DONE]".to_string());
+                }
+                break;
+            }
+            Ok(Some(Err(e))) => {
+                record.fail(format!("stream broke: {e}"));
+                break;
+            }
+            Ok(Some(Ok(chunk))) => {
+                let at = clock.now();
+                match decoder.feed(&chunk) {
+                    Ok(events) => events.iter().for_each(|e| record.apply(e, at)),
+                    Err(e) => {
+                        record.fail(e.to_string());
+                        break;
+                    }
+                }
+                if record.done || record.error.is_some() {
+                    break;
+                }
+            }
+        }
+    }
+    CallOutcome {
+        record,
+        ended: clock.now(),
+    }
+}
+
+/// `GET url` as JSON, or an error naming the URL.
+pub async fn get_json(http: &reqwest::Client, url: &str) -> Result<Value> {
+    let response = http
+        .get(url)
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?;
+    let status = response.status();
+    if !status.is_success() {
+        bail!("GET {url}: HTTP {status}");
+    }
+    response
+        .json()
+        .await
+        .with_context(|| format!("GET {url}: not JSON"))
+}
+
+/// The target's advertised models: `(id, context length if stated)`, in listed order.
+pub async fn list_models(http: &reqwest::Client, base: &str) -> Result<Vec<(String, Option<u32>)>> {
+    let models = get_json(http, &format!("{base}/v1/models")).await?;
+    let data = models
+        .get("data")
+        .and_then(Value::as_array)
+        .ok_or_else(|| anyhow!("{base}/v1/models has no `data` list"))?;
+    Ok(data
+        .iter()
+        .filter_map(|m| {
+            let id = m.get("id")?.as_str()?.to_string();
+            let context = ["max_model_len", "context_length", "n_ctx"]
+                .iter()
+                .find_map(|k| m.get(*k).and_then(Value::as_u64))
+                .or_else(|| {
+                    m.get("meta")
+                        .and_then(|meta| meta.get("n_ctx_train"))
+                        .and_then(Value::as_u64)
+                })
+                .and_then(|c| u32::try_from(c).ok());
+            Some((id, context))
+        })
+        .collect())
+}
+
+/// `GET /health` answers 2xx.
+pub async fn healthy(http: &reqwest::Client, base: &str) -> bool {
+    match http.get(format!("{base}/health")).send().await {
+        Ok(r) => r.status().is_success(),
+        Err(_) => false,
+    }
+}

@@ -1,0 +1,161 @@
+//! Everything a run writes into its directory:
+//!
+//! | file | module |
+//! | --- | --- |
+//! | `config.json` | [`config`] |
+//! | `requests.jsonl` | [`jsonl`] |
+//! | `summary.json` | [`summary`] |
+//! | `report.md` | [`report_md`] |
+//! | `ttft_cdf.svg`, `tbt_cdf.svg`, `fluidity_hist.svg`, `tokens_vs_time.svg`, `miss_rate_vs_tbt.svg` | [`plots`] |
+
+pub mod config;
+pub mod jsonl;
+pub mod plots;
+pub mod report_md;
+pub mod summary;
+
+use crate::results::RequestResult;
+use anyhow::{Context, Result};
+use config::RunConfig;
+use jsonl::RequestLine;
+use metrum_core::Nanos;
+use plots::Series;
+use std::path::Path;
+use summary::BenchSummary;
+
+/// Requests drawn in tokens_vs_time.svg.
+const SAMPLE_REQUESTS: usize = 6;
+
+pub fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
+}
+
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// Writes every file of a run directory.
+pub fn write_run(
+    dir: &Path,
+    config: &RunConfig,
+    summary: &BenchSummary,
+    lines: &[RequestLine],
+    results: &[RequestResult],
+) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    write_json(&dir.join("config.json"), config)?;
+    jsonl::write(&dir.join("requests.jsonl"), lines)?;
+    write_json(&dir.join("summary.json"), summary)?;
+    std::fs::write(dir.join("report.md"), report_md::render(summary, config))
+        .context("writing report.md")?;
+    write_plots(dir, summary, results)
+}
+
+fn write_plots(dir: &Path, summary: &BenchSummary, results: &[RequestResult]) -> Result<()> {
+    let secs = |n: Nanos| n.as_secs_f64();
+    let ttft: Vec<f64> = results
+        .iter()
+        .filter_map(|r| r.timeline.ttft().map(secs))
+        .collect();
+    let server_ttft: Vec<f64> = results
+        .iter()
+        .filter_map(|r| r.server_timeline.as_ref()?.ttft().map(secs))
+        .collect();
+    let mut ttft_series = vec![("client", ttft.as_slice())];
+    if !server_ttft.is_empty() {
+        ttft_series.push(("server", server_ttft.as_slice()));
+    }
+    plots::cdf(
+        &dir.join("ttft_cdf.svg"),
+        "TTFT CDF (over requests)",
+        "seconds",
+        &ttft_series,
+    )?;
+    let tbt: Vec<f64> = results
+        .iter()
+        .flat_map(|r| r.timeline.time_between_tokens())
+        .map(secs)
+        .collect();
+    let gaps: Vec<f64> = results
+        .iter()
+        .flat_map(|r| r.timeline.inter_delivery_gaps())
+        .map(secs)
+        .collect();
+    plots::cdf(
+        &dir.join("tbt_cdf.svg"),
+        "TBT CDF (over tokens, burst zeros included) and inter-delivery gaps",
+        "seconds",
+        &[
+            ("TBT (tokens)", &tbt),
+            ("inter-delivery gap (deliveries)", &gaps),
+        ],
+    )?;
+    let slo = metrum_metrics::SloConfig::new(
+        Nanos::from_secs_f64(summary.slo.tbt_slo_s),
+        Nanos::from_secs_f64(summary.slo.ttft_slack_s),
+        summary.slo.prefill_model,
+    )?;
+    let fluidity: Vec<f64> = results
+        .iter()
+        .filter_map(|r| r.timeline.fluidity_index(&slo))
+        .collect();
+    plots::unit_histogram(
+        &dir.join("fluidity_hist.svg"),
+        "Fluidity-index (per request)",
+        "fluidity-index",
+        &fluidity,
+        20,
+    )?;
+    let step = (results.len() / SAMPLE_REQUESTS).max(1);
+    let names: Vec<String> = results
+        .iter()
+        .step_by(step)
+        .take(SAMPLE_REQUESTS)
+        .map(|r| format!("request {}", r.id))
+        .collect();
+    let samples: Vec<Series> = results
+        .iter()
+        .step_by(step)
+        .take(SAMPLE_REQUESTS)
+        .zip(&names)
+        .map(|(r, name)| {
+            let arrival = r.timeline.arrival();
+            let mut points = vec![(0.0, 0.0)];
+            points.extend(
+                r.timeline
+                    .token_times()
+                    .enumerate()
+                    .map(|(k, t)| (secs(t - arrival), (k + 1) as f64)),
+            );
+            Series { name, points }
+        })
+        .collect();
+    plots::lines(
+        &dir.join("tokens_vs_time.svg"),
+        "Tokens received vs time since arrival",
+        "seconds",
+        "tokens",
+        &samples,
+        None,
+    )?;
+    let curve = Series {
+        name: "P99 over requests",
+        points: summary
+            .client
+            .tbt_curve
+            .iter()
+            .filter_map(|p| Some((p.tbt_deadline_s * 1e3, p.miss_rate?)))
+            .collect(),
+    };
+    plots::lines(
+        &dir.join("miss_rate_vs_tbt.svg"),
+        "Deadline miss rate vs target TBT (first token ignored)",
+        "target TBT (ms)",
+        "miss rate",
+        &[curve],
+        Some((0.0, 1.0)),
+    )
+}

@@ -1,0 +1,147 @@
+//! `--serve`: a `metrum serve` child process for the length of a benchmark. The executable is
+//! the one running now (`std::env::current_exe()`), so `metrum bench run --serve "…"` benches
+//! the very binary it is. The child gets `serve <args> --port <free port>`, its output goes to
+//! `server.log` in the run directory (keeping the progress bar readable), and it is stopped
+//! with SIGTERM (a graceful drain), then killed if it lingers.
+
+use crate::client::healthy;
+use anyhow::{Context, Result, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::process::{Child, Command};
+
+/// How long a stopped server may drain before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+
+pub struct ServerProcess {
+    child: Child,
+    pub base_url: String,
+    pub log: PathBuf,
+}
+
+/// The child's argument list: `serve`, the user's words, then the port.
+pub fn serve_command_args(serve_args: &str, port: u16) -> Vec<String> {
+    let mut args = vec!["serve".to_string()];
+    args.extend(serve_args.split_whitespace().map(str::to_string));
+    args.push("--port".to_string());
+    args.push(port.to_string());
+    args
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+impl ServerProcess {
+    /// Starts `program serve <serve_args> --port P` and waits until `/health` answers.
+    pub async fn start(
+        program: &Path,
+        serve_args: &str,
+        log_dir: &Path,
+        wait: Duration,
+        http: &reqwest::Client,
+    ) -> Result<Self> {
+        std::fs::create_dir_all(log_dir)
+            .with_context(|| format!("creating {}", log_dir.display()))?;
+        let log = log_dir.join("server.log");
+        let file =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let port = free_port()?;
+        let child = Command::new(program)
+            .args(serve_command_args(serve_args, port))
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", program.display()))?;
+        let mut server = ServerProcess {
+            child,
+            base_url: format!("http://127.0.0.1:{port}"),
+            log,
+        };
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if healthy(http, &server.base_url).await {
+                return Ok(server);
+            }
+            if let Some(status) = server.child.try_wait()? {
+                bail!(
+                    "the server exited ({status}) before /health answered; see {}",
+                    server.log.display()
+                );
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let log = server.log.clone();
+                server.stop().await?;
+                bail!(
+                    "no /health within {:.0} s; see {}",
+                    wait.as_secs_f64(),
+                    log.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after [`STOP_GRACE`].
+    pub async fn stop(mut self) -> Result<()> {
+        if let Some(pid) = self.child.id() {
+            // The child may already be gone; that is what we want anyway.
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        }
+        match tokio::time::timeout(STOP_GRACE, self.child.wait()).await {
+            Ok(status) => {
+                status?;
+            }
+            Err(_) => {
+                self.child.kill().await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_is_serve_then_args_then_port() {
+        assert_eq!(
+            serve_command_args(" --model tiny  --max-num-seqs 4 ", 1234),
+            [
+                "serve",
+                "--model",
+                "tiny",
+                "--max-num-seqs",
+                "4",
+                "--port",
+                "1234"
+            ]
+        );
+        assert!(free_port().unwrap() > 0);
+    }
+
+    #[tokio::test]
+    async fn a_child_that_dies_before_health_is_an_error_not_a_hang() {
+        let dir = std::env::temp_dir().join(format!("metrum-bench-serve-{}", std::process::id()));
+        let http = reqwest::Client::new();
+        let started = ServerProcess::start(
+            Path::new("/bin/false"),
+            "",
+            &dir,
+            Duration::from_secs(20),
+            &http,
+        )
+        .await;
+        let message = started.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(message.contains("exited"), "{message}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -1,0 +1,112 @@
+//! Prompt text cut to exactly P tokens with the target's tokenizer.
+//!
+//! The source is real English prose (`corpus.txt`, written for Metrum, Apache-2.0), tokenized
+//! once. Each prompt starts at a seeded random offset (so prompts differ and a prefix cache
+//! cannot turn the benchmark into a cache benchmark), takes the ids it needs (wrapping around
+//! the corpus for long prompts), and is decoded to text. Decoding and re-encoding can merge or
+//! split tokens at the edges, so the text is re-encoded and the slice adjusted until the
+//! count is exactly P, a few times at most; the count actually reached is recorded.
+
+use crate::tokenizer::TextTokenizer;
+use anyhow::{Result, bail};
+use rand::Rng;
+
+const CORPUS: &str = include_str!("corpus.txt");
+/// Re-encode rounds before accepting the closest count.
+const MAX_ADJUSTMENTS: usize = 6;
+
+pub struct PromptBuilder<'a> {
+    tokenizer: &'a TextTokenizer,
+    corpus: Vec<u32>,
+    /// Ids every encoding starts with (BOS and the like): part of P as the server counts it.
+    special: Vec<u32>,
+}
+
+/// A prompt and its token count as the target's tokenizer sees it (specials included).
+#[derive(Clone, Debug, PartialEq)]
+pub struct BuiltPrompt {
+    pub text: String,
+    pub tokens: u32,
+}
+
+impl<'a> PromptBuilder<'a> {
+    pub async fn new(tokenizer: &'a TextTokenizer) -> Result<Self> {
+        let special = tokenizer.special_prefix().await?;
+        let mut corpus = tokenizer.encode(CORPUS).await?;
+        if corpus.starts_with(&special) {
+            corpus.drain(..special.len());
+        }
+        if corpus.is_empty() {
+            bail!(
+                "the tokenizer ({}) produced no tokens for the corpus",
+                tokenizer.describe()
+            );
+        }
+        Ok(PromptBuilder {
+            tokenizer,
+            corpus,
+            special,
+        })
+    }
+
+    /// A prompt of `tokens` tokens starting at a random place in the corpus.
+    pub async fn build(&self, tokens: u32, rng: &mut impl Rng) -> Result<BuiltPrompt> {
+        let offset = rng.random_range(0..self.corpus.len());
+        let target = u64::from(tokens)
+            .saturating_sub(self.special.len() as u64)
+            .max(1);
+        let mut take = target;
+        let mut best: Option<(u64, BuiltPrompt)> = None;
+        for _ in 0..MAX_ADJUSTMENTS {
+            let ids: Vec<u32> = self
+                .corpus
+                .iter()
+                .cycle()
+                .skip(offset)
+                .take(take as usize)
+                .copied()
+                .collect();
+            let text = self.tokenizer.decode(&ids).await?;
+            let got = self.tokenizer.count_content(&text, &self.special).await?;
+            let prompt = BuiltPrompt {
+                text,
+                tokens: u32::try_from(got + self.special.len() as u64).unwrap_or(u32::MAX),
+            };
+            let miss = got.abs_diff(target);
+            if best.as_ref().is_none_or(|(m, _)| miss < *m) {
+                best = Some((miss, prompt));
+            }
+            if miss == 0 {
+                break;
+            }
+            take = (take + target).saturating_sub(got).max(1);
+        }
+        match best {
+            Some((_, prompt)) => Ok(prompt),
+            None => bail!("no prompt built"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tokenizer::test_support::word_tokenizer;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    #[tokio::test]
+    async fn prompts_have_exactly_the_asked_token_count() {
+        let tokenizer = word_tokenizer().unwrap();
+        let builder = PromptBuilder::new(&tokenizer).await.unwrap();
+        let mut rng = StdRng::seed_from_u64(0);
+        for p in [1, 7, 64, 2000] {
+            let prompt = builder.build(p, &mut rng).await.unwrap();
+            assert_eq!(prompt.tokens, p);
+            assert_eq!(
+                tokenizer.encode(&prompt.text).await.unwrap().len(),
+                p as usize
+            );
+        }
+    }
+}
