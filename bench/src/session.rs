@@ -68,73 +68,24 @@ impl Session {
             }
             _ => bail!("give exactly one of --url or --serve"),
         };
-        match Self::resolve(args, http, base_url, request_timeout, server).await {
-            Ok(session) => Ok(session),
-            Err((e, server)) => {
+        let resolved = match resolve(args, &http, &base_url).await {
+            Ok(r) => r,
+            Err(e) => {
                 if let Some(server) = server {
                     let _ = server.stop().await;
                 }
-                Err(e)
+                return Err(e);
             }
-        }
-    }
-
-    async fn resolve(
-        args: &TargetArgs,
-        http: reqwest::Client,
-        base_url: String,
-        request_timeout: Duration,
-        server: Option<ServerProcess>,
-    ) -> Result<Session, (anyhow::Error, Option<ServerProcess>)> {
-        let fail = |e: anyhow::Error, server| Err((e, server));
-        let models = match list_models(&http, &base_url).await {
-            Ok(m) => m,
-            Err(e) if args.model.is_some() => {
-                eprintln!("warning: {e:#}; using --model as given");
-                Vec::new()
-            }
-            Err(e) => return fail(e.context("listing models (pass --model to skip)"), server),
-        };
-        let (model, model_source) = match &args.model {
-            Some(m) => (m.clone(), Source::Flag),
-            None => match models.first() {
-                Some((id, _)) => (id.clone(), Source::Server),
-                None => return fail(anyhow!("{base_url}/v1/models lists no model"), server),
-            },
-        };
-        let advertised = models
-            .iter()
-            .find(|(id, _)| *id == model)
-            .and_then(|(_, c)| *c);
-        let (context, context_source) = match (args.context, advertised) {
-            (Some(c), _) => (c, Source::Flag),
-            (None, Some(c)) => (c, Source::Server),
-            (None, None) => (FALLBACK_CONTEXT, Source::Fallback),
-        };
-        let version = get_json(&http, &format!("{base_url}/version")).await.ok();
-        let tokenizer = match &args.tokenizer {
-            Some(path) => TextTokenizer::from_file(path),
-            None => TextTokenizer::detect_remote(&http, &base_url, &model)
-                .await
-                .ok_or_else(|| {
-                    anyhow!(
-                        "{base_url} has no usable /tokenize; pass --tokenizer PATH/tokenizer.json"
-                    )
-                }),
-        };
-        let tokenizer = match tokenizer {
-            Ok(t) => t,
-            Err(e) => return fail(e, server),
         };
         Ok(Session {
             http,
             base_url,
-            model,
-            model_source,
-            context,
-            context_source,
-            version,
-            tokenizer,
+            model: resolved.model,
+            model_source: resolved.model_source,
+            context: resolved.context,
+            context_source: resolved.context_source,
+            version: resolved.version,
+            tokenizer: resolved.tokenizer,
             request_timeout,
             temperature: args.temperature,
             server,
@@ -165,4 +116,58 @@ impl Session {
             None => Ok(()),
         }
     }
+}
+
+/// What is learned from the target once it answers.
+struct Resolved {
+    model: String,
+    model_source: Source,
+    context: u32,
+    context_source: Source,
+    version: Option<Value>,
+    tokenizer: TextTokenizer,
+}
+
+async fn resolve(args: &TargetArgs, http: &reqwest::Client, base_url: &str) -> Result<Resolved> {
+    let models = match list_models(http, base_url).await {
+        Ok(m) => m,
+        Err(e) if args.model.is_some() => {
+            eprintln!("warning: {e:#}; using --model as given");
+            Vec::new()
+        }
+        Err(e) => return Err(e.context("listing models (pass --model to skip)")),
+    };
+    let (model, model_source) = match &args.model {
+        Some(m) => (m.clone(), Source::Flag),
+        None => match models.first() {
+            Some((id, _)) => (id.clone(), Source::Server),
+            None => bail!("{base_url}/v1/models lists no model"),
+        },
+    };
+    let advertised = models
+        .iter()
+        .find(|(id, _)| *id == model)
+        .and_then(|(_, c)| *c);
+    let (context, context_source) = match (args.context, advertised) {
+        (Some(c), _) => (c, Source::Flag),
+        (None, Some(c)) => (c, Source::Server),
+        (None, None) => (FALLBACK_CONTEXT, Source::Fallback),
+    };
+    let version = get_json(http, &format!("{base_url}/version")).await.ok();
+    let tokenizer = match &args.tokenizer {
+        Some(path) => TextTokenizer::from_file(path)?,
+        None => TextTokenizer::detect_remote(http, base_url, &model)
+            .await
+            .ok_or_else(|| {
+                anyhow!("{base_url} has no usable /tokenize; pass --tokenizer PATH/tokenizer.json")
+            })?,
+    };
+    Ok(Resolved {
+        model,
+        model_source,
+        context,
+        context_source,
+        version,
+        tokenizer,
+    })
 }

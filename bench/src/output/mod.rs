@@ -123,13 +123,13 @@ fn write_plots(dir: &Path, summary: &BenchSummary, results: &[RequestResult]) ->
         .zip(&names)
         .map(|(r, name)| {
             let arrival = r.timeline.arrival();
+            // A staircase: the count holds until the next token arrives.
             let mut points = vec![(0.0, 0.0)];
-            points.extend(
-                r.timeline
-                    .token_times()
-                    .enumerate()
-                    .map(|(k, t)| (secs(t - arrival), (k + 1) as f64)),
-            );
+            for (k, t) in r.timeline.token_times().enumerate() {
+                let at = secs(t - arrival);
+                points.push((at, k as f64));
+                points.push((at, (k + 1) as f64));
+            }
             Series { name, points }
         })
         .collect();

@@ -1,0 +1,391 @@
+//! The load generator against a real fake server (axum on 127.0.0.1:0, scripted timings):
+//! arrival schedule, chunk-to-token accounting, failure accounting, capacity bisection and
+//! compare. Timing-sensitive tests run one at a time (SERIAL) so they do not disturb each
+//! other on a small machine.
+
+mod common;
+
+use clap::Parser;
+use common::{FakeServer, Mode, scratch_dir};
+use metrum_bench::arrival::{ArrivalProcess, RunLength, schedule};
+use metrum_bench::output::jsonl::{self, RequestLine};
+use metrum_bench::{BenchRunArgs, CapacityArgs, compare, run_bench, run_capacity};
+use std::path::Path;
+use std::time::Duration;
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+#[derive(Parser)]
+struct RunCli {
+    #[command(flatten)]
+    args: BenchRunArgs,
+}
+
+#[derive(Parser)]
+struct CapacityCli {
+    #[command(flatten)]
+    args: CapacityArgs,
+}
+
+fn run_args(words: &[&str]) -> BenchRunArgs {
+    RunCli::try_parse_from(std::iter::once("bench").chain(words.iter().copied()))
+        .expect("arguments parse")
+        .args
+}
+
+fn steady() -> Mode {
+    Mode::Steady {
+        ttft: Duration::from_millis(5),
+        gap: Duration::from_millis(2),
+    }
+}
+
+fn lines(dir: &Path) -> Vec<RequestLine> {
+    jsonl::read(&dir.join("requests.jsonl")).expect("requests.jsonl")
+}
+
+fn write_trace(dir: &Path, rows: &[(&str, u32)]) -> String {
+    let path = dir.join("trace.jsonl");
+    let text: String = rows
+        .iter()
+        .map(|(text, n)| {
+            format!("{{\"prompt_tokens\": 3, \"output_tokens\": {n}, \"text\": \"{text}\"}}\n")
+        })
+        .collect();
+    std::fs::write(&path, text).expect("trace");
+    format!("file:{}", path.display())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arrivals_follow_the_seeded_schedule_at_the_server() {
+    let _serial = SERIAL.lock().await;
+    let server = FakeServer::start(steady()).await;
+    let out = scratch_dir("arrivals");
+    let outcome = run_bench(run_args(&[
+        "--url",
+        &server.base_url,
+        "--qps",
+        "20",
+        "--num-requests",
+        "60",
+        "--seed",
+        "11",
+        "--workload",
+        "synthetic:prompt=fixed:8,output=fixed:3",
+        "--out",
+        out.to_str().unwrap(),
+        "--no-progress",
+    ]))
+    .await
+    .expect("run");
+    let expected = schedule(
+        ArrivalProcess::Poisson,
+        20.0,
+        RunLength::Requests(60),
+        11,
+        None,
+    )
+    .unwrap();
+    // requests.jsonl records the scheduled send times exactly.
+    let recorded: Vec<f64> = lines(&out).iter().map(|l| l.send_time_s).collect();
+    for (r, e) in recorded.iter().zip(&expected) {
+        assert!((r - e.as_secs_f64()).abs() < 1e-6, "{r} vs {e:?}");
+    }
+    // The server saw them at those times (offsets from the first), up to scheduling jitter.
+    let seen = server.arrivals();
+    assert_eq!(seen.len(), 60);
+    for (i, (s, e)) in seen.iter().zip(&expected).enumerate() {
+        let offset = s.duration_since(seen[0]).as_secs_f64();
+        assert!(
+            (offset - e.as_secs_f64()).abs() < 0.030,
+            "request {i}: seen at {offset}, due at {e:?}"
+        );
+    }
+    // Rate and distribution of what reached the server: mean gap within 5 standard errors of
+    // 1/20 s, and gaps exponential by Kolmogorov-Smirnov at the 0.1% level.
+    let mut gaps: Vec<f64> = seen
+        .windows(2)
+        .map(|w| w[1].duration_since(w[0]).as_secs_f64())
+        .collect();
+    let n = gaps.len() as f64;
+    let mean = gaps.iter().sum::<f64>() / n;
+    assert!(
+        (mean - 0.05).abs() < 5.0 * 0.05 / n.sqrt(),
+        "mean gap {mean}"
+    );
+    gaps.sort_by(f64::total_cmp);
+    let ks = gaps
+        .iter()
+        .enumerate()
+        .map(|(i, x)| {
+            let cdf = 1.0 - (-20.0 * x).exp();
+            (cdf - i as f64 / n)
+                .abs()
+                .max(((i + 1) as f64 / n - cdf).abs())
+        })
+        .fold(0.0, f64::max);
+    assert!(ks < 1.95 / n.sqrt(), "KS {ks}");
+    let lag = &outcome.summary.load_generator.send_lag_s;
+    assert_eq!(lag.count, 60);
+    assert!(lag.p50.unwrap() < 0.010, "median send lag {:?}", lag.p50);
+    assert_eq!(outcome.summary.client.requests.completed, 60);
+    // The fake sends Metrum's timing object, so the server-side section exists.
+    assert_eq!(outcome.summary.server_reports, 60);
+    assert!(outcome.summary.server.is_some());
+    for file in [
+        "config.json",
+        "summary.json",
+        "report.md",
+        "ttft_cdf.svg",
+        "tbt_cdf.svg",
+        "fluidity_hist.svg",
+        "tokens_vs_time.svg",
+        "miss_rate_vs_tbt.svg",
+    ] {
+        assert!(out.join(file).is_file(), "{file} missing");
+    }
+    let _ = std::fs::remove_dir_all(out);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_of_m_tokens_becomes_a_gap_and_m_minus_one_zeros() {
+    let _serial = SERIAL.lock().await;
+    let server = FakeServer::start(Mode::Steady {
+        ttft: Duration::from_millis(20),
+        gap: Duration::from_millis(30),
+    })
+    .await;
+    let out = scratch_dir("chunks");
+    let workload = write_trace(&out, &[("script:burst", 4), ("plain words here", 3)]);
+    let outcome = run_bench(run_args(&[
+        "--url",
+        &server.base_url,
+        "--qps",
+        "5",
+        "--arrival",
+        "constant",
+        "--num-requests",
+        "2",
+        "--workload",
+        &workload,
+        "--out",
+        out.to_str().unwrap(),
+        "--no-progress",
+    ]))
+    .await
+    .expect("run");
+    let lines = lines(&out);
+    let burst = &lines[0];
+    assert_eq!(burst.error, None);
+    assert_eq!(burst.output_tokens, 4);
+    let itts = &burst.itts_s;
+    assert_eq!(itts.len(), 4);
+    assert_eq!(burst.ttft_s, Some(itts[0]));
+    assert!((0.095..0.25).contains(&itts[0]), "TTFT {}", itts[0]);
+    assert!(
+        (0.04..0.15).contains(&itts[1]),
+        "gap before the burst {}",
+        itts[1]
+    );
+    assert_eq!(
+        itts[2], 0.0,
+        "the second token of a 2-token chunk has ITT 0"
+    );
+    assert!(
+        (0.04..0.15).contains(&itts[3]),
+        "gap after the burst {}",
+        itts[3]
+    );
+    assert!(burst.server.is_some());
+    // One token per chunk when the server's count agrees.
+    let plain = &lines[1];
+    assert_eq!((plain.output_tokens, plain.itts_s.len()), (3, 3));
+    assert!(plain.itts_s.iter().all(|g| *g > 0.0));
+    let sources = &outcome.summary.load_generator.token_sources;
+    assert_eq!(sources.get("retokenized"), Some(&1));
+    assert_eq!(sources.get("one_token_per_chunk"), Some(&1));
+    // TBT over tokens keeps the burst's zero; inter-delivery gaps do not.
+    let client = &outcome.summary.client;
+    assert_eq!(client.tbt_s.min, Some(0.0));
+    assert_eq!(client.tbt_s.count, 3 + 2);
+    assert_eq!(client.inter_delivery_s.count, 2 + 2);
+    let _ = std::fs::remove_dir_all(out);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_timed_out_and_empty_requests_are_kept_and_counted() {
+    let _serial = SERIAL.lock().await;
+    let server = FakeServer::start(steady()).await;
+    let out = scratch_dir("failures");
+    let workload = write_trace(
+        &out,
+        &[
+            ("plain", 5),
+            ("script:500", 5),
+            ("script:drop", 5),
+            ("script:hang", 5),
+            ("script:zero", 5),
+            ("script:error", 5),
+        ],
+    );
+    let outcome = run_bench(run_args(&[
+        "--url",
+        &server.base_url,
+        "--qps",
+        "20",
+        "--arrival",
+        "constant",
+        "--num-requests",
+        "6",
+        "--workload",
+        &workload,
+        "--request-timeout",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+        "--no-progress",
+    ]))
+    .await
+    .expect("run");
+    let lines = lines(&out);
+    assert_eq!(lines.len(), 6, "every request has a line");
+    let error = |i: usize| lines[i].error.clone().unwrap_or_default();
+    assert_eq!(lines[0].error, None);
+    assert!(error(1).contains("HTTP 500"), "{}", error(1));
+    assert!(error(2).contains("before [DONE]"), "{}", error(2));
+    assert!(error(3).contains("timed out"), "{}", error(3));
+    assert!(
+        error(4).contains("without any output token"),
+        "{}",
+        error(4)
+    );
+    assert!(error(5).contains("scripted engine failure"), "{}", error(5));
+    // A failed request is charged every token it still owed (max_tokens = 5).
+    assert_eq!(
+        (
+            lines[4].deadlines,
+            lines[4].deadline_misses,
+            lines[4].fluidity_index
+        ),
+        (5, 5, Some(0.0))
+    );
+    assert_eq!(lines[1].ttft_s, None);
+    assert_eq!(lines[2].output_tokens, 1);
+    assert!(lines[2].deadline_misses >= 4);
+    let counts = outcome.summary.client.requests;
+    assert_eq!(
+        (counts.launched, counts.completed, counts.failed),
+        (6, 1, 5)
+    );
+    assert!((outcome.summary.client.error_rate.unwrap() - 5.0 / 6.0).abs() < 1e-12);
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        report.contains("6 launched: 1 completed, 5 failed"),
+        "{report}"
+    );
+    let _ = std::fs::remove_dir_all(out);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capacity_bisection_finds_the_known_capacity() {
+    let _serial = SERIAL.lock().await;
+    // One request at a time, 50 ms each: 20 QPS. Above it the queue and TTFT grow without
+    // bound; below it TTFT stays ~50 ms.
+    let server = FakeServer::start(Mode::Queue {
+        service: Duration::from_millis(50),
+    })
+    .await;
+    let out = scratch_dir("capacity");
+    let args = CapacityCli::try_parse_from([
+        "capacity",
+        "--url",
+        &server.base_url,
+        "--workload",
+        "synthetic:prompt=fixed:8,output=fixed:4",
+        "--arrival",
+        "constant",
+        "--num-requests",
+        "20",
+        "--slo",
+        "ttft-tpot",
+        "--ttft-slo",
+        "0.075",
+        "--tpot-slo",
+        "0.05",
+        "--start-qps",
+        "12",
+        "--out",
+        out.to_str().unwrap(),
+        "--no-progress",
+    ])
+    .expect("arguments parse")
+    .args;
+    let report = run_capacity(args).await.expect("capacity search");
+    let capacity = report.result.max_qps_under_slo.expect("some QPS passes");
+    assert!(
+        (17.0..=21.0).contains(&capacity),
+        "capacity {capacity}, probes {:?}",
+        report.result.probes
+    );
+    assert!(
+        report
+            .runs
+            .iter()
+            .any(|r| !r.verdict.passed && r.qps > 20.0),
+        "a probe above capacity fails"
+    );
+    // The capacity was confirmed with three seeds.
+    let at_capacity = report.runs.iter().filter(|r| r.qps == capacity).count();
+    assert!(at_capacity >= 3, "{at_capacity} runs at the capacity");
+    assert!(out.join("capacity.json").is_file() && out.join("capacity.svg").is_file());
+    assert!(
+        report
+            .runs
+            .iter()
+            .all(|r| r.dir.join("summary.json").is_file())
+    );
+    let _ = std::fs::remove_dir_all(out);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compare_tables_runs_and_warns_when_they_differ() {
+    let _serial = SERIAL.lock().await;
+    let server = FakeServer::start(steady()).await;
+    let root = scratch_dir("compare");
+    let mut dirs = Vec::new();
+    for seed in ["1", "2"] {
+        let dir = root.join(format!("seed-{seed}"));
+        run_bench(run_args(&[
+            "--url",
+            &server.base_url,
+            "--qps",
+            "50",
+            "--num-requests",
+            "4",
+            "--seed",
+            seed,
+            "--workload",
+            "synthetic:prompt=fixed:4,output=uniform:2:9",
+            "--out",
+            dir.to_str().unwrap(),
+            "--no-progress",
+        ]))
+        .await
+        .expect("run");
+        dirs.push(dir);
+    }
+    let same = compare(&[dirs[0].clone(), dirs[0].clone()], None).unwrap();
+    assert!(same.warnings.is_empty(), "{:?}", same.warnings);
+    let out = root.join("cmp");
+    let outcome = compare(&dirs, Some(out.clone())).unwrap();
+    let joined = outcome.warnings.join("\n");
+    assert!(
+        joined.contains("seed") && joined.contains("max_tokens"),
+        "{joined}"
+    );
+    assert!(outcome.markdown.contains("| seed-1 |") && outcome.markdown.contains("| seed-2 |"));
+    for file in ["compare.md", "ttft_cdf.svg", "tbt_cdf.svg"] {
+        assert!(out.join(file).is_file(), "{file}");
+    }
+    let _ = std::fs::remove_dir_all(root);
+}
