@@ -18,9 +18,14 @@ pub struct TargetArgs {
     /// Model name to request; default: the first model /v1/models lists.
     #[arg(long)]
     pub model: Option<String>,
-    /// A local tokenizer.json, used when the server has no /tokenize endpoint.
-    #[arg(long, value_name = "PATH")]
-    pub tokenizer: Option<PathBuf>,
+    /// Tokenizer for cutting prompts and counting tokens: a local tokenizer.json, or the
+    /// base URL of another server whose /tokenize to use (default: the target's own).
+    #[arg(long, value_name = "PATH|URL")]
+    pub tokenizer: Option<String>,
+    /// Logit biases sent with every request, `ID:BIAS,...` (e.g. `0:-100,2:-100` to rule out
+    /// EOS on servers that ignore `ignore_eos`). Send the same to every system compared.
+    #[arg(long, value_name = "ID:BIAS,...")]
+    pub logit_bias: Option<String>,
     /// The model's context length in tokens; default: what /v1/models says, else 2048.
     #[arg(long)]
     pub context: Option<u32>,

@@ -20,6 +20,7 @@ pub struct CompletionCall {
     pub prompt: String,
     pub max_tokens: u32,
     pub temperature: f64,
+    pub logit_bias: Option<std::collections::BTreeMap<String, f64>>,
     pub timeout: Duration,
 }
 
@@ -27,7 +28,7 @@ impl CompletionCall {
     /// The request body: `max_tokens = N` and `ignore_eos` so every system generates exactly
     /// N tokens (R3), usage requested in the stream so token counts are the server's.
     pub fn body(&self) -> Value {
-        json!({
+        let mut body = json!({
             "model": self.model,
             "prompt": self.prompt,
             "max_tokens": self.max_tokens,
@@ -35,7 +36,11 @@ impl CompletionCall {
             "temperature": self.temperature,
             "stream": true,
             "stream_options": {"include_usage": true},
-        })
+        });
+        if let Some(bias) = &self.logit_bias {
+            body["logit_bias"] = json!(bias);
+        }
+        body
     }
 }
 

@@ -159,6 +159,7 @@ pub async fn execute(session: &Session, plan: Plan, show_progress: bool) -> Exec
             prompt: planned.prompt,
             max_tokens: planned.max_tokens,
             temperature: session.temperature,
+            logit_bias: session.logit_bias.clone(),
             timeout: session.request_timeout,
         };
         let http = session.http.clone();

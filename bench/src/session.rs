@@ -10,6 +10,7 @@ use crate::tokenizer::TextTokenizer;
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Serialize;
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -37,6 +38,8 @@ pub struct Session {
     pub tokenizer: TextTokenizer,
     pub request_timeout: Duration,
     pub temperature: f64,
+    /// `logit_bias` sent with every request (token id → bias), if any.
+    pub logit_bias: Option<BTreeMap<String, f64>>,
     server: Option<ServerProcess>,
 }
 
@@ -58,6 +61,11 @@ impl Session {
             }
         };
         let request_timeout = seconds("--request-timeout", args.request_timeout)?;
+        let logit_bias = args
+            .logit_bias
+            .as_deref()
+            .map(parse_logit_bias)
+            .transpose()?;
         let (base_url, server) = match (&args.url, &args.serve) {
             (Some(url), None) => (url.trim_end_matches('/').to_string(), None),
             (None, Some(serve)) => {
@@ -88,6 +96,7 @@ impl Session {
             tokenizer: resolved.tokenizer,
             request_timeout,
             temperature: args.temperature,
+            logit_bias,
             server,
         })
     }
@@ -154,12 +163,18 @@ async fn resolve(args: &TargetArgs, http: &reqwest::Client, base_url: &str) -> R
         (None, None) => (FALLBACK_CONTEXT, Source::Fallback),
     };
     let version = get_json(http, &format!("{base_url}/version")).await.ok();
-    let tokenizer = match &args.tokenizer {
-        Some(path) => TextTokenizer::from_file(path)?,
+    let tokenizer = match args.tokenizer.as_deref() {
+        Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+            let url = url.trim_end_matches('/');
+            TextTokenizer::detect_remote(http, url, &model)
+                .await
+                .ok_or_else(|| anyhow!("{url} has no usable /tokenize"))?
+        }
+        Some(path) => TextTokenizer::from_file(Path::new(path))?,
         None => TextTokenizer::detect_remote(http, base_url, &model)
             .await
             .ok_or_else(|| {
-                anyhow!("{base_url} has no usable /tokenize; pass --tokenizer PATH/tokenizer.json")
+                anyhow!("{base_url} has no usable /tokenize; pass --tokenizer PATH/tokenizer.json or a server URL")
             })?,
     };
     Ok(Resolved {
@@ -170,4 +185,42 @@ async fn resolve(args: &TargetArgs, http: &reqwest::Client, base_url: &str) -> R
         version,
         tokenizer,
     })
+}
+
+/// `ID:BIAS,...` as the OpenAI `logit_bias` map.
+pub fn parse_logit_bias(spec: &str) -> Result<BTreeMap<String, f64>> {
+    spec.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|pair| {
+            let (id, bias) = pair
+                .split_once(':')
+                .ok_or_else(|| anyhow!("logit bias {pair:?}: expected ID:BIAS"))?;
+            let id: u32 = id
+                .trim()
+                .parse()
+                .map_err(|_| anyhow!("logit bias {pair:?}: bad token id"))?;
+            let bias: f64 = bias
+                .trim()
+                .parse()
+                .map_err(|_| anyhow!("logit bias {pair:?}: bad bias"))?;
+            if !(-100.0..=100.0).contains(&bias) {
+                bail!("logit bias {pair:?}: bias must be within [-100, 100]");
+            }
+            Ok((id.to_string(), bias))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logit_bias_flags_parse_and_are_checked() {
+        let map = parse_logit_bias("0:-100, 2:-100").unwrap();
+        assert_eq!(map.get("2"), Some(&-100.0));
+        assert!(parse_logit_bias("x:1").is_err());
+        assert!(parse_logit_bias("1:-200").is_err());
+        assert!(parse_logit_bias("1").is_err());
+    }
 }

@@ -22,6 +22,7 @@ pub struct TargetInfo {
     pub version: Option<Value>,
     pub tokenizer: String,
     pub temperature: f64,
+    pub logit_bias: Option<std::collections::BTreeMap<String, f64>>,
     pub request_timeout_s: f64,
 }
 
@@ -114,6 +115,7 @@ pub fn build(i: ConfigInputs<'_>) -> RunConfig {
             version: s.version.clone(),
             tokenizer: s.tokenizer.describe(),
             temperature: s.temperature,
+            logit_bias: s.logit_bias.clone(),
             request_timeout_s: s.request_timeout.as_secs_f64(),
         },
         workload: WorkloadInfo {
