@@ -86,6 +86,21 @@ pub async fn run_capacity(args: CapacityArgs) -> Result<CapacityReport> {
     closed.context("stopping the --serve server")?;
     write_json(&args.out.join("capacity.json"), &report)?;
     plot(&args.out.join("capacity.svg"), &report)?;
+    match report.result.max_qps_under_slo {
+        Some(qps) => println!(
+            "capacity: {qps:.2} QPS under the {:?} SLO ({} runs, stopped: {:?}) -> {}",
+            report.slo_kind,
+            report.runs.len(),
+            report.result.stop_reason,
+            args.out.display()
+        ),
+        None => println!(
+            "capacity: no probed QPS met the {:?} SLO ({} runs) -> {}",
+            report.slo_kind,
+            report.runs.len(),
+            args.out.display()
+        ),
+    }
     Ok(report)
 }
 

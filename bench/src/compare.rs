@@ -182,5 +182,6 @@ pub fn compare(dirs: &[PathBuf], out: Option<PathBuf>) -> Result<CompareOutcome>
             plots::cdf(&out.join(file), title, "seconds", &refs)?;
         }
     }
+    println!("{markdown}");
     Ok(CompareOutcome { markdown, warnings })
 }

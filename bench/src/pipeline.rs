@@ -24,6 +24,37 @@ pub struct BenchOutcome {
     pub summary: BenchSummary,
 }
 
+impl BenchOutcome {
+    /// A few lines for the terminal: counts, the headline percentiles, every warning.
+    pub fn headline(&self) -> String {
+        let s = &self.summary;
+        let c = &s.client;
+        let ms = |v: Option<f64>| v.map_or("–".to_string(), |x| format!("{:.1}", x * 1e3));
+        let num = |v: Option<f64>| v.map_or("–".to_string(), |x| format!("{x:.3}"));
+        let mut out = format!(
+            "{} requests ({} completed, {} failed) in {:.1} s -> {}\n  \
+             TTFT P50/P99 {}/{} ms (requests), TBT P50/P99 {}/{} ms (tokens), fluidity P50 {}, \
+             service miss rate {}, {:.1} output tok/s",
+            s.requests_sent,
+            c.requests.completed,
+            c.requests.failed,
+            s.load_generator.wall_s,
+            self.out_dir.display(),
+            ms(c.ttft_s.p50),
+            ms(c.ttft_s.p99),
+            ms(c.tbt_s.p50),
+            ms(c.tbt_s.p99),
+            num(c.fluidity_index.p50),
+            num(c.service_miss_rate.miss_rate),
+            c.output_tokens_per_s.unwrap_or(0.0),
+        );
+        for w in &s.warnings {
+            out.push_str(&format!("\n  warning: {w}"));
+        }
+        out
+    }
+}
+
 /// One run's settings beyond the target.
 pub struct RunSettings<'a> {
     pub command: &'a str,
@@ -166,5 +197,6 @@ pub async fn run_bench(args: BenchRunArgs) -> Result<BenchOutcome> {
     let closed = session.close().await;
     let artifacts = result?;
     closed.context("stopping the --serve server")?;
+    println!("{}", artifacts.outcome.headline());
     Ok(artifacts.outcome)
 }

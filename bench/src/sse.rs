@@ -203,3 +203,44 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn decode_split(bytes: &[u8], cuts: &[usize]) -> Result<Vec<SseEvent>, SseError> {
+        let mut d = SseDecoder::with_max_line_bytes(1 << 12);
+        let mut events = Vec::new();
+        let mut start = 0;
+        for &cut in cuts.iter().chain(std::iter::once(&bytes.len())) {
+            let cut = cut.clamp(start, bytes.len());
+            events.extend(d.feed(&bytes[start..cut])?);
+            start = cut;
+        }
+        Ok(events)
+    }
+
+    proptest! {
+        /// Arbitrary bytes never panic, and where the events arrive does not depend on how the
+        /// bytes were split into network reads.
+        #[test]
+        fn any_bytes_any_split_same_events(
+            bytes in proptest::collection::vec(prop_oneof![Just(b'\n'), Just(b'\r'), Just(b':'), Just(b' '), any::<u8>()], 0..400),
+            mut cuts in proptest::collection::vec(0usize..400, 0..8),
+        ) {
+            cuts.sort_unstable();
+            let whole = decode_split(&bytes, &[]);
+            prop_assert_eq!(decode_split(&bytes, &cuts), whole);
+        }
+
+        /// Whatever data is encoded comes back out, one event per encode.
+        #[test]
+        fn encoded_events_decode_to_their_data(data in proptest::collection::vec("[^\r]{0,40}", 1..6)) {
+            let stream: String = data.iter().map(|d| encode_event(d)).collect();
+            let events = decode_split(stream.as_bytes(), &[]).unwrap();
+            let decoded: Vec<String> = events.into_iter().map(|e| e.data).collect();
+            prop_assert_eq!(decoded, data);
+        }
+    }
+}
