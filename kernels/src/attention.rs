@@ -26,6 +26,11 @@ pub fn reshape_and_cache(
             meta.num_tokens()
         );
     }
+    let (num_blocks, block_size, _, _) = key_cache.dims4()?;
+    let capacity = (num_blocks * block_size) as u32;
+    if let Some(bad) = meta.slot_mapping.iter().find(|&&slot| slot >= capacity) {
+        candle_core::bail!("reshape_and_cache: slot {bad} outside a cache of {capacity} slots");
+    }
     let op = WriteCache { meta };
     key_cache.inplace_op2(&key.contiguous()?, &op)?;
     value_cache.inplace_op2(&value.contiguous()?, &op)?;
@@ -43,6 +48,7 @@ pub fn paged_attention(
     meta: &AttentionMetadata,
     softmax_scale: f32,
 ) -> Result<Tensor> {
+    meta.check_block_ids(key_cache.dims4()?.0)?;
     let op = PagedAttention {
         meta,
         softmax_scale,

@@ -8,7 +8,10 @@
 //! | --- | --- |
 //! | [`metadata`] | [`AttentionMetadata`]: one varlen batch's sequence layout, block tables, slot mapping |
 //! | [`attention`] | [`paged_attention`], [`reshape_and_cache`]: the public entry points, dispatching by device |
+//! | [`ops`] | [`rms_norm`], [`add_rms_norm`], [`rope`] (both [`RopeStyle`]s), [`silu_mul`] |
 //! | `cpu` | the CPU reference implementations (f32 math; f16/bf16 are converted) |
+//! | `cuda` | (feature `cuda`) launches of the kernels in `csrc/*.cu`, compiled to PTX by `build.rs` |
+//! | [`check`] | the shared test bodies: device-vs-reference checks and bandwidth benchmarks that the tests and `metrum gpu-check` run |
 //!
 //! ## Conventions shared by every kernel
 //! - A varlen batch is flat: `T` tokens from `S` sequences. Sequence `s` owns query rows
@@ -22,8 +25,19 @@
 //!   KV head `h / (num_heads / num_kv_heads)`.
 
 pub mod attention;
+pub mod check;
 mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 pub mod metadata;
+pub mod ops;
 
 pub use attention::{paged_attention, reshape_and_cache};
-pub use metadata::AttentionMetadata;
+pub use metadata::{AttentionMetadata, PREFILL_TILE_TOKENS};
+pub use ops::{RopeStyle, add_rms_norm, rms_norm, rope, silu_mul};
+
+/// Every embedded PTX module as `(name, ptx)`, for validity checks (`ptxas`) without a GPU.
+#[cfg(feature = "cuda")]
+pub fn embedded_ptx() -> &'static [(&'static str, &'static str)] {
+    &cuda::MODULES
+}

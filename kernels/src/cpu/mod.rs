@@ -2,6 +2,38 @@
 //! CUDA kernels are tested against, so clarity beats speed here; f16/bf16 inputs are widened to
 //! f32 for the math and narrowed once on output.
 
+mod activation;
+mod norm;
 mod paged_attention;
+mod rope;
 
+pub(crate) use activation::silu_mul;
+pub(crate) use norm::{add_rms_norm, rms_norm};
 pub(crate) use paged_attention::{paged_attention, reshape_and_cache};
+pub(crate) use rope::rope;
+
+use candle_core::{Layout, Result, bail};
+
+/// The contiguous part of a storage slice that a layout describes, or an error for strided views.
+pub(crate) fn contiguous<'a, T>(data: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((start, end)) if end <= data.len() => Ok(&data[start..end]),
+        Some(_) => bail!("{what}: layout {l:?} runs past its storage"),
+        None => bail!("{what} must be contiguous"),
+    }
+}
+
+/// Applies `$f::<T>(slices...)` to storages that must all share one float dtype, wrapping the
+/// returned `Vec<T>` back into a `CpuStorage` of that dtype.
+macro_rules! map_float {
+    ($name:literal, ($($s:expr),+), |$($v:ident),+| $body:expr) => {{
+        use candle_core::CpuStorage as S;
+        match ($($s),+) {
+            ($(S::F32($v)),+) => Ok(S::F32($body)),
+            ($(S::F16($v)),+) => Ok(S::F16($body)),
+            ($(S::BF16($v)),+) => Ok(S::BF16($body)),
+            _ => candle_core::bail!("{}: inputs must share one of f32, f16, bf16", $name),
+        }
+    }};
+}
+pub(crate) use map_float;
