@@ -5,6 +5,9 @@
 //!
 //! | module | what lives there |
 //! | --- | --- |
+//! | [`config`] | [`EngineConfig`](config::EngineConfig): every engine knob |
+//! | [`handle`] | [`EngineHandle`](handle::EngineHandle): submit / abort / status, request streams |
+//! | [`engine_loop`] | the engine thread: drain commands, schedule, execute, update, emit |
 //! | [`source`] | resolving `--model` (path, directory, hub id, the default model) to local files; fetch + sha256 + cache |
 //! | [`model`] | model configs, GGUF / safetensors / synthetic loading, the llama forward over a flat varlen batch |
 //! | [`kv_cache`] | the per-layer paged K/V tensors the forward writes and reads |
@@ -12,10 +15,21 @@
 //! | [`chat_template`] | chat templates from model files, rendered with minijinja |
 //! | [`detokenize`] | incremental, UTF-8-safe detokenization and stop strings |
 //! | [`sampling`] | logits processors (penalties, bias, temperature, top-k/p, min-p), seeded sampling, logprobs |
+pub mod config;
+pub mod engine_loop;
+pub mod executor;
+pub mod handle;
+pub mod loader;
 pub mod source;
+pub mod text;
 pub mod kv_cache;
 pub mod chat_template;
 pub mod detokenize;
 pub mod model;
 pub mod tokenizer;
 pub mod sampling;
+
+pub use config::{DeviceSpec, EngineConfig, KvCacheSize};
+pub use handle::{EngineHandle, EngineRequest, EngineStatus, ModelInfo, RequestStream, StreamEvent, SubmitError, TokenLogprob};
+pub use loader::spawn;
+pub use text::TextCodec;

@@ -1,0 +1,349 @@
+//! The engine thread: the one place where scheduler, executor and metrics meet.
+//!
+//! ```text
+//! loop {
+//!     drain commands (add, abort, drain, shutdown)        // channels, no shared locks
+//!     plan   = scheduler.schedule(now)                     // who runs, how many tokens, which blocks
+//!     logits = executor.execute(plan)                      // one batched forward
+//!     tokens = sample each row with the request's own sampler
+//!     scheduler.update(plan, tokens, now)                  // append, stop checks, free blocks
+//!     detokenize + stop strings -> stream deltas; events -> metrics; finished -> final event
+//! }
+//! ```
+
+use crate::executor::Executor;
+use crate::handle::{EngineRequest, EngineStatus, Shared, StreamEvent, SubmitError, TokenLogprob};
+use crate::model::SequenceChunk;
+use crate::sampling::{SampledToken, SequenceSampler};
+use crate::text::TextCodec;
+use crate::detokenize::{StopOutcome, TextStream};
+use metrum_core::time::MonotonicClock;
+use metrum_core::{EventKind, FinishReason, Nanos, RequestId};
+use metrum_metrics::RequestShape;
+use metrum_scheduler::{NewRequest, Scheduler};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use tokio::sync::{mpsc, oneshot};
+
+pub(crate) enum Command {
+    Add {
+        id: RequestId,
+        request: EngineRequest,
+        events: mpsc::UnboundedSender<StreamEvent>,
+        admitted: oneshot::Sender<Result<(), SubmitError>>,
+    },
+    Abort {
+        id: RequestId,
+    },
+    Drain,
+    Shutdown,
+}
+
+/// What the engine thread keeps per in-flight request, beside the scheduler's own state.
+struct Live {
+    events: mpsc::UnboundedSender<StreamEvent>,
+    sampler: SequenceSampler,
+    text: TextStream,
+    logprobs: Option<usize>,
+    shape: RequestShape,
+    completion_tokens: usize,
+    /// Set when a stop string ended the request inside this step.
+    stopped: bool,
+}
+
+/// The loaded pieces the loop drives.
+pub(crate) struct Engine {
+    pub scheduler: Scheduler,
+    pub executor: Box<dyn Executor>,
+    pub codec: Arc<TextCodec>,
+    pub shared: Arc<Shared>,
+    pub clock: MonotonicClock,
+    pub max_waiting_requests: usize,
+    pub seed: u64,
+    live: HashMap<RequestId, Live>,
+    draining: bool,
+    /// Prefix-cache (queries, hits) already reported to metrics.
+    prefix_seen: (u64, u64),
+}
+
+impl Engine {
+    pub fn new(
+        scheduler: Scheduler,
+        executor: Box<dyn Executor>,
+        codec: Arc<TextCodec>,
+        shared: Arc<Shared>,
+        max_waiting_requests: usize,
+        seed: u64,
+    ) -> Engine {
+        Engine {
+            scheduler,
+            executor,
+            codec,
+            shared,
+            clock: MonotonicClock::new(),
+            max_waiting_requests,
+            seed,
+            live: HashMap::new(),
+            draining: false,
+            prefix_seen: (0, 0),
+        }
+    }
+
+    /// Runs until `Shutdown`, or until every handle is gone and nothing is in flight.
+    pub fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        loop {
+            if self.live.is_empty() && !self.scheduler.has_unfinished() {
+                self.publish_stats();
+                match commands.blocking_recv() {
+                    Some(cmd) => {
+                        if !self.handle(cmd) {
+                            break;
+                        }
+                    }
+                    None => break,
+                }
+            }
+            let mut keep_going = true;
+            while let Ok(cmd) = commands.try_recv() {
+                keep_going &= self.handle(cmd);
+            }
+            if !keep_going {
+                break;
+            }
+            if self.scheduler.has_unfinished() {
+                self.step();
+            }
+        }
+        self.abort_all(FinishReason::Abort, "engine shut down");
+    }
+
+    /// Returns false when the engine should stop.
+    fn handle(&mut self, cmd: Command) -> bool {
+        match cmd {
+            Command::Add { id, request, events, admitted } => {
+                let result = self.admit(id, request, events);
+                let _ = admitted.send(result);
+            }
+            Command::Abort { id } => {
+                let now = self.clock.now();
+                self.scheduler.abort(id, now);
+                self.flush_events();
+            }
+            Command::Drain => {
+                self.draining = true;
+                if let Ok(mut s) = self.shared.status.write() {
+                    *s = EngineStatus::Draining;
+                }
+            }
+            Command::Shutdown => return false,
+        }
+        true
+    }
+
+    fn admit(
+        &mut self,
+        id: RequestId,
+        request: EngineRequest,
+        events: mpsc::UnboundedSender<StreamEvent>,
+    ) -> Result<(), SubmitError> {
+        if self.draining {
+            return Err(SubmitError::Unavailable("server is shutting down".into()));
+        }
+        let waiting = self.scheduler.num_waiting();
+        if waiting >= self.max_waiting_requests {
+            return Err(SubmitError::Overloaded { waiting, limit: self.max_waiting_requests });
+        }
+        let params = &request.params;
+        let eos: Vec<u32> = self.codec.tokenizer.eos_token_ids().iter().copied().collect();
+        let arrival = self.clock.at(request.arrival);
+        let new = NewRequest::from_sampling(id, request.prompt_tokens.clone(), params, eos.clone(), arrival)
+            .with_priority(request.priority);
+        self.scheduler.add_request(new).map_err(|e| SubmitError::Invalid(e.to_string()))?;
+        let fallback_seed = self.seed ^ id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let sampler = SequenceSampler::new(params, &request.prompt_tokens, fallback_seed).with_eos_token_ids(&eos);
+        let text = TextStream::new(&request.prompt_tokens, true, params.stop.iter().cloned());
+        self.live.insert(
+            id,
+            Live {
+                events,
+                sampler,
+                text,
+                logprobs: params.logprobs,
+                shape: RequestShape {
+                    prompt_tokens: request.prompt_tokens.len() as u32,
+                    max_tokens: Some(params.max_tokens as u32),
+                },
+                completion_tokens: 0,
+                stopped: false,
+            },
+        );
+        self.flush_events();
+        Ok(())
+    }
+
+    fn step(&mut self) {
+        let started = self.clock.now();
+        let plan = self.scheduler.schedule(started);
+        self.flush_events();
+        if plan.scheduled.is_empty() {
+            // Nothing runnable (e.g. every waiting request needs blocks that running ones hold
+            // and none can be preempted yet): yield instead of spinning hot.
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            return;
+        }
+        let tables: Vec<Vec<u32>> = plan.scheduled.iter().map(|s| s.block_table.iter().map(|b| b.0).collect()).collect();
+        let chunks: Vec<SequenceChunk<'_>> = plan
+            .scheduled
+            .iter()
+            .zip(&tables)
+            .map(|(s, table)| SequenceChunk {
+                tokens: &s.token_ids,
+                num_cached: s.start_position,
+                block_table: table,
+                compute_logits: s.samples,
+            })
+            .collect();
+        let batch_tokens: usize = chunks.iter().map(|c| c.tokens.len()).sum();
+        let mut logits = match self.executor.execute(&chunks) {
+            Ok(l) => l,
+            Err(message) => {
+                tracing::error!(%message, "forward pass failed; failing the step's requests");
+                let ids: Vec<RequestId> = plan.scheduled.iter().map(|s| s.id).collect();
+                for id in ids {
+                    self.fail(id, &message);
+                }
+                return;
+            }
+        };
+        let samplers: Vec<RequestId> = plan.scheduled.iter().filter(|s| s.samples).map(|s| s.id).collect();
+        let mut sampled: Vec<(RequestId, SampledToken)> = Vec::with_capacity(samplers.len());
+        for (row, id) in samplers.iter().enumerate() {
+            if let Some(live) = self.live.get_mut(id) {
+                sampled.push((*id, live.sampler.sample(logits.row_mut(row))));
+            }
+        }
+        let now = self.clock.now();
+        let tokens: Vec<(RequestId, u32)> = sampled.iter().map(|(id, t)| (*id, t.token)).collect();
+        if let Err(e) = self.scheduler.update(&plan, &tokens, now) {
+            // A stale or doubly applied plan is an engine bug; fail loudly but keep serving.
+            tracing::error!(error = ?e, "scheduler rejected a step update");
+        }
+        for (id, tok) in sampled {
+            self.emit_token(id, tok, now);
+        }
+        self.flush_events();
+        let metrics = &self.shared.metrics;
+        metrics.observe_iteration(now.saturating_sub(started), batch_tokens as u32);
+        self.publish_stats();
+    }
+
+    /// Streams one sampled token's text; a stop string finishes the request here.
+    fn emit_token(&mut self, id: RequestId, tok: SampledToken, now: Nanos) {
+        let Some(live) = self.live.get_mut(&id) else { return };
+        if live.stopped {
+            return;
+        }
+        live.completion_tokens += 1;
+        let logprobs = match live.logprobs {
+            Some(_) => vec![TokenLogprob { token: tok.token, logprob: tok.logprob, top: tok.top_logprobs }],
+            None => Vec::new(),
+        };
+        let outcome = live.text.push(&self.codec.tokenizer, tok.token);
+        let (text, stop) = match outcome {
+            Ok(StopOutcome::Continue(text)) => (text, false),
+            Ok(StopOutcome::Stop { text, .. }) => (text, true),
+            Err(e) => (format!("\u{FFFD}{}", if cfg!(debug_assertions) { e.to_string() } else { String::new() }), false),
+        };
+        let _ = live.events.send(StreamEvent::Delta { tokens: vec![tok.token], text, logprobs });
+        if stop {
+            live.stopped = true;
+            self.scheduler.finish(id, FinishReason::Stop, now);
+        }
+    }
+
+    fn fail(&mut self, id: RequestId, message: &str) {
+        if let Some(live) = self.live.get(&id) {
+            let _ = live.events.send(StreamEvent::Error { message: message.to_string() });
+        }
+        let now = self.clock.now();
+        self.scheduler.finish(id, FinishReason::Error, now);
+        self.flush_events();
+    }
+
+    fn abort_all(&mut self, reason: FinishReason, message: &str) {
+        let ids: Vec<RequestId> = self.live.keys().copied().collect();
+        let now = self.clock.now();
+        for id in ids {
+            if let Some(live) = self.live.get(&id) {
+                let _ = live.events.send(StreamEvent::Error { message: message.to_string() });
+            }
+            self.scheduler.finish(id, reason, now);
+        }
+        self.flush_events();
+    }
+
+    /// Feeds scheduler events to the metrics registry and closes finished streams.
+    fn flush_events(&mut self) {
+        for ev in self.scheduler.drain_events() {
+            let shape = self.live.get(&ev.request).map(|l| l.shape).unwrap_or(RequestShape { prompt_tokens: 0, max_tokens: None });
+            let report = match self.shared.metrics.observe_event(&ev, shape) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(request = %ev.request, error = %e, "metrics rejected an engine event");
+                    None
+                }
+            };
+            if let EventKind::Finished(reason) = ev.kind {
+                if let Some(mut live) = self.live.remove(&ev.request) {
+                    if let Ok(outcome) = live.text.finish(&self.codec.tokenizer) {
+                        let tail = match outcome {
+                            StopOutcome::Continue(t) | StopOutcome::Stop { text: t, .. } => t,
+                        };
+                        if !tail.is_empty() && !live.stopped {
+                            let _ = live.events.send(StreamEvent::Delta { tokens: Vec::new(), text: tail, logprobs: Vec::new() });
+                        }
+                    }
+                    if let Some(timing) = report {
+                        tracing::info!(
+                            request = %ev.request,
+                            reason = %reason,
+                            prompt_tokens = live.shape.prompt_tokens,
+                            completion_tokens = live.completion_tokens,
+                            ttft_ms = timing.ttft_ms,
+                            e2e_ms = timing.e2e_ms,
+                            fluidity = timing.fluidity_index,
+                            "request finished"
+                        );
+                        if reason != FinishReason::Error {
+                            let _ = live.events.send(StreamEvent::Finished {
+                                reason,
+                                prompt_tokens: live.shape.prompt_tokens as usize,
+                                completion_tokens: live.completion_tokens,
+                                timing: Box::new(timing),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn publish_stats(&mut self) {
+        let st = self.scheduler.stats();
+        let s = &self.shared.stats;
+        s.running.store(st.num_running, Ordering::Relaxed);
+        s.waiting.store(st.num_waiting, Ordering::Relaxed);
+        s.free_blocks.store(st.num_free_blocks, Ordering::Relaxed);
+        s.total_blocks.store(st.num_blocks, Ordering::Relaxed);
+        s.steps.store(st.num_steps, Ordering::Relaxed);
+        let m = &self.shared.metrics;
+        m.set_requests_running(st.num_running);
+        m.set_requests_waiting(st.num_waiting);
+        m.set_kv_cache_usage(st.kv_usage);
+        // Prometheus counters take deltas; the scheduler keeps totals since start.
+        let (q, h) = (st.prefix_cache_queries, st.prefix_cache_hits);
+        m.observe_prefix_cache(q - self.prefix_seen.0, h - self.prefix_seen.1);
+        self.prefix_seen = (q, h);
+    }
+}

@@ -1,0 +1,75 @@
+//! The executor runs one batched forward pass for a scheduled step and hands back logits.
+//! It never decides who runs (that is the scheduler) and never samples (that is the engine
+//! loop, which owns each request's sampler), so a fake executor can stand in for a model in
+//! tests of the loop without changing anything else.
+
+use crate::kv_cache::KvCache;
+use crate::model::{ForwardBatch, LlamaModel, SequenceChunk};
+use candle_core::{DType, Device};
+
+/// Logits of the rows that sample this step, row-major `[rows, vocab]`, f32 on the host.
+#[derive(Debug, Default)]
+pub struct LogitsRows {
+    pub data: Vec<f32>,
+    pub vocab: usize,
+}
+
+impl LogitsRows {
+    pub fn rows(&self) -> usize {
+        self.data.len().checked_div(self.vocab).unwrap_or(0)
+    }
+
+    pub fn row_mut(&mut self, i: usize) -> &mut [f32] {
+        &mut self.data[i * self.vocab..(i + 1) * self.vocab]
+    }
+}
+
+pub trait Executor: Send {
+    /// One forward over every chunk; returns a logits row for each chunk with
+    /// `compute_logits`, in chunk order.
+    fn execute(&mut self, chunks: &[SequenceChunk<'_>]) -> Result<LogitsRows, String>;
+}
+
+/// The real executor: a loaded model and its paged KV cache on one device.
+pub struct ModelExecutor {
+    pub model: LlamaModel,
+    pub kv: KvCache,
+    pub device: Device,
+}
+
+impl Executor for ModelExecutor {
+    fn execute(&mut self, chunks: &[SequenceChunk<'_>]) -> Result<LogitsRows, String> {
+        let batch = ForwardBatch::from_chunks(self.kv.block_size(), chunks, &self.device).map_err(|e| e.to_string())?;
+        let logits = self.model.forward(&batch, &mut self.kv).map_err(|e| e.to_string())?;
+        let (rows, vocab) = logits.dims2().map_err(|e| e.to_string())?;
+        let data = logits
+            .to_dtype(DType::F32)
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(|e| e.to_string())?;
+        debug_assert_eq!(data.len(), rows * vocab);
+        Ok(LogitsRows { data, vocab })
+    }
+}
+
+/// A deterministic stand-in for a model: every sampling row puts all mass on
+/// `(last input token + 1) % vocab`. Used by the engine-loop tests.
+pub struct FakeExecutor {
+    pub vocab: usize,
+    /// Steps executed so far (tests assert on batching behaviour with it).
+    pub steps: usize,
+}
+
+impl Executor for FakeExecutor {
+    fn execute(&mut self, chunks: &[SequenceChunk<'_>]) -> Result<LogitsRows, String> {
+        self.steps += 1;
+        let mut out = LogitsRows { data: Vec::new(), vocab: self.vocab };
+        for c in chunks.iter().filter(|c| c.compute_logits) {
+            let last = *c.tokens.last().ok_or("empty chunk")? as usize;
+            let mut row = vec![-10.0f32; self.vocab];
+            row[(last + 1) % self.vocab] = 10.0;
+            out.data.extend_from_slice(&row);
+        }
+        Ok(out)
+    }
+}
