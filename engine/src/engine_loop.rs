@@ -26,6 +26,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tokio::sync::{mpsc, oneshot};
 
+/// Starts the engine thread; see [`crate::loader::spawn`].
+pub use crate::loader::spawn;
+
 pub(crate) enum Command {
     Add {
         id: RequestId,
