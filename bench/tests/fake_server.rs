@@ -91,14 +91,22 @@ async fn arrivals_follow_the_seeded_schedule_at_the_server() {
     for (r, e) in recorded.iter().zip(&expected) {
         assert!((r - e.as_secs_f64()).abs() < 1e-6, "{r} vs {e:?}");
     }
-    // The server saw them at those times (offsets from the first), up to scheduling jitter.
+    // The server saw them at those times (offsets from the first), up to scheduling jitter:
+    // every request within 50 ms of its due offset, after removing the common shift.
     let seen = server.arrivals();
     assert_eq!(seen.len(), 60);
-    for (i, (s, e)) in seen.iter().zip(&expected).enumerate() {
-        let offset = s.duration_since(seen[0]).as_secs_f64();
+    let mut shifts: Vec<f64> = seen
+        .iter()
+        .zip(&expected)
+        .map(|(s, e)| s.duration_since(seen[0]).as_secs_f64() - e.as_secs_f64())
+        .collect();
+    let by_request = shifts.clone();
+    shifts.sort_by(f64::total_cmp);
+    let median = shifts[shifts.len() / 2];
+    for (i, shift) in by_request.iter().enumerate() {
         assert!(
-            (offset - e.as_secs_f64()).abs() < 0.030,
-            "request {i}: seen at {offset}, due at {e:?}"
+            (shift - median).abs() < 0.050,
+            "request {i} reached the server {shift} s off schedule"
         );
     }
     // Rate and distribution of what reached the server: mean gap within 5 standard errors of
@@ -290,7 +298,8 @@ async fn failed_timed_out_and_empty_requests_are_kept_and_counted() {
 async fn capacity_bisection_finds_the_known_capacity() {
     let _serial = SERIAL.lock().await;
     // One request at a time, 50 ms each: 20 QPS. Above it the queue and TTFT grow without
-    // bound; below it TTFT stays ~50 ms.
+    // bound (40 requests at 21 QPS end ~90 ms behind); below it TTFT stays ~50 ms, half the
+    // 100 ms SLO, so scheduling jitter cannot fail a probe below capacity.
     let server = FakeServer::start(Mode::Queue {
         service: Duration::from_millis(50),
     })
@@ -305,11 +314,11 @@ async fn capacity_bisection_finds_the_known_capacity() {
         "--arrival",
         "constant",
         "--num-requests",
-        "20",
+        "40",
         "--slo",
         "ttft-tpot",
         "--ttft-slo",
-        "0.075",
+        "0.1",
         "--tpot-slo",
         "0.05",
         "--start-qps",
@@ -323,7 +332,7 @@ async fn capacity_bisection_finds_the_known_capacity() {
     let report = run_capacity(args).await.expect("capacity search");
     let capacity = report.result.max_qps_under_slo.expect("some QPS passes");
     assert!(
-        (17.0..=21.0).contains(&capacity),
+        (17.0..=21.5).contains(&capacity),
         "capacity {capacity}, probes {:?}",
         report.result.probes
     );
