@@ -1,1 +1,61 @@
-//! # Layout (placeholder, filled by the scheduler work)
+//! # Layout
+//!
+//! `metrum-scheduler` decides, every engine step, which requests run and how many tokens each
+//! gets. It is pure, synchronous and deterministic: no clock (time is passed in), no device, no
+//! async, no I/O. The engine calls [`Scheduler::schedule`], runs the batch, and hands the
+//! sampled tokens to [`Scheduler::update`].
+//!
+//! The one rule behind the loop: a request has known tokens (prompt, then outputs) and a count
+//! of tokens whose KV is computed; every step closes part of that gap under a token budget.
+//! Chunked prefill, decode, recompute after preemption and prefix-cache hits are all the same
+//! rule with different gaps. Within a step, decodes go first, then partial prefills, then new
+//! requests (Sarathi-Serve's stall-free batching, spec/metrics.md (f)).
+//!
+//! | module | what lives there |
+//! | --- | --- |
+//! | [`config`] | [`SchedulerConfig`] (+ defaults for CPU), [`Policy`], [`ConfigError`] |
+//! | [`request`] | [`NewRequest`], [`AdmissionError`]; the private per-request state machine |
+//! | [`scheduler`] | [`Scheduler`]: admission, `finish` / `abort`, stats, events, invariant audit |
+//! | `batch` | `Scheduler::schedule`: budgeted batch formation and recompute preemption |
+//! | `update` | `Scheduler::update`: append sampled tokens, stop checks, cache completed blocks |
+//! | [`output`] | [`SchedulerOutput`] / [`ScheduledRequest`] (to the executor), [`StepResult`], [`FinishedRequest`] |
+//! | [`kv_cache_manager`] | [`KvCacheManager`]: per-request block tables, [`AllocStatus`], prefix lookups |
+//! | [`block_pool`] | [`BlockPool`]: ref counts, the LRU free queue (index-linked list), cache map |
+//! | [`prefix_cache`] | [`BlockKey`] / [`PrefixId`]: exact content addressing of full blocks |
+//! | `policy`, `queue` | the per-policy ordering key and the waiting queue |
+//! | [`deadline`] | spec (b) token deadlines: [`DeadlineSlo`], [`DeadlineTracker`], [`PrefillTimeModel`] |
+//! | [`stats`] | [`SchedulerStats`] |
+//! | [`sim`] | fake executor with a step-cost model, Poisson / trace workloads, policy simulation |
+//!
+//! Lifecycle (the [`metrum_core::RequestStatus`] enum): `Waiting → Running → Finished(reason)`,
+//! `Running → Preempted → Running` on recompute preemption, and `abort` from any live state.
+//! Finished requests are removed at once; their stats come back in [`FinishedRequest`].
+
+pub mod block_pool;
+pub mod config;
+pub mod deadline;
+pub mod kv_cache_manager;
+pub mod output;
+pub mod prefix_cache;
+pub mod request;
+pub mod scheduler;
+pub mod sim;
+pub mod stats;
+
+mod batch;
+mod policy;
+mod queue;
+mod update;
+
+pub use block_pool::BlockPool;
+pub use config::{ConfigError, Policy, SchedulerConfig};
+pub use deadline::{DeadlineSlo, DeadlineTracker, PrefillTimeModel};
+pub use kv_cache_manager::{AllocStatus, ComputedBlocks, KvCacheManager};
+pub use output::{
+    ChunkKind, FinishedRequest, RequestStats, ScheduledRequest, SchedulerOutput, StepResult,
+    UpdateError,
+};
+pub use prefix_cache::{BlockKey, PrefixId};
+pub use request::{AdmissionError, NewRequest};
+pub use scheduler::Scheduler;
+pub use stats::SchedulerStats;

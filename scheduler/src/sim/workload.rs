@@ -1,0 +1,325 @@
+//! Workloads for the simulator: open-loop Poisson arrivals with fixed, uniform or trace
+//! lengths, or a trace replayed at its own timestamps. Everything derives from one seed.
+
+use super::prng::SplitMix64;
+use metrum_core::{Nanos, RequestId};
+use std::fmt;
+
+/// One request of a workload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SimRequest {
+    pub id: RequestId,
+    pub arrival: Nanos,
+    pub prompt: Vec<u32>,
+    /// Output length: simulated requests ignore EOS and stop at exactly `max_tokens`.
+    pub max_tokens: usize,
+    pub priority: i32,
+    /// The client goes away at this time (the request is aborted at the next step boundary).
+    pub abort_at: Option<Nanos>,
+}
+
+/// Requests sorted by arrival.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Workload {
+    pub requests: Vec<SimRequest>,
+}
+
+impl Workload {
+    /// Offered load in requests per second: `(n − 1) / (last arrival − first arrival)`.
+    pub fn offered_rate_per_s(&self) -> f64 {
+        match (self.requests.first(), self.requests.last()) {
+            (Some(a), Some(b)) if b.arrival > a.arrival => {
+                (self.requests.len() - 1) as f64 / (b.arrival - a.arrival).as_secs_f64()
+            }
+            _ => 0.0,
+        }
+    }
+
+    /// Replays a trace with arrival times (`arrival_s` column), in order.
+    pub fn replay(trace: &LengthTrace, seed: u64) -> Result<Workload, TraceError> {
+        let arrivals = trace.arrivals.as_ref().ok_or(TraceError::NoArrivals)?;
+        let mut rng = SplitMix64::new(seed);
+        let mut requests: Vec<SimRequest> = trace
+            .pairs
+            .iter()
+            .zip(arrivals)
+            .enumerate()
+            .map(|(i, (&(prompt_len, output_len), &arrival))| SimRequest {
+                id: RequestId(i as u64),
+                arrival,
+                prompt: random_tokens(&mut rng, prompt_len),
+                max_tokens: output_len,
+                priority: 0,
+                abort_at: None,
+            })
+            .collect();
+        requests.sort_by_key(|r| (r.arrival, r.id));
+        Ok(Workload { requests })
+    }
+}
+
+/// Prompt and output lengths of each request.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Lengths {
+    Fixed {
+        prompt: usize,
+        output: usize,
+    },
+    /// Inclusive ranges.
+    Uniform {
+        prompt: (usize, usize),
+        output: (usize, usize),
+    },
+    /// `(prompt, output)` pairs drawn uniformly from a trace (jointly, keeping correlation).
+    Trace(LengthTrace),
+}
+
+/// Some clients go away early.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Aborts {
+    /// Fraction of requests that are aborted, in [0, 1].
+    pub fraction: f64,
+    /// Each abort happens uniformly within this long after the arrival.
+    pub within: Nanos,
+}
+
+/// Open-loop Poisson arrivals: the next arrival never waits for the server.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PoissonWorkload {
+    pub seed: u64,
+    pub rate_per_s: f64,
+    pub num_requests: usize,
+    pub lengths: Lengths,
+    /// The first this-many tokens of every prompt are the same (a shared system prompt).
+    pub shared_prefix_len: usize,
+    /// Priorities drawn uniformly from `0..num_priorities` (1: everyone has priority 0).
+    pub num_priorities: u32,
+    pub aborts: Option<Aborts>,
+}
+
+impl PoissonWorkload {
+    /// `num_requests` at `rate_per_s` with the given lengths; no shared prefix, one priority,
+    /// no aborts.
+    pub fn new(seed: u64, rate_per_s: f64, num_requests: usize, lengths: Lengths) -> Self {
+        PoissonWorkload {
+            seed,
+            rate_per_s,
+            num_requests,
+            lengths,
+            shared_prefix_len: 0,
+            num_priorities: 1,
+            aborts: None,
+        }
+    }
+
+    pub fn generate(&self) -> Workload {
+        let mut rng = SplitMix64::new(self.seed);
+        let shared = random_tokens(&mut rng, self.shared_prefix_len);
+        let rate = if self.rate_per_s > 0.0 && self.rate_per_s.is_finite() {
+            self.rate_per_s
+        } else {
+            f64::MIN_POSITIVE
+        };
+        let mut t = 0.0f64;
+        let mut requests = Vec::with_capacity(self.num_requests);
+        for i in 0..self.num_requests {
+            t += rng.exponential(rate);
+            let arrival = Nanos::from_secs_f64(t);
+            let (prompt_len, output_len) = self.draw_lengths(&mut rng);
+            let mut prompt: Vec<u32> = shared[..shared.len().min(prompt_len)].to_vec();
+            prompt.extend(random_tokens(&mut rng, prompt_len - prompt.len()));
+            let priority = rng.below(u64::from(self.num_priorities.max(1))) as i32;
+            let abort_at = self.aborts.and_then(|a| {
+                (rng.next_f64() < a.fraction)
+                    .then(|| arrival + Nanos(rng.below(a.within.0.saturating_add(1))))
+            });
+            requests.push(SimRequest {
+                id: RequestId(i as u64),
+                arrival,
+                prompt,
+                max_tokens: output_len,
+                priority,
+                abort_at,
+            });
+        }
+        Workload { requests }
+    }
+
+    fn draw_lengths(&self, rng: &mut SplitMix64) -> (usize, usize) {
+        let (p, o) = match &self.lengths {
+            Lengths::Fixed { prompt, output } => (*prompt, *output),
+            Lengths::Uniform { prompt, output } => (
+                rng.range_inclusive(prompt.0, prompt.1),
+                rng.range_inclusive(output.0, output.1),
+            ),
+            Lengths::Trace(trace) if !trace.pairs.is_empty() => {
+                trace.pairs[rng.below(trace.pairs.len() as u64) as usize]
+            }
+            Lengths::Trace(_) => (1, 1),
+        };
+        (p.max(1), o.max(1))
+    }
+}
+
+/// Random token ids in `[3, 32000)`, clear of the usual special ids 0..=2.
+fn random_tokens(rng: &mut SplitMix64, n: usize) -> Vec<u32> {
+    (0..n).map(|_| 3 + rng.below(32_000 - 3) as u32).collect()
+}
+
+/// Request lengths (and optionally arrival times) from a CSV trace such as
+/// `/work/shared/traces/sharegpt_8k.csv`: columns `num_prefill_tokens` and `num_decode_tokens`,
+/// optionally `arrival_s` (seconds from the start); other columns are ignored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LengthTrace {
+    pub pairs: Vec<(usize, usize)>,
+    pub arrivals: Option<Vec<Nanos>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TraceError {
+    MissingColumn(&'static str),
+    BadValue {
+        line: usize,
+        column: &'static str,
+    },
+    Empty,
+    /// Replay needs an `arrival_s` column.
+    NoArrivals,
+}
+
+impl fmt::Display for TraceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TraceError::MissingColumn(c) => write!(f, "trace has no '{c}' column"),
+            TraceError::BadValue { line, column } => {
+                write!(f, "trace line {line}: bad value in column '{column}'")
+            }
+            TraceError::Empty => write!(f, "trace has no rows"),
+            TraceError::NoArrivals => write!(f, "trace has no 'arrival_s' column to replay"),
+        }
+    }
+}
+
+impl std::error::Error for TraceError {}
+
+impl LengthTrace {
+    pub fn parse_csv(text: &str) -> Result<LengthTrace, TraceError> {
+        let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+        let header: Vec<&str> = lines.next().ok_or(TraceError::Empty)?.split(',').collect();
+        let col = |name: &'static str| header.iter().position(|h| h.trim() == name);
+        let prefill =
+            col("num_prefill_tokens").ok_or(TraceError::MissingColumn("num_prefill_tokens"))?;
+        let decode =
+            col("num_decode_tokens").ok_or(TraceError::MissingColumn("num_decode_tokens"))?;
+        let arrival = col("arrival_s");
+        let mut pairs = Vec::new();
+        let mut arrivals = arrival.map(|_| Vec::new());
+        for (i, line) in lines.enumerate() {
+            let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+            let line_no = i + 2;
+            let int = |idx: usize, column: &'static str| {
+                fields
+                    .get(idx)
+                    .and_then(|f| f.parse::<usize>().ok())
+                    .ok_or(TraceError::BadValue {
+                        line: line_no,
+                        column,
+                    })
+            };
+            pairs.push((
+                int(prefill, "num_prefill_tokens")?,
+                int(decode, "num_decode_tokens")?,
+            ));
+            if let (Some(idx), Some(out)) = (arrival, arrivals.as_mut()) {
+                let secs = fields
+                    .get(idx)
+                    .and_then(|f| f.parse::<f64>().ok())
+                    .filter(|s| s.is_finite() && *s >= 0.0)
+                    .ok_or(TraceError::BadValue {
+                        line: line_no,
+                        column: "arrival_s",
+                    })?;
+                out.push(Nanos::from_secs_f64(secs));
+            }
+        }
+        if pairs.is_empty() {
+            return Err(TraceError::Empty);
+        }
+        Ok(LengthTrace { pairs, arrivals })
+    }
+
+    /// Clamps every prompt and output length (a CPU-sized model cannot take 8k prompts).
+    pub fn clamped(mut self, max_prompt: usize, max_output: usize) -> LengthTrace {
+        for (p, o) in &mut self.pairs {
+            *p = (*p).clamp(1, max_prompt.max(1));
+            *o = (*o).clamp(1, max_output.max(1));
+        }
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn poisson_workloads_are_reproducible_and_near_their_rate() {
+        let w = PoissonWorkload::new(
+            3,
+            20.0,
+            4000,
+            Lengths::Fixed {
+                prompt: 4,
+                output: 2,
+            },
+        );
+        let a = w.generate();
+        assert_eq!(a, w.generate());
+        let rate = a.offered_rate_per_s();
+        assert!((rate - 20.0).abs() < 1.0, "rate {rate}");
+        assert!(a.requests.windows(2).all(|p| p[0].arrival <= p[1].arrival));
+    }
+
+    #[test]
+    fn shared_prefixes_are_shared() {
+        let mut w = PoissonWorkload::new(
+            1,
+            5.0,
+            10,
+            Lengths::Fixed {
+                prompt: 40,
+                output: 2,
+            },
+        );
+        w.shared_prefix_len = 32;
+        let r = w.generate().requests;
+        assert!(r.iter().all(|x| x.prompt[..32] == r[0].prompt[..32]));
+        assert_ne!(r[0].prompt[32..], r[1].prompt[32..]);
+    }
+
+    #[test]
+    fn traces_parse_with_and_without_arrivals() {
+        let t = LengthTrace::parse_csv("num_prefill_tokens,num_decode_tokens,x\n10,5,1\n7,3,2\n")
+            .unwrap();
+        assert_eq!(t.pairs, vec![(10, 5), (7, 3)]);
+        assert_eq!(Workload::replay(&t, 0), Err(TraceError::NoArrivals));
+        let t = LengthTrace::parse_csv(
+            "arrival_s,num_decode_tokens,num_prefill_tokens\n0.5,2,9\n0.25,1,4\n",
+        )
+        .unwrap();
+        let w = Workload::replay(&t, 0).unwrap();
+        assert_eq!(w.requests[0].arrival, Nanos::from_millis(250));
+        assert_eq!(w.requests[0].prompt.len(), 4);
+        assert_eq!(
+            LengthTrace::parse_csv("num_prefill_tokens,num_decode_tokens\n1,x\n"),
+            Err(TraceError::BadValue {
+                line: 2,
+                column: "num_decode_tokens"
+            })
+        );
+        assert_eq!(
+            LengthTrace::parse_csv("a,b\n"),
+            Err(TraceError::MissingColumn("num_prefill_tokens"))
+        );
+    }
+}
