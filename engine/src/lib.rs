@@ -14,6 +14,7 @@
 //! | [`tokenizer`] | tokenizer.json loading and the GGUF-metadata tokenizer (gpt2 BPE, llama SPM) |
 //! | [`chat_template`] | chat templates from model files, rendered with minijinja |
 //! | [`detokenize`] | incremental, UTF-8-safe detokenization and stop strings |
+//! | [`diag`] | device checks: logits CPU vs device, step timings vs hardware limits (for `metrum gpu-check`) |
 //! | [`sampling`] | logits processors (penalties, bias, temperature, top-k/p, min-p), seeded sampling, logprobs |
 pub mod config;
 pub mod engine_loop;
@@ -25,6 +26,7 @@ pub mod text;
 pub mod kv_cache;
 pub mod chat_template;
 pub mod detokenize;
+pub mod diag;
 pub mod model;
 pub mod tokenizer;
 pub mod sampling;

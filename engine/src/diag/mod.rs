@@ -1,0 +1,9 @@
+//! Diagnostics that prove a device path: whole-model logits against the CPU, against an outside
+//! reference, and step timings against the hardware's limits. `metrum gpu-check` and
+//! `metrum logits` call these; they are ordinary library code so tests can run them on CPU.
+
+mod logits;
+mod speed;
+
+pub use logits::{GreedyTrace, compare_devices, greedy_trace};
+pub use speed::{DecodeStepRow, PrefillRow, decode_step_time, gemm_tflops, prefill_throughput};
