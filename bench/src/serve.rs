@@ -128,6 +128,53 @@ mod tests {
         assert!(free_port().unwrap() > 0);
     }
 
+    /// A stand-in `metrum` executable: `serve ... --port P` answers /health on P until SIGTERM.
+    const FAKE_METRUM: &str = r#"#!/usr/bin/env python3
+import http.server, signal, sys
+args = sys.argv[1:]
+assert args[0] == "serve", args
+port = int(args[args.index("--port") + 1])
+class Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200 if self.path == "/health" else 404)
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+server = http.server.HTTPServer(("127.0.0.1", port), Health)
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+print("serving", args, flush=True)
+server.serve_forever()
+"#;
+
+    #[tokio::test]
+    async fn serve_starts_the_executable_waits_for_health_and_stops_it_with_sigterm() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir =
+            std::env::temp_dir().join(format!("metrum-bench-serve-ok-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let exe = dir.join("fake-metrum");
+        std::fs::write(&exe, FAKE_METRUM).unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let http = reqwest::Client::new();
+        let server =
+            ServerProcess::start(&exe, "--model tiny", &dir, Duration::from_secs(30), &http)
+                .await
+                .unwrap();
+        let base = server.base_url.clone();
+        assert!(healthy(&http, &base).await);
+        server.stop().await.unwrap();
+        assert!(
+            !healthy(&http, &base).await,
+            "the server is gone after stop"
+        );
+        let log = std::fs::read_to_string(dir.join("server.log")).unwrap();
+        assert!(
+            log.contains("'serve', '--model', 'tiny', '--port'"),
+            "{log}"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     #[tokio::test]
     async fn a_child_that_dies_before_health_is_an_error_not_a_hang() {
         let dir = std::env::temp_dir().join(format!("metrum-bench-serve-{}", std::process::id()));

@@ -137,6 +137,25 @@ async fn arrivals_follow_the_seeded_schedule_at_the_server() {
     assert_eq!(lag.count, 60);
     assert!(lag.p50.unwrap() < 0.010, "median send lag {:?}", lag.p50);
     assert_eq!(outcome.summary.client.requests.completed, 60);
+    // Without --model the first listed model is used; context and /version come from the
+    // target, prompts were cut with its /tokenize.
+    let target = &outcome.config.target;
+    assert_eq!(
+        (target.model.as_str(), target.model_source.as_str()),
+        ("fake-model", "server")
+    );
+    assert_eq!(
+        (target.context, target.context_source.as_str()),
+        (4096, "server")
+    );
+    assert!(target.version.is_some());
+    assert!(
+        target.tokenizer.ends_with("/tokenize"),
+        "{}",
+        target.tokenizer
+    );
+    assert_eq!(outcome.config.workload.inexact_prompts, 0);
+    assert!(lines(&out).iter().all(|l| l.prompt_tokens == 8));
     // The fake sends Metrum's timing object, so the server-side section exists.
     assert_eq!(outcome.summary.server_reports, 60);
     assert!(outcome.summary.server.is_some());
