@@ -242,3 +242,28 @@ pub mod test_support {
         TextTokenizer::word_level(&text)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_saved_tokenizer_json_loads_and_counts_like_the_original() {
+        let original = TextTokenizer::word_level("the quick brown fox , jumps").unwrap();
+        let TextTokenizer::Local(inner) = &original else {
+            panic!("word_level is local");
+        };
+        let path =
+            std::env::temp_dir().join(format!("metrum-bench-tok-{}.json", std::process::id()));
+        inner.save(&path, false).unwrap();
+        let loaded = TextTokenizer::from_file(&path).unwrap();
+        let text = "the quick fox, jumps";
+        let ids = loaded.encode(text).await.unwrap();
+        assert_eq!(ids, original.encode(text).await.unwrap());
+        assert_eq!(ids.len(), 5);
+        assert_eq!(loaded.count_content(text, &[]).await.unwrap(), 5);
+        assert_eq!(loaded.decode(&ids).await.unwrap(), "the quick fox , jumps");
+        assert!(TextTokenizer::from_file(Path::new("/nonexistent/tokenizer.json")).is_err());
+        let _ = std::fs::remove_file(path);
+    }
+}

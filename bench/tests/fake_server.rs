@@ -70,6 +70,8 @@ async fn arrivals_follow_the_seeded_schedule_at_the_server() {
         "60",
         "--seed",
         "11",
+        "--warmup",
+        "0.5",
         "--workload",
         "synthetic:prompt=fixed:8,output=fixed:3",
         "--out",
@@ -133,10 +135,19 @@ async fn arrivals_follow_the_seeded_schedule_at_the_server() {
         })
         .fold(0.0, f64::max);
     assert!(ks < 1.95 / n.sqrt(), "KS {ks}");
+    // Requests due in the first 0.5 s are sent and recorded, but left out of the summary.
+    let warm = expected.iter().filter(|t| t.as_secs_f64() < 0.5).count();
+    assert!(warm > 0);
+    assert_eq!(outcome.summary.warmup_excluded, warm);
+    assert_eq!(outcome.summary.client.requests.launched as usize, 60 - warm);
+    assert_eq!(recorded.len(), 60);
     let lag = &outcome.summary.load_generator.send_lag_s;
     assert_eq!(lag.count, 60);
     assert!(lag.p50.unwrap() < 0.010, "median send lag {:?}", lag.p50);
-    assert_eq!(outcome.summary.client.requests.completed, 60);
+    assert_eq!(
+        outcome.summary.client.requests.completed as usize,
+        60 - warm
+    );
     // Without --model the first listed model is used; context and /version come from the
     // target, prompts were cut with its /tokenize.
     let target = &outcome.config.target;
@@ -158,6 +169,13 @@ async fn arrivals_follow_the_seeded_schedule_at_the_server() {
     assert!(lines(&out).iter().all(|l| l.prompt_tokens == 8));
     // The fake sends Metrum's timing object, so the server-side section exists.
     assert_eq!(outcome.summary.server_reports, 60);
+    assert!(
+        outcome
+            .summary
+            .server
+            .as_ref()
+            .is_some_and(|s| s.requests.launched as usize == 60 - warm)
+    );
     assert!(outcome.summary.server.is_some());
     for file in [
         "config.json",
