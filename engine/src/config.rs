@@ -18,7 +18,9 @@ impl std::str::FromStr for DeviceSpec {
             "cuda" => Ok(DeviceSpec::Cuda(0)),
             _ => match s.strip_prefix("cuda:").map(str::parse) {
                 Some(Ok(n)) => Ok(DeviceSpec::Cuda(n)),
-                _ => Err(format!("unknown device '{s}': expected cpu, cuda or cuda:N")),
+                _ => Err(format!(
+                    "unknown device '{s}': expected cpu, cuda or cuda:N"
+                )),
             },
         }
     }

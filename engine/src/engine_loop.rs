@@ -11,12 +11,12 @@
 //! }
 //! ```
 
+use crate::detokenize::{StopOutcome, TextStream};
 use crate::executor::Executor;
 use crate::handle::{EngineRequest, EngineStatus, Shared, StreamEvent, SubmitError, TokenLogprob};
 use crate::model::SequenceChunk;
 use crate::sampling::{SampledToken, SequenceSampler};
 use crate::text::TextCodec;
-use crate::detokenize::{StopOutcome, TextStream};
 use metrum_core::time::MonotonicClock;
 use metrum_core::{EventKind, FinishReason, Nanos, RequestId};
 use metrum_metrics::RequestShape;
@@ -124,7 +124,12 @@ impl Engine {
     /// Returns false when the engine should stop.
     fn handle(&mut self, cmd: Command) -> bool {
         match cmd {
-            Command::Add { id, request, events, admitted } => {
+            Command::Add {
+                id,
+                request,
+                events,
+                admitted,
+            } => {
                 let result = self.admit(id, request, events);
                 let _ = admitted.send(result);
             }
@@ -155,16 +160,34 @@ impl Engine {
         }
         let waiting = self.scheduler.num_waiting();
         if waiting >= self.max_waiting_requests {
-            return Err(SubmitError::Overloaded { waiting, limit: self.max_waiting_requests });
+            return Err(SubmitError::Overloaded {
+                waiting,
+                limit: self.max_waiting_requests,
+            });
         }
         let params = &request.params;
-        let eos: Vec<u32> = self.codec.tokenizer.eos_token_ids().iter().copied().collect();
+        let eos: Vec<u32> = self
+            .codec
+            .tokenizer
+            .eos_token_ids()
+            .iter()
+            .copied()
+            .collect();
         let arrival = self.clock.at(request.arrival);
-        let new = NewRequest::from_sampling(id, request.prompt_tokens.clone(), params, eos.clone(), arrival)
-            .with_priority(request.priority);
-        self.scheduler.add_request(new).map_err(|e| SubmitError::Invalid(e.to_string()))?;
+        let new = NewRequest::from_sampling(
+            id,
+            request.prompt_tokens.clone(),
+            params,
+            eos.clone(),
+            arrival,
+        )
+        .with_priority(request.priority);
+        self.scheduler
+            .add_request(new)
+            .map_err(|e| SubmitError::Invalid(e.to_string()))?;
         let fallback_seed = self.seed ^ id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let sampler = SequenceSampler::new(params, &request.prompt_tokens, fallback_seed).with_eos_token_ids(&eos);
+        let sampler = SequenceSampler::new(params, &request.prompt_tokens, fallback_seed)
+            .with_eos_token_ids(&eos);
         let text = TextStream::new(&request.prompt_tokens, true, params.stop.iter().cloned());
         self.live.insert(
             id,
@@ -195,7 +218,11 @@ impl Engine {
             std::thread::sleep(std::time::Duration::from_millis(1));
             return;
         }
-        let tables: Vec<Vec<u32>> = plan.scheduled.iter().map(|s| s.block_table.iter().map(|b| b.0).collect()).collect();
+        let tables: Vec<Vec<u32>> = plan
+            .scheduled
+            .iter()
+            .map(|s| s.block_table.iter().map(|b| b.0).collect())
+            .collect();
         let chunks: Vec<SequenceChunk<'_>> = plan
             .scheduled
             .iter()
@@ -219,7 +246,12 @@ impl Engine {
                 return;
             }
         };
-        let samplers: Vec<RequestId> = plan.scheduled.iter().filter(|s| s.samples).map(|s| s.id).collect();
+        let samplers: Vec<RequestId> = plan
+            .scheduled
+            .iter()
+            .filter(|s| s.samples)
+            .map(|s| s.id)
+            .collect();
         let mut sampled: Vec<(RequestId, SampledToken)> = Vec::with_capacity(samplers.len());
         for (row, id) in samplers.iter().enumerate() {
             if let Some(live) = self.live.get_mut(id) {
@@ -243,22 +275,42 @@ impl Engine {
 
     /// Streams one sampled token's text; a stop string finishes the request here.
     fn emit_token(&mut self, id: RequestId, tok: SampledToken, now: Nanos) {
-        let Some(live) = self.live.get_mut(&id) else { return };
+        let Some(live) = self.live.get_mut(&id) else {
+            return;
+        };
         if live.stopped {
             return;
         }
         live.completion_tokens += 1;
         let logprobs = match live.logprobs {
-            Some(_) => vec![TokenLogprob { token: tok.token, logprob: tok.logprob, top: tok.top_logprobs }],
+            Some(_) => vec![TokenLogprob {
+                token: tok.token,
+                logprob: tok.logprob,
+                top: tok.top_logprobs,
+            }],
             None => Vec::new(),
         };
         let outcome = live.text.push(&self.codec.tokenizer, tok.token);
         let (text, stop) = match outcome {
             Ok(StopOutcome::Continue(text)) => (text, false),
             Ok(StopOutcome::Stop { text, .. }) => (text, true),
-            Err(e) => (format!("\u{FFFD}{}", if cfg!(debug_assertions) { e.to_string() } else { String::new() }), false),
+            Err(e) => (
+                format!(
+                    "\u{FFFD}{}",
+                    if cfg!(debug_assertions) {
+                        e.to_string()
+                    } else {
+                        String::new()
+                    }
+                ),
+                false,
+            ),
         };
-        let _ = live.events.send(StreamEvent::Delta { tokens: vec![tok.token], text, logprobs });
+        let _ = live.events.send(StreamEvent::Delta {
+            tokens: vec![tok.token],
+            text,
+            logprobs,
+        });
         if stop {
             live.stopped = true;
             self.scheduler.finish(id, FinishReason::Stop, now);
@@ -267,7 +319,9 @@ impl Engine {
 
     fn fail(&mut self, id: RequestId, message: &str) {
         if let Some(live) = self.live.get(&id) {
-            let _ = live.events.send(StreamEvent::Error { message: message.to_string() });
+            let _ = live.events.send(StreamEvent::Error {
+                message: message.to_string(),
+            });
         }
         let now = self.clock.now();
         self.scheduler.finish(id, FinishReason::Error, now);
@@ -279,7 +333,9 @@ impl Engine {
         let now = self.clock.now();
         for id in ids {
             if let Some(live) = self.live.get(&id) {
-                let _ = live.events.send(StreamEvent::Error { message: message.to_string() });
+                let _ = live.events.send(StreamEvent::Error {
+                    message: message.to_string(),
+                });
             }
             self.scheduler.finish(id, reason, now);
         }
@@ -289,7 +345,14 @@ impl Engine {
     /// Feeds scheduler events to the metrics registry and closes finished streams.
     fn flush_events(&mut self) {
         for ev in self.scheduler.drain_events() {
-            let shape = self.live.get(&ev.request).map(|l| l.shape).unwrap_or(RequestShape { prompt_tokens: 0, max_tokens: None });
+            let shape = self
+                .live
+                .get(&ev.request)
+                .map(|l| l.shape)
+                .unwrap_or(RequestShape {
+                    prompt_tokens: 0,
+                    max_tokens: None,
+                });
             let report = match self.shared.metrics.observe_event(&ev, shape) {
                 Ok(r) => r,
                 Err(e) => {
@@ -304,7 +367,11 @@ impl Engine {
                             StopOutcome::Continue(t) | StopOutcome::Stop { text: t, .. } => t,
                         };
                         if !tail.is_empty() && !live.stopped {
-                            let _ = live.events.send(StreamEvent::Delta { tokens: Vec::new(), text: tail, logprobs: Vec::new() });
+                            let _ = live.events.send(StreamEvent::Delta {
+                                tokens: Vec::new(),
+                                text: tail,
+                                logprobs: Vec::new(),
+                            });
                         }
                     }
                     if let Some(timing) = report {

@@ -39,8 +39,12 @@ pub struct ModelExecutor {
 
 impl Executor for ModelExecutor {
     fn execute(&mut self, chunks: &[SequenceChunk<'_>]) -> Result<LogitsRows, String> {
-        let batch = ForwardBatch::from_chunks(self.kv.block_size(), chunks, &self.device).map_err(|e| e.to_string())?;
-        let logits = self.model.forward(&batch, &mut self.kv).map_err(|e| e.to_string())?;
+        let batch = ForwardBatch::from_chunks(self.kv.block_size(), chunks, &self.device)
+            .map_err(|e| e.to_string())?;
+        let logits = self
+            .model
+            .forward(&batch, &mut self.kv)
+            .map_err(|e| e.to_string())?;
         let (rows, vocab) = logits.dims2().map_err(|e| e.to_string())?;
         let data = logits
             .to_dtype(DType::F32)
@@ -63,7 +67,10 @@ pub struct FakeExecutor {
 impl Executor for FakeExecutor {
     fn execute(&mut self, chunks: &[SequenceChunk<'_>]) -> Result<LogitsRows, String> {
         self.steps += 1;
-        let mut out = LogitsRows { data: Vec::new(), vocab: self.vocab };
+        let mut out = LogitsRows {
+            data: Vec::new(),
+            vocab: self.vocab,
+        };
         for c in chunks.iter().filter(|c| c.compute_logits) {
             let last = *c.tokens.last().ok_or("empty chunk")? as usize;
             let mut row = vec![-10.0f32; self.vocab];

@@ -37,7 +37,11 @@ pub struct TokenLogprob {
 pub enum StreamEvent {
     /// New tokens became visible. `text` is valid UTF-8 and may be empty when bytes of a
     /// multi-byte character or a possible stop-string prefix are held back.
-    Delta { tokens: Vec<u32>, text: String, logprobs: Vec<TokenLogprob> },
+    Delta {
+        tokens: Vec<u32>,
+        text: String,
+        logprobs: Vec<TokenLogprob>,
+    },
     Finished {
         reason: FinishReason,
         prompt_tokens: usize,
@@ -146,10 +150,20 @@ impl EngineHandle {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (admit_tx, admit_rx) = oneshot::channel();
         self.commands
-            .send(Command::Add { id, request, events: events_tx, admitted: admit_tx })
+            .send(Command::Add {
+                id,
+                request,
+                events: events_tx,
+                admitted: admit_tx,
+            })
             .map_err(|_| SubmitError::EngineDead(self.status_message()))?;
         match admit_rx.await {
-            Ok(Ok(())) => Ok(RequestStream { id, events: events_rx, commands: self.commands.clone(), done: false }),
+            Ok(Ok(())) => Ok(RequestStream {
+                id,
+                events: events_rx,
+                commands: self.commands.clone(),
+                done: false,
+            }),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(SubmitError::EngineDead(self.status_message())),
         }
@@ -175,7 +189,11 @@ impl EngineHandle {
     }
 
     pub fn status(&self) -> EngineStatus {
-        self.shared.status.read().map(|s| s.clone()).unwrap_or(EngineStatus::Failed("poisoned".into()))
+        self.shared
+            .status
+            .read()
+            .map(|s| s.clone())
+            .unwrap_or(EngineStatus::Failed("poisoned".into()))
     }
 
     fn status_message(&self) -> String {
@@ -226,7 +244,10 @@ impl RequestStream {
     }
 
     fn note(&mut self, ev: &Option<StreamEvent>) {
-        if matches!(ev, None | Some(StreamEvent::Finished { .. }) | Some(StreamEvent::Error { .. })) {
+        if matches!(
+            ev,
+            None | Some(StreamEvent::Finished { .. }) | Some(StreamEvent::Error { .. })
+        ) {
             self.done = true;
         }
     }

@@ -24,7 +24,10 @@ use tokio::sync::mpsc;
 /// Starts the engine thread. Fails only on configuration errors found before loading
 /// (bad policy name, bad SLO); load failures show up as [`EngineStatus::Failed`].
 pub fn spawn(config: EngineConfig) -> Result<EngineHandle, String> {
-    let policy: Policy = config.scheduling_policy.parse().map_err(|e| format!("{e:?}"))?;
+    let policy: Policy = config
+        .scheduling_policy
+        .parse()
+        .map_err(|e| format!("{e:?}"))?;
     let metrics = MetricsRegistry::new(config.slo).map_err(|e| e.to_string())?;
     let shared = Arc::new(Shared {
         status: RwLock::new(EngineStatus::Loading),
@@ -62,7 +65,10 @@ pub fn spawn(config: EngineConfig) -> Result<EngineHandle, String> {
             }
         })
         .map_err(|e| format!("cannot start the engine thread: {e}"))?;
-    Ok(EngineHandle { commands: tx, shared })
+    Ok(EngineHandle {
+        commands: tx,
+        shared,
+    })
 }
 
 /// Loads everything and returns the engine ready to run. Publishes the model info and the
@@ -70,7 +76,9 @@ pub fn spawn(config: EngineConfig) -> Result<EngineHandle, String> {
 fn load(config: &EngineConfig, policy: Policy, shared: Arc<Shared>) -> Result<Engine, String> {
     if let Some(n) = config.threads {
         // candle's CPU kernels and ours run on rayon's global pool.
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global();
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(n.max(1))
+            .build_global();
     }
     let files = resolve_model(config.model.as_deref()).map_err(|e| e.to_string())?;
     let device = match config.device {
@@ -81,14 +89,20 @@ fn load(config: &EngineConfig, policy: Policy, shared: Arc<Shared>) -> Result<En
     let started = std::time::Instant::now();
     let model = LlamaModel::load(&files, &device, dtype).map_err(|e| e.to_string())?;
     let tokenizer = Tokenizer::from_model_files(&files).map_err(|e| e.to_string())?;
-    let chat_template = ChatTemplate::from_model_files(&files, &tokenizer).map_err(|e| e.to_string())?;
+    let chat_template =
+        ChatTemplate::from_model_files(&files, &tokenizer).map_err(|e| e.to_string())?;
     let layout = model.kv_cache_layout(config.block_size);
     let num_blocks = kv_blocks(&config.kv_cache, layout.bytes_per_block(), &device)?;
     let kv = KvCache::new(layout, num_blocks, &device).map_err(|e| e.to_string())?;
-    let model_len = model.config().max_position_embeddings.min(model.max_positions());
+    let model_len = model
+        .config()
+        .max_position_embeddings
+        .min(model.max_positions());
     let max_model_len = match config.max_model_len {
         Some(n) if n > model_len => {
-            return Err(format!("--max-model-len {n} exceeds the model's context length {model_len}"));
+            return Err(format!(
+                "--max-model-len {n} exceeds the model's context length {model_len}"
+            ));
         }
         Some(n) => n,
         None => model_len,
@@ -106,13 +120,20 @@ fn load(config: &EngineConfig, policy: Policy, shared: Arc<Shared>) -> Result<En
         slo: DeadlineSlo {
             tbt_slo: slo.tbt_slo(),
             ttft_slack: slo.ttft_slack(),
-            prefill: PrefillTimeModel { a_s: pm.a_s, b_s_per_token: pm.b_s_per_token, c_s_per_token2: pm.c_s_per_token2 },
+            prefill: PrefillTimeModel {
+                a_s: pm.a_s,
+                b_s_per_token: pm.b_s_per_token,
+                c_s_per_token2: pm.c_s_per_token2,
+            },
         },
     };
     let scheduler = Scheduler::new(sched_config.clone()).map_err(|e| format!("{e:?}"))?;
     let source = describe_source(&files);
     let info = ModelInfo {
-        served_model_name: config.served_model_name.clone().unwrap_or_else(|| default_served_name(config, &files)),
+        served_model_name: config
+            .served_model_name
+            .clone()
+            .unwrap_or_else(|| default_served_name(config, &files)),
         source,
         architecture: "llama".into(),
         dtype: format!("{dtype:?}").to_lowercase(),
@@ -144,10 +165,20 @@ fn load(config: &EngineConfig, policy: Policy, shared: Arc<Shared>) -> Result<En
         kv_blocks = num_blocks, load_s = started.elapsed().as_secs_f64(), "model loaded"
     );
     let _ = shared.info.set(info);
-    let codec = Arc::new(TextCodec { tokenizer, chat_template });
+    let codec = Arc::new(TextCodec {
+        tokenizer,
+        chat_template,
+    });
     let _ = shared.text.set(codec.clone());
     let executor = Box::new(ModelExecutor { model, kv, device });
-    Ok(Engine::new(scheduler, executor, codec, shared, config.max_waiting_requests, config.seed))
+    Ok(Engine::new(
+        scheduler,
+        executor,
+        codec,
+        shared,
+        config.max_waiting_requests,
+        config.seed,
+    ))
 }
 
 fn open_cuda(ordinal: usize) -> Result<Device, String> {
@@ -158,7 +189,9 @@ fn open_cuda(ordinal: usize) -> Result<Device, String> {
     match std::panic::catch_unwind(|| Device::new_cuda(ordinal)) {
         Ok(Ok(d)) => Ok(d),
         Ok(Err(e)) => Err(format!("cannot open cuda:{ordinal}: {e}")),
-        Err(_) => Err(format!("cannot open cuda:{ordinal}: the CUDA driver library could not be loaded")),
+        Err(_) => Err(format!(
+            "cannot open cuda:{ordinal}: the CUDA driver library could not be loaded"
+        )),
     }
 }
 
@@ -175,7 +208,9 @@ fn kv_blocks(size: &KvCacheSize, bytes_per_block: usize, device: &Device) -> Res
         }
     };
     if blocks == 0 {
-        return Err(format!("the KV cache budget holds no block (one block is {bytes_per_block} bytes)"));
+        return Err(format!(
+            "the KV cache budget holds no block (one block is {bytes_per_block} bytes)"
+        ));
     }
     Ok(blocks)
 }
@@ -183,10 +218,13 @@ fn kv_blocks(size: &KvCacheSize, bytes_per_block: usize, device: &Device) -> Res
 #[cfg(feature = "cuda")]
 fn gpu_memory(device: &Device) -> Result<(u64, u64), String> {
     if !device.is_cuda() {
-        return Err("--gpu-memory-utilization needs --device cuda; use --kv-cache-memory on CPU".into());
+        return Err(
+            "--gpu-memory-utilization needs --device cuda; use --kv-cache-memory on CPU".into(),
+        );
     }
     device.synchronize().map_err(|e| e.to_string())?;
-    let (free, total) = candle_core::cuda_backend::cudarc::driver::result::mem_get_info().map_err(|e| e.to_string())?;
+    let (free, total) = candle_core::cuda_backend::cudarc::driver::result::mem_get_info()
+        .map_err(|e| e.to_string())?;
     Ok((free as u64, total as u64))
 }
 

@@ -12,10 +12,16 @@ pub struct TextCodec {
 impl TextCodec {
     /// Renders a conversation with the model's own template. Models without one cannot serve
     /// chat; the error says so.
-    pub fn render_chat(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, ChatTemplateError> {
+    pub fn render_chat(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, ChatTemplateError> {
         match &self.chat_template {
             Some(t) => t.render(messages, add_generation_prompt),
-            None => Err(ChatTemplateError::Render("this model has no chat template; use /v1/completions".into())),
+            None => Err(ChatTemplateError::Render(
+                "this model has no chat template; use /v1/completions".into(),
+            )),
         }
     }
 }

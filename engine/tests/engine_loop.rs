@@ -3,7 +3,9 @@
 
 use metrum_core::{FinishReason, SamplingParams};
 use metrum_engine::model::fixture::write_tiny_llama_fixture;
-use metrum_engine::{EngineConfig, EngineHandle, EngineRequest, EngineStatus, KvCacheSize, StreamEvent, SubmitError};
+use metrum_engine::{
+    EngineConfig, EngineHandle, EngineRequest, EngineStatus, KvCacheSize, StreamEvent, SubmitError,
+};
 use std::time::{Duration, Instant};
 
 fn start(dir: &std::path::Path, blocks: usize) -> EngineHandle {
@@ -28,7 +30,10 @@ fn start(dir: &std::path::Path, blocks: usize) -> EngineHandle {
 fn request(prompt: Vec<u32>, max_tokens: usize) -> EngineRequest {
     EngineRequest {
         prompt_tokens: prompt,
-        params: SamplingParams { ignore_eos: true, ..SamplingParams::greedy(max_tokens) },
+        params: SamplingParams {
+            ignore_eos: true,
+            ..SamplingParams::greedy(max_tokens)
+        },
         priority: 0,
         arrival: Instant::now(),
     }
@@ -39,11 +44,17 @@ fn collect(mut stream: metrum_engine::RequestStream) -> (Vec<u32>, String, Optio
     let (mut tokens, mut text) = (Vec::new(), String::new());
     while let Some(ev) = stream.next_blocking() {
         match ev {
-            StreamEvent::Delta { tokens: t, text: s, .. } => {
+            StreamEvent::Delta {
+                tokens: t, text: s, ..
+            } => {
                 tokens.extend(t);
                 text.push_str(&s);
             }
-            StreamEvent::Finished { reason, completion_tokens, .. } => {
+            StreamEvent::Finished {
+                reason,
+                completion_tokens,
+                ..
+            } => {
                 assert_eq!(completion_tokens, tokens.len());
                 return (tokens, text, Some(reason));
             }
@@ -70,19 +81,37 @@ fn batched_greedy_equals_alone_and_blocks_come_back() {
     let dir = tempfile::tempdir().unwrap();
     write_tiny_llama_fixture(dir.path(), 7).unwrap();
     let handle = start(dir.path(), 256);
-    let prompts: Vec<Vec<u32>> = (0..6).map(|i| (1..(5 + 7 * i)).map(|t| (t * 13 + i) as u32 % 200 + 3).collect()).collect();
-    let alone: Vec<_> = prompts.iter().map(|p| collect(handle.submit_blocking(request(p.clone(), 12)).unwrap())).collect();
-    let streams: Vec<_> = prompts.iter().map(|p| handle.submit_blocking(request(p.clone(), 12)).unwrap()).collect();
+    let prompts: Vec<Vec<u32>> = (0..6)
+        .map(|i| {
+            (1..(5 + 7 * i))
+                .map(|t| (t * 13 + i) as u32 % 200 + 3)
+                .collect()
+        })
+        .collect();
+    let alone: Vec<_> = prompts
+        .iter()
+        .map(|p| collect(handle.submit_blocking(request(p.clone(), 12)).unwrap()))
+        .collect();
+    let streams: Vec<_> = prompts
+        .iter()
+        .map(|p| handle.submit_blocking(request(p.clone(), 12)).unwrap())
+        .collect();
     let batched: Vec<_> = streams.into_iter().map(collect).collect();
     for (a, b) in alone.iter().zip(&batched) {
         assert_eq!(a.0.len(), 12);
         assert_eq!(a.2, Some(FinishReason::Length));
-        assert_eq!(a.0, b.0, "a greedy request must give the same tokens alone and in a batch");
+        assert_eq!(
+            a.0, b.0,
+            "a greedy request must give the same tokens alone and in a batch"
+        );
         assert_eq!(a.1, b.1);
     }
     wait_idle(&handle);
     let text = handle.metrics().render().unwrap();
-    assert!(text.contains("metrum_requests_total{finish_reason=\"length\"} 12"), "{text}");
+    assert!(
+        text.contains("metrum_requests_total{finish_reason=\"length\"} 12"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -90,7 +119,9 @@ fn dropping_a_stream_aborts_and_frees_blocks() {
     let dir = tempfile::tempdir().unwrap();
     write_tiny_llama_fixture(dir.path(), 3).unwrap();
     let handle = start(dir.path(), 64);
-    let mut stream = handle.submit_blocking(request((3..40).collect(), 200)).unwrap();
+    let mut stream = handle
+        .submit_blocking(request((3..40).collect(), 200))
+        .unwrap();
     let mut seen = 0;
     while seen < 3 {
         if let Some(StreamEvent::Delta { tokens, .. }) = stream.next_blocking() {
@@ -100,7 +131,10 @@ fn dropping_a_stream_aborts_and_frees_blocks() {
     drop(stream);
     wait_idle(&handle);
     let text = handle.metrics().render().unwrap();
-    assert!(text.contains("metrum_requests_total{finish_reason=\"abort\"} 1"), "{text}");
+    assert!(
+        text.contains("metrum_requests_total{finish_reason=\"abort\"} 1"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -130,5 +164,9 @@ fn same_seed_same_tokens_when_sampling() {
         collect(handle.submit_blocking(r).unwrap()).0
     };
     assert_eq!(sampled(11), sampled(11));
-    assert_ne!(sampled(11), sampled(12), "different seeds should differ on a random model");
+    assert_ne!(
+        sampled(11),
+        sampled(12),
+        "different seeds should differ on a random model"
+    );
 }

@@ -20,28 +20,50 @@ pub struct DecodeStepRow {
 
 /// One decode step of `batch` sequences at `context` tokens each. The KV cache is filled by a
 /// real prefill of random tokens first (so no timing runs on all-zero K/V).
-pub fn decode_step_time(m: &LlamaModel, batch: usize, context: usize, copy_gbps: f64, iters: usize) -> Result<DecodeStepRow> {
+pub fn decode_step_time(
+    m: &LlamaModel,
+    batch: usize,
+    context: usize,
+    copy_gbps: f64,
+    iters: usize,
+) -> Result<DecodeStepRow> {
     let device = m.device().clone();
     let bs = 16;
     let blocks_per_seq = (context + 1).div_ceil(bs);
-    let mut kv = KvCache::new(m.kv_cache_layout(bs), batch * blocks_per_seq, &device).map_err(candle_core::Error::wrap)?;
-    let tables: Vec<Vec<u32>> = (0..batch).map(|s| ((s * blocks_per_seq) as u32..((s + 1) * blocks_per_seq) as u32).collect()).collect();
+    let mut kv = KvCache::new(m.kv_cache_layout(bs), batch * blocks_per_seq, &device)
+        .map_err(candle_core::Error::wrap)?;
+    let tables: Vec<Vec<u32>> = (0..batch)
+        .map(|s| ((s * blocks_per_seq) as u32..((s + 1) * blocks_per_seq) as u32).collect())
+        .collect();
     let vocab = m.config().vocab_size as u32;
     // Fill the context with chunked prefills of at most 4096 tokens per step.
     let mut filled = 0;
     while filled < context {
         let n = (context - filled).min(4096);
         for (s, table) in tables.iter().enumerate() {
-            let toks: Vec<u32> = (0..n as u32).map(|i| (i * 7919 + s as u32 * 104_729 + filled as u32) % vocab).collect();
-            let chunk = [SequenceChunk { tokens: &toks, num_cached: filled, block_table: table, compute_logits: true }];
-            let b = ForwardBatch::from_chunks(bs, &chunk, &device).map_err(candle_core::Error::wrap)?;
+            let toks: Vec<u32> = (0..n as u32)
+                .map(|i| (i * 7919 + s as u32 * 104_729 + filled as u32) % vocab)
+                .collect();
+            let chunk = [SequenceChunk {
+                tokens: &toks,
+                num_cached: filled,
+                block_table: table,
+                compute_logits: true,
+            }];
+            let b =
+                ForwardBatch::from_chunks(bs, &chunk, &device).map_err(candle_core::Error::wrap)?;
             m.forward(&b, &mut kv).map_err(candle_core::Error::wrap)?;
         }
         filled += n;
     }
     let toks: Vec<[u32; 1]> = (0..batch as u32).map(|s| [(s * 13 + 1) % vocab]).collect();
     let chunks: Vec<SequenceChunk<'_>> = (0..batch)
-        .map(|s| SequenceChunk { tokens: &toks[s], num_cached: context, block_table: &tables[s], compute_logits: true })
+        .map(|s| SequenceChunk {
+            tokens: &toks[s],
+            num_cached: context,
+            block_table: &tables[s],
+            compute_logits: true,
+        })
         .collect();
     let fb = ForwardBatch::from_chunks(bs, &chunks, &device).map_err(candle_core::Error::wrap)?;
     for _ in 0..3 {
@@ -57,9 +79,21 @@ pub fn decode_step_time(m: &LlamaModel, batch: usize, context: usize, copy_gbps:
     let step_ms = t0.elapsed().as_secs_f64() * 1e3 / iters as f64;
     let cfg = m.config();
     let weight_bytes = (cfg.num_parameters() * m.dtype().size_in_bytes()) as u64;
-    let kv_bytes = (2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * m.dtype().size_in_bytes() * context * batch) as u64;
+    let kv_bytes = (2
+        * cfg.num_layers
+        * cfg.num_kv_heads
+        * cfg.head_dim
+        * m.dtype().size_in_bytes()
+        * context
+        * batch) as u64;
     let bytes = weight_bytes + kv_bytes;
-    Ok(DecodeStepRow { batch, context, step_ms, bytes, floor_ms: bytes as f64 / (copy_gbps * 1e9) * 1e3 })
+    Ok(DecodeStepRow {
+        batch,
+        context,
+        step_ms,
+        bytes,
+        floor_ms: bytes as f64 / (copy_gbps * 1e9) * 1e3,
+    })
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -75,11 +109,17 @@ pub fn prefill_throughput(m: &LlamaModel, chunk: usize, iters: usize) -> Result<
     let device = m.device().clone();
     let bs = 16;
     let blocks = chunk.div_ceil(bs);
-    let mut kv = KvCache::new(m.kv_cache_layout(bs), blocks, &device).map_err(candle_core::Error::wrap)?;
+    let mut kv =
+        KvCache::new(m.kv_cache_layout(bs), blocks, &device).map_err(candle_core::Error::wrap)?;
     let table: Vec<u32> = (0..blocks as u32).collect();
     let vocab = m.config().vocab_size as u32;
     let toks: Vec<u32> = (0..chunk as u32).map(|i| (i * 7919 + 17) % vocab).collect();
-    let c = [SequenceChunk { tokens: &toks, num_cached: 0, block_table: &table, compute_logits: true }];
+    let c = [SequenceChunk {
+        tokens: &toks,
+        num_cached: 0,
+        block_table: &table,
+        compute_logits: true,
+    }];
     let fb = ForwardBatch::from_chunks(bs, &c, &device).map_err(candle_core::Error::wrap)?;
     m.forward(&fb, &mut kv).map_err(candle_core::Error::wrap)?;
     device.synchronize()?;
@@ -91,13 +131,22 @@ pub fn prefill_throughput(m: &LlamaModel, chunk: usize, iters: usize) -> Result<
     let secs = t0.elapsed().as_secs_f64() / iters as f64;
     let cfg = m.config();
     let t = chunk as f64;
-    let flops = 2.0 * cfg.num_parameters() as f64 * t + 2.0 * cfg.num_layers as f64 * cfg.num_heads as f64 * cfg.head_dim as f64 * t * t;
-    Ok(PrefillRow { chunk, ms: secs * 1e3, tflops: flops / secs / 1e12 })
+    let flops = 2.0 * cfg.num_parameters() as f64 * t
+        + 2.0 * cfg.num_layers as f64 * cfg.num_heads as f64 * cfg.head_dim as f64 * t * t;
+    Ok(PrefillRow {
+        chunk,
+        ms: secs * 1e3,
+        tflops: flops / secs / 1e12,
+    })
 }
 
 /// A square bf16 (GPU) or f32 (CPU) matmul through candle (cuBLAS on CUDA): the arithmetic ceiling.
 pub fn gemm_tflops(device: &Device, n: usize, iters: usize) -> Result<f64> {
-    let dtype = if device.is_cuda() { DType::BF16 } else { DType::F32 };
+    let dtype = if device.is_cuda() {
+        DType::BF16
+    } else {
+        DType::F32
+    };
     let a = Tensor::randn(0f32, 1.0, (n, n), device)?.to_dtype(dtype)?;
     let b = Tensor::randn(0f32, 1.0, (n, n), device)?.to_dtype(dtype)?;
     let _ = a.matmul(&b)?;

@@ -8,6 +8,7 @@
 
 pub mod config_file;
 pub mod generate;
+pub mod gpu_check;
 pub mod serve;
 pub mod units;
 
@@ -33,6 +34,12 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Generate one completion for a prompt and print it.
     Generate(generate::GenerateArgs),
+    /// Download (if needed), verify and cache a model; prints where its files are.
+    Fetch(gpu_check::FetchArgs),
+    /// Prove a device: kernels and whole-model logits against the CPU, speed against limits.
+    GpuCheck(gpu_check::GpuCheckArgs),
+    /// Print last-position logits and a greedy continuation for reference prompts (JSON).
+    Logits(gpu_check::LogitsArgs),
 }
 
 impl Command {
@@ -40,6 +47,9 @@ impl Command {
         match self {
             Command::Serve(args) => args.run(),
             Command::Generate(args) => args.run(),
+            Command::Fetch(args) => args.run(),
+            Command::GpuCheck(args) => args.run(),
+            Command::Logits(args) => args.run(),
         }
     }
 }

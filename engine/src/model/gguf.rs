@@ -1,0 +1,331 @@
+//! Loading llama GGUF files (llama.cpp's format): hyperparameters from `llama.*` metadata,
+//! projection weights kept in their quantized blocks, the output head tied to `token_embd`
+//! when the file has no `output.weight`.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::quantized::gguf_file::{Content, TensorInfo, Value};
+use candle_core::quantized::{GgmlDType, QTensor, ggml_file};
+use candle_core::{DType, Device, Tensor};
+use metrum_kernels::RopeStyle;
+
+use crate::model::linear::{Embedding, Linear, SplitLinear};
+use crate::model::{LayerWeights, LlamaConfig, LlamaModel, ModelError, ModelParts, Result, RopeScaling};
+
+pub(crate) fn load(path: &Path, device: &Device, dtype: DType) -> Result<LlamaModel> {
+    let io = |source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(io)?;
+    let file_len = file.metadata().map_err(io)?.len();
+    let mut reader = BufReader::new(file);
+    let content = Content::read(&mut reader).map_err(|e| ModelError::BadGguf {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let mut gguf = GgufReader {
+        path: path.to_path_buf(),
+        content,
+        reader,
+        file_len,
+        device: device.clone(),
+    };
+    let mut config = gguf.config()?;
+    let parts = gguf.parts(&mut config, dtype)?;
+    LlamaModel::from_parts(config, dtype, device, parts)
+}
+
+struct GgufReader {
+    path: PathBuf,
+    content: Content,
+    reader: BufReader<File>,
+    file_len: u64,
+    device: Device,
+}
+
+impl GgufReader {
+    fn bad_config(&self, key: &str, reason: impl Into<String>) -> ModelError {
+        ModelError::BadConfig {
+            path: self.path.clone(),
+            key: key.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    fn metadata(&self) -> &HashMap<String, Value> {
+        &self.content.metadata
+    }
+
+    fn string(&self, key: &str) -> Option<String> {
+        match self.metadata().get(key) {
+            Some(Value::String(s)) => Some(s.clone()),
+            _ => None,
+        }
+    }
+
+    fn usize_opt(&self, key: &str) -> Result<Option<usize>> {
+        let value = match self.metadata().get(key) {
+            None => return Ok(None),
+            Some(v) => v,
+        };
+        let n = match *value {
+            Value::U8(v) => v as i128,
+            Value::I8(v) => v as i128,
+            Value::U16(v) => v as i128,
+            Value::I16(v) => v as i128,
+            Value::U32(v) => v as i128,
+            Value::I32(v) => v as i128,
+            Value::U64(v) => v as i128,
+            Value::I64(v) => v as i128,
+            _ => return Err(self.bad_config(key, format!("expected an integer, got {value:?}"))),
+        };
+        usize::try_from(n)
+            .map(Some)
+            .map_err(|_| self.bad_config(key, format!("expected a non-negative integer, got {n}")))
+    }
+
+    fn usize(&self, key: &str) -> Result<usize> {
+        self.usize_opt(key)?
+            .ok_or_else(|| self.bad_config(key, "missing from the metadata"))
+    }
+
+    fn f32_opt(&self, key: &str) -> Result<Option<f32>> {
+        match self.metadata().get(key) {
+            None => Ok(None),
+            Some(Value::F32(v)) => Ok(Some(*v)),
+            Some(Value::F64(v)) => Ok(Some(*v as f32)),
+            Some(other) => Err(self.bad_config(key, format!("expected a float, got {other:?}"))),
+        }
+    }
+
+    fn config(&self) -> Result<LlamaConfig> {
+        let arch = self.string("general.architecture").unwrap_or_default();
+        if arch != "llama" {
+            return Err(ModelError::UnsupportedArchitecture {
+                path: self.path.clone(),
+                found: arch,
+                expected: "llama (general.architecture)",
+            });
+        }
+        if self.usize_opt("llama.expert_count")?.unwrap_or(0) > 1 {
+            return Err(self.bad_config("llama.expert_count", "mixture-of-experts llama is not supported"));
+        }
+        let hidden_size = self.usize("llama.embedding_length")?;
+        let num_heads = self.usize("llama.attention.head_count")?;
+        let head_dim = match self.usize_opt("llama.attention.key_length")? {
+            Some(d) => d,
+            None if num_heads > 0 => hidden_size / num_heads,
+            None => return Err(self.bad_config("llama.attention.head_count", "must be positive")),
+        };
+        if let Some(rope_dim) = self.usize_opt("llama.rope.dimension_count")?
+            && rope_dim != head_dim
+        {
+            return Err(self.bad_config(
+                "llama.rope.dimension_count",
+                format!("partial rotary ({rope_dim} of {head_dim} dims) is not supported"),
+            ));
+        }
+        let rope_scaling = match self.string("llama.rope.scaling.type").as_deref() {
+            None | Some("none") => RopeScaling::None,
+            Some("linear") => RopeScaling::Linear {
+                factor: self.f32_opt("llama.rope.scaling.factor")?.unwrap_or(1.0),
+            },
+            Some(other) => {
+                return Err(self.bad_config(
+                    "llama.rope.scaling.type",
+                    format!("'{other}' is not supported (none or linear)"),
+                ));
+            }
+        };
+        let embed = self.info("token_embd.weight")?;
+        let (vocab_size, embed_width) = match embed.shape.dims() {
+            [v, h] => (*v, *h),
+            dims => return Err(self.shape_error("token_embd.weight", dims, &[0, hidden_size])),
+        };
+        if embed_width != hidden_size {
+            return Err(self.shape_error("token_embd.weight", embed.shape.dims(), &[vocab_size, hidden_size]));
+        }
+        let config = LlamaConfig {
+            vocab_size,
+            hidden_size,
+            intermediate_size: self.usize("llama.feed_forward_length")?,
+            num_layers: self.usize("llama.block_count")?,
+            num_heads,
+            num_kv_heads: self.usize_opt("llama.attention.head_count_kv")?.unwrap_or(num_heads),
+            head_dim,
+            rms_norm_eps: self
+                .f32_opt("llama.attention.layer_norm_rms_epsilon")?
+                .ok_or_else(|| self.bad_config("llama.attention.layer_norm_rms_epsilon", "missing from the metadata"))?,
+            rope_theta: self.f32_opt("llama.rope.freq_base")?.unwrap_or(10_000.0),
+            rope_scaling,
+            // llama.cpp permutes q/k rows at conversion so GGUF llama pairs adjacent elements.
+            rope_style: RopeStyle::Interleaved,
+            max_position_embeddings: self.usize("llama.context_length")?,
+            tie_word_embeddings: !self.content.tensor_infos.contains_key("output.weight"),
+        };
+        config
+            .validate()
+            .map_err(|reason| self.bad_config("llama.*", reason))?;
+        Ok(config)
+    }
+
+    fn info(&self, name: &str) -> Result<&TensorInfo> {
+        self.content
+            .tensor_infos
+            .get(name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                path: self.path.clone(),
+                name: name.to_string(),
+            })
+    }
+
+    fn shape_error(&self, name: &str, found: &[usize], expected: &[usize]) -> ModelError {
+        ModelError::TensorShape {
+            path: self.path.clone(),
+            name: name.to_string(),
+            found: found.to_vec(),
+            expected: expected.to_vec(),
+        }
+    }
+
+    /// The raw blocks of tensor `name`, after checking its candle-order shape is `dims`.
+    fn raw(&mut self, name: &str, dims: &[usize]) -> Result<(GgmlDType, Vec<u8>)> {
+        let info = self.info(name)?;
+        if info.shape.dims() != dims {
+            return Err(self.shape_error(name, info.shape.dims(), dims));
+        }
+        let (dtype, offset) = (info.ggml_dtype, info.offset);
+        let row = dims.last().copied().unwrap_or(1);
+        if row % dtype.block_size() != 0 {
+            return Err(self.bad_gguf(format!(
+                "tensor '{name}' rows of {row} are not whole {dtype:?} blocks"
+            )));
+        }
+        let bytes = dims.iter().product::<usize>() / dtype.block_size() * dtype.type_size();
+        let start = self.content.tensor_data_offset.saturating_add(offset);
+        if start.saturating_add(bytes as u64) > self.file_len {
+            return Err(self.bad_gguf(format!(
+                "tensor '{name}' needs bytes {start}..{} but the file has {} (truncated?)",
+                start.saturating_add(bytes as u64),
+                self.file_len
+            )));
+        }
+        let mut data = vec![0u8; bytes];
+        let read = self
+            .reader
+            .seek(SeekFrom::Start(start))
+            .and_then(|_| self.reader.read_exact(&mut data));
+        read.map_err(|source| ModelError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        Ok((dtype, data))
+    }
+
+    fn bad_gguf(&self, reason: String) -> ModelError {
+        ModelError::BadGguf {
+            path: self.path.clone(),
+            reason,
+        }
+    }
+
+    fn qtensor(&mut self, name: &str, dims: &[usize]) -> Result<QTensor> {
+        let (dtype, data) = self.raw(name, dims)?;
+        Ok(ggml_file::qtensor_from_ggml(dtype, &data, dims.to_vec(), &self.device)?)
+    }
+
+    /// A 1-D norm weight, dequantized to `dtype`.
+    fn norm(&mut self, name: &str, size: usize, dtype: DType) -> Result<Tensor> {
+        let q = self.qtensor(name, &[size])?;
+        Ok(q.dequantize(&self.device)?.to_dtype(dtype)?)
+    }
+
+    /// A projection: quantized weights stay quantized; f32/f16/bf16 ones become dense.
+    fn linear(&mut self, name: &str, rows: usize, cols: usize, dtype: DType) -> Result<Linear> {
+        let q = self.qtensor(name, &[rows, cols])?;
+        to_linear(q, &self.device, dtype)
+    }
+
+    /// Several projections of one input, stacked into one matrix per run of equal ggml types
+    /// (rows of quantized blocks are independent, so concatenating their bytes stacks them).
+    fn split_linear<const N: usize>(
+        &mut self,
+        parts: [(&str, usize); N],
+        cols: usize,
+        dtype: DType,
+    ) -> Result<SplitLinear<N>> {
+        let mut groups: Vec<(GgmlDType, Vec<u8>, Vec<usize>)> = Vec::new();
+        for (name, rows) in parts {
+            let (ggml, data) = self.raw(name, &[rows, cols])?;
+            match groups.last_mut() {
+                Some((g, bytes, widths)) if *g == ggml && std::env::var("NOFUSE").is_err() => {
+                    bytes.extend_from_slice(&data);
+                    widths.push(rows);
+                }
+                _ => groups.push((ggml, data, vec![rows])),
+            }
+        }
+        let mut linears = Vec::with_capacity(groups.len());
+        for (ggml, data, widths) in groups {
+            let rows = widths.iter().sum();
+            let q = ggml_file::qtensor_from_ggml(ggml, &data, vec![rows, cols], &self.device)?;
+            linears.push((to_linear(q, &self.device, dtype)?, widths));
+        }
+        Ok(SplitLinear::new(linears)?)
+    }
+
+    fn parts(&mut self, config: &mut LlamaConfig, dtype: DType) -> Result<ModelParts> {
+        let c = config.clone();
+        let (h, q, kv, ff) = (c.hidden_size, c.q_size(), c.kv_size(), c.intermediate_size);
+        if self.content.tensor_infos.contains_key("rope_freqs.weight") {
+            let factors = self.norm("rope_freqs.weight", c.head_dim / 2, DType::F32)?;
+            config.rope_scaling = RopeScaling::FrequencyFactors(factors.to_vec1::<f32>()?);
+        }
+        let embed = Arc::new(self.qtensor("token_embd.weight", &[c.vocab_size, h])?);
+        let lm_head = if c.tie_word_embeddings {
+            match embed.dtype() {
+                GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
+                    Linear::Dense(embed.dequantize(&self.device)?.to_dtype(dtype)?)
+                }
+                _ => Linear::quantized(embed.clone()),
+            }
+        } else {
+            self.linear("output.weight", c.vocab_size, h, dtype)?
+        };
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for i in 0..c.num_layers {
+            let name = |suffix: &str| format!("blk.{i}.{suffix}.weight");
+            let (qn, kn, vn) = (name("attn_q"), name("attn_k"), name("attn_v"));
+            let (gn, un) = (name("ffn_gate"), name("ffn_up"));
+            layers.push(LayerWeights {
+                attn_norm: self.norm(&name("attn_norm"), h, dtype)?,
+                qkv: self.split_linear([(&qn, q), (&kn, kv), (&vn, kv)], h, dtype)?,
+                o_proj: self.linear(&name("attn_output"), h, q, dtype)?,
+                mlp_norm: self.norm(&name("ffn_norm"), h, dtype)?,
+                gate_up: self.split_linear([(&gn, ff), (&un, ff)], h, dtype)?,
+                down: self.linear(&name("ffn_down"), h, ff, dtype)?,
+            });
+        }
+        Ok(ModelParts {
+            embed: Embedding::Quantized(embed),
+            layers,
+            final_norm: self.norm("output_norm.weight", h, dtype)?,
+            lm_head,
+        })
+    }
+}
+
+/// Unquantized GGUF tensors become dense matrices in the activation dtype; quantized ones stay.
+fn to_linear(q: QTensor, device: &Device, dtype: DType) -> Result<Linear> {
+    Ok(match q.dtype() {
+        GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
+            Linear::Dense(q.dequantize(device)?.to_dtype(dtype)?)
+        }
+        _ => Linear::quantized(Arc::new(q)),
+    })
+}

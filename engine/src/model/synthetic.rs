@@ -1,0 +1,209 @@
+//! `synthetic:NAME` models: published llama shapes with seeded random weights, built straight
+//! on the device, for tests and for benchmarking without downloading weights. Real presets keep
+//! their real vocabulary size so the LM head costs what it really costs; the byte-level
+//! tokenizer of synthetic models only ever produces the first 256 ids.
+
+use candle_core::{DType, Device, Tensor};
+use metrum_kernels::RopeStyle;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use rand_distr::StandardNormal;
+use rayon::prelude::*;
+
+use crate::model::linear::{Embedding, Linear, SplitLinear};
+use crate::model::{LayerWeights, LlamaConfig, LlamaModel, ModelError, ModelParts, Result, RopeScaling};
+
+/// Every name `synthetic:NAME` accepts.
+pub const SYNTHETIC_MODELS: &[&str] = &[
+    "tiny",
+    "smollm2-135m",
+    "llama-3.2-1b",
+    "llama-3.2-3b",
+    "llama-3.1-8b",
+];
+
+/// Standard deviation of every random projection and embedding (the usual llama init).
+const INIT_STD: f32 = 0.02;
+
+/// The shapes of preset `name` (see [`SYNTHETIC_MODELS`]; `tiny-llama` is accepted for `tiny`).
+pub fn synthetic_config(name: &str) -> Result<LlamaConfig> {
+    let llama3 = |factor| RopeScaling::Llama3 {
+        factor,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position_embeddings: 8192,
+    };
+    let base = LlamaConfig {
+        vocab_size: 128_256,
+        hidden_size: 0,
+        intermediate_size: 0,
+        num_layers: 0,
+        num_heads: 0,
+        num_kv_heads: 8,
+        head_dim: 128,
+        rms_norm_eps: 1e-5,
+        rope_theta: 500_000.0,
+        rope_scaling: RopeScaling::None,
+        rope_style: RopeStyle::Neox,
+        max_position_embeddings: 131_072,
+        tie_word_embeddings: true,
+    };
+    let config = match name {
+        "tiny" | "tiny-llama" => LlamaConfig {
+            vocab_size: 256,
+            hidden_size: 64,
+            intermediate_size: 128,
+            num_layers: 2,
+            num_heads: 4,
+            num_kv_heads: 2,
+            head_dim: 16,
+            rope_theta: 10_000.0,
+            max_position_embeddings: 4096,
+            tie_word_embeddings: false,
+            ..base
+        },
+        "smollm2-135m" => LlamaConfig {
+            vocab_size: 49_152,
+            hidden_size: 576,
+            intermediate_size: 1536,
+            num_layers: 30,
+            num_heads: 9,
+            num_kv_heads: 3,
+            head_dim: 64,
+            rope_theta: 100_000.0,
+            max_position_embeddings: 8192,
+            ..base
+        },
+        "llama-3.2-1b" => LlamaConfig {
+            hidden_size: 2048,
+            intermediate_size: 8192,
+            num_layers: 16,
+            num_heads: 32,
+            head_dim: 64,
+            rope_scaling: llama3(32.0),
+            ..base
+        },
+        "llama-3.2-3b" => LlamaConfig {
+            hidden_size: 3072,
+            intermediate_size: 8192,
+            num_layers: 28,
+            num_heads: 24,
+            rope_scaling: llama3(32.0),
+            ..base
+        },
+        "llama-3.1-8b" => LlamaConfig {
+            hidden_size: 4096,
+            intermediate_size: 14_336,
+            num_layers: 32,
+            num_heads: 32,
+            rope_scaling: llama3(8.0),
+            tie_word_embeddings: false,
+            ..base
+        },
+        _ => {
+            return Err(ModelError::UnknownSynthetic {
+                name: name.to_string(),
+            });
+        }
+    };
+    Ok(config)
+}
+
+pub(crate) fn build(name: &str, device: &Device, dtype: DType, seed: u64) -> Result<LlamaModel> {
+    let config = synthetic_config(name)?;
+    let mut rng = RandomWeights::new(seed, device)?;
+    let (h, q, kv, ff) = (
+        config.hidden_size,
+        config.q_size(),
+        config.kv_size(),
+        config.intermediate_size,
+    );
+    // Output projections shrink with depth (GPT-2's init) so the residual stream stays O(1)
+    // and f16 activations stay finite even over 32 layers.
+    let out_std = INIT_STD / (2.0 * config.num_layers as f32).sqrt();
+    let ones = Tensor::ones(h, dtype, device)?;
+    let embed = rng.normal(&[config.vocab_size, h], INIT_STD, dtype)?;
+    let lm_head = if config.tie_word_embeddings {
+        embed.clone()
+    } else {
+        rng.normal(&[config.vocab_size, h], INIT_STD, dtype)?
+    };
+    let mut layers = Vec::with_capacity(config.num_layers);
+    for _ in 0..config.num_layers {
+        layers.push(LayerWeights {
+            attn_norm: ones.clone(),
+            qkv: SplitLinear::new(vec![(
+                Linear::Dense(rng.normal(&[q + 2 * kv, h], INIT_STD, dtype)?),
+                vec![q, kv, kv],
+            )])?,
+            o_proj: Linear::Dense(rng.normal(&[h, q], out_std, dtype)?),
+            mlp_norm: ones.clone(),
+            gate_up: SplitLinear::new(vec![(
+                Linear::Dense(rng.normal(&[2 * ff, h], INIT_STD, dtype)?),
+                vec![ff, ff],
+            )])?,
+            down: Linear::Dense(rng.normal(&[h, ff], out_std, dtype)?),
+        });
+    }
+    let parts = ModelParts {
+        embed: Embedding::Dense(embed),
+        layers,
+        final_norm: ones,
+        lm_head: Linear::Dense(lm_head),
+    };
+    LlamaModel::from_parts(config, dtype, device, parts)
+}
+
+/// Seeded normal tensors. On CPU each 64K-element chunk has its own generator seeded from
+/// (seed, tensor, chunk), so the values do not depend on the thread count. On GPUs the
+/// device's own generator (seeded once) fills the tensors in place: no host round trip, but
+/// the values differ from the CPU ones for the same seed.
+pub(crate) struct RandomWeights {
+    seed: u64,
+    tensors_drawn: u64,
+    device: Device,
+}
+
+const CHUNK: usize = 1 << 16;
+
+impl RandomWeights {
+    pub fn new(seed: u64, device: &Device) -> Result<RandomWeights> {
+        if !device.is_cpu() {
+            device.set_seed(seed)?;
+        }
+        Ok(RandomWeights {
+            seed,
+            tensors_drawn: 0,
+            device: device.clone(),
+        })
+    }
+
+    /// `N(0, std²)` of shape `dims` in `dtype`.
+    pub fn normal(&mut self, dims: &[usize], std: f32, dtype: DType) -> Result<Tensor> {
+        let tensor_index = self.tensors_drawn;
+        self.tensors_drawn += 1;
+        if !self.device.is_cpu() {
+            return Ok(Tensor::randn(0f32, std, dims, &self.device)?.to_dtype(dtype)?);
+        }
+        let count: usize = dims.iter().product();
+        let mut data = vec![0f32; count];
+        let tensor_seed = splitmix64(self.seed ^ splitmix64(tensor_index));
+        data.par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(chunk, out)| {
+                let mut rng = StdRng::seed_from_u64(splitmix64(tensor_seed ^ chunk as u64));
+                for v in out {
+                    let z: f32 = rng.sample(StandardNormal);
+                    *v = z * std;
+                }
+            });
+        Ok(Tensor::from_vec(data, dims, &self.device)?.to_dtype(dtype)?)
+    }
+}
+
+/// A strong 64-bit mix (SplitMix64's finalizer), so nearby seeds give unrelated streams.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}

@@ -1,0 +1,294 @@
+//! `metrum gpu-check`: proves a device path in one run and writes a markdown report —
+//! every kernel against its CPU reference, whole-model logits device vs CPU, and speed against
+//! the hardware's measured limits (copy bandwidth, a large GEMM). `scripts/gpu-check.sh` runs it
+//! on the GPU machine; on a CPU-only build it checks the CPU path against itself.
+
+use anyhow::{Context, Result, bail};
+use candle_core::{DType, Device};
+use metrum_engine::diag;
+use metrum_engine::model::LlamaModel;
+use metrum_kernels::check::{self, BenchSpec};
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+#[derive(Debug, clap::Args)]
+pub struct GpuCheckArgs {
+    /// Device to prove (`cuda`, `cuda:N`, or `cpu` for a dry run of the checks themselves).
+    #[arg(long, default_value = "cuda")]
+    pub device: String,
+    /// Fewer shapes and no large-model timings (a smoke test).
+    #[arg(long)]
+    pub quick: bool,
+    /// Skip the timing sections.
+    #[arg(long)]
+    pub skip_speed: bool,
+    /// Synthetic model for decode/prefill timings.
+    #[arg(long, default_value = "llama-3.1-8b")]
+    pub speed_model: String,
+    /// Where to write the markdown report (also printed).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+fn open(device: &str) -> Result<Device> {
+    Ok(match device {
+        "cpu" => Device::Cpu,
+        d => {
+            let n = d
+                .strip_prefix("cuda:")
+                .map(str::parse)
+                .transpose()?
+                .unwrap_or(0);
+            Device::new_cuda(n).with_context(|| format!("opening {d}"))?
+        }
+    })
+}
+
+impl GpuCheckArgs {
+    pub fn run(self) -> Result<()> {
+        let device = open(&self.device)?;
+        let mut md = String::new();
+        let mut failures = 0usize;
+        writeln!(
+            md,
+            "# GPU check\n\nDevice: `{}`. Build: metrum {} ({}).\n",
+            self.device,
+            env!("CARGO_PKG_VERSION"),
+            if cfg!(feature = "cuda") {
+                "cuda"
+            } else {
+                "cpu-only"
+            }
+        )?;
+
+        // 1. Kernels against the CPU reference.
+        let t0 = std::time::Instant::now();
+        let rows = check::run_kernel_checks(&device, self.quick)?;
+        writeln!(
+            md,
+            "## 1. Kernels against the CPU reference\n\nRandom inputs, relative L2 error `||out-ref||/||ref||`; tolerance f32 1e-4, f16 3e-3, bf16 1.5e-2. {} cases in {:.1} s.\n",
+            rows.len(),
+            t0.elapsed().as_secs_f64()
+        )?;
+        writeln!(
+            md,
+            "| kernel | dtype | cases | max rel. err | worst shape | pass |\n| --- | --- | --- | --- | --- | --- |"
+        )?;
+        let mut groups: Vec<(String, String)> = rows
+            .iter()
+            .map(|r| (r.kernel.clone(), r.dtype.clone()))
+            .collect();
+        groups.dedup();
+        groups.sort();
+        groups.dedup();
+        for (k, d) in groups {
+            let g: Vec<_> = rows
+                .iter()
+                .filter(|r| r.kernel == k && r.dtype == d)
+                .collect();
+            let worst = g
+                .iter()
+                .max_by(|a, b| a.max_rel_err.total_cmp(&b.max_rel_err))
+                .unwrap();
+            let pass = g.iter().all(|r| r.passed);
+            failures += g.iter().filter(|r| !r.passed).count();
+            writeln!(
+                md,
+                "| {k} | {d} | {} | {:.2e} | {} | {} |",
+                g.len(),
+                worst.max_rel_err,
+                worst.shape,
+                if pass { "yes" } else { "**NO**" }
+            )?;
+        }
+        for r in rows.iter().filter(|r| !r.passed) {
+            writeln!(
+                md,
+                "\nFAILED: {} {} {} rel err {:.3e}",
+                r.kernel, r.dtype, r.shape, r.max_rel_err
+            )?;
+        }
+
+        // 2. Whole-model logits, device against CPU.
+        writeln!(
+            md,
+            "\n## 2. Whole-model logits, device against CPU f32\n\nA mixed varlen batch (prefill chunks 13+16, 7, 20+41, then one decode each) through the paged forward.\n\n| model | device dtype | max rel. err of logits rows | pass |\n| --- | --- | --- | --- |"
+        )?;
+        let fixture = tempfile::tempdir()?;
+        metrum_engine::model::fixture::write_tiny_llama_fixture(fixture.path(), 42)?;
+        let files = metrum_engine::source::resolve_local(fixture.path())?;
+        for (name, dtype) in [
+            ("synthetic:tiny", DType::BF16),
+            ("synthetic:tiny", DType::F16),
+            ("synthetic:tiny", DType::F32),
+            ("tiny HF safetensors fixture", DType::BF16),
+        ] {
+            let (cpu, dev) = if name.starts_with("synthetic") {
+                (
+                    LlamaModel::synthetic("tiny", &Device::Cpu, DType::F32, 1)?,
+                    LlamaModel::synthetic("tiny", &device, dtype, 1)?,
+                )
+            } else {
+                (
+                    LlamaModel::load(&files, &Device::Cpu, DType::F32)?,
+                    LlamaModel::load(&files, &device, dtype)?,
+                )
+            };
+            let err = diag::compare_devices(&dev, &cpu, 16)?;
+            let tol = if dtype == DType::F32 { 1e-4 } else { 3e-2 };
+            let pass = err.is_finite() && err < tol;
+            failures += usize::from(!pass);
+            writeln!(
+                md,
+                "| {name} | {dtype:?} | {err:.2e} | {} |",
+                if pass { "yes" } else { "**NO**" }
+            )?;
+        }
+
+        if !self.skip_speed {
+            self.speed(&device, &mut md)?;
+        }
+        println!("{md}");
+        if let Some(out) = &self.out {
+            std::fs::write(out, &md).with_context(|| format!("writing {}", out.display()))?;
+        }
+        if failures > 0 {
+            bail!("{failures} check(s) failed");
+        }
+        Ok(())
+    }
+
+    fn speed(&self, device: &Device, md: &mut String) -> Result<()> {
+        let copy_gbps = check::bench_copy_bandwidth(device)?;
+        let gemm = diag::gemm_tflops(device, if self.quick { 2048 } else { 8192 }, 10)?;
+        writeln!(
+            md,
+            "\n## 4. Speed against the limit\n\nMeasured ceilings in this run: device-to-device copy **{copy_gbps:.0} GB/s** (bytes read + written), square GEMM through candle/cuBLAS **{gemm:.0} TFLOP/s** (bf16 on CUDA).\n"
+        )?;
+        writeln!(
+            md,
+            "### Paged-attention decode kernel (Llama-3-8B attention: 32 q heads, 8 KV heads, d=128, bf16, block 16)\n\n| context | batch | time (µs) | K/V bytes | achieved GB/s | % of copy bw |\n| --- | --- | --- | --- | --- | --- |"
+        )?;
+        let spec = BenchSpec::default();
+        let ctxs: &[usize] = if self.quick {
+            &[4096]
+        } else {
+            &[4096, 16384, 32768]
+        };
+        for &ctx in ctxs {
+            for batch in [1usize, 8, 32] {
+                let r = check::bench_paged_attention(device, ctx, batch, &spec)?;
+                writeln!(
+                    md,
+                    "| {ctx} | {batch} | {:.1} | {} | {:.0} | {:.0}% |",
+                    r.time_us,
+                    r.bytes,
+                    r.gbps,
+                    100.0 * r.gbps / copy_gbps
+                )?;
+            }
+        }
+        if self.quick {
+            return Ok(());
+        }
+        let dtype = if device.is_cuda() {
+            DType::BF16
+        } else {
+            DType::F32
+        };
+        let model = LlamaModel::synthetic(&self.speed_model, device, dtype, 0)?;
+        let params = model.config().num_parameters();
+        writeln!(
+            md,
+            "\n### Decode step, synthetic:{} ({:.2} B params, {dtype:?})\n\nFloor = (weight bytes + K/V bytes) / copy bandwidth.\n\n| batch | context | step (ms) | floor (ms) | floor / step | tok/s |\n| --- | --- | --- | --- | --- | --- |",
+            self.speed_model,
+            params as f64 / 1e9
+        )?;
+        for context in [512usize, 4096] {
+            for batch in [1usize, 8, 32, 64] {
+                let r = diag::decode_step_time(&model, batch, context, copy_gbps, 10)?;
+                writeln!(
+                    md,
+                    "| {batch} | {context} | {:.2} | {:.2} | {:.0}% | {:.0} |",
+                    r.step_ms,
+                    r.floor_ms,
+                    100.0 * r.floor_ms / r.step_ms,
+                    batch as f64 / r.step_ms * 1e3
+                )?;
+            }
+        }
+        let p = diag::prefill_throughput(&model, 2048, 5)?;
+        writeln!(
+            md,
+            "\n### Prefill\n\n| chunk | time (ms) | TFLOP/s | % of GEMM ceiling |\n| --- | --- | --- | --- |\n| {} | {:.1} | {:.0} | {:.0}% |",
+            p.chunk,
+            p.ms,
+            p.tflops,
+            100.0 * p.tflops / gemm
+        )?;
+        Ok(())
+    }
+}
+
+/// `metrum logits`: last-position logits and a greedy continuation for reference prompts, as JSON
+/// (what `scripts/gpu/hf_reference.py compare` reads).
+#[derive(Debug, clap::Args)]
+pub struct LogitsArgs {
+    #[arg(long)]
+    pub model: String,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long, default_value = "auto")]
+    pub dtype: String,
+    /// JSON with `"prompts": [[ids...], ...]` (the reference file).
+    #[arg(long)]
+    pub prompts: PathBuf,
+    #[arg(long, default_value_t = 16)]
+    pub new_tokens: usize,
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+impl LogitsArgs {
+    pub fn run(self) -> Result<()> {
+        let device = open(&self.device)?;
+        let dtype = metrum_engine::model::resolve_dtype(&self.dtype, &device)?;
+        let files = metrum_engine::source::resolve_model(Some(&self.model))?;
+        let model = LlamaModel::load(&files, &device, dtype)?;
+        let input: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&self.prompts)?)?;
+        let prompts: Vec<Vec<u32>> = serde_json::from_value(input["prompts"].clone())
+            .context("prompts must be a list of token-id lists")?;
+        let mut logits_last = Vec::new();
+        let mut greedy = Vec::new();
+        for p in &prompts {
+            let t = diag::greedy_trace(&model, p, self.new_tokens, &device)?;
+            logits_last.push(t.logits_last);
+            greedy.push(t.greedy);
+        }
+        std::fs::write(
+            &self.out,
+            serde_json::to_string(
+                &serde_json::json!({"logits_last": logits_last, "greedy": greedy}),
+            )?,
+        )?;
+        eprintln!("wrote {}", self.out.display());
+        Ok(())
+    }
+}
+
+/// `metrum fetch [--model M]`: resolve (and for the default model, download, verify and cache)
+/// the model files, then print where they are.
+#[derive(Debug, clap::Args)]
+pub struct FetchArgs {
+    #[arg(long)]
+    pub model: Option<String>,
+}
+
+impl FetchArgs {
+    pub fn run(self) -> Result<()> {
+        let files = metrum_engine::source::resolve_model(self.model.as_deref())?;
+        println!("{files:?}");
+        Ok(())
+    }
+}
