@@ -145,16 +145,24 @@ impl GpuCheckArgs {
             )?;
         }
 
+        self.save(&md)?;
         if !self.skip_speed {
             self.speed(&device, &mut md)?;
         }
         println!("{md}");
-        if let Some(out) = &self.out {
-            std::fs::write(out, &md).with_context(|| format!("writing {}", out.display()))?;
-        }
+        self.save(&md)?;
         if failures > 0 {
             bail!("{failures} check(s) failed");
         }
+        Ok(())
+    }
+
+    /// Writes the report so far, so a run cut short still leaves its finished sections.
+    fn save(&self, md: &str) -> Result<()> {
+        if let Some(out) = &self.out {
+            std::fs::write(out, md).with_context(|| format!("writing {}", out.display()))?;
+        }
+        eprintln!("{}", md.lines().last().unwrap_or(""));
         Ok(())
     }
 
@@ -186,6 +194,7 @@ impl GpuCheckArgs {
                     r.gbps,
                     100.0 * r.gbps / copy_gbps
                 )?;
+                self.save(md)?;
             }
         }
         if self.quick {
@@ -206,17 +215,21 @@ impl GpuCheckArgs {
         )?;
         for context in [512usize, 4096] {
             for batch in [1usize, 8, 32, 64] {
-                let r = diag::decode_step_time(&model, batch, context, copy_gbps, 10)?;
-                writeln!(
-                    md,
-                    "| {batch} | {context} | {:.2} | {:.2} | {:.0}% | {:.0} |",
-                    r.step_ms,
-                    r.floor_ms,
-                    100.0 * r.floor_ms / r.step_ms,
-                    batch as f64 / r.step_ms * 1e3
-                )?;
+                match diag::decode_step_time(&model, batch, context, copy_gbps, 10) {
+                    Ok(r) => writeln!(
+                        md,
+                        "| {batch} | {context} | {:.2} | {:.2} | {:.0}% | {:.0} |",
+                        r.step_ms,
+                        r.floor_ms,
+                        100.0 * r.floor_ms / r.step_ms,
+                        batch as f64 / r.step_ms * 1e3
+                    )?,
+                    Err(e) => writeln!(md, "| {batch} | {context} | failed: {e} | | | |")?,
+                }
+                self.save(md)?;
             }
         }
+        self.save(md)?;
         let p = diag::prefill_throughput(&model, 2048, 5)?;
         writeln!(
             md,
