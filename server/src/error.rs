@@ -65,11 +65,13 @@ pub struct ErrorBody {
 }
 
 impl ApiError {
-    /// A 400 about one named field.
+    /// A 400 about one named field; the message is prefixed with the field's name so it reads
+    /// on its own (clients often show only the message).
     pub fn param(param: impl Into<String>, message: impl Into<String>) -> Self {
+        let param = param.into();
         ApiError::BadRequest {
-            message: message.into(),
-            param: Some(param.into()),
+            message: format!("`{param}`: {}", message.into()),
+            param: Some(param),
             code: None,
         }
     }

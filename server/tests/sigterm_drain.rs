@@ -26,14 +26,14 @@ async fn sigterm_drains_in_flight_streams_and_exits_zero() {
         ])
         .arg("--model")
         .arg(dir.path())
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", "info,metrum_server=debug")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
     let (lines_tx, lines) = mpsc::channel::<String>();
-    std::thread::spawn(move || {
+    let log_reader = std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             let _ = lines_tx.send(line);
         }
@@ -127,4 +127,14 @@ async fn sigterm_drains_in_flight_streams_and_exits_zero() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(code, Some(0), "exit code after a graceful drain");
+    // The request really was in flight when the signal came: it finished after SIGTERM.
+    log_reader.join().unwrap();
+    log.extend(lines.try_iter());
+    let position = |needle: &str| log.iter().position(|l| l.contains(needle));
+    let signalled = position("SIGTERM received").expect("the signal is logged");
+    let finished = position("request finished").expect("the request is logged");
+    assert!(
+        signalled < finished,
+        "finished only after the signal: {log:#?}"
+    );
 }

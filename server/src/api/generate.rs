@@ -79,6 +79,14 @@ pub async fn submit(
             streams.push((p * plan.n + i, stream));
         }
     }
+    let engine_ids: Vec<String> = streams.iter().map(|(_, s)| s.id.to_string()).collect();
+    tracing::debug!(
+        request_id = %ctx.id,
+        engine_ids = %engine_ids.join(","),
+        user = plan.user.as_deref().unwrap_or(""),
+        prompt_tokens,
+        "request admitted"
+    );
     Ok(Batch {
         streams,
         prompt_tokens,
@@ -324,7 +332,9 @@ fn timing_json(timing: &metrum_metrics::RequestTimingReport) -> serde_json::Valu
     serde_json::to_value(timing).unwrap_or(serde_json::Value::Null)
 }
 
-/// The one log line per finished sequence: id, tokens, TTFT, E2E, fluidity.
+/// Per-choice completion under the HTTP request id. Debug level: the engine thread already
+/// logs the one `info` line per finished request (engine id, tokens, TTFT, E2E, fluidity), and
+/// the `request admitted` debug line maps HTTP request ids to engine ids.
 fn log_finished(
     ctx: &RequestContext,
     choice: usize,
@@ -334,7 +344,7 @@ fn log_finished(
     timing: &serde_json::Value,
 ) {
     let field = |name: &str| timing.get(name).and_then(serde_json::Value::as_f64);
-    tracing::info!(
+    tracing::debug!(
         request_id = %ctx.id,
         choice,
         finish_reason = %reason,

@@ -7,6 +7,7 @@ use super::types::Prompt;
 use crate::error::ApiError;
 use crate::validation::ModelLimits;
 use metrum_engine::TextCodec;
+use metrum_engine::chat_template::ChatMessage;
 use std::sync::Arc;
 
 /// One chat turn, validated, ready for the template.
@@ -80,6 +81,7 @@ fn encode_text(
     add_special_tokens: bool,
 ) -> Result<Vec<u32>, ApiError> {
     codec
+        .tokenizer
         .encode(text, add_special_tokens)
         .map_err(|e| ApiError::param("prompt", format!("cannot tokenize the prompt: {e}")))
 }
@@ -92,10 +94,12 @@ pub async fn encode_chat(
     add_generation_prompt: bool,
 ) -> Result<Vec<u32>, ApiError> {
     blocking(move || {
-        let messages: Vec<(String, String)> =
-            turns.into_iter().map(|t| (t.role, t.content)).collect();
+        let messages: Vec<ChatMessage> = turns
+            .into_iter()
+            .map(|t| ChatMessage::new(t.role, t.content))
+            .collect();
         let rendered = codec
-            .apply_chat_template(&messages, add_generation_prompt)
+            .render_chat(&messages, add_generation_prompt)
             .map_err(|e| {
                 ApiError::param("messages", format!("cannot apply the chat template: {e}"))
             })?;
@@ -121,13 +125,15 @@ pub async fn decode(
     }
     blocking(move || {
         codec
-            .decode(&tokens)
+            .tokenizer
+            .decode(&tokens, false)
             .map_err(|e| ApiError::param("tokens", format!("cannot detokenize: {e}")))
     })
     .await
 }
 
 /// The text of one token for logprobs (a vocabulary lookup; cheap enough to run inline).
+/// Special tokens are spelled out; a token holding part of a character decodes lossily.
 pub fn token_text(codec: &TextCodec, token: u32) -> String {
-    codec.decode(&[token]).unwrap_or_default()
+    codec.tokenizer.decode(&[token], false).unwrap_or_default()
 }

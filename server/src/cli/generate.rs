@@ -4,6 +4,7 @@
 
 use anyhow::{Context, bail};
 use metrum_core::SamplingParams;
+use metrum_engine::chat_template::ChatMessage;
 use metrum_engine::config::{DeviceSpec, EngineConfig};
 use metrum_engine::handle::{EngineHandle, EngineRequest, EngineStatus, StreamEvent};
 use std::io::Write;
@@ -47,7 +48,8 @@ impl GenerateArgs {
             seed: self.seed.unwrap_or(0),
             ..EngineConfig::default()
         };
-        let engine = metrum_engine::engine_loop::spawn(config);
+        let engine = metrum_engine::engine_loop::spawn(config)
+            .map_err(|e| anyhow::anyhow!("cannot start the engine: {e}"))?;
         let result = self.generate(&engine, &mut std::io::stdout().lock());
         engine.shutdown();
         result
@@ -60,13 +62,13 @@ impl GenerateArgs {
             .text()
             .context("the engine is ready but has no tokenizer")?;
         let prompt_tokens = if self.chat {
-            let turns = vec![("user".to_string(), self.prompt.clone())];
+            let turns = [ChatMessage::new("user", self.prompt.clone())];
             let rendered = codec
-                .apply_chat_template(&turns, true)
+                .render_chat(&turns, true)
                 .map_err(|e| anyhow::anyhow!("cannot apply the chat template: {e}"))?;
-            codec.encode(&rendered, false)
+            codec.tokenizer.encode(&rendered, false)
         } else {
-            codec.encode(&self.prompt, true)
+            codec.tokenizer.encode(&self.prompt, true)
         }
         .map_err(|e| anyhow::anyhow!("cannot tokenize the prompt: {e}"))?;
         let info = engine

@@ -223,7 +223,8 @@ impl ServeArgs {
                 .with_context(|| format!("cannot listen on {}:{}", self.host, self.port))?;
             let addr = listener.local_addr()?;
             // Loading happens on the engine thread; /health answers 503 until it is done.
-            let engine = metrum_engine::engine_loop::spawn(engine_config);
+            let engine = metrum_engine::engine_loop::spawn(engine_config)
+                .map_err(|e| anyhow::anyhow!("cannot start the engine: {e}"))?;
             tracing::info!(%addr, "listening on http://{addr}");
             crate::run(listener, engine, options, crate::shutdown::signal()).await?;
             tracing::info!("server stopped");

@@ -95,7 +95,8 @@ impl TestServer {
             options.engine_config = serde_json::to_value(&model.config).unwrap();
         }
         let config = serde_json::to_value(&model.config).unwrap();
-        let engine = metrum_engine::engine_loop::spawn(model.config.clone());
+        let engine = metrum_engine::engine_loop::spawn(model.config.clone())
+            .expect("the engine configuration is valid");
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(metrum_server::run(
             listener,
