@@ -111,6 +111,8 @@ pub struct DeadlineTracker {
     tokens_seen: u64,
     met: u64,
     missed: u64,
+    /// Of `missed`, those closed by the first token (TTFT deadline misses).
+    missed_first: u64,
 }
 
 impl DeadlineTracker {
@@ -124,6 +126,7 @@ impl DeadlineTracker {
             tokens_seen: 0,
             met: 0,
             missed: 0,
+            missed_first: 0,
         }
     }
 
@@ -177,6 +180,9 @@ impl DeadlineTracker {
             let over = gap.0 - budget;
             let m = 1 + over / self.decode_deadline.0;
             self.missed += m;
+            if self.tokens_seen == 1 {
+                self.missed_first += m;
+            }
             self.slack = Nanos::ZERO;
             m
         }
@@ -188,6 +194,11 @@ impl DeadlineTracker {
 
     pub fn missed(&self) -> u64 {
         self.missed
+    }
+
+    /// Deadlines missed by the first token (the TTFT deadline and the `D_d` periods after it).
+    pub fn missed_first_token(&self) -> u64 {
+        self.missed_first
     }
 
     /// Met tokens plus missed deadlines (Etalon's denominator, which can exceed the token count).
@@ -251,6 +262,7 @@ mod tests {
         // Float seconds would floor (0.700 − 0.500)/0.050 to 3 and give 7 of 12.
         let t = run(&[700, 30, 30, 120, 50, 0, 0, 200]);
         assert_eq!((t.missed(), t.total()), (8, 13));
+        assert_eq!(t.missed_first_token(), 5);
     }
 
     #[test]

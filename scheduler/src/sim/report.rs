@@ -74,7 +74,8 @@ fn ms(n: Nanos) -> f64 {
     n.0 as f64 / 1e6
 }
 
-/// One policy's results on one workload. Latencies in milliseconds; NaN where undefined.
+/// One policy's results on one workload. Latencies in milliseconds; NaN where undefined
+/// (so compare two reports by their `Debug` text, not `==`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct SimReport {
     pub policy: Policy,
@@ -106,6 +107,9 @@ pub struct SimReport {
     pub miss_rate_service: f64,
     /// 99th percentile over requests of the per-request miss rate.
     pub miss_rate_p99: f64,
+    /// Share of missed deadlines that were first-token (TTFT) misses; the rest are decode
+    /// misses. NaN when nothing was missed.
+    pub ttft_share_of_misses: f64,
     pub num_preemptions: u64,
     /// Prefix-cache hit tokens / queried tokens (0 when nothing was queried).
     pub prefix_cache_hit_rate: f64,
@@ -170,6 +174,10 @@ impl SimReport {
         let (missed, total) = trackers
             .iter()
             .fold((0u64, 0u64), |(m, t), tr| (m + tr.missed(), t + tr.total()));
+        let missed_first: u64 = trackers
+            .iter()
+            .map(DeadlineTracker::missed_first_token)
+            .sum();
         let output_tokens: usize = done.iter().map(|o| o.token_times.len()).sum();
         SimReport {
             policy: totals.policy,
@@ -205,6 +213,11 @@ impl SimReport {
                 f64::NAN
             },
             miss_rate_p99: percentile(&miss, 99.0),
+            ttft_share_of_misses: if missed > 0 {
+                missed_first as f64 / missed as f64
+            } else {
+                f64::NAN
+            },
             num_preemptions: totals.num_preemptions,
             prefix_cache_hit_rate: totals.prefix_cache_hit_rate,
         }
@@ -212,13 +225,14 @@ impl SimReport {
 
     pub const MARKDOWN_HEADER: &'static str = "| policy | offered req/s | done | rej | abort \
         | sched p50 ms | sched p99 ms | TTFT p99 ms | TBT p50 ms | TBT p99 ms | fluidity p1 \
-        | fluidity p10 | fluidity p50 | ≥0.9 | miss (Σ) | miss P99 | preempt | tok/s |";
+        | fluidity p10 | fluidity p50 | ≥0.9 | miss (Σ) | miss P99 | TTFT share of misses \
+        | preempt | tok/s |";
 
     /// One markdown table row matching [`SimReport::MARKDOWN_HEADER`].
     pub fn markdown_row(&self) -> String {
         format!(
             "| {} | {:.2} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} | {:.3} | {:.3} \
-             | {:.3} | {:.3} | {:.4} | {:.3} | {} | {:.0} |",
+             | {:.3} | {:.3} | {:.4} | {:.3} | {:.2} | {} | {:.0} |",
             self.policy,
             self.offered_rate_per_s,
             self.num_completed,
@@ -235,6 +249,7 @@ impl SimReport {
             self.frac_fluidity_at_least_0_9,
             self.miss_rate_service,
             self.miss_rate_p99,
+            self.ttft_share_of_misses,
             self.num_preemptions,
             self.output_tokens_per_s,
         )

@@ -98,8 +98,8 @@ impl Simulation {
         })
     }
 
-    /// After every step, check: the budget, that no live decode was skipped, and
-    /// [`Scheduler::check_invariants`].
+    /// After every step, check: the budget, that every chunk is non-empty and covered by its
+    /// block table, that no live decode was skipped, and [`Scheduler::check_invariants`].
     pub fn with_checks(mut self) -> Self {
         self.check = true;
         self
@@ -230,10 +230,8 @@ impl Simulation {
             req.priority = r.priority;
             req.ignore_eos = true;
             let rejected = self.scheduler.add_request(req).err();
-            if rejected.is_none() {
-                if let Some(at) = r.abort_at {
-                    self.aborts.push(Reverse((at, r.id)));
-                }
+            if let (None, Some(at)) = (&rejected, r.abort_at) {
+                self.aborts.push(Reverse((at, r.id)));
             }
             self.index.insert(r.id, self.outcomes.len());
             self.outcomes.push(RequestOutcome {
@@ -286,6 +284,12 @@ impl Simulation {
                 "{} tokens > budget {budget}",
                 out.num_batched_tokens()
             ));
+        }
+        let block_size = self.scheduler.config().block_size;
+        for s in &out.scheduled {
+            if s.token_ids.is_empty() || s.block_table.len() * block_size < s.context_len() {
+                return fail(format!("malformed chunk {s:?}"));
+            }
         }
         for &id in &self.expect_decode {
             if self.scheduler.status(id).is_none() || out.preempted.contains(&id) {
@@ -374,11 +378,12 @@ fn fit_quadratic(samples: &[(f64, f64)]) -> Option<PrefillTimeModel> {
         if m[col][col].abs() < 1e-300 {
             return None;
         }
-        for r in 0..3 {
+        let pivot_row = m[col];
+        for (r, row) in m.iter_mut().enumerate() {
             if r != col {
-                let f = m[r][col] / m[col][col];
-                for k in col..4 {
-                    m[r][k] -= f * m[col][k];
+                let f = row[col] / pivot_row[col];
+                for (x, p) in row.iter_mut().zip(pivot_row).skip(col) {
+                    *x -= f * p;
                 }
             }
         }
