@@ -107,6 +107,12 @@ pub async fn run_at(
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let plan = plan(session, settings.workload, settings.qps, settings.seed).await?;
     let mut plan_notes = Vec::new();
+    if session.context_source == crate::session::Source::Fallback {
+        plan_notes.push(format!(
+            "the target does not state its context length: {} tokens assumed for the length rule (pass --context)",
+            session.context
+        ));
+    }
     if plan.shrunk_by_context > 0 {
         plan_notes.push(format!(
             "{} requests were shrunk to fit the {}-token context (ratio kept)",

@@ -17,6 +17,9 @@ pub enum RemoteStyle {
     /// `POST /extras/tokenize {input}` → `{tokens}`; `POST /extras/detokenize {tokens}` →
     /// `{text}` (llama-cpp-python's server).
     LlamaCppPython,
+    /// `POST /tokenize {content}` → `{tokens}`; `POST /detokenize {tokens}` → `{content}`
+    /// (llama.cpp's own `llama-server`).
+    LlamaServer,
 }
 
 pub enum TextTokenizer {
@@ -72,17 +75,29 @@ impl TextTokenizer {
 
     /// The first remote shape `base` answers both ways, or `None`.
     pub async fn detect_remote(client: &reqwest::Client, base: &str, model: &str) -> Option<Self> {
-        for style in [RemoteStyle::Vllm, RemoteStyle::LlamaCppPython] {
+        for style in [
+            RemoteStyle::Vllm,
+            RemoteStyle::LlamaCppPython,
+            RemoteStyle::LlamaServer,
+        ] {
             let candidate = TextTokenizer::Remote {
                 client: client.clone(),
                 base: base.trim_end_matches('/').to_string(),
                 model: model.to_string(),
                 style,
             };
+            // A server that ignores the field it does not know may answer with no tokens.
             let Ok(ids) = candidate.encode("Hello world").await else {
                 continue;
             };
-            if candidate.decode(&ids).await.is_ok() {
+            if ids.is_empty() {
+                continue;
+            }
+            let round_trips = candidate
+                .decode(&ids)
+                .await
+                .is_ok_and(|text| text.contains("world"));
+            if round_trips {
                 return Some(candidate);
             }
         }
@@ -94,6 +109,7 @@ impl TextTokenizer {
             TextTokenizer::Remote { base, style, .. } => match style {
                 RemoteStyle::Vllm => format!("{base}/tokenize"),
                 RemoteStyle::LlamaCppPython => format!("{base}/extras/tokenize"),
+                RemoteStyle::LlamaServer => format!("{base}/tokenize (llama-server)"),
             },
             TextTokenizer::Local(_) => "local tokenizer.json".to_string(),
         }
@@ -118,6 +134,7 @@ impl TextTokenizer {
                     RemoteStyle::LlamaCppPython => {
                         ("/extras/tokenize", json!({"model": model, "input": text}))
                     }
+                    RemoteStyle::LlamaServer => ("/tokenize", json!({"content": text})),
                 };
                 let reply = post(client, &format!("{base}{path}"), &body).await?;
                 ids_of(reply.get("tokens"))
@@ -147,6 +164,7 @@ impl TextTokenizer {
                         json!({"model": model, "tokens": ids}),
                         "text",
                     ),
+                    RemoteStyle::LlamaServer => ("/detokenize", json!({"tokens": ids}), "content"),
                 };
                 let reply = post(client, &format!("{base}{path}"), &body).await?;
                 reply

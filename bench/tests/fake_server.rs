@@ -6,7 +6,7 @@
 mod common;
 
 use clap::Parser;
-use common::{FakeServer, Mode, scratch_dir};
+use common::{FakeServer, Mode, TokenizeApi, scratch_dir};
 use metrum_bench::arrival::{ArrivalProcess, RunLength, schedule};
 use metrum_bench::output::jsonl::{self, RequestLine};
 use metrum_bench::{BenchRunArgs, CapacityArgs, compare, run_bench, run_capacity};
@@ -433,5 +433,79 @@ async fn compare_tables_runs_and_warns_when_they_differ() {
     for file in ["compare.md", "ttft_cdf.svg", "tbt_cdf.svg"] {
         assert!(out.join(file).is_file(), "{file}");
     }
+    let _ = std::fs::remove_dir_all(root);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompts_are_cut_with_whichever_tokenizer_the_target_or_the_user_offers() {
+    let _serial = SERIAL.lock().await;
+    let root = scratch_dir("tokenizers");
+    let run = |url: String, out: std::path::PathBuf, tokenizer: Option<String>| async move {
+        let mut words = vec![
+            "--url".to_string(),
+            url,
+            "--num-requests".into(),
+            "3".into(),
+            "--qps".into(),
+            "50".into(),
+            "--workload".into(),
+            "synthetic:prompt=uniform:5:40,output=fixed:2".into(),
+            "--out".into(),
+            out.display().to_string(),
+            "--no-progress".into(),
+        ];
+        if let Some(t) = tokenizer {
+            words.extend(["--tokenizer".to_string(), t]);
+        }
+        let refs: Vec<&str> = words.iter().map(String::as_str).collect();
+        run_bench(run_args(&refs)).await
+    };
+    let check = |out: &Path| {
+        let lines = lines(out);
+        assert_eq!(lines.len(), 3);
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap())
+                .unwrap();
+        let asked = &config["workload"]["prompt_tokens"];
+        assert_eq!(config["workload"]["inexact_prompts"], 0, "{asked}");
+        config["target"]["tokenizer"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    // llama-cpp-python's endpoints are found on their own.
+    let llama = FakeServer::start_with(steady(), TokenizeApi::LlamaCppPython).await;
+    run(llama.base_url.clone(), root.join("llama"), None)
+        .await
+        .expect("run");
+    assert!(check(&root.join("llama")).ends_with("/extras/tokenize"));
+    // A server without any: a clear error, then another server's /tokenize or a local file.
+    let bare = FakeServer::start_with(steady(), TokenizeApi::None).await;
+    let err = run(bare.base_url.clone(), root.join("bare"), None)
+        .await
+        .err()
+        .map(|e| format!("{e:#}"));
+    assert!(err.unwrap_or_default().contains("--tokenizer"));
+    run(
+        bare.base_url.clone(),
+        root.join("via-url"),
+        Some(llama.base_url.clone()),
+    )
+    .await
+    .expect("run");
+    assert!(check(&root.join("via-url")).starts_with(&llama.base_url));
+    let file = root.join("tokenizer.json");
+    match metrum_bench::tokenizer::test_support::word_tokenizer().unwrap() {
+        metrum_bench::tokenizer::TextTokenizer::Local(t) => t.save(&file, false).unwrap(),
+        other => panic!("expected a local tokenizer, got {other:?}"),
+    }
+    run(
+        bare.base_url.clone(),
+        root.join("via-file"),
+        Some(file.display().to_string()),
+    )
+    .await
+    .expect("run");
+    assert_eq!(check(&root.join("via-file")), "local tokenizer.json");
     let _ = std::fs::remove_dir_all(root);
 }

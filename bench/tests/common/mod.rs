@@ -38,6 +38,17 @@ pub enum Mode {
     Queue { service: Duration },
 }
 
+/// Which tokenizer endpoints the fake offers.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum TokenizeApi {
+    /// `/tokenize` + `/detokenize` (vLLM and Metrum).
+    Vllm,
+    /// `/extras/tokenize` + `/extras/detokenize` (llama-cpp-python).
+    LlamaCppPython,
+    /// None: the load generator needs `--tokenizer`.
+    None,
+}
+
 /// Named behaviours, selected by a prompt `script:NAME`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Script {
@@ -88,6 +99,10 @@ pub struct FakeServer {
 
 impl FakeServer {
     pub async fn start(mode: Mode) -> FakeServer {
+        Self::start_with(mode, TokenizeApi::Vllm).await
+    }
+
+    pub async fn start_with(mode: Mode, api: TokenizeApi) -> FakeServer {
         let shared = Arc::new(Shared {
             mode,
             tokenizer: word_tokenizer().expect("test tokenizer"),
@@ -96,7 +111,21 @@ impl FakeServer {
             free_at: tokio::sync::Mutex::new(tokio::time::Instant::now()),
             next_id: Mutex::new(0),
         });
-        let app = axum::Router::new()
+        let mut app = axum::Router::new();
+        match api {
+            TokenizeApi::Vllm => {
+                app = app
+                    .route("/tokenize", post(tokenize))
+                    .route("/detokenize", post(detokenize));
+            }
+            TokenizeApi::LlamaCppPython => {
+                app = app
+                    .route("/extras/tokenize", post(extras_tokenize))
+                    .route("/extras/detokenize", post(extras_detokenize));
+            }
+            TokenizeApi::None => {}
+        }
+        let app = app
             .route("/health", get(|| async { "ok" }))
             .route(
                 "/version",
@@ -108,8 +137,6 @@ impl FakeServer {
                     Json(json!({"data": [{"id": "fake-model", "max_model_len": 4096}]}))
                 }),
             )
-            .route("/tokenize", post(tokenize))
-            .route("/detokenize", post(detokenize))
             .route("/v1/completions", post(completions))
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -147,6 +174,22 @@ async fn detokenize(State(s): State<Arc<Shared>>, Json(body): Json<Value>) -> Re
     let ids: Vec<u32> = serde_json::from_value(body["tokens"].clone()).unwrap_or_default();
     match s.tokenizer.decode(&ids).await {
         Ok(prompt) => Json(json!({"prompt": prompt})).into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    }
+}
+
+async fn extras_tokenize(State(s): State<Arc<Shared>>, Json(body): Json<Value>) -> Response {
+    let input = body["input"].as_str().unwrap_or_default();
+    match s.tokenizer.encode(input).await {
+        Ok(tokens) => Json(json!({"tokens": tokens})).into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    }
+}
+
+async fn extras_detokenize(State(s): State<Arc<Shared>>, Json(body): Json<Value>) -> Response {
+    let ids: Vec<u32> = serde_json::from_value(body["tokens"].clone()).unwrap_or_default();
+    match s.tokenizer.decode(&ids).await {
+        Ok(text) => Json(json!({"text": text})).into_response(),
         Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     }
 }
