@@ -69,14 +69,7 @@ pub fn capacity_slo(args: &CapacityArgs, slo: &SloConfig) -> CapacitySlo {
 /// Runs the search, writing `capacity.json`, `capacity.svg` and every probe's directory.
 pub async fn run_capacity(args: CapacityArgs) -> Result<CapacityReport> {
     let slo = slo_config(&args.slo)?;
-    let search_config = CapacitySearchConfig {
-        start_qps: args.start_qps,
-        min_granularity_pct: args.granularity_pct,
-        max_iterations: args.max_iterations,
-        boundary_repeats: args.repeats,
-        ..CapacitySearchConfig::default()
-    };
-    let mut search = CapacitySearch::new(search_config)?;
+    let mut search = CapacitySearch::new(search_config_of(&args))?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let session = Session::open(&args.target, &args.out).await?;
