@@ -46,8 +46,10 @@ status=0
 ldd "$BIN" | grep -E 'cuda|cublas|curand|not found' >&2
 
 echo "== 1, 2, 4: kernels, whole-model logits, speed" >&2
-"$BIN" gpu-check --device cuda "${QUICK[@]}" --out "$TMP/check.md" >&2 || status=1
-cat "$TMP/check.md" >> "$OUT_MD" 2>/dev/null
+# Written beside the report as it goes, so a run cut short keeps its finished rows.
+CHECK_MD="${OUT_MD%.md}-sections.md"
+"$BIN" gpu-check --device cuda "${QUICK[@]}" --out "$CHECK_MD" >&2 || status=1
+cat "$CHECK_MD" >> "$OUT_MD" 2>/dev/null
 
 echo "== 3: outside reference (transformers)" >&2
 {
