@@ -47,10 +47,7 @@ impl ForwardBatch {
                 meta.num_tokens()
             )));
         }
-        if let Some(bad) = logits_rows
-            .iter()
-            .find(|&&r| r as usize >= token_ids.len())
-        {
+        if let Some(bad) = logits_rows.iter().find(|&&r| r as usize >= token_ids.len()) {
             return Err(ModelError::BadBatch(format!(
                 "logits row {bad} outside a batch of {} tokens",
                 token_ids.len()

@@ -47,7 +47,7 @@ impl LlamaConfig {
         self.num_layers * per_layer + embed + head + self.hidden_size
     }
 
-    /// Checks the relations the forward pass relies on; `what` names the source in errors.
+    /// Checks the relations the forward pass relies on; the error says which one fails.
     pub(crate) fn validate(&self) -> Result<(), String> {
         let positive = [
             ("vocab_size", self.vocab_size),
@@ -62,13 +62,13 @@ impl LlamaConfig {
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{name} must be positive"));
         }
-        if self.num_heads % self.num_kv_heads != 0 {
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return Err(format!(
                 "{} attention heads are not a multiple of {} KV heads",
                 self.num_heads, self.num_kv_heads
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(format!("head_dim {} must be even for RoPE", self.head_dim));
         }
         if !(self.rms_norm_eps > 0.0 && self.rope_theta > 0.0) {

@@ -148,7 +148,12 @@ fn write_weights(dir: &Path, seed: u64, options: &FixtureOptions) -> Result<()> 
     let mut rng = RandomWeights::new(seed, &Device::Cpu)?;
     // Xavier-scale weights give O(1) logits, so greedy choices are not near-ties.
     let std = 1.0 / (FIXTURE_HIDDEN as f32).sqrt();
-    let (h, q, kv, ff) = (FIXTURE_HIDDEN, HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM, INTERMEDIATE);
+    let (h, q, kv, ff) = (
+        FIXTURE_HIDDEN,
+        HEADS * HEAD_DIM,
+        KV_HEADS * HEAD_DIM,
+        INTERMEDIATE,
+    );
     let mut normal = |dims: &[usize], std: f32| rng.normal(dims, std, DType::F32);
     let mut shards: Vec<HashMap<String, Tensor>> = vec![HashMap::new(); options.shards.max(1)];
     let last = shards.len() - 1;
@@ -165,7 +170,10 @@ fn write_weights(dir: &Path, seed: u64, options: &FixtureOptions) -> Result<()> 
         shard.insert(name("self_attn.k_proj"), normal(&[kv, h], std)?);
         shard.insert(name("self_attn.v_proj"), normal(&[kv, h], std)?);
         shard.insert(name("self_attn.o_proj"), normal(&[h, q], std)?);
-        shard.insert(name("post_attention_layernorm"), (normal(&[h], 0.1)? + 1.0)?);
+        shard.insert(
+            name("post_attention_layernorm"),
+            (normal(&[h], 0.1)? + 1.0)?,
+        );
         shard.insert(name("mlp.gate_proj"), normal(&[ff, h], std)?);
         shard.insert(name("mlp.up_proj"), normal(&[ff, h], std)?);
         shard.insert(name("mlp.down_proj"), normal(&[h, ff], std)?);

@@ -29,9 +29,9 @@ impl LlamaModel {
                 ),
                 Some(r) => metrum_kernels::add_rms_norm(&hidden, r, &layer.attn_norm, eps)?,
             };
-            let (key_cache, value_cache) = kv.layer(index).ok_or_else(|| {
-                ModelError::KvCache(format!("no layer {index} in the KV cache"))
-            })?;
+            let (key_cache, value_cache) = kv
+                .layer(index)
+                .ok_or_else(|| ModelError::KvCache(format!("no layer {index} in the KV cache")))?;
             let attn = self.attention(layer, &normed, positions, key_cache, value_cache, batch)?;
             let (normed, res) = metrum_kernels::add_rms_norm(&attn, &res, &layer.mlp_norm, eps)?;
             hidden = self.mlp(layer, &normed)?;
@@ -69,8 +69,7 @@ impl LlamaModel {
         let k = metrum_kernels::rope(&k, positions, &self.rope_cos, &self.rope_sin, style)?;
         metrum_kernels::reshape_and_cache(&k, &v, key_cache, value_cache, batch.meta())?;
         let scale = 1.0 / (c.head_dim as f32).sqrt();
-        let out =
-            metrum_kernels::paged_attention(&q, key_cache, value_cache, batch.meta(), scale)?;
+        let out = metrum_kernels::paged_attention(&q, key_cache, value_cache, batch.meta(), scale)?;
         Ok(layer.o_proj.forward(&out.reshape((tokens, c.q_size()))?)?)
     }
 

@@ -14,7 +14,9 @@ use candle_core::{DType, Device, Tensor};
 use metrum_kernels::RopeStyle;
 
 use crate::model::linear::{Embedding, Linear, SplitLinear};
-use crate::model::{LayerWeights, LlamaConfig, LlamaModel, ModelError, ModelParts, Result, RopeScaling};
+use crate::model::{
+    LayerWeights, LlamaConfig, LlamaModel, ModelError, ModelParts, Result, RopeScaling,
+};
 
 pub(crate) fn load(path: &Path, device: &Device, dtype: DType) -> Result<LlamaModel> {
     let io = |source| ModelError::Io {
@@ -113,7 +115,10 @@ impl GgufReader {
             });
         }
         if self.usize_opt("llama.expert_count")?.unwrap_or(0) > 1 {
-            return Err(self.bad_config("llama.expert_count", "mixture-of-experts llama is not supported"));
+            return Err(self.bad_config(
+                "llama.expert_count",
+                "mixture-of-experts llama is not supported",
+            ));
         }
         let hidden_size = self.usize("llama.embedding_length")?;
         let num_heads = self.usize("llama.attention.head_count")?;
@@ -148,7 +153,11 @@ impl GgufReader {
             dims => return Err(self.shape_error("token_embd.weight", dims, &[0, hidden_size])),
         };
         if embed_width != hidden_size {
-            return Err(self.shape_error("token_embd.weight", embed.shape.dims(), &[vocab_size, hidden_size]));
+            return Err(self.shape_error(
+                "token_embd.weight",
+                embed.shape.dims(),
+                &[vocab_size, hidden_size],
+            ));
         }
         let config = LlamaConfig {
             vocab_size,
@@ -156,11 +165,18 @@ impl GgufReader {
             intermediate_size: self.usize("llama.feed_forward_length")?,
             num_layers: self.usize("llama.block_count")?,
             num_heads,
-            num_kv_heads: self.usize_opt("llama.attention.head_count_kv")?.unwrap_or(num_heads),
+            num_kv_heads: self
+                .usize_opt("llama.attention.head_count_kv")?
+                .unwrap_or(num_heads),
             head_dim,
             rms_norm_eps: self
                 .f32_opt("llama.attention.layer_norm_rms_epsilon")?
-                .ok_or_else(|| self.bad_config("llama.attention.layer_norm_rms_epsilon", "missing from the metadata"))?,
+                .ok_or_else(|| {
+                    self.bad_config(
+                        "llama.attention.layer_norm_rms_epsilon",
+                        "missing from the metadata",
+                    )
+                })?,
             rope_theta: self.f32_opt("llama.rope.freq_base")?.unwrap_or(10_000.0),
             rope_scaling,
             // llama.cpp permutes q/k rows at conversion so GGUF llama pairs adjacent elements.
@@ -201,7 +217,7 @@ impl GgufReader {
         }
         let (dtype, offset) = (info.ggml_dtype, info.offset);
         let row = dims.last().copied().unwrap_or(1);
-        if row % dtype.block_size() != 0 {
+        if !row.is_multiple_of(dtype.block_size()) {
             return Err(self.bad_gguf(format!(
                 "tensor '{name}' rows of {row} are not whole {dtype:?} blocks"
             )));
@@ -236,7 +252,12 @@ impl GgufReader {
 
     fn qtensor(&mut self, name: &str, dims: &[usize]) -> Result<QTensor> {
         let (dtype, data) = self.raw(name, dims)?;
-        Ok(ggml_file::qtensor_from_ggml(dtype, &data, dims.to_vec(), &self.device)?)
+        Ok(ggml_file::qtensor_from_ggml(
+            dtype,
+            &data,
+            dims.to_vec(),
+            &self.device,
+        )?)
     }
 
     /// A 1-D norm weight, dequantized to `dtype`.
@@ -263,7 +284,7 @@ impl GgufReader {
         for (name, rows) in parts {
             let (ggml, data) = self.raw(name, &[rows, cols])?;
             match groups.last_mut() {
-                Some((g, bytes, widths)) if *g == ggml && std::env::var("NOFUSE").is_err() => {
+                Some((g, bytes, widths)) if *g == ggml => {
                     bytes.extend_from_slice(&data);
                     widths.push(rows);
                 }

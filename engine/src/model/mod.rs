@@ -139,7 +139,8 @@ impl LlamaModel {
         device: &Device,
         parts: ModelParts,
     ) -> Result<LlamaModel> {
-        let inv_freq = inverse_frequencies(config.head_dim, config.rope_theta, &config.rope_scaling);
+        let inv_freq =
+            inverse_frequencies(config.head_dim, config.rope_theta, &config.rope_scaling);
         let (rope_cos, rope_sin) =
             rope::rope_tables(&inv_freq, config.max_position_embeddings, device)?;
         Ok(LlamaModel {

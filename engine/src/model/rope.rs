@@ -17,7 +17,9 @@ pub enum RopeScaling {
         original_max_position_embeddings: usize,
     },
     /// Position interpolation (`rope_type: "linear"`): every frequency divided by `factor`.
-    Linear { factor: f32 },
+    Linear {
+        factor: f32,
+    },
     /// One divisor per frequency, as llama.cpp stores llama3 scaling in `rope_freqs.weight`.
     FrequencyFactors(Vec<f32>),
 }

@@ -11,7 +11,9 @@ use serde::Deserialize;
 use serde_json::Value as Json;
 
 use crate::model::linear::{Embedding, Linear, SplitLinear};
-use crate::model::{LayerWeights, LlamaConfig, LlamaModel, ModelError, ModelParts, Result, RopeScaling};
+use crate::model::{
+    LayerWeights, LlamaConfig, LlamaModel, ModelError, ModelParts, Result, RopeScaling,
+};
 
 pub(crate) fn load(
     config_path: &Path,
@@ -62,7 +64,8 @@ fn read_config(path: &Path) -> Result<LlamaConfig> {
         path: path.to_path_buf(),
         source,
     })?;
-    let hf: HfConfig = serde_json::from_str(&text).map_err(|e| bad("config.json", e.to_string()))?;
+    let hf: HfConfig =
+        serde_json::from_str(&text).map_err(|e| bad("config.json", e.to_string()))?;
     let is_llama = match &hf.architectures {
         Some(archs) => archs.iter().any(|a| a == "LlamaForCausalLM"),
         None => hf.model_type.as_deref() == Some("llama"),
@@ -80,10 +83,16 @@ fn read_config(path: &Path) -> Result<LlamaConfig> {
         });
     }
     if let Some(act) = hf.hidden_act.as_deref().filter(|a| *a != "silu") {
-        return Err(bad("hidden_act", format!("'{act}' is not supported (silu)")));
+        return Err(bad(
+            "hidden_act",
+            format!("'{act}' is not supported (silu)"),
+        ));
     }
     if hf.attention_bias || hf.mlp_bias {
-        return Err(bad("attention_bias", "biased projections are not supported".into()));
+        return Err(bad(
+            "attention_bias",
+            "biased projections are not supported".into(),
+        ));
     }
     let params = hf.rope_parameters.as_ref();
     let rope_theta = hf
@@ -109,7 +118,9 @@ fn read_config(path: &Path) -> Result<LlamaConfig> {
         max_position_embeddings: hf.max_position_embeddings,
         tie_word_embeddings: hf.tie_word_embeddings,
     };
-    config.validate().map_err(|reason| bad("config.json", reason))?;
+    config
+        .validate()
+        .map_err(|reason| bad("config.json", reason))?;
     Ok(config)
 }
 
@@ -140,7 +151,9 @@ fn parse_rope_scaling(value: Option<&Json>) -> Result<RopeScaling, String> {
             high_freq_factor: number("high_freq_factor")? as f32,
             original_max_position_embeddings: number("original_max_position_embeddings")? as usize,
         }),
-        other => Err(format!("rope type '{other}' is not supported (default, linear, llama3)")),
+        other => Err(format!(
+            "rope type '{other}' is not supported (default, linear, llama3)"
+        )),
     }
 }
 
@@ -177,7 +190,11 @@ impl Shards {
     /// Tensor `name`, checked to be `dims` and a float type, as `dtype` on `device`.
     fn get(&self, name: &str, dims: &[usize], device: &Device, dtype: DType) -> Result<Tensor> {
         let Some(&index) = self.owner.get(name) else {
-            let path = self.files.first().map(|(p, _)| p.clone()).unwrap_or_default();
+            let path = self
+                .files
+                .first()
+                .map(|(p, _)| p.clone())
+                .unwrap_or_default();
             return Err(ModelError::MissingTensor {
                 path,
                 name: name.to_string(),
@@ -205,10 +222,12 @@ impl Shards {
                 expected: dims.to_vec(),
             });
         }
-        let tensor = mapped.load(name, device).map_err(|e| ModelError::BadSafetensors {
-            path: path.clone(),
-            reason: format!("tensor '{name}': {e}"),
-        })?;
+        let tensor = mapped
+            .load(name, device)
+            .map_err(|e| ModelError::BadSafetensors {
+                path: path.clone(),
+                reason: format!("tensor '{name}': {e}"),
+            })?;
         Ok(tensor.to_dtype(dtype)?)
     }
 
@@ -269,7 +288,10 @@ fn check_index(dir: &Path, paths: &[&Path]) -> Result<()> {
         return Err(bad("no weight_map object".into()));
     };
     for shard in map.values().filter_map(Json::as_str) {
-        if !paths.iter().any(|p| p.file_name().is_some_and(|f| f == shard)) {
+        if !paths
+            .iter()
+            .any(|p| p.file_name().is_some_and(|f| f == shard))
+        {
             return Err(bad(format!("shard '{shard}' is listed but missing")));
         }
     }

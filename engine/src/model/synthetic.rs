@@ -10,7 +10,9 @@ use rand_distr::StandardNormal;
 use rayon::prelude::*;
 
 use crate::model::linear::{Embedding, Linear, SplitLinear};
-use crate::model::{LayerWeights, LlamaConfig, LlamaModel, ModelError, ModelParts, Result, RopeScaling};
+use crate::model::{
+    LayerWeights, LlamaConfig, LlamaModel, ModelError, ModelParts, Result, RopeScaling,
+};
 
 /// Every name `synthetic:NAME` accepts.
 pub const SYNTHETIC_MODELS: &[&str] = &[
