@@ -228,3 +228,21 @@ async fn engine_failure_mid_stream_is_one_error_event_then_done() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn served_model_name_is_the_only_accepted_name() {
+    let mut model = tiny_model();
+    model.config.served_model_name = Some("my-alias".into());
+    let server = TestServer::start(model).await;
+    let (status, models) = server.get_text("/v1/models").await;
+    assert_eq!(status, 200);
+    let models: Value = serde_json::from_str(&models).unwrap();
+    assert_eq!(models["data"][0]["id"], "my-alias");
+    let mut body = completion_body("x", 2);
+    body["model"] = json!("my-alias");
+    assert_eq!(server.post_json("/v1/completions", &body).await.0, 200);
+    body["model"] = json!("tiny-llama");
+    let (status, reply) = server.post_json("/v1/completions", &body).await;
+    error_of(status, 404, &reply);
+    server.stop().await;
+}

@@ -4,6 +4,7 @@
 mod common;
 
 use common::{SseReader, TestServer, completion_body, metric_value, tiny_model};
+use metrum_engine::handle::EngineStatus;
 use metrum_server::ServerOptions;
 use serde_json::{Value, json};
 use std::io::{Read, Write};
@@ -224,5 +225,54 @@ async fn health_is_503_while_draining_and_new_work_is_refused() {
         .post_json("/v1/completions", &completion_body("x", 2))
         .await;
     assert_eq!(status, 503, "{body}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_503_while_loading_then_200() {
+    // The default model takes long enough to load to be seen loading; the tiny fixture loads
+    // before the first probe returns, so it cannot show the window.
+    let Some(model) = common::default_model() else {
+        return;
+    };
+    let server = TestServer::start_loading(model, ServerOptions::default()).await;
+    let mut saw_loading = false;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let before = server.engine.status();
+        let (status, body) = server.get_text("/health").await;
+        let after = server.engine.status();
+        if before == EngineStatus::Loading && after == EngineStatus::Loading {
+            assert_eq!(status, 503, "{body}");
+            assert!(body.contains("loading"), "{body}");
+            let (status, _) = server
+                .post_json("/v1/completions", &completion_body("x", 2))
+                .await;
+            assert_eq!(status, 503, "generation waits for the model");
+            saw_loading = true;
+        }
+        if after == EngineStatus::Ready && status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never became ready: {after:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(saw_loading, "the loading window was never observed");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_503_when_the_model_fails_to_load() {
+    let mut model = tiny_model();
+    model.config.model = Some("/nonexistent/model/dir".into());
+    let server = TestServer::start_loading(model, ServerOptions::default()).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !matches!(server.engine.status(), EngineStatus::Failed(_)) {
+        assert!(Instant::now() < deadline, "the load never failed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (status, body) = server.get_text("/health").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("failed"), "{body}");
     server.stop().await;
 }

@@ -34,7 +34,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderValue, Uri};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use extract::BodyLimit;
 use metrum_engine::handle::{EngineHandle, ModelInfo};
@@ -108,7 +108,32 @@ pub fn router(engine: EngineHandle, options: &ServerOptions) -> Router {
         .with_state(state)
         .layer(DefaultBodyLimit::max(options.max_body_bytes))
         .layer(axum::Extension(BodyLimit(options.max_body_bytes)))
+        .layer(middleware::from_fn(catch_panics))
         .layer(middleware::from_fn(assign_request_id))
+}
+
+/// Defence in depth: a handler that panics answers 500 (logged with the request id) instead of
+/// dropping the connection; other requests are unaffected either way.
+async fn catch_panics(request: Request, next: Next) -> Response {
+    use futures::FutureExt;
+    let id = request
+        .extensions()
+        .get::<RequestContext>()
+        .map_or_else(|| "-".to_string(), |c| c.id.clone());
+    match std::panic::AssertUnwindSafe(next.run(request))
+        .catch_unwind()
+        .await
+    {
+        Ok(response) => response,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            ApiError::internal(&id, format!("handler panicked: {what}")).into_response()
+        }
+    }
 }
 
 async fn route_not_found(uri: Uri) -> ApiError {

@@ -88,7 +88,14 @@ impl TestServer {
     }
 
     /// Starts the engine and the server, and waits until /health says ready.
-    pub async fn start_with(model: TestModel, mut options: ServerOptions) -> TestServer {
+    pub async fn start_with(model: TestModel, options: ServerOptions) -> TestServer {
+        let server = Self::start_loading(model, options).await;
+        server.wait_ready().await;
+        server
+    }
+
+    /// Starts the engine and the server without waiting for the model to load.
+    pub async fn start_loading(model: TestModel, mut options: ServerOptions) -> TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         if options.engine_config.is_null() {
@@ -106,7 +113,7 @@ impl TestServer {
                 let _ = stopped.await;
             },
         ));
-        let server = TestServer {
+        TestServer {
             addr,
             engine,
             client: reqwest::Client::new(),
@@ -114,9 +121,7 @@ impl TestServer {
             stop: Some(stop),
             task: Some(task),
             _model: model,
-        };
-        server.wait_ready().await;
-        server
+        }
     }
 
     async fn wait_ready(&self) {
