@@ -26,6 +26,14 @@ pub(crate) struct PolicyKey {
 ///   `work_left` is the prefill model's time for the tokens still to compute (one, for a
 ///   decode). The key of a waiting request is fixed while it waits: its deadline moves only
 ///   when it emits a token, and its work left only when it runs.
+///
+/// NOTE: measured behaviour of deadline (examples/policy_sweep.rs). With one SLO for every
+/// request, fresh requests all rank `arrival + S`, so admission is FCFS. The policy differs in
+/// three places: the prefill cap near decode deadlines (a small win at light load), the order of
+/// partial prefills, and preemption: the victim is the request with the most banked slack,
+/// usually a long-running one with a large context, whose recompute is costly, and after
+/// preemption that slack lets later arrivals take its memory first. Under load that extra
+/// recompute work lowers capacity, and deadline misses more than FCFS at and past the FCFS knee.
 pub(crate) fn policy_key(policy: Policy, slo: &DeadlineSlo, req: &Request) -> PolicyKey {
     let rank = match policy {
         Policy::Fcfs => 0,

@@ -1,6 +1,6 @@
 //! [`Scheduler`]: the state and its admin side (admission, finish/abort, stats, events,
-//! invariant audit). Batch formation is in [`crate::batch`], applying results in
-//! [`crate::update`].
+//! invariant audit). Batch formation ([`Scheduler::schedule`]) is in `batch.rs`, applying
+//! results ([`Scheduler::update`]) in `update.rs`.
 
 use crate::config::{ConfigError, SchedulerConfig};
 use crate::kv_cache_manager::KvCacheManager;

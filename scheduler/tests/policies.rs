@@ -69,6 +69,7 @@ fn fresh_requests_all_have_the_same_slack_so_deadline_order_is_arrival_order() {
         .unwrap();
     let out = s.schedule(ms(2));
     assert_eq!(out.scheduled[0].id, RequestId(0));
+    finish_run(s, Some(&out), ms(3));
 }
 
 /// A request decoding with zero slack: its first token arrives exactly at `D_p`, so its next
@@ -116,12 +117,12 @@ fn deadline_shrinks_the_prefill_chunk_when_a_decode_is_about_to_miss() {
             chunk,
             "time left {time_left:?}"
         );
+        finish_run(s, Some(&out), decode_deadline);
     }
     let (mut s, decode_deadline) = decode_at_its_deadline(Policy::Fcfs);
-    assert_eq!(
-        s.schedule(decode_deadline - ms(10)).scheduled[1].num_tokens(),
-        31
-    );
+    let out = s.schedule(decode_deadline - ms(10));
+    assert_eq!(out.scheduled[1].num_tokens(), 31);
+    finish_run(s, Some(&out), decode_deadline);
 }
 
 /// Requests 2 and 1 start together; request 0 arrives 1 ms later and waits for a seat. In
@@ -162,6 +163,7 @@ fn contend(policy: Policy) -> (Vec<RequestId>, Vec<RequestId>) {
         .map(|x| x.id)
         .collect();
     s.check_invariants().unwrap();
+    finish_run(s, Some(&out), ms(3));
     (preempted, admitted)
 }
 

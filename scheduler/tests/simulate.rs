@@ -6,8 +6,8 @@ mod common;
 use common::*;
 use metrum_core::Nanos;
 use metrum_scheduler::sim::{
-    FakeExecutor, LengthTrace, Lengths, PoissonWorkload, Simulation, StepCostModel, Workload,
-    markdown_table, profile_prefill_model, simulate,
+    FakeExecutor, LengthTrace, Lengths, PoissonWorkload, StepCostModel, Workload, markdown_table,
+    profile_prefill_model, simulate,
 };
 use metrum_scheduler::{DeadlineSlo, Policy, SchedulerConfig};
 
@@ -52,7 +52,7 @@ fn workload(rate: f64, n: usize) -> Workload {
 fn simulation_is_deterministic() {
     let w = workload(5.0, 60);
     let a = simulate(&w, &sim_config(Policy::Deadline), FakeExecutor::new(cost())).unwrap();
-    let b = simulate(&w, &sim_config(Policy::Deadline), FakeExecutor::new(cost())).unwrap();
+    let b = run_checked(&w, sim_config(Policy::Deadline), cost());
     // Compared as text: undefined fields are NaN, and NaN != NaN.
     assert_eq!(format!("{a:?}"), format!("{b:?}"));
     assert_eq!(a.num_completed, 60);
@@ -61,12 +61,7 @@ fn simulation_is_deterministic() {
 #[test]
 fn light_load_meets_every_deadline_and_heavy_load_queues() {
     for policy in Policy::ALL {
-        let light = simulate(
-            &workload(0.5, 40),
-            &sim_config(policy),
-            FakeExecutor::new(cost()),
-        )
-        .unwrap();
+        let light = run_checked(&workload(0.5, 40), sim_config(policy), cost());
         assert_eq!(light.num_completed, 40);
         assert_eq!(light.miss_rate_service, 0.0, "{policy}");
         assert_eq!(light.fluidity_p1, 1.0);
@@ -75,12 +70,7 @@ fn light_load_meets_every_deadline_and_heavy_load_queues() {
             "{}",
             light.sched_delay_p99_ms
         );
-        let heavy = simulate(
-            &workload(40.0, 200),
-            &sim_config(policy),
-            FakeExecutor::new(cost()),
-        )
-        .unwrap();
+        let heavy = run_checked(&workload(40.0, 200), sim_config(policy), cost());
         assert_eq!(heavy.num_completed, 200);
         assert!(heavy.sched_delay_p50_ms > 10.0 * light.sched_delay_p50_ms.max(1.0));
         assert!(heavy.miss_rate_service > 0.0);
@@ -100,22 +90,13 @@ fn a_checked_simulation_with_shared_prefixes_hits_the_cache() {
         },
     );
     w.shared_prefix_len = 256;
-    let mut sim = Simulation::new(
-        &w.generate(),
-        sim_config(Policy::Fcfs),
-        FakeExecutor::new(cost()),
-    )
-    .unwrap()
-    .with_checks();
-    while sim.step().unwrap() {}
-    let report = sim.report().unwrap();
+    let report = run_checked(&w.generate(), sim_config(Policy::Fcfs), cost());
     // 80 prompts of 300 tokens share their first 256 (16 blocks); all but the first hit them.
     assert!(
         report.prefix_cache_hit_rate > 0.8,
         "{}",
         report.prefix_cache_hit_rate
     );
-    assert_scheduler_empty(sim.scheduler());
 }
 
 #[test]
@@ -144,7 +125,7 @@ fn the_repository_traces_parse_and_drive_a_run() {
     let w = PoissonWorkload::new(1, 2.0, 50, Lengths::Trace(trace)).generate();
     let reports: Vec<_> = Policy::ALL
         .iter()
-        .map(|&p| simulate(&w, &sim_config(p), FakeExecutor::new(cost())).unwrap())
+        .map(|&p| run_checked(&w, sim_config(p), cost()))
         .collect();
     assert!(reports.iter().all(|r| r.num_completed == 50));
     let table = markdown_table(&reports);

@@ -2,7 +2,9 @@
 //! `a + b·batch_tokens + c·kv_tokens_read`) drives the real [`crate::Scheduler`] on simulated
 //! time, fed by an open-loop Poisson [`PoissonWorkload`] or a trace. [`simulate`] returns a
 //! [`SimReport`] per run: scheduling delay, TTFT, TBT, fluidity-index distribution and
-//! deadline-miss rates (spec/metrics.md (a), (b)). `metrum simulate` prints one row per policy.
+//! deadline-miss rates (spec/metrics.md (a), (b)). One [`SimReport`] per policy renders as one
+//! row of [`markdown_table`]; `examples/policy_sweep.rs` runs the fcfs-vs-deadline comparison.
+//! (The `metrum simulate` subcommand belongs to the server crate, which calls these functions.)
 //!
 //! | module | what lives there |
 //! | --- | --- |

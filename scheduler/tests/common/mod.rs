@@ -3,7 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 use metrum_core::{BlockId, Nanos, RequestId};
-use metrum_scheduler::sim::{FakeExecutor, StepCostModel};
+use metrum_scheduler::sim::{FakeExecutor, SimReport, Simulation, StepCostModel, Workload};
 use metrum_scheduler::{
     FinishedRequest, NewRequest, Policy, Scheduler, SchedulerConfig, SchedulerOutput, StepResult,
 };
@@ -119,4 +119,30 @@ pub fn assert_scheduler_empty(s: &Scheduler) {
     }
     assert_eq!(s.stats().kv_usage, 0.0);
     s.check_invariants().expect("invariants");
+}
+
+/// Applies `pending` (an output not yet updated) with [`SAMPLED`] tokens, runs everything left
+/// to completion and leak-checks: the end of every test that stops mid-run.
+pub fn finish_run(s: Scheduler, pending: Option<&SchedulerOutput>, now: Nanos) {
+    let mut d = Driver {
+        s,
+        now,
+        ..Driver::new(config())
+    };
+    if let Some(out) = pending {
+        let exec = d.exec.execute(out);
+        d.s.update(out, &exec.sampled, d.now).expect("update");
+    }
+    d.run_until_done(10_000);
+    assert_scheduler_empty(&d.s);
+}
+
+/// Runs a workload with every per-step check on, then leak-checks the scheduler.
+pub fn run_checked(workload: &Workload, config: SchedulerConfig, cost: StepCostModel) -> SimReport {
+    let mut sim = Simulation::new(workload, config, FakeExecutor::new(cost))
+        .expect("valid config")
+        .with_checks();
+    while sim.step().expect("simulation step") {}
+    assert_scheduler_empty(sim.scheduler());
+    sim.report().expect("every request finished once")
 }
