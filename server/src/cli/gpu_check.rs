@@ -63,7 +63,14 @@ impl GpuCheckArgs {
 
         // 1. Kernels against the CPU reference.
         let t0 = std::time::Instant::now();
-        let rows = check::run_kernel_checks(&device, self.quick)?;
+        let rows = match check::run_kernel_checks(&device, self.quick) {
+            Ok(rows) => rows,
+            Err(e) => {
+                failures += 1;
+                writeln!(md, "kernel checks failed to run: {e}")?;
+                Vec::new()
+            }
+        };
         writeln!(
             md,
             "## 1. Kernels against the CPU reference\n\nRandom inputs, relative L2 error `||out-ref||/||ref||`; tolerance f32 1e-4, f16 3e-3, bf16 1.5e-2. {} cases in {:.1} s.\n",
@@ -114,37 +121,33 @@ impl GpuCheckArgs {
             md,
             "\n## 2. Whole-model logits, device against CPU f32\n\nA mixed varlen batch (prefill chunks 13+16, 7, 20+41, then one decode each) through the paged forward.\n\n| model | device dtype | max rel. err of logits rows | pass |\n| --- | --- | --- | --- |"
         )?;
-        let fixture = tempfile::tempdir()?;
-        metrum_engine::model::fixture::write_tiny_llama_fixture(fixture.path(), 42)?;
-        let files = metrum_engine::source::resolve_local(fixture.path())?;
+        // CUDA attention supports head dims 64/128/256, so the checked models are real shapes
+        // (SmolLM2-135M and Llama-3.2-1B have head dim 64); the HF-format path is covered by
+        // section 3's transformers-made model.
         for (name, dtype) in [
-            ("synthetic:tiny", DType::BF16),
-            ("synthetic:tiny", DType::F16),
-            ("synthetic:tiny", DType::F32),
-            ("tiny HF safetensors fixture", DType::BF16),
+            ("smollm2-135m", DType::BF16),
+            ("smollm2-135m", DType::F16),
+            ("smollm2-135m", DType::F32),
+            ("llama-3.2-1b", DType::BF16),
         ] {
-            let (cpu, dev) = if name.starts_with("synthetic") {
-                (
-                    LlamaModel::synthetic("tiny", &Device::Cpu, DType::F32, 1)?,
-                    LlamaModel::synthetic("tiny", &device, dtype, 1)?,
-                )
-            } else {
-                (
-                    LlamaModel::load(&files, &Device::Cpu, DType::F32)?,
-                    LlamaModel::load(&files, &device, dtype)?,
-                )
-            };
-            let err = diag::compare_devices(&dev, &cpu, 16)?;
-            let tol = if dtype == DType::F32 { 1e-4 } else { 3e-2 };
-            let pass = err.is_finite() && err < tol;
-            failures += usize::from(!pass);
-            writeln!(
-                md,
-                "| {name} | {dtype:?} | {err:.2e} | {} |",
-                if pass { "yes" } else { "**NO**" }
-            )?;
+            let result = LlamaModel::synthetic(name, &Device::Cpu, DType::F32, 1).and_then(|cpu| {
+                let dev = LlamaModel::synthetic(name, &device, dtype, 1)?;
+                diag::compare_devices(&dev, &cpu, 16).map_err(Into::into)
+            });
+            let tol = if dtype == DType::F32 { 1e-3 } else { 3e-2 };
+            match result {
+                Ok(err) => {
+                    let pass = err.is_finite() && err < tol;
+                    failures += usize::from(!pass);
+                    writeln!(md, "| synthetic:{name} | {dtype:?} | {err:.2e} | {} |", if pass { "yes" } else { "**NO**" })?;
+                }
+                Err(e) => {
+                    failures += 1;
+                    writeln!(md, "| synthetic:{name} | {dtype:?} | error: {e} | **NO** |")?;
+                }
+            }
+            self.save(&md)?;
         }
-
         self.save(&md)?;
         if !self.skip_speed {
             self.speed(&device, &mut md)?;

@@ -36,8 +36,10 @@ pub struct ServeArgs {
     /// The name clients use in `model` and see in /v1/models (default: the model's name).
     #[arg(long)]
     pub served_model_name: Option<String>,
+    /// Address to listen on (0.0.0.0 for every interface).
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
+    /// Port to listen on (0 picks a free one; the log says which).
     #[arg(long, default_value_t = 8000)]
     pub port: u16,
     /// Most sequences running in one step.
@@ -61,11 +63,13 @@ pub struct ServeArgs {
     /// Fraction of GPU memory for weights, activations and KV cache (CUDA).
     #[arg(long, overrides_with_all = ["num_kv_blocks", "kv_cache_memory"])]
     pub gpu_memory_utilization: Option<f64>,
+    /// Which waiting request runs next (default fcfs).
     #[arg(long, value_enum)]
     pub scheduling_policy: Option<SchedulingPolicy>,
     /// Reuse KV blocks of shared prompt prefixes (on by default).
     #[arg(long, overrides_with = "no_enable_prefix_caching")]
     pub enable_prefix_caching: bool,
+    /// Turn prefix caching off.
     #[arg(long, overrides_with = "enable_prefix_caching")]
     pub no_enable_prefix_caching: bool,
     /// Require `Authorization: Bearer <key>` on every /v1 route.
@@ -74,6 +78,7 @@ pub struct ServeArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
+    /// Weight and activation dtype; auto = f32 on CPU, bf16 on CUDA.
     #[arg(long, default_value = "auto", value_parser = ["auto", "f32", "f16", "bf16"])]
     pub dtype: String,
     /// Seed for requests that bring none.
@@ -106,6 +111,7 @@ pub struct ServeArgs {
     /// How long in-flight requests may run after SIGTERM before the server exits anyway.
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
     pub shutdown_timeout: Duration,
+    /// Log lines as human-readable text or as JSON objects.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
 }
