@@ -155,14 +155,23 @@ impl ApiError {
         }
     }
 
-    /// The OpenAI error body. Internal errors show the request id, never internals beyond the
-    /// message, so the operator can find the logged line.
+    /// The OpenAI error body. Internal errors show the request id and the first line of the
+    /// cause only (engine errors may carry backtraces); the full text is in the log line.
     pub fn body(&self) -> ErrorBody {
         let message = match self {
             ApiError::Internal {
                 message,
                 request_id,
-            } => format!("internal server error (request id {request_id}): {message}"),
+            } => {
+                let first_line: String = message
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .chars()
+                    .take(300)
+                    .collect();
+                format!("internal server error (request id {request_id}): {first_line}")
+            }
             other => other.to_string(),
         };
         ErrorBody {
@@ -249,8 +258,13 @@ mod tests {
         }
         .into_response();
         assert_eq!(resp.headers()[header::RETRY_AFTER], "3");
-        let body = ApiError::internal("req-42", "engine gone").body();
+        let body = ApiError::internal("req-42", "engine gone\n   0: <backtrace frame>").body();
         assert!(body.error.message.contains("req-42"));
+        assert!(
+            body.error.message.ends_with("engine gone"),
+            "{}",
+            body.error.message
+        );
     }
 
     #[test]
