@@ -50,7 +50,7 @@ echo "== 1, 2, 4: kernels, whole-model logits, speed" >&2
 # Checks first (fast), then the outside reference, then the timings (slow), so that a run cut
 # short by a time limit still has the correctness results.
 CHECK_MD="${OUT_MD%.md}-checks.md"
-"$BIN" gpu-check --device cuda "${QUICK[@]}" --skip-speed --out "$CHECK_MD" >&2 || status=1
+[[ -z ${ONLY_2B:-} ]] && { "$BIN" gpu-check --device cuda "${QUICK[@]}" --skip-speed --out "$CHECK_MD" >&2 || status=1; }
 cat "$CHECK_MD" >> "$OUT_MD" 2>/dev/null
 
 echo "== 3: outside reference (transformers)" >&2
@@ -66,6 +66,21 @@ if python3 scripts/gpu/hf_reference.py make "$TMP/hf" --seed 0 --dtype bfloat16 
 else
   echo "reference run failed" >> "$OUT_MD"; status=1
 fi
+
+echo "== 2b: same HF-format weights on CPU and CUDA" >&2
+{
+  echo
+  echo "### 2b. The section-3 safetensors model (head dim 64) on CPU f32 and on CUDA, same weights"
+  echo
+} >> "$OUT_MD"
+runs=(); labels=()
+for spec in cpu:f32 cuda:f32 cuda:f16 cuda:bf16; do
+  dev=${spec%%:*}; dt=${spec##*:}
+  "$BIN" logits --model "$TMP/hf" --device "$dev" --dtype "$dt" --prompts "$TMP/hf/reference.json" --out "$TMP/$dev-$dt.json" >&2 &&
+    { runs+=("$TMP/$dev-$dt.json"); labels+=("$dev $dt"); }
+done
+python3 scripts/gpu/hf_reference.py devices --labels "${labels[@]}" -- "${runs[@]}" >> "$OUT_MD" || status=1
+[[ -n ${ONLY_2B:-} ]] && { cat "$OUT_MD"; exit $status; }
 
 echo "== 4: speed" >&2
 SPEED_MD="${OUT_MD%.md}-speed.md"

@@ -24,8 +24,8 @@ def make(args):
     torch.manual_seed(args.seed)
     cfg = LlamaConfig(
         vocab_size=256 + 3,
-        hidden_size=256,
-        intermediate_size=704,
+        hidden_size=512,
+        intermediate_size=1408,
         num_hidden_layers=4,
         num_attention_heads=8,
         num_key_value_heads=2,
@@ -109,6 +109,24 @@ def compare(args):
     sys.exit(0 if ok else 1)
 
 
+def devices(args):
+    """Same weights, two devices: each METRUM_JSON against the first (the CPU f32 run)."""
+    base = json.load(open(args.files[0]))
+    print("| run | logits rel. err vs CPU f32 (worst prompt) | greedy tokens agreeing | pass |")
+    print("| --- | --- | --- | --- |")
+    ok = True
+    for label, path in zip(args.labels[1:], args.files[1:]):
+        got = json.load(open(path))
+        errs = [rel_err(g, b) for g, b in zip(got["logits_last"], base["logits_last"])]
+        agree = sum(sum(int(a == b) for a, b in zip(g, r)) for g, r in zip(got["greedy"], base["greedy"]))
+        total = sum(len(r) for r in base["greedy"])
+        tol = 1e-4 if "f32" in label else 3e-2
+        passed = max(errs) < tol and agree >= total - 2 * len(base["greedy"])
+        ok &= passed
+        print(f"| {label} | {max(errs):.2e} | {agree}/{total} | {'yes' if passed else 'NO'} |")
+    sys.exit(0 if ok else 1)
+
+
 def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -119,8 +137,11 @@ def main():
     c = sub.add_parser("compare")
     c.add_argument("dir")
     c.add_argument("metrum_json")
+    d = sub.add_parser("devices")
+    d.add_argument("--labels", nargs="+", required=True)
+    d.add_argument("files", nargs="+")
     args = ap.parse_args()
-    {"make": make, "compare": compare}[args.cmd](args)
+    {"make": make, "compare": compare, "devices": devices}[args.cmd](args)
 
 
 if __name__ == "__main__":
