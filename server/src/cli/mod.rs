@@ -6,6 +6,7 @@
 //! let a later flag override an earlier one, so the command line wins over the file while clap
 //! still validates every value with the same parsers.
 
+pub mod bench;
 pub mod config_file;
 pub mod generate;
 pub mod gpu_check;
@@ -34,6 +35,8 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Generate one completion for a prompt and print it.
     Generate(generate::GenerateArgs),
+    /// Load-test Metrum or any OpenAI-compatible server (run, capacity, compare).
+    Bench(bench::BenchArgs),
     /// Download (if needed), verify and cache a model; prints where its files are.
     Fetch(gpu_check::FetchArgs),
     /// Prove a device: kernels and whole-model logits against the CPU, speed against limits.
@@ -47,6 +50,7 @@ impl Command {
         match self {
             Command::Serve(args) => args.run(),
             Command::Generate(args) => args.run(),
+            Command::Bench(args) => args.run(),
             Command::Fetch(args) => args.run(),
             Command::GpuCheck(args) => args.run(),
             Command::Logits(args) => args.run(),
