@@ -32,8 +32,10 @@ cuda-toolchain:
 # tests, which fall back to CPU where no device exists.
 test-cuda: cuda-toolchain
 	source $(CUDA_DIR)/env.sh && CARGO_TARGET_DIR=target-cuda \
+	  $(CARGO) build --release -p metrum-server --features cuda
+	source $(CUDA_DIR)/env.sh && CARGO_TARGET_DIR=target-cuda \
 	  LD_LIBRARY_PATH=$$CUDA_STUB_LD_LIBRARY_PATH \
-	  $(CARGO) test --release -p metrum-kernels -p metrum-engine --features cuda
+	  $(CARGO) test --release -p metrum-kernels --features cuda
 
 # The binary carried to a GPU machine (scripts/gpu-check.sh runs it there).
 build-cuda: cuda-toolchain
