@@ -48,7 +48,7 @@ __device__ __forceinline__ void paged_decode(T *__restrict__ out, float *__restr
   constexpr int NV = VPD / LPT;               // vectors per lane
   constexpr int EPL = NV * VEC;               // elements per lane
   constexpr int TPW = 32 / LPT;               // tokens per warp step
-  constexpr int UNROLL = GMAX >= 8 ? 2 : 4;   // warp steps per chunk (loads in flight)
+  constexpr int UNROLL = GMAX >= 8 ? 2 : 4;  // warp steps per chunk
   constexpr int CHUNK = TPW * UNROLL;         // tokens per warp per iteration
   static_assert(VPD % LPT == 0 && 32 % LPT == 0, "head dim must be 64, 128 or 256");
 
@@ -108,14 +108,12 @@ __device__ __forceinline__ void paged_decode(T *__restrict__ out, float *__restr
 
   const size_t row_stride = (size_t)a.num_kv_heads * D;  // elements between cache rows
   const uint32_t *table = a.block_tables + (size_t)seq * a.bt_stride;
-  for (uint32_t base = start + warp * CHUNK; base < end; base += DECODE_WARPS * CHUNK) {
-    uint4 kv[UNROLL][NV], vv[UNROLL][NV];
-    bool valid[UNROLL];
+  // Issues the K/V loads of the chunk at `base` (zeros past `end`).
+  auto load_chunk = [&](uint32_t base, uint4 (&kb)[UNROLL][NV], uint4 (&vb)[UNROLL][NV]) {
 #pragma unroll
     for (int u = 0; u < UNROLL; ++u) {
       const uint32_t p = base + u * TPW + tg;
-      valid[u] = p < end;
-      if (valid[u]) {
+      if (p < end) {
         const uint32_t block = table[p / a.block_size];
         const size_t off = ((size_t)block * a.block_size + p % a.block_size) * row_stride +
                            (size_t)kv_head * D;
@@ -123,14 +121,26 @@ __device__ __forceinline__ void paged_decode(T *__restrict__ out, float *__restr
         const uint4 *vrow = reinterpret_cast<const uint4 *>(v_cache + off);
 #pragma unroll
         for (int j = 0; j < NV; ++j) {
-          kv[u][j] = krow[j * LPT + sl];
-          vv[u][j] = vrow[j * LPT + sl];
+          kb[u][j] = krow[j * LPT + sl];
+          vb[u][j] = vrow[j * LPT + sl];
         }
       } else {
 #pragma unroll
-        for (int j = 0; j < NV; ++j) kv[u][j] = vv[u][j] = make_uint4(0, 0, 0, 0);
+        for (int j = 0; j < NV; ++j) kb[u][j] = vb[u][j] = make_uint4(0, 0, 0, 0);
       }
     }
+  };
+
+  // One chunk of loads per iteration, all issued before any use. (A register double buffer
+  // that prefetched the next chunk measured 10-25% slower on the H100: fewer loads in flight
+  // per register, and fewer resident CTAs.)
+  constexpr uint32_t STRIDE = DECODE_WARPS * CHUNK;
+  for (uint32_t base = start + warp * CHUNK; base < end; base += STRIDE) {
+    uint4 kv[UNROLL][NV], vv[UNROLL][NV];
+    load_chunk(base, kv, vv);
+    bool valid[UNROLL];
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u) valid[u] = base + u * TPW + tg < end;
     // Scores: partial dots over this lane's elements, summed over the LPT lanes of the token.
     float sc[UNROLL][GMAX];
 #pragma unroll

@@ -112,11 +112,27 @@ fn gcd(a: usize, b: usize) -> usize {
 }
 
 /// Device-to-device copy bandwidth in 10^9 bytes per second, counting bytes read plus bytes
-/// written, over a 1 GiB buffer (64 MiB on CPU, where it only exercises the code path).
+/// written, over a 1 GiB buffer into a preallocated destination (on CPU a 64 MiB tensor copy,
+/// which only exercises the code path).
 pub fn bench_copy_bandwidth(device: &Device) -> Result<f64> {
-    let elems = if device.is_cpu() { 16 << 20 } else { 256 << 20 };
-    let src = Tensor::zeros(elems, DType::F32, device)?;
     let iters = 10;
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(dev) = device {
+        let elems = 256 << 20;
+        let src = dev.alloc_zeros::<f32>(elems)?;
+        let mut dst = dev.alloc_zeros::<f32>(elems)?;
+        dev.memcpy_dtod(&src, &mut dst)?;
+        device.synchronize()?;
+        let start = Instant::now();
+        for _ in 0..iters {
+            dev.memcpy_dtod(&src, &mut dst)?;
+        }
+        device.synchronize()?;
+        let seconds = start.elapsed().as_secs_f64() / iters as f64;
+        return Ok((2 * elems * 4) as f64 / seconds / 1e9);
+    }
+    let elems = 16 << 20;
+    let src = Tensor::zeros(elems, DType::F32, device)?;
     src.copy()?;
     device.synchronize()?;
     let start = Instant::now();
@@ -126,4 +142,58 @@ pub fn bench_copy_bandwidth(device: &Device) -> Result<f64> {
     device.synchronize()?;
     let seconds = start.elapsed().as_secs_f64() / iters as f64;
     Ok((2 * elems * 4) as f64 / seconds / 1e9)
+}
+
+/// Times one prefill chunk of `q_len` tokens at the end of a `ctx_len`-token context (one
+/// sequence). Returns the row (its `gbps`: the context's K/V bytes per second) and the causal
+/// attention rate in TFLOP/s, counting `4 * heads * head_dim` FLOPs per visible (query, key).
+pub fn bench_prefill(
+    device: &Device,
+    q_len: usize,
+    ctx_len: usize,
+    spec: &BenchSpec,
+) -> Result<(BenchRow, f64)> {
+    if q_len == 0 || q_len > ctx_len || spec.iters == 0 {
+        candle_core::bail!("bench_prefill: need 0 < q_len <= ctx_len and iters > 0");
+    }
+    let (hq, hkv, d, bs) = (
+        spec.num_heads,
+        spec.num_kv_heads,
+        spec.head_dim,
+        spec.block_size,
+    );
+    let blocks = ctx_len.div_ceil(bs);
+    let table: Vec<u32> = (0..blocks as u32).rev().collect();
+    let meta = AttentionMetadata::new(bs, &[(q_len, ctx_len, table)], device)?;
+    let cache_dims = (blocks, bs, hkv, d);
+    let key_cache = Tensor::randn(0f32, 1.0, cache_dims, device)?.to_dtype(spec.dtype)?;
+    let value_cache = Tensor::randn(0f32, 1.0, cache_dims, device)?.to_dtype(spec.dtype)?;
+    let q = Tensor::randn(0f32, 1.0, (q_len, hq, d), device)?.to_dtype(spec.dtype)?;
+    let scale = 1.0 / (d as f32).sqrt();
+    for _ in 0..3 {
+        paged_attention(&q, &key_cache, &value_cache, &meta, scale)?;
+    }
+    device.synchronize()?;
+    let start = Instant::now();
+    for _ in 0..spec.iters {
+        paged_attention(&q, &key_cache, &value_cache, &meta, scale)?;
+    }
+    device.synchronize()?;
+    let seconds = start.elapsed().as_secs_f64() / spec.iters as f64;
+    let first = (ctx_len - q_len) as f64;
+    // Query i sees first + i + 1 keys.
+    let pairs = q_len as f64 * (first + 1.0) + (q_len as f64 * (q_len as f64 - 1.0)) / 2.0;
+    let flops = 4.0 * pairs * (hq * d) as f64;
+    let bytes = (2 * ctx_len * hkv * d * spec.dtype.size_in_bytes()) as u64;
+    let row = BenchRow {
+        kernel: "paged_attention.prefill".into(),
+        dtype: spec.dtype.as_str().into(),
+        shape: format!("Hq{hq} Hkv{hkv} D{d} BS{bs} q{q_len}"),
+        ctx_len,
+        batch: 1,
+        time_us: seconds * 1e6,
+        bytes,
+        gbps: bytes as f64 / seconds / 1e9,
+    };
+    Ok((row, flops / seconds / 1e12))
 }
