@@ -6,8 +6,9 @@
 //! no GPU. Set `METRUM_REQUIRE_GPU=1` (as the GPU check does) to turn a missing device into a
 //! failure instead.
 
-#![allow(dead_code)]
+#![allow(dead_code)] // each test file uses a different subset
 
+#[cfg(feature = "cuda")]
 use candle_core::Device;
 
 #[cfg(feature = "cuda")]
@@ -62,9 +63,4 @@ pub fn assert_rows_pass(rows: &[metrum_kernels::check::CheckRow]) {
         failed.len(),
         failed.join("\n")
     );
-}
-
-/// Device name for messages.
-pub fn name(device: &Device) -> &'static str {
-    if device.is_cpu() { "cpu" } else { "cuda" }
 }
