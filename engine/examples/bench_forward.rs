@@ -3,6 +3,9 @@
 //! `cargo run --release -p metrum-engine --example bench_forward -- [MODEL] [--device cpu|cuda]
 //! [--dtype auto|f32|f16|bf16] [--decode N] [--repeat N]`; MODEL is anything `--model` takes
 //! (a .gguf, a directory, `synthetic:NAME`); the default is the cached default model.
+//! `--compare-cpu` first runs one mixed batch (chunked prefills and decodes) on the device and
+//! on the CPU in f32 and prints how far the logits are apart (not for synthetic models on a
+//! GPU, whose random weights come from the device's generator).
 
 use std::time::{Duration, Instant};
 
@@ -19,6 +22,7 @@ struct Args {
     dtype: String,
     decode: usize,
     repeat: usize,
+    compare_cpu: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -28,6 +32,7 @@ fn parse_args() -> Result<Args, String> {
         dtype: "auto".into(),
         decode: 64,
         repeat: 3,
+        compare_cpu: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -36,6 +41,7 @@ fn parse_args() -> Result<Args, String> {
             "--device" => args.device = value("--device")?,
             "--dtype" => args.dtype = value("--dtype")?,
             "--decode" => args.decode = value("--decode")?.parse().map_err(|e| format!("{e}"))?,
+            "--compare-cpu" => args.compare_cpu = true,
             "--repeat" => args.repeat = value("--repeat")?.parse().map_err(|e| format!("{e}"))?,
             other if !other.starts_with("--") => args.model = Some(other.to_string()),
             other => return Err(format!("unknown flag {other}")),
@@ -71,6 +77,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         device,
         started.elapsed()
     );
+    if args.compare_cpu && !device.is_cpu() {
+        compare_with_cpu(&model, &files)?;
+    }
     let max_tokens = 512 + args.decode + 1;
     let blocks = max_tokens.div_ceil(BLOCK_SIZE);
     let mut kv = KvCache::new(model.kv_cache_layout(BLOCK_SIZE), blocks, &device)?;
@@ -121,6 +130,66 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         context + args.decode,
         total.as_secs_f64() * 1e3 / args.decode as f64,
         args.decode as f64 / total.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Logits of a two-step mixed batch: three prompts (one split 7 + 13), then a decode each.
+fn mixed_batch_logits(model: &LlamaModel) -> Result<Vec<Vec<f32>>, Box<dyn std::error::Error>> {
+    let device = model.device();
+    let mut kv = KvCache::new(model.kv_cache_layout(BLOCK_SIZE), 32, device)?;
+    let vocab = model.config().vocab_size.min(256) as u32;
+    let prompts: Vec<Vec<u32>> = [21u32, 12, 37]
+        .iter()
+        .map(|&n| (0..n).map(|i| (i * 17 + n) % vocab).collect())
+        .collect();
+    let tables: [Vec<u32>; 3] = [vec![9, 2, 30], vec![5, 17], vec![1, 22, 8, 3]];
+    let mut rows = Vec::new();
+    let steps: [[(usize, usize); 3]; 2] = [[(0, 7), (0, 12), (0, 37)], [(7, 13), (12, 1), (37, 1)]];
+    for (s, step) in steps.iter().enumerate() {
+        let next: Vec<u32> = (0..3).map(|i| (i as u32 * 5 + s as u32) % vocab).collect();
+        let chunks: Vec<SequenceChunk> = step
+            .iter()
+            .enumerate()
+            .map(|(i, &(cached, len))| SequenceChunk {
+                tokens: if cached < prompts[i].len() {
+                    &prompts[i][cached..cached + len]
+                } else {
+                    &next[i..i + 1]
+                },
+                num_cached: cached,
+                block_table: &tables[i],
+                compute_logits: true,
+            })
+            .collect();
+        let batch = ForwardBatch::from_chunks(BLOCK_SIZE, &chunks, device)?;
+        rows.extend(model.forward(&batch, &mut kv)?.to_vec2::<f32>()?);
+    }
+    Ok(rows)
+}
+
+fn compare_with_cpu(
+    model: &LlamaModel,
+    files: &metrum_engine::source::ModelFiles,
+) -> Result<(), Box<dyn std::error::Error>> {
+    if matches!(files, metrum_engine::source::ModelFiles::Synthetic { .. }) {
+        println!("compare-cpu: skipped, synthetic weights differ between devices");
+        return Ok(());
+    }
+    let cpu = LlamaModel::load(files, &Device::Cpu, candle_core::DType::F32)?;
+    let (ours, reference) = (mixed_batch_logits(model)?, mixed_batch_logits(&cpu)?);
+    let (mut worst, mut scale, mut same) = (0f32, 0f32, 0);
+    for (a, b) in ours.iter().zip(&reference) {
+        for (x, y) in a.iter().zip(b) {
+            worst = worst.max((x - y).abs());
+            scale = scale.max(y.abs());
+        }
+        let argmax = |v: &[f32]| (0..v.len()).fold(0, |m, i| if v[i] > v[m] { i } else { m });
+        same += usize::from(argmax(a) == argmax(b));
+    }
+    println!(
+        "compare-cpu: {} rows, max |logit diff| {worst:.3e} (largest logit {scale:.2}), argmax equal in {same}",
+        ours.len()
     );
     Ok(())
 }

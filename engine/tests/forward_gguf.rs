@@ -108,12 +108,9 @@ fn default_model_quantized_agrees_within_quantization_noise() {
     };
     let model = LlamaModel::load_gguf(&path, &Device::Cpu, DType::F32).unwrap();
     check_default_config(&model);
-    let records = run_batched(
-        &model,
-        &mixed_plans(default_model_prompts(&path), 20),
-        16,
-        128,
-    );
+    // 10 tokens each, not 20: candle's Q4_1 dot product is scalar code, slow on both sides.
+    let plans = mixed_plans(default_model_prompts(&path), 10);
+    let records = run_batched(&model, &plans, 16, 128);
     let seen = compare_within(&records, quantized_llama_reference(&path), 0.1, 1.5);
     println!("quantized: {seen:?}");
     assert!(

@@ -176,12 +176,12 @@ fn missing_and_misshapen_tensors_are_named() {
     let name = "model.layers.0.self_attn.k_proj.weight";
     tensors.insert(
         name.into(),
-        Tensor::zeros((3, 64), DType::F32, &Device::Cpu).unwrap(),
+        Tensor::zeros((3, 256), DType::F32, &Device::Cpu).unwrap(),
     );
     candle_core::safetensors::save(&tensors, &weights).unwrap();
     let err = dir_model(dir.path()).unwrap_err();
     assert!(matches!(err, ModelError::TensorShape { .. }), "{err:?}");
-    message_names(&err, &[name, "[3, 64]", "[32, 64]"]);
+    message_names(&err, &[name, "[3, 256]", "[128, 256]"]);
 }
 
 #[test]

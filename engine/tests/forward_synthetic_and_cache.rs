@@ -32,7 +32,7 @@ fn one_step_logits(model: &LlamaModel, tokens: &[u32]) -> Vec<f32> {
 #[test]
 fn presets_have_the_published_shapes() {
     let expect = [
-        ("tiny", 256, 2, 64),
+        ("tiny", 256, 2, 256),
         ("smollm2-135m", 49_152, 30, 576),
         ("llama-3.2-1b", 128_256, 16, 2048),
         ("llama-3.2-3b", 128_256, 28, 3072),
@@ -218,4 +218,19 @@ fn logits_only_for_selected_rows_in_their_order() {
     );
     let none = ForwardBatch::new(batch.token_ids(), batch.meta().clone(), &[], &cpu).unwrap();
     assert_eq!(model.forward(&none, &mut kv).unwrap().dims(), [0, 256]);
+}
+
+#[test]
+fn model_and_cache_can_move_to_the_engine_thread() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<LlamaModel>();
+    assert_send_sync::<KvCache>();
+    assert_send_sync::<ForwardBatch>();
+    let model = tiny(DType::F32, 5);
+    let tokens: Vec<u32> = (1..9).collect();
+    let here = one_step_logits(&model, &tokens);
+    let there = std::thread::spawn(move || one_step_logits(&model, &tokens))
+        .join()
+        .unwrap();
+    assert_eq!(here, there);
 }
