@@ -16,22 +16,25 @@
 //! | [`detokenize`] | incremental, UTF-8-safe detokenization and stop strings |
 //! | [`diag`] | device checks: logits CPU vs device, step timings vs hardware limits (for `metrum gpu-check`) |
 //! | [`sampling`] | logits processors (penalties, bias, temperature, top-k/p, min-p), seeded sampling, logprobs |
+pub mod chat_template;
 pub mod config;
+pub mod detokenize;
+pub mod diag;
 pub mod engine_loop;
 pub mod executor;
 pub mod handle;
+pub mod kv_cache;
 pub mod loader;
+pub mod model;
+pub mod sampling;
 pub mod source;
 pub mod text;
-pub mod kv_cache;
-pub mod chat_template;
-pub mod detokenize;
-pub mod diag;
-pub mod model;
 pub mod tokenizer;
-pub mod sampling;
 
 pub use config::{DeviceSpec, EngineConfig, KvCacheSize};
-pub use handle::{EngineHandle, EngineRequest, EngineStatus, ModelInfo, RequestStream, StreamEvent, SubmitError, TokenLogprob};
+pub use handle::{
+    EngineHandle, EngineRequest, EngineStatus, ModelInfo, RequestStream, StreamEvent, SubmitError,
+    TokenLogprob,
+};
 pub use loader::spawn;
 pub use text::TextCodec;

@@ -21,7 +21,9 @@ pub enum BenchCommand {
 
 impl BenchArgs {
     pub fn run(self) -> anyhow::Result<()> {
-        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
         runtime.block_on(async move {
             match self.command {
                 BenchCommand::Run(a) => metrum_bench::run_bench(a).await.map(drop),

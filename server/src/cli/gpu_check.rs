@@ -139,7 +139,11 @@ impl GpuCheckArgs {
                 Ok(err) => {
                     let pass = err.is_finite() && err < tol;
                     failures += usize::from(!pass);
-                    writeln!(md, "| synthetic:{name} | {dtype:?} | {err:.2e} | {} |", if pass { "yes" } else { "**NO**" })?;
+                    writeln!(
+                        md,
+                        "| synthetic:{name} | {dtype:?} | {err:.2e} | {} |",
+                        if pass { "yes" } else { "**NO**" }
+                    )?;
                 }
                 Err(e) => {
                     failures += 1;
