@@ -9,6 +9,8 @@
 //! | [`metadata`] | [`AttentionMetadata`]: one varlen batch's sequence layout, block tables, slot mapping |
 //! | [`attention`] | [`paged_attention`], [`reshape_and_cache`]: the public entry points, dispatching by device |
 //! | [`ops`] | [`rms_norm`], [`add_rms_norm`], [`rope`] (both [`RopeStyle`]s), [`silu_mul`] |
+//! | [`quant`] | quantized matmul on the CPU (GGUF Q4_0/Q4_1/Q8_0/Q4_K/Q5_K/Q6_K): scalar reference, AVX2, AVX-512 VNNI |
+//! | [`threads`] | the spinning fork-join pool the CPU kernels run on (`--threads`) |
 //! | `cpu` | the CPU reference implementations (f32 math; f16/bf16 are converted) |
 //! | `cuda` | (feature `cuda`) launches of the kernels in `csrc/*.cu`, compiled to PTX by `build.rs` |
 //! | [`check`] | the shared test bodies: device-vs-reference checks and bandwidth benchmarks that the tests and `metrum gpu-check` run |
@@ -31,6 +33,8 @@ mod cpu;
 mod cuda;
 pub mod metadata;
 pub mod ops;
+pub mod quant;
+pub mod threads;
 
 pub use attention::{paged_attention, reshape_and_cache};
 pub use metadata::{AttentionMetadata, PREFILL_TILE_TOKENS};

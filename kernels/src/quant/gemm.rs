@@ -1,0 +1,189 @@
+//! The threaded driver: quantize the activations, then split the weight rows across the pool's
+//! threads. Each thread walks its rows in blocks of [`ROW_BLOCK`] and, for each block, every
+//! group of up to 4 tokens, so a block's weights stay in L1 while all tokens pass over them:
+//! weights are read from memory once per step, whatever the batch.
+
+use std::cell::RefCell;
+
+use super::activations::{ActRow, Q8Activations};
+use super::formats::Packed;
+use super::{Isa, QuantMatrix, scalar};
+use crate::threads::{ThreadPool, split_range};
+
+/// Weight rows per cache block (16 rows of 4096 Q4 values = 36 KiB).
+const ROW_BLOCK: usize = 16;
+/// Activation rows per tile.
+const TILE_TOKENS: usize = 4;
+/// Below this many tokens the caller quantizes the activations alone (no thread hand-off).
+const PARALLEL_QUANTIZE_TOKENS: usize = 8;
+
+/// What the unsigned weight bytes of one row are made from.
+#[derive(Clone, Copy)]
+pub(crate) enum RowBytes<'a> {
+    /// Q4_0/Q4_1: 16 bytes per block, ggml nibble order.
+    Nibbles(&'a [u8]),
+    /// Q8_0: 32 signed bytes per block.
+    Bytes(&'a [i8]),
+}
+
+/// How a block's offset term is formed: `Min` = Q4_1's f16 mins, else `−k·d`.
+#[derive(Clone, Copy)]
+pub(crate) enum Offset<'a> {
+    Min(&'a [u16]),
+    TimesScale(f32),
+}
+
+/// A raw pointer the pool's threads may share; each writes a disjoint part.
+#[derive(Clone, Copy)]
+struct SharedMut<T>(*mut T);
+unsafe impl<T> Send for SharedMut<T> {}
+unsafe impl<T> Sync for SharedMut<T> {}
+
+thread_local! {
+    /// The quantized activations of the current matmul, reused across calls.
+    static ACTIVATIONS: RefCell<Q8Activations> = RefCell::default();
+}
+
+pub(super) fn matmul(
+    w: &QuantMatrix,
+    isa: Isa,
+    pool: &ThreadPool,
+    x: &[f32],
+    tokens: usize,
+    out: &mut [f32],
+) {
+    ACTIVATIONS.with_borrow_mut(|acts| {
+        quantize(acts, isa, pool, x, tokens, w.cols);
+        let acts = &*acts;
+        let out = SharedMut(out.as_mut_ptr());
+        pool.run(&|i, n| {
+            let rows = split_range(w.rows, i, n, ROW_BLOCK);
+            // SAFETY: thread `i` writes only columns `rows` of each output row.
+            unsafe { multiply_rows(w, isa, acts, tokens, rows, out) };
+        });
+    });
+}
+
+fn quantize(
+    acts: &mut Q8Activations,
+    isa: Isa,
+    pool: &ThreadPool,
+    x: &[f32],
+    tokens: usize,
+    cols: usize,
+) {
+    acts.resize(tokens, cols);
+    if tokens < PARALLEL_QUANTIZE_TOKENS || pool.threads() == 1 {
+        acts.quantize_rows(x, 0..tokens, isa);
+        return;
+    }
+    let parts = acts.raw_parts();
+    pool.run(&|i, n| {
+        // SAFETY: each thread quantizes a disjoint range of rows of the sized buffers.
+        unsafe { parts.quantize_rows(x, split_range(tokens, i, n, 1), isa) };
+    });
+}
+
+unsafe fn multiply_rows(
+    w: &QuantMatrix,
+    isa: Isa,
+    acts: &Q8Activations,
+    tokens: usize,
+    rows: std::ops::Range<usize>,
+    out: SharedMut<f32>,
+) {
+    let mut block_start = rows.start;
+    while block_start < rows.end {
+        let block = block_start..(block_start + ROW_BLOCK).min(rows.end);
+        let mut t0 = 0;
+        while t0 < tokens {
+            let c = (tokens - t0).min(TILE_TOKENS);
+            for r in block.clone() {
+                let mut y = [0f32; TILE_TOKENS];
+                match c {
+                    1 => row_tile::<1>(w, isa, r, acts, t0, &mut y),
+                    2 => row_tile::<2>(w, isa, r, acts, t0, &mut y),
+                    3 => row_tile::<3>(w, isa, r, acts, t0, &mut y),
+                    _ => row_tile::<4>(w, isa, r, acts, t0, &mut y),
+                }
+                for (k, &v) in y[..c].iter().enumerate() {
+                    unsafe { *out.0.add((t0 + k) * w.rows + r) = v };
+                }
+            }
+            t0 += c;
+        }
+        block_start = block.end;
+    }
+}
+
+/// Row `r` against activation rows `t0..t0 + C`, into `y[..C]`.
+fn row_tile<const C: usize>(
+    w: &QuantMatrix,
+    isa: Isa,
+    r: usize,
+    acts: &Q8Activations,
+    t0: usize,
+    y: &mut [f32; TILE_TOKENS],
+) {
+    let rows: [ActRow; C] = std::array::from_fn(|c| acts.row(t0 + c));
+    let nb = w.cols / 32;
+    let mut out = [0f32; C];
+    match &w.packed {
+        Packed::Nibbles { scales, mins, qs } => {
+            let scales = &scales[r * nb..(r + 1) * nb];
+            let mins = mins.as_ref().map(|m| &m[r * nb..(r + 1) * nb]);
+            let qs = &qs[r * nb * 16..(r + 1) * nb * 16];
+            let offset = mins.map_or(Offset::TimesScale(8.0), Offset::Min);
+            match isa {
+                Isa::Scalar => {
+                    for c in 0..C {
+                        out[c] = scalar::dot_nibbles(scales, mins, qs, rows[c]);
+                    }
+                }
+                _ => simd_tile(isa, scales, offset, RowBytes::Nibbles(qs), rows, &mut out),
+            }
+        }
+        Packed::Bytes { scales, qs } => {
+            let scales = &scales[r * nb..(r + 1) * nb];
+            let qs = &qs[r * nb * 32..(r + 1) * nb * 32];
+            let offset = Offset::TimesScale(128.0);
+            match isa {
+                Isa::Scalar => {
+                    for c in 0..C {
+                        out[c] = scalar::dot_bytes(scales, qs, rows[c]);
+                    }
+                }
+                _ => simd_tile(isa, scales, offset, RowBytes::Bytes(qs), rows, &mut out),
+            }
+        }
+        Packed::Super { kind, data } => {
+            let bb = w.ty.block_bytes();
+            let row_bytes = w.cols / 256 * bb;
+            let row = &data[r * row_bytes..(r + 1) * row_bytes];
+            for c in 0..C {
+                out[c] = scalar::dot_super(*kind, row, bb, rows[c]);
+            }
+        }
+    }
+    y[..C].copy_from_slice(&out);
+}
+
+#[allow(unused_variables)]
+fn simd_tile<const C: usize>(
+    isa: Isa,
+    scales: &[u16],
+    offset: Offset,
+    bytes: RowBytes,
+    rows: [ActRow; C],
+    out: &mut [f32; C],
+) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `matmul_with` accepts only ISAs in `Isa::supported()`.
+    unsafe {
+        match isa {
+            Isa::Avx512Vnni => super::avx512::tile::<C>(scales, offset, bytes, rows, out),
+            Isa::Avx2 => super::avx2::tile::<C>(scales, offset, bytes, rows, out),
+            Isa::Scalar => {}
+        }
+    }
+}

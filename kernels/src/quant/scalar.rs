@@ -1,0 +1,65 @@
+//! The scalar dot products: the reference every SIMD path is tested against, and the fallback
+//! on CPUs without AVX2. One weight row against one quantized activation row.
+
+use super::activations::ActRow;
+use super::formats::{KQuant, SuperBlock, f16_to_f32};
+
+/// Q4_0 (`mins = None`) or Q4_1 row.
+pub(crate) fn dot_nibbles(scales: &[u16], mins: Option<&[u16]>, qs: &[u8], a: ActRow) -> f32 {
+    let mut acc = 0f32;
+    for (b, &scale) in scales.iter().enumerate() {
+        let w = &qs[b * 16..b * 16 + 16];
+        let x = &a.qs[b * 32..b * 32 + 32];
+        let mut sumi = 0i32;
+        for j in 0..16 {
+            sumi += (w[j] & 0xF) as i32 * x[j] as i32 + (w[j] >> 4) as i32 * x[j + 16] as i32;
+        }
+        let d = f16_to_f32(scale);
+        let m = match mins {
+            Some(mins) => f16_to_f32(mins[b]),
+            None => -8.0 * d,
+        };
+        acc += d * a.d[b] * sumi as f32 + m * a.sums[b];
+    }
+    acc
+}
+
+/// Q8_0 row.
+pub(crate) fn dot_bytes(scales: &[u16], qs: &[i8], a: ActRow) -> f32 {
+    let mut acc = 0f32;
+    for (b, &scale) in scales.iter().enumerate() {
+        let w = &qs[b * 32..b * 32 + 32];
+        let x = &a.qs[b * 32..b * 32 + 32];
+        let sumi: i32 = w.iter().zip(x).map(|(&w, &x)| w as i32 * x as i32).sum();
+        acc += f16_to_f32(scale) * a.d[b] * sumi as f32;
+    }
+    acc
+}
+
+/// A row of k-quant super-blocks (`data` is the row's bytes).
+pub(crate) fn dot_super(kind: KQuant, data: &[u8], block_bytes: usize, a: ActRow) -> f32 {
+    let mut acc = 0f32;
+    for (s, bytes) in data.chunks_exact(block_bytes).enumerate() {
+        let sb = SuperBlock::decode(kind, bytes);
+        for ab in 0..8 {
+            let b = s * 8 + ab;
+            let x = &a.qs[b * 32..b * 32 + 32];
+            let q = &sb.q[ab * 32..ab * 32 + 32];
+            if sb.group == 32 {
+                let sumi: i32 = q.iter().zip(x).map(|(&q, &x)| q as i32 * x as i32).sum();
+                acc += sb.scale[ab] * a.d[b] * sumi as f32 - sb.min[ab] * a.sums[b];
+            } else {
+                for half in 0..2 {
+                    let r = half * 16..half * 16 + 16;
+                    let sumi: i32 = q[r.clone()]
+                        .iter()
+                        .zip(&x[r])
+                        .map(|(&q, &x)| q as i32 * x as i32)
+                        .sum();
+                    acc += sb.scale[ab * 2 + half] * a.d[b] * sumi as f32;
+                }
+            }
+        }
+    }
+    acc
+}

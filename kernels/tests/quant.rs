@@ -1,0 +1,184 @@
+//! The quantized CPU matmul against its scalar reference and against candle's
+//! dequantize-then-matmul, for every format, every ISA this CPU has, and shapes that hit the
+//! kernels' edges: odd block counts, a 16-block chunk plus a remainder, token counts that are
+//! not a multiple of the 4-token tile, and more threads than row blocks.
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use metrum_kernels::quant::{Isa, QuantMatrix, QuantType};
+use metrum_kernels::threads::ThreadPool;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// Standard normal values (Box-Muller) from a seed.
+fn normal(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| {
+            let (u, v): (f32, f32) = (rng.random_range(1e-7..1.0), rng.random());
+            (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
+        })
+        .collect()
+}
+
+fn ggml(ty: QuantType) -> GgmlDType {
+    match ty {
+        QuantType::Q4_0 => GgmlDType::Q4_0,
+        QuantType::Q4_1 => GgmlDType::Q4_1,
+        QuantType::Q8_0 => GgmlDType::Q8_0,
+        QuantType::Q4K => GgmlDType::Q4K,
+        QuantType::Q5K => GgmlDType::Q5K,
+        QuantType::Q6K => GgmlDType::Q6K,
+    }
+}
+
+/// A random `[rows, cols]` matrix quantized by candle, as our matrix and candle's dequantized f32.
+fn random_matrix(ty: QuantType, rows: usize, cols: usize, seed: u64) -> (QuantMatrix, Vec<f32>) {
+    let dev = Device::Cpu;
+    let w = Tensor::from_vec(normal(rows * cols, seed), (rows, cols), &dev).unwrap();
+    let q = QTensor::quantize(&w, ggml(ty)).unwrap();
+    let bytes = q.data().unwrap();
+    let matrix = QuantMatrix::from_ggml(ty, rows, cols, &bytes).unwrap();
+    let dense = q
+        .dequantize(&dev)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    (matrix, dense)
+}
+
+fn random_input(tokens: usize, cols: usize, seed: u64) -> Vec<f32> {
+    normal(tokens * cols, seed)
+}
+
+fn dense_matmul(w: &[f32], x: &[f32], rows: usize, cols: usize, tokens: usize) -> Vec<f32> {
+    let mut out = vec![0f32; tokens * rows];
+    for t in 0..tokens {
+        for r in 0..rows {
+            let mut acc = 0f64;
+            for k in 0..cols {
+                acc += x[t * cols + k] as f64 * w[r * cols + k] as f64;
+            }
+            out[t * rows + r] = acc as f32;
+        }
+    }
+    out
+}
+
+fn run(m: &QuantMatrix, isa: Isa, threads: usize, x: &[f32], tokens: usize) -> Vec<f32> {
+    let pool = ThreadPool::new(threads);
+    let mut out = vec![f32::NAN; tokens * m.rows()];
+    m.matmul_with(isa, &pool, x, tokens, &mut out).unwrap();
+    out
+}
+
+fn norm(v: &[f32]) -> f64 {
+    v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt()
+}
+
+fn shapes(ty: QuantType) -> Vec<(usize, usize)> {
+    if ty.block_values() == 256 {
+        vec![(1, 256), (7, 512), (33, 768), (16, 1536)]
+    } else {
+        // 1, 3, 17 (16 + 1), 18 (the default model's hidden size) and 48 blocks.
+        vec![(1, 32), (5, 96), (17, 544), (33, 576), (16, 1536)]
+    }
+}
+
+#[test]
+fn every_isa_matches_the_scalar_reference() {
+    for ty in QuantType::ALL {
+        for (i, &(rows, cols)) in shapes(ty).iter().enumerate() {
+            let (m, _) = random_matrix(ty, rows, cols, i as u64);
+            for tokens in [1, 2, 3, 5, 9] {
+                let x = random_input(tokens, cols, 100 + i as u64);
+                let reference = run(&m, Isa::Scalar, 1, &x, tokens);
+                let scale = reference.iter().fold(1f32, |a, v| a.max(v.abs()));
+                for isa in Isa::supported() {
+                    let got = run(&m, isa, 2, &x, tokens);
+                    for (g, r) in got.iter().zip(&reference) {
+                        assert!(
+                            (g - r).abs() <= 1e-5 * scale,
+                            "{} {rows}x{cols} tokens {tokens} {}: {g} vs scalar {r}",
+                            ty.name(),
+                            isa.name()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn matches_candle_dequantize_then_matmul() {
+    for ty in QuantType::ALL {
+        for (i, &(rows, cols)) in shapes(ty).iter().enumerate() {
+            let (m, dense) = random_matrix(ty, rows, cols, 7 + i as u64);
+            let tokens = 6;
+            let x = random_input(tokens, cols, 200 + i as u64);
+            let expected = dense_matmul(&dense, &x, rows, cols, tokens);
+            let got = run(&m, Isa::detect(), 2, &x, tokens);
+            let diff: Vec<f32> = got.iter().zip(&expected).map(|(a, b)| a - b).collect();
+            let rel = norm(&diff) / norm(&expected);
+            // Only the activations' 8-bit quantization separates the two.
+            assert!(
+                rel < 0.01,
+                "{} {rows}x{cols}: relative error {rel}",
+                ty.name()
+            );
+        }
+    }
+}
+
+#[test]
+fn dequantized_rows_equal_candles() {
+    for ty in QuantType::ALL {
+        let (rows, cols) = shapes(ty)[2];
+        let (m, dense) = random_matrix(ty, rows, cols, 3);
+        let mut row = vec![0f32; cols];
+        for r in 0..rows {
+            m.dequantize_row(r, &mut row).unwrap();
+            assert_eq!(
+                row,
+                dense[r * cols..(r + 1) * cols],
+                "{} row {r}",
+                ty.name()
+            );
+        }
+    }
+}
+
+#[test]
+fn thread_count_does_not_change_the_result() {
+    let (m, _) = random_matrix(QuantType::Q4_1, 40, 576, 5);
+    let x = random_input(7, 576, 6);
+    let one = run(&m, Isa::detect(), 1, &x, 7);
+    for threads in [2, 3, 8] {
+        assert_eq!(
+            run(&m, Isa::detect(), threads, &x, 7),
+            one,
+            "{threads} threads"
+        );
+    }
+}
+
+#[test]
+fn bad_shapes_are_errors_not_panics() {
+    let (m, _) = random_matrix(QuantType::Q8_0, 4, 64, 1);
+    let pool = ThreadPool::new(1);
+    let mut out = vec![0f32; 4];
+    assert!(
+        m.matmul_with(Isa::Scalar, &pool, &[0.0; 63], 1, &mut out)
+            .is_err()
+    );
+    assert!(
+        m.matmul_with(Isa::Scalar, &pool, &[0.0; 64], 1, &mut out[..3])
+            .is_err()
+    );
+    assert!(QuantMatrix::from_ggml(QuantType::Q4_1, 2, 48, &[0; 60]).is_err());
+    assert!(QuantMatrix::from_ggml(QuantType::Q4_1, 2, 64, &[0; 79]).is_err());
+    assert!(m.dequantize_row(4, &mut [0.0; 64]).is_err());
+}
