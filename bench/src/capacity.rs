@@ -70,8 +70,7 @@ pub fn capacity_slo(args: &CapacityArgs, slo: &SloConfig) -> CapacitySlo {
 pub async fn run_capacity(args: CapacityArgs) -> Result<CapacityReport> {
     let slo = slo_config(&args.slo)?;
     let mut search = CapacitySearch::new(search_config_of(&args))?;
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
+    crate::output::prepare_dir(&args.out)?;
     let session = Session::open(&args.target, &args.out).await?;
     let result = search_with(&session, &args, &slo, &mut search).await;
     let closed = session.close().await;

@@ -189,6 +189,7 @@ pub async fn run_at(
 /// `metrum bench run`: one run, its directory written to `--out`.
 pub async fn run_bench(args: BenchRunArgs) -> Result<BenchOutcome> {
     let slo = slo_config(&args.slo)?;
+    crate::output::prepare_dir(&args.out)?;
     let session = Session::open(&args.target, &args.out).await?;
     let settings = RunSettings {
         command: "bench run",

@@ -61,12 +61,14 @@ pub fn write(path: &Path, lines: &[RequestLine]) -> Result<()> {
     let mut out = std::io::BufWriter::new(
         std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
     );
-    for line in lines {
-        serde_json::to_writer(&mut out, line)?;
-        out.write_all(b"\n")?;
-    }
-    out.flush()?;
-    Ok(())
+    let written: std::io::Result<()> = lines
+        .iter()
+        .try_for_each(|line| {
+            serde_json::to_writer(&mut out, line)?;
+            out.write_all(b"\n")
+        })
+        .and_then(|()| out.flush());
+    written.with_context(|| format!("writing {}", path.display()))
 }
 
 pub fn read(path: &Path) -> Result<Vec<RequestLine>> {

@@ -26,6 +26,25 @@ use summary::BenchSummary;
 /// Requests drawn in tokens_vs_time.svg.
 const SAMPLE_REQUESTS: usize = 6;
 
+/// Bytes written (and synced) by [`prepare_dir`]: enough to need real blocks on any disk.
+const PROBE_BYTES: usize = 64 << 10;
+
+/// Creates `dir` and proves it takes writes (a probe file written, synced and removed), so a
+/// read-only or full disk fails the run before the server starts and the load is sent,
+/// rather than after minutes of measurements.
+pub fn prepare_dir(dir: &Path) -> Result<()> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let probe = dir.join(".metrum-write-probe");
+    let written = std::fs::File::create(&probe).and_then(|mut f| {
+        f.write_all(&[0u8; PROBE_BYTES])?;
+        f.sync_all()
+    });
+    let removed = std::fs::remove_file(&probe);
+    written.with_context(|| format!("{} does not take writes", dir.display()))?;
+    removed.with_context(|| format!("removing {}", probe.display()))
+}
+
 pub fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
     let text = serde_json::to_string_pretty(value)?;
     std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
@@ -45,13 +64,23 @@ pub fn write_run(
     lines: &[RequestLine],
     results: &[RequestResult],
 ) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    write_json(&dir.join("config.json"), config)?;
-    jsonl::write(&dir.join("requests.jsonl"), lines)?;
-    write_json(&dir.join("summary.json"), summary)?;
-    std::fs::write(dir.join("report.md"), report_md::render(summary, config))
-        .context("writing report.md")?;
-    write_plots(dir, summary, results)
+    let written = (|| {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        write_json(&dir.join("config.json"), config)?;
+        jsonl::write(&dir.join("requests.jsonl"), lines)?;
+        write_json(&dir.join("summary.json"), summary)?;
+        let report = dir.join("report.md");
+        std::fs::write(&report, report_md::render(summary, config))
+            .with_context(|| format!("writing {}", report.display()))?;
+        write_plots(dir, summary, results)
+    })();
+    // The run itself is over; say plainly that its results did not all reach the disk.
+    written.with_context(|| {
+        format!(
+            "the run finished but its results could not be written to {}",
+            dir.display()
+        )
+    })
 }
 
 fn write_plots(dir: &Path, summary: &BenchSummary, results: &[RequestResult]) -> Result<()> {
@@ -158,4 +187,52 @@ fn write_plots(dir: &Path, summary: &BenchSummary, results: &[RequestResult]) ->
         &[curve],
         Some((0.0, 1.0)),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prepare_dir_creates_the_directory_and_leaves_no_probe_behind() {
+        let dir = std::env::temp_dir().join(format!("metrum-bench-prep-{}", std::process::id()));
+        let run = dir.join("a/b");
+        prepare_dir(&run).unwrap();
+        assert_eq!(std::fs::read_dir(&run).unwrap().count(), 0);
+        let message = format!("{:#}", prepare_dir(Path::new("/dev/full/run")).unwrap_err());
+        assert!(message.contains("creating /dev/full/run"), "{message}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_full_disk_error_names_the_file() {
+        // /dev/full takes the open and answers every write with ENOSPC.
+        let err = write_json(Path::new("/dev/full"), &serde_json::json!({"a": 1})).unwrap_err();
+        let message = format!("{err:#}");
+        assert!(
+            message.contains("writing /dev/full: No space left on device"),
+            "{message}"
+        );
+        let line = jsonl::RequestLine {
+            id: 0,
+            prompt_tokens: 1,
+            output_tokens: 0,
+            send_time_s: 0.0,
+            ttft_s: None,
+            itts_s: Vec::new(),
+            tpot_s: None,
+            e2e_s: None,
+            fluidity_index: None,
+            deadline_misses: 0,
+            deadlines: 0,
+            error: None,
+            server: None,
+        };
+        let err = jsonl::write(Path::new("/dev/full"), &[line]).unwrap_err();
+        let message = format!("{err:#}");
+        assert!(
+            message.contains("writing /dev/full: No space left on device"),
+            "{message}"
+        );
+    }
 }

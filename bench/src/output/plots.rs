@@ -8,8 +8,10 @@ use std::path::Path;
 
 const SIZE: (u32, u32) = (900, 540);
 
-fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
-    anyhow!("plotting: {e:?}")
+/// A plotting error that names the file (plotters writes the SVG on `present`, so a full
+/// disk shows up here).
+fn err_at<E: std::fmt::Debug>(path: &Path) -> impl Fn(E) -> anyhow::Error + '_ {
+    move |e| anyhow!("writing {}: {e:?}", path.display())
 }
 
 /// A named set of (x, y) points.
@@ -77,21 +79,22 @@ pub fn lines(
     };
     let (x0, x1) = padded(all().map(|p| p.0));
     let (y0, y1) = y_range.unwrap_or_else(|| padded(all().map(|p| p.1)));
+    let err = err_at(path);
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
-    root.fill(&WHITE).map_err(err)?;
+    root.fill(&WHITE).map_err(&err)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 22))
         .margin(12)
         .x_label_area_size(45)
         .y_label_area_size(65)
         .build_cartesian_2d(x0..x1, y0..y1)
-        .map_err(err)?;
+        .map_err(&err)?;
     chart
         .configure_mesh()
         .x_desc(x_label)
         .y_desc(y_label)
         .draw()
-        .map_err(err)?;
+        .map_err(&err)?;
     for (i, s) in series.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
         let points: Vec<(f64, f64)> = s
@@ -102,7 +105,7 @@ pub fn lines(
             .collect();
         chart
             .draw_series(LineSeries::new(points, color.stroke_width(2)))
-            .map_err(err)?
+            .map_err(&err)?
             .label(s.name)
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
@@ -115,9 +118,9 @@ pub fn lines(
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .draw()
-            .map_err(err)?;
+            .map_err(&err)?;
     }
-    root.present().map_err(err)?;
+    root.present().map_err(&err)?;
     Ok(())
 }
 
@@ -136,29 +139,30 @@ pub fn unit_histogram(
         counts[i] += 1;
     }
     let top = counts.iter().copied().max().unwrap_or(0).max(1);
+    let err = err_at(path);
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
-    root.fill(&WHITE).map_err(err)?;
+    root.fill(&WHITE).map_err(&err)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 22))
         .margin(12)
         .x_label_area_size(45)
         .y_label_area_size(55)
         .build_cartesian_2d(0f64..1f64, 0u32..top + top / 10 + 1)
-        .map_err(err)?;
+        .map_err(&err)?;
     chart
         .configure_mesh()
         .x_desc(x_label)
         .y_desc("requests")
         .draw()
-        .map_err(err)?;
+        .map_err(&err)?;
     let width = 1.0 / bins as f64;
     chart
         .draw_series(counts.iter().enumerate().map(|(i, &c)| {
             let x = i as f64 * width;
             Rectangle::new([(x, 0), (x + width, c)], Palette99::pick(0).filled())
         }))
-        .map_err(err)?;
-    root.present().map_err(err)?;
+        .map_err(&err)?;
+    root.present().map_err(&err)?;
     Ok(())
 }
 
