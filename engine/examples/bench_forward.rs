@@ -1,7 +1,7 @@
 //! Times the forward pass alone: prefill of 128 and 512 tokens, and single-stream decode.
 //!
 //! `cargo run --release -p metrum-engine --example bench_forward -- [MODEL] [--device cpu|cuda]
-//! [--dtype auto|f32|f16|bf16] [--decode N] [--repeat N]`; MODEL is anything `--model` takes
+//! [--dtype auto|f32|f16|bf16] [--decode N] [--repeat N] [--threads N] [--prefill on|off]`; MODEL is anything `--model` takes
 //! (a .gguf, a directory, `synthetic:NAME`); the default is the cached default model.
 //! `--compare-cpu` first runs one mixed batch (chunked prefills and decodes) on the device and
 //! on the CPU in f32 and prints how far the logits are apart (not for synthetic models on a
@@ -23,6 +23,7 @@ struct Args {
     decode: usize,
     repeat: usize,
     compare_cpu: bool,
+    prefill: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -33,6 +34,7 @@ fn parse_args() -> Result<Args, String> {
         decode: 64,
         repeat: 3,
         compare_cpu: false,
+        prefill: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -42,6 +44,14 @@ fn parse_args() -> Result<Args, String> {
             "--dtype" => args.dtype = value("--dtype")?,
             "--decode" => args.decode = value("--decode")?.parse().map_err(|e| format!("{e}"))?,
             "--compare-cpu" => args.compare_cpu = true,
+            "--threads" => {
+                let n: usize = value("--threads")?.parse().map_err(|e| format!("{e}"))?;
+                metrum_kernels::threads::set_global_threads(n);
+                let _ = rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .build_global();
+            }
+            "--prefill" => args.prefill = value("--prefill")? == "on",
             "--repeat" => args.repeat = value("--repeat")?.parse().map_err(|e| format!("{e}"))?,
             other if !other.starts_with("--") => args.model = Some(other.to_string()),
             other => return Err(format!("unknown flag {other}")),
@@ -106,7 +116,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     // Warm-up: first calls allocate and (on CUDA) load kernels.
     step(&prompt[..16], 0, &mut kv)?;
-    for len in [128, 512] {
+    let lens: &[usize] = if args.prefill { &[128, 512] } else { &[] };
+    for &len in lens {
         let mut best = Duration::MAX;
         for _ in 0..args.repeat {
             best = best.min(step(&prompt[..len], 0, &mut kv)?);

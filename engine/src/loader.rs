@@ -75,10 +75,16 @@ pub fn spawn(config: EngineConfig) -> Result<EngineHandle, String> {
 /// text codec as soon as they exist.
 fn load(config: &EngineConfig, policy: Policy, shared: Arc<Shared>) -> Result<Engine, String> {
     if let Some(n) = config.threads {
-        // candle's CPU kernels and ours run on rayon's global pool.
+        // candle's CPU ops run on rayon's global pool, Metrum's quantized matmul on its own.
         let _ = rayon::ThreadPoolBuilder::new()
             .num_threads(n.max(1))
             .build_global();
+        if !metrum_kernels::threads::set_global_threads(n) {
+            tracing::warn!(
+                threads = n,
+                "the CPU kernel pool already runs with another size"
+            );
+        }
     }
     let files = resolve_model(config.model.as_deref()).map_err(|e| e.to_string())?;
     let device = match config.device {

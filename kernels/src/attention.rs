@@ -52,6 +52,7 @@ pub fn paged_attention(
     let op = PagedAttention {
         meta,
         softmax_scale,
+        reference: false,
     };
     q.contiguous()?
         .apply_op3_no_bwd(key_cache, value_cache, &op)
@@ -91,6 +92,27 @@ impl InplaceOp2 for WriteCache<'_> {
 pub(crate) struct PagedAttention<'a> {
     pub meta: &'a AttentionMetadata,
     pub softmax_scale: f32,
+    /// On CPU, run the readable oracle even for f32 (tests of the fast path).
+    pub reference: bool,
+}
+
+/// [`paged_attention`] through the readable CPU oracle, whatever the dtype: what the fast CPU
+/// path (and the CUDA kernels) are tested against. CPU tensors only.
+pub fn paged_attention_reference(
+    q: &Tensor,
+    key_cache: &Tensor,
+    value_cache: &Tensor,
+    meta: &AttentionMetadata,
+    softmax_scale: f32,
+) -> Result<Tensor> {
+    meta.check_block_ids(key_cache.dims4()?.0)?;
+    let op = PagedAttention {
+        meta,
+        softmax_scale,
+        reference: true,
+    };
+    q.contiguous()?
+        .apply_op3_no_bwd(key_cache, value_cache, &op)
 }
 
 impl CustomOp3 for PagedAttention<'_> {
@@ -107,6 +129,11 @@ impl CustomOp3 for PagedAttention<'_> {
         v: &CpuStorage,
         vl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        if !self.reference
+            && let Some(fast) = fast_f32(q, ql, k, kl, v, vl, self.meta, self.softmax_scale)
+        {
+            return fast;
+        }
         cpu::paged_attention(q, ql, k, kl, v, vl, self.meta, self.softmax_scale)
     }
 
@@ -122,4 +149,50 @@ impl CustomOp3 for PagedAttention<'_> {
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         crate::cuda::paged_attention(q, ql, k, kl, v, vl, self.meta, self.softmax_scale)
     }
+}
+
+/// The fast CPU path for contiguous f32 inputs whose shapes the oracle would accept; `None`
+/// sends everything else (other dtypes, odd layouts, bad shapes and their errors) to the oracle.
+#[allow(clippy::too_many_arguments)]
+fn fast_f32(
+    q: &CpuStorage,
+    ql: &Layout,
+    k: &CpuStorage,
+    kl: &Layout,
+    v: &CpuStorage,
+    vl: &Layout,
+    meta: &AttentionMetadata,
+    scale: f32,
+) -> Option<Result<(CpuStorage, Shape)>> {
+    let (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) = (q, k, v) else {
+        return None;
+    };
+    let (&[t, num_heads, head_dim], &[_, block_size, kv_heads, kd]) =
+        (ql.shape().dims(), kl.shape().dims())
+    else {
+        return None;
+    };
+    let fits = kd == head_dim
+        && kl.shape() == vl.shape()
+        && t == meta.num_tokens()
+        && block_size == meta.block_size
+        && kv_heads > 0
+        && num_heads % kv_heads == 0;
+    let (q0, q1) = ql.contiguous_offsets()?;
+    let (k0, k1) = kl.contiguous_offsets()?;
+    let (v0, v1) = vl.contiguous_offsets()?;
+    if !fits || q1 > q.len() || k1 > k.len() || v1 > v.len() {
+        return None;
+    }
+    let dims = cpu::FastDims {
+        num_heads,
+        kv_heads,
+        head_dim,
+        block_size,
+    };
+    let out = cpu::paged_attention_f32(&q[q0..q1], &k[k0..k1], &v[v0..v1], meta, dims, scale);
+    Some(Ok((
+        CpuStorage::F32(out),
+        Shape::from((t, num_heads, head_dim)),
+    )))
 }

@@ -36,7 +36,7 @@ pub mod ops;
 pub mod quant;
 pub mod threads;
 
-pub use attention::{paged_attention, reshape_and_cache};
+pub use attention::{paged_attention, paged_attention_reference, reshape_and_cache};
 pub use metadata::{AttentionMetadata, PREFILL_TILE_TOKENS};
 pub use ops::{RopeStyle, add_rms_norm, rms_norm, rope, silu_mul};
 

@@ -4,12 +4,13 @@
 //! cost of waking workers matters as much as the kernels: a general-purpose pool (rayon) parks its
 //! threads and pays a futex wake-up per section. Here workers spin on an epoch counter for a short
 //! while after each job, so back-to-back sections start in well under a microsecond, and park only
-//! when the engine goes idle. The caller takes part as thread 0, so `threads = 1` never switches
-//! threads at all.
+//! when the engine goes idle. The caller takes part, so `threads = 1` never switches threads.
 //!
-//! Work is split statically: [`ThreadPool::run`] calls `job(i, n)` once on each of the `n` threads,
-//! and the job picks its own share (see [`split_range`]). Matmul rows are uniform in cost, so a
-//! static split loses nothing to a work-stealing one and needs no shared counter.
+//! A job is `n` chunks claimed one at a time from a shared counter. That matters on a busy
+//! machine: if a worker is descheduled (another process, the HTTP threads, a load generator on
+//! the same cores), the caller simply claims its chunks too, instead of waiting a whole
+//! scheduler time slice for a static share. Measured with a static split and one other busy
+//! process on 2 cores: decode fell from 40 to 9 tok/s; with claiming it degrades to one core.
 
 use std::cell::UnsafeCell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -23,26 +24,48 @@ use std::time::{Duration, Instant};
 /// does not burn a core.
 const SPIN_BEFORE_PARK: Duration = Duration::from_micros(300);
 
-type Job = dyn Fn(usize, usize) + Sync;
+type Job = dyn Fn(usize) + Sync;
 
 struct Shared {
     threads: usize,
-    /// Bumped once per job; workers run the job when they see a new value.
+    /// Bumped once per job, so workers know to look for one.
     epoch: AtomicU64,
-    /// The current job, valid while `remaining > 0` (see `run`).
+    /// The current job while chunks may be claimed; `None` otherwise. Written only by `run`.
     job: UnsafeCell<Option<&'static Job>>,
-    /// Workers that have not finished the current job.
-    remaining: AtomicUsize,
-    /// Set by a worker whose job panicked; `run` re-raises it on the caller.
+    /// Guards `job`: set (SeqCst) after `job` is written, cleared before it is invalidated.
+    job_live: AtomicBool,
+    chunks: AtomicUsize,
+    next_chunk: AtomicUsize,
+    done_chunks: AtomicUsize,
+    /// Workers between "saw a live job" and "stopped touching it"; `run` waits for zero before
+    /// its job (a borrow of the caller's stack) goes out of scope.
+    active: AtomicUsize,
     panicked: AtomicBool,
     shutdown: AtomicBool,
     /// Workers that may be parked, so `run` knows whom to unpark.
     parked: Vec<AtomicBool>,
 }
 
-// SAFETY: `job` is written only by `run` while no worker reads it (all workers finished the
-// previous epoch), and read by workers only between the epoch bump and their `remaining` decrement.
+// SAFETY: `job` is written by `run` only while `job_live` is false and `active` is zero, and read
+// by workers only after they raised `active` and saw `job_live` true (all SeqCst).
 unsafe impl Sync for Shared {}
+
+impl Shared {
+    /// Claims and runs chunks of the current job until none are left.
+    fn work(&self, job: &Job) {
+        let total = self.chunks.load(Ordering::Acquire);
+        loop {
+            let chunk = self.next_chunk.fetch_add(1, Ordering::AcqRel);
+            if chunk >= total {
+                return;
+            }
+            if catch_unwind(AssertUnwindSafe(|| job(chunk))).is_err() {
+                self.panicked.store(true, Ordering::Release);
+            }
+            self.done_chunks.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+}
 
 /// A fixed set of worker threads; see the module docs.
 pub struct ThreadPool {
@@ -69,7 +92,11 @@ impl ThreadPool {
             threads,
             epoch: AtomicU64::new(0),
             job: UnsafeCell::new(None),
-            remaining: AtomicUsize::new(0),
+            job_live: AtomicBool::new(false),
+            chunks: AtomicUsize::new(0),
+            next_chunk: AtomicUsize::new(0),
+            done_chunks: AtomicUsize::new(0),
+            active: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
             parked: (0..threads).map(|_| AtomicBool::new(false)).collect(),
@@ -96,51 +123,58 @@ impl ThreadPool {
         self.shared.threads
     }
 
-    /// Calls `job(i, n)` for every thread index `i in 0..n` (`n` = [`ThreadPool::threads`]), the
-    /// caller running `i = 0`, and returns when all have finished. A panic in any call is
-    /// re-raised here after the others finish.
-    pub fn run(&self, job: &(dyn Fn(usize, usize) + Sync)) {
-        let n = self.shared.threads;
-        if n == 1 {
-            job(0, 1);
+    /// Calls `job(c)` once for every chunk `c in 0..chunks`, spread over the pool's threads
+    /// (the caller included), and returns when all are done. A panic in any chunk is re-raised
+    /// here after the others finish.
+    pub fn run(&self, chunks: usize, job: &(dyn Fn(usize) + Sync)) {
+        if self.shared.threads == 1 || chunks <= 1 {
+            (0..chunks).for_each(job);
             return;
         }
+        let s = &*self.shared;
         let _serial = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        // SAFETY: the `'static` lifetime is a lie that `run` makes true: it does not return
-        // before every worker has decremented `remaining`, after which none reads `job`.
+        // SAFETY: the `'static` lifetime is a lie that `run` makes true: it clears `job_live`
+        // and waits for `active == 0` before returning, after which no worker reads `job`.
         let job_static: &'static Job = unsafe { std::mem::transmute(job) };
-        unsafe { *self.shared.job.get() = Some(job_static) };
-        self.shared.remaining.store(n - 1, Ordering::Relaxed);
-        self.shared.epoch.fetch_add(1, Ordering::Release);
+        unsafe { *s.job.get() = Some(job_static) };
+        s.chunks.store(chunks, Ordering::Release);
+        s.next_chunk.store(0, Ordering::Release);
+        s.done_chunks.store(0, Ordering::Release);
+        s.job_live.store(true, Ordering::SeqCst);
+        s.epoch.fetch_add(1, Ordering::SeqCst);
         for (index, handle) in self.handles.iter().enumerate() {
-            if self.shared.parked[index + 1].load(Ordering::Acquire) {
+            if s.parked[index + 1].load(Ordering::SeqCst) {
                 handle.unpark();
             }
         }
-        let own = catch_unwind(AssertUnwindSafe(|| job(0, n)));
-        let mut spins = 0u32;
-        while self.shared.remaining.load(Ordering::Acquire) != 0 {
-            spins += 1;
-            if spins < 1 << 16 {
-                std::hint::spin_loop();
-            } else {
-                thread::yield_now();
-            }
+        s.work(job_static);
+        wait_until(|| s.done_chunks.load(Ordering::Acquire) >= chunks);
+        s.job_live.store(false, Ordering::SeqCst);
+        wait_until(|| s.active.load(Ordering::SeqCst) == 0);
+        unsafe { *s.job.get() = None };
+        if s.panicked.swap(false, Ordering::AcqRel) {
+            panic!("a metrum CPU kernel chunk panicked");
         }
-        unsafe { *self.shared.job.get() = None };
-        if let Err(payload) = own {
-            std::panic::resume_unwind(payload);
-        }
-        if self.shared.panicked.swap(false, Ordering::AcqRel) {
-            panic!("a metrum CPU worker thread panicked");
+    }
+}
+
+/// Spins on `ready`, yielding the core after a while.
+fn wait_until(ready: impl Fn() -> bool) {
+    let mut spins = 0u32;
+    while !ready() {
+        spins = spins.saturating_add(1);
+        if spins < 1 << 14 {
+            std::hint::spin_loop();
+        } else {
+            thread::yield_now();
         }
     }
 }
 
 impl Drop for ThreadPool {
     fn drop(&mut self) {
-        self.shared.shutdown.store(true, Ordering::Release);
-        self.shared.epoch.fetch_add(1, Ordering::Release);
+        self.shared.shutdown.store(true, Ordering::SeqCst);
+        self.shared.epoch.fetch_add(1, Ordering::SeqCst);
         for handle in &self.handles {
             handle.unpark();
         }
@@ -153,18 +187,19 @@ impl Drop for ThreadPool {
 fn worker(shared: &Shared, index: usize) {
     let mut seen = 0u64;
     loop {
-        let epoch = wait_for_epoch(shared, index, seen);
-        seen = epoch;
-        if shared.shutdown.load(Ordering::Acquire) {
+        seen = wait_for_epoch(shared, index, seen);
+        if shared.shutdown.load(Ordering::SeqCst) {
             return;
         }
-        // SAFETY: set before the epoch bump we just observed (Acquire pairs with Release).
-        if let Some(job) = unsafe { *shared.job.get() } {
-            if catch_unwind(AssertUnwindSafe(|| job(index, shared.threads))).is_err() {
-                shared.panicked.store(true, Ordering::Release);
+        shared.active.fetch_add(1, Ordering::SeqCst);
+        if shared.job_live.load(Ordering::SeqCst) {
+            // SAFETY: `job_live` was true after we raised `active`, so `run` has not yet
+            // passed its wait for `active == 0`: the job is alive until we lower `active`.
+            if let Some(job) = unsafe { *shared.job.get() } {
+                shared.work(job);
             }
         }
-        shared.remaining.fetch_sub(1, Ordering::AcqRel);
+        shared.active.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -173,7 +208,7 @@ fn wait_for_epoch(shared: &Shared, index: usize, seen: u64) -> u64 {
     let started = Instant::now();
     let mut spins = 0u32;
     loop {
-        let epoch = shared.epoch.load(Ordering::Acquire);
+        let epoch = shared.epoch.load(Ordering::SeqCst);
         if epoch != seen {
             return epoch;
         }
@@ -182,13 +217,13 @@ fn wait_for_epoch(shared: &Shared, index: usize, seen: u64) -> u64 {
             std::hint::spin_loop();
             continue;
         }
-        shared.parked[index].store(true, Ordering::Release);
+        shared.parked[index].store(true, Ordering::SeqCst);
         // Re-check after announcing: a `run` that bumped the epoch before seeing our flag
         // would not unpark us.
-        if shared.epoch.load(Ordering::Acquire) == seen {
+        if shared.epoch.load(Ordering::SeqCst) == seen {
             thread::park_timeout(Duration::from_millis(50));
         }
-        shared.parked[index].store(false, Ordering::Release);
+        shared.parked[index].store(false, Ordering::SeqCst);
     }
 }
 
@@ -233,15 +268,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_thread_runs_each_job_once() {
+    fn every_chunk_runs_exactly_once() {
         let pool = ThreadPool::new(3);
-        for _ in 0..1000 {
-            let hits: Vec<AtomicUsize> = (0..3).map(|_| AtomicUsize::new(0)).collect();
-            pool.run(&|i, n| {
-                assert_eq!(n, 3);
-                hits[i].fetch_add(1, Ordering::Relaxed);
-            });
-            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+        for chunks in [0, 1, 2, 7, 100] {
+            for _ in 0..200 {
+                let hits: Vec<AtomicUsize> = (0..chunks).map(|_| AtomicUsize::new(0)).collect();
+                pool.run(chunks, &|c| {
+                    hits[c].fetch_add(1, Ordering::Relaxed);
+                });
+                assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+            }
         }
     }
 
@@ -251,29 +287,29 @@ mod tests {
         let total = AtomicUsize::new(0);
         for _ in 0..3 {
             thread::sleep(Duration::from_millis(5));
-            pool.run(&|i, _| {
-                total.fetch_add(i + 1, Ordering::Relaxed);
+            pool.run(4, &|c| {
+                total.fetch_add(c + 1, Ordering::Relaxed);
             });
         }
-        assert_eq!(total.load(Ordering::Relaxed), 9);
+        assert_eq!(total.load(Ordering::Relaxed), 30);
     }
 
     #[test]
-    fn worker_panic_reaches_the_caller_and_the_pool_survives() {
+    fn a_panicking_chunk_reaches_the_caller_and_the_pool_survives() {
         let pool = ThreadPool::new(2);
         let caught = catch_unwind(AssertUnwindSafe(|| {
-            pool.run(&|i, _| {
-                if i == 1 {
+            pool.run(8, &|c| {
+                if c == 5 {
                     panic!("boom");
                 }
             })
         }));
         assert!(caught.is_err());
         let ran = AtomicUsize::new(0);
-        pool.run(&|_, _| {
+        pool.run(8, &|_| {
             ran.fetch_add(1, Ordering::Relaxed);
         });
-        assert_eq!(ran.load(Ordering::Relaxed), 2);
+        assert_eq!(ran.load(Ordering::Relaxed), 8);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use candle_core::quantized::{GgmlDType, QTensor, ggml_file};
 use candle_core::{DType, Device, Tensor};
 use metrum_kernels::RopeStyle;
 
-use crate::model::linear::{Embedding, Linear, SplitLinear};
+use crate::model::linear::{Embedding, Linear, SplitLinear, cpu_quant_type, linear_from_ggml};
 use crate::model::{
     LayerWeights, LlamaConfig, LlamaModel, ModelError, ModelParts, Result, RopeScaling,
 };
@@ -268,8 +268,15 @@ impl GgufReader {
 
     /// A projection: quantized weights stay quantized; f32/f16/bf16 ones become dense.
     fn linear(&mut self, name: &str, rows: usize, cols: usize, dtype: DType) -> Result<Linear> {
-        let q = self.qtensor(name, &[rows, cols])?;
-        to_linear(q, &self.device, dtype)
+        let (ggml, data) = self.raw(name, &[rows, cols])?;
+        Ok(linear_from_ggml(
+            ggml,
+            &data,
+            rows,
+            cols,
+            &self.device,
+            dtype,
+        )?)
     }
 
     /// Several projections of one input, stacked into one matrix per run of equal ggml types
@@ -294,10 +301,49 @@ impl GgufReader {
         let mut linears = Vec::with_capacity(groups.len());
         for (ggml, data, widths) in groups {
             let rows = widths.iter().sum();
-            let q = ggml_file::qtensor_from_ggml(ggml, &data, vec![rows, cols], &self.device)?;
-            linears.push((to_linear(q, &self.device, dtype)?, widths));
+            let linear = linear_from_ggml(ggml, &data, rows, cols, &self.device, dtype)?;
+            linears.push((linear, widths));
         }
         Ok(SplitLinear::new(linears)?)
+    }
+
+    /// The token embedding and the output head, which share one copy of the weights when tied.
+    fn embedding_and_head(&mut self, c: &LlamaConfig, dtype: DType) -> Result<(Embedding, Linear)> {
+        let (vocab, h) = (c.vocab_size, c.hidden_size);
+        let untied = |me: &mut Self| me.linear("output.weight", vocab, h, dtype);
+        let (ggml, data) = self.raw("token_embd.weight", &[vocab, h])?;
+        if self.device.is_cpu() && cpu_quant_type(ggml).is_some() {
+            let Linear::CpuQuantized(table) =
+                linear_from_ggml(ggml, &data, vocab, h, &self.device, dtype)?
+            else {
+                return Err(
+                    self.bad_gguf(format!("token_embd.weight: {ggml:?} is not CPU-quantized"))
+                );
+            };
+            let head = if c.tie_word_embeddings {
+                Linear::CpuQuantized(table.clone())
+            } else {
+                untied(self)?
+            };
+            return Ok((Embedding::CpuQuantized(table), head));
+        }
+        let embed = Arc::new(ggml_file::qtensor_from_ggml(
+            ggml,
+            &data,
+            vec![vocab, h],
+            &self.device,
+        )?);
+        let head = if !c.tie_word_embeddings {
+            untied(self)?
+        } else {
+            match embed.dtype() {
+                GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
+                    Linear::Dense(embed.dequantize(&self.device)?.to_dtype(dtype)?)
+                }
+                _ => Linear::quantized(embed.clone()),
+            }
+        };
+        Ok((Embedding::Quantized(embed), head))
     }
 
     fn parts(&mut self, config: &mut LlamaConfig, dtype: DType) -> Result<ModelParts> {
@@ -307,17 +353,7 @@ impl GgufReader {
             let factors = self.norm("rope_freqs.weight", c.head_dim / 2, DType::F32)?;
             config.rope_scaling = RopeScaling::FrequencyFactors(factors.to_vec1::<f32>()?);
         }
-        let embed = Arc::new(self.qtensor("token_embd.weight", &[c.vocab_size, h])?);
-        let lm_head = if c.tie_word_embeddings {
-            match embed.dtype() {
-                GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
-                    Linear::Dense(embed.dequantize(&self.device)?.to_dtype(dtype)?)
-                }
-                _ => Linear::quantized(embed.clone()),
-            }
-        } else {
-            self.linear("output.weight", c.vocab_size, h, dtype)?
-        };
+        let (embed, lm_head) = self.embedding_and_head(&c, dtype)?;
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
             let name = |suffix: &str| format!("blk.{i}.{suffix}.weight");
@@ -333,20 +369,10 @@ impl GgufReader {
             });
         }
         Ok(ModelParts {
-            embed: Embedding::Quantized(embed),
+            embed,
             layers,
             final_norm: self.norm("output_norm.weight", h, dtype)?,
             lm_head,
         })
     }
-}
-
-/// Unquantized GGUF tensors become dense matrices in the activation dtype; quantized ones stay.
-fn to_linear(q: QTensor, device: &Device, dtype: DType) -> Result<Linear> {
-    Ok(match q.dtype() {
-        GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
-            Linear::Dense(q.dequantize(device)?.to_dtype(dtype)?)
-        }
-        _ => Linear::quantized(Arc::new(q)),
-    })
 }

@@ -1,16 +1,87 @@
-//! The two weight kinds a llama layer can hold: GGUF blocks kept quantized (multiplied with
-//! `QMatMul`, which quantizes the activations on the fly) and dense f32/f16/bf16 matrices.
+//! The weight kinds a llama layer can hold: GGUF blocks kept quantized and dense
+//! f32/f16/bf16 matrices. On the CPU, quantized blocks go through Metrum's own kernels
+//! ([`metrum_kernels::quant`]: SIMD, threaded, batched); on GPUs through candle's `QMatMul`.
+//! Both quantize the activations on the fly.
 
 use std::sync::Arc;
 
-use candle_core::quantized::{QMatMul, QTensor};
-use candle_core::{DType, Module, Result, Tensor};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor, ggml_file};
+use candle_core::{CpuStorage, DType, Device, Module, Result, Storage, Tensor};
+use metrum_kernels::quant::{QuantMatrix, QuantType};
 
 /// A bias-free projection `y = x W^T` with `W: [out, in]`.
 #[derive(Debug)]
 pub(crate) enum Linear {
+    /// Quantized weights on a GPU (candle's kernels).
     Quantized(QMatMul),
+    /// Quantized weights on the CPU (Metrum's kernels).
+    CpuQuantized(Arc<QuantMatrix>),
     Dense(Tensor),
+}
+
+/// The formats Metrum's CPU kernels multiply directly.
+pub(crate) fn cpu_quant_type(dtype: GgmlDType) -> Option<QuantType> {
+    Some(match dtype {
+        GgmlDType::Q4_0 => QuantType::Q4_0,
+        GgmlDType::Q4_1 => QuantType::Q4_1,
+        GgmlDType::Q8_0 => QuantType::Q8_0,
+        GgmlDType::Q4K => QuantType::Q4K,
+        GgmlDType::Q5K => QuantType::Q5K,
+        GgmlDType::Q6K => QuantType::Q6K,
+        _ => return None,
+    })
+}
+
+/// A `[rows, cols]` GGUF tensor's raw blocks as a projection on `device`: Metrum's CPU kernels
+/// where they support the format, candle's `QMatMul` otherwise, dense for f32/f16/bf16.
+pub(crate) fn linear_from_ggml(
+    ggml: GgmlDType,
+    data: &[u8],
+    rows: usize,
+    cols: usize,
+    device: &Device,
+    dtype: DType,
+) -> Result<Linear> {
+    if device.is_cpu()
+        && let Some(ty) = cpu_quant_type(ggml)
+    {
+        let matrix = QuantMatrix::from_ggml(ty, rows, cols, data)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        return Ok(Linear::CpuQuantized(Arc::new(matrix)));
+    }
+    let q = ggml_file::qtensor_from_ggml(ggml, data, vec![rows, cols], device)?;
+    Ok(match q.dtype() {
+        GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
+            Linear::Dense(q.dequantize(device)?.to_dtype(dtype)?)
+        }
+        _ => Linear::quantized(Arc::new(q)),
+    })
+}
+
+/// `x · Wᵀ` through Metrum's CPU kernels; `x: [T, in]` of any float dtype, result in `x`'s.
+fn cpu_quantized_forward(w: &QuantMatrix, x: &Tensor) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let x = x.to_dtype(DType::F32)?.contiguous()?;
+    let (tokens, cols) = x.dims2()?;
+    if cols != w.cols() {
+        candle_core::bail!(
+            "a {}x{} matrix times {tokens}x{cols} inputs",
+            w.rows(),
+            w.cols()
+        );
+    }
+    let mut out = vec![0f32; tokens * w.rows()];
+    {
+        let (storage, layout) = x.storage_and_layout();
+        let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
+            candle_core::bail!("Metrum's quantized CPU matmul needs f32 inputs on the CPU");
+        };
+        let start = layout.start_offset();
+        let input = &data[start..start + tokens * cols];
+        w.matmul(input, tokens, &mut out)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    }
+    Tensor::from_vec(out, (tokens, w.rows()), x.device())?.to_dtype(dtype)
 }
 
 impl Linear {
@@ -24,6 +95,7 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Linear::Quantized(w) => w.forward(x),
+            Linear::CpuQuantized(w) => cpu_quantized_forward(w, x),
             Linear::Dense(w) => x.matmul(&w.t()?),
         }
     }
@@ -34,6 +106,8 @@ impl Linear {
 #[derive(Debug)]
 pub(crate) enum Embedding {
     Quantized(Arc<QTensor>),
+    /// Shares its matrix with a tied [`Linear::CpuQuantized`] output head.
+    CpuQuantized(Arc<QuantMatrix>),
     Dense(Tensor),
 }
 
@@ -42,6 +116,18 @@ impl Embedding {
     pub fn forward(&self, ids: &Tensor, dtype: DType) -> Result<Tensor> {
         match self {
             Embedding::Quantized(table) => table.embedding(ids)?.to_dtype(dtype),
+            Embedding::CpuQuantized(table) => {
+                let device = ids.device().clone();
+                let ids = ids.to_vec1::<u32>()?;
+                let width = table.cols();
+                let mut out = vec![0f32; ids.len() * width];
+                for (row, &id) in out.chunks_exact_mut(width).zip(&ids) {
+                    table
+                        .dequantize_row(id as usize, row)
+                        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+                }
+                Tensor::from_vec(out, (ids.len(), width), &device)?.to_dtype(dtype)
+            }
             Embedding::Dense(table) => table.index_select(ids, 0)?.to_dtype(dtype),
         }
     }

@@ -1,13 +1,16 @@
 //! CPU reference kernels: readable f32 math over candle's CPU storage. They are the oracle the
 //! CUDA kernels are tested against, so clarity beats speed here; f16/bf16 inputs are widened to
-//! f32 for the math and narrowed once on output.
+//! f32 for the math and narrowed once on output. The one exception is `fast_attention`, the
+//! f32 paged attention the engine runs on CPU, tested against the oracle here.
 
 mod activation;
+mod fast_attention;
 mod norm;
 mod paged_attention;
 mod rope;
 
 pub(crate) use activation::silu_mul;
+pub(crate) use fast_attention::{Dims as FastDims, paged_attention_f32};
 pub(crate) use norm::{add_rms_norm, rms_norm};
 pub(crate) use paged_attention::{paged_attention, reshape_and_cache};
 pub(crate) use rope::rope;

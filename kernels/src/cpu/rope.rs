@@ -13,37 +13,44 @@ use crate::ops::RopeStyle;
 use candle_core::{CpuStorage, Layout, Result, WithDType, bail};
 use rayon::prelude::*;
 
-/// A cos/sin table widened to f32 (tables may be f32 or the activations' dtype).
-fn table_f32(s: &CpuStorage, l: &Layout, what: &str) -> Result<Vec<f32>> {
+/// The cos/sin table rows of `positions`, in token order, widened to f32 (tables may be f32 or
+/// the activations' dtype). Only these rows are copied: the whole table is `max_pos` rows, and
+/// copying it every call cost 7% of a decode step.
+fn table_rows(
+    s: &CpuStorage,
+    l: &Layout,
+    positions: &[u32],
+    half: usize,
+    what: &str,
+) -> Result<Vec<f32>> {
+    fn gather<T: Copy>(v: &[T], positions: &[u32], half: usize, f: impl Fn(T) -> f32) -> Vec<f32> {
+        positions
+            .iter()
+            .flat_map(|&p| v[p as usize * half..][..half].iter().map(|&x| f(x)))
+            .collect()
+    }
     Ok(match s {
-        CpuStorage::F32(v) => contiguous(v, l, what)?.to_vec(),
-        CpuStorage::F16(v) => contiguous(v, l, what)?.iter().map(|x| x.to_f32()).collect(),
-        CpuStorage::BF16(v) => contiguous(v, l, what)?.iter().map(|x| x.to_f32()).collect(),
+        CpuStorage::F32(v) => gather(contiguous(v, l, what)?, positions, half, |x| x),
+        CpuStorage::F16(v) => gather(contiguous(v, l, what)?, positions, half, |x| x.to_f32()),
+        CpuStorage::BF16(v) => gather(contiguous(v, l, what)?, positions, half, |x| x.to_f32()),
         _ => bail!("rope: {what} must be f32, f16 or bf16"),
     })
 }
 
+/// Row `t` holds token `t`'s angles.
 struct Tables {
     cos: Vec<f32>,
     sin: Vec<f32>,
     half: usize,
 }
 
-fn rotate<T: WithDType>(
-    x: &[T],
-    positions: &[u32],
-    t: &Tables,
-    heads: usize,
-    style: RopeStyle,
-) -> Vec<T> {
+fn rotate<T: WithDType>(x: &[T], t: &Tables, heads: usize, style: RopeStyle) -> Vec<T> {
     let (half, dim) = (t.half, 2 * t.half);
     let mut out = vec![T::zero(); x.len()];
     out.par_chunks_mut(heads * dim)
         .zip(x.par_chunks(heads * dim))
-        .zip(positions.par_iter())
-        .for_each(|((out, x), &pos)| {
-            let cos = &t.cos[pos as usize * half..][..half];
-            let sin = &t.sin[pos as usize * half..][..half];
+        .zip(t.cos.par_chunks(half).zip(t.sin.par_chunks(half)))
+        .for_each(|((out, x), (cos, sin))| {
             for (o, x) in out.chunks_mut(dim).zip(x.chunks(dim)) {
                 for i in 0..half {
                     let (ia, ib) = match style {
@@ -81,32 +88,20 @@ pub(crate) fn rope(
         bail!("rope: position {p} outside a table of {max_pos} positions");
     }
     let tables = Tables {
-        cos: table_f32(cos, cl, "cos")?,
-        sin: table_f32(sin, sl, "sin")?,
+        cos: table_rows(cos, cl, positions, half, "cos")?,
+        sin: table_rows(sin, sl, positions, half, "sin")?,
         half,
     };
     Ok(match x {
-        CpuStorage::F32(v) => CpuStorage::F32(rotate(
-            contiguous(v, xl, "x")?,
-            positions,
-            &tables,
-            heads,
-            style,
-        )),
-        CpuStorage::F16(v) => CpuStorage::F16(rotate(
-            contiguous(v, xl, "x")?,
-            positions,
-            &tables,
-            heads,
-            style,
-        )),
-        CpuStorage::BF16(v) => CpuStorage::BF16(rotate(
-            contiguous(v, xl, "x")?,
-            positions,
-            &tables,
-            heads,
-            style,
-        )),
+        CpuStorage::F32(v) => {
+            CpuStorage::F32(rotate(contiguous(v, xl, "x")?, &tables, heads, style))
+        }
+        CpuStorage::F16(v) => {
+            CpuStorage::F16(rotate(contiguous(v, xl, "x")?, &tables, heads, style))
+        }
+        CpuStorage::BF16(v) => {
+            CpuStorage::BF16(rotate(contiguous(v, xl, "x")?, &tables, heads, style))
+        }
         _ => bail!("rope: x must be f32, f16 or bf16"),
     })
 }

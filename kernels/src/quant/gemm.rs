@@ -1,19 +1,21 @@
-//! The threaded driver: quantize the activations, then split the weight rows across the pool's
-//! threads. Each thread walks its rows in blocks of [`ROW_BLOCK`] and, for each block, every
-//! group of up to 4 tokens, so a block's weights stay in L1 while all tokens pass over them:
-//! weights are read from memory once per step, whatever the batch.
+//! The threaded driver: quantize the activations, then hand out the weight rows in chunks of
+//! [`ROW_BLOCK`] to the pool's threads. A chunk runs every group of up to 4 tokens over its
+//! rows, so the chunk's weights stay in L1 while all tokens pass over them: weights are read
+//! from memory once per step, whatever the batch.
 
 use std::cell::RefCell;
 
 use super::activations::{ActRow, Q8Activations};
 use super::formats::Packed;
 use super::{Isa, QuantMatrix, scalar};
-use crate::threads::{ThreadPool, split_range};
+use crate::threads::ThreadPool;
 
 /// Weight rows per cache block (16 rows of 4096 Q4 values = 36 KiB).
 const ROW_BLOCK: usize = 16;
 /// Activation rows per tile.
 const TILE_TOKENS: usize = 4;
+/// Activation rows per quantization chunk.
+const QUANTIZE_CHUNK_TOKENS: usize = 8;
 /// Below this many tokens the caller quantizes the activations alone (no thread hand-off).
 const PARALLEL_QUANTIZE_TOKENS: usize = 8;
 
@@ -56,9 +58,10 @@ pub(super) fn matmul(
         quantize(acts, isa, pool, x, tokens, w.cols);
         let acts = &*acts;
         let out = SharedMut(out.as_mut_ptr());
-        pool.run(&|i, n| {
-            let rows = split_range(w.rows, i, n, ROW_BLOCK);
-            // SAFETY: thread `i` writes only columns `rows` of each output row.
+        let chunks = w.rows.div_ceil(ROW_BLOCK);
+        pool.run(chunks, &|chunk| {
+            let rows = chunk * ROW_BLOCK..((chunk + 1) * ROW_BLOCK).min(w.rows);
+            // SAFETY: each chunk writes only columns `rows` of each output row.
             unsafe { multiply_rows(w, isa, acts, tokens, rows, out) };
         });
     });
@@ -78,9 +81,11 @@ fn quantize(
         return;
     }
     let parts = acts.raw_parts();
-    pool.run(&|i, n| {
-        // SAFETY: each thread quantizes a disjoint range of rows of the sized buffers.
-        unsafe { parts.quantize_rows(x, split_range(tokens, i, n, 1), isa) };
+    let chunks = tokens.div_ceil(QUANTIZE_CHUNK_TOKENS);
+    pool.run(chunks, &|chunk| {
+        let rows = chunk * QUANTIZE_CHUNK_TOKENS..((chunk + 1) * QUANTIZE_CHUNK_TOKENS).min(tokens);
+        // SAFETY: each chunk quantizes a disjoint range of rows of the sized buffers.
+        unsafe { parts.quantize_rows(x, rows, isa) };
     });
 }
 
