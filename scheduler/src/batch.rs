@@ -8,14 +8,19 @@
 //! 3. waiting requests (new or preempted), in policy order, while a sequence slot and budget
 //!    remain, skipped entirely in a step that had to preempt (memory is tight).
 //!
-//! Under the deadline policy the prefill share of the budget also shrinks when a scheduled
-//! decode is close to its deadline, so the step finishes in time for it.
+//! Under the deadline policy two things differ:
+//! - the prefill share of the step shrinks when a scheduled decode is close to its deadline, so
+//!   the step finishes in time for it (`step_budget`: each chunk's cost depends on where it
+//!   starts);
+//! - the preemption victim is the lower-ranked running request with the least KV to rebuild,
+//!   not the one with the most slack (see [`crate::policy`] for why).
 
 use crate::config::Policy;
 use crate::kv_cache_manager::{AllocStatus, ComputedBlocks};
 use crate::output::{ChunkKind, ScheduledRequest, SchedulerOutput};
 use crate::policy::{PolicyKey, policy_key};
 use crate::scheduler::Scheduler;
+use crate::step_budget::StepTimeBudget;
 use metrum_core::{EngineEvent, EventKind, FinishReason, Nanos, RequestId, RequestStatus};
 
 /// One request's share of the step before the output is built.
@@ -59,9 +64,9 @@ impl Plan {
     }
 }
 
-/// Whether a running request that cannot get blocks may preempt itself.
+/// Whether a running request that cannot get blocks, and finds no victim, may preempt itself.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum WhenNoLowerVictim {
+enum WhenNoVictim {
     /// A decode: preempt itself (it is the lowest priority left), as vLLM and Sarathi do.
     PreemptSelf,
     /// A partial prefill: keep its blocks and wait for a later step.
@@ -82,14 +87,15 @@ impl Scheduler {
 
         for &id in &order {
             if self.uncomputed(id) == Some(1) {
-                self.schedule_running(id, 1, WhenNoLowerVictim::PreemptSelf, &mut plan, now);
+                self.schedule_running(id, 1, WhenNoVictim::PreemptSelf, &mut plan, now);
             }
         }
 
         let mut prefill_budget = plan.budget_left;
-        if self.config.policy == Policy::Deadline {
-            prefill_budget = prefill_budget.min(self.deadline_prefill_cap(&plan, now));
-        }
+        let mut clock = match self.config.policy {
+            Policy::Deadline => self.deadline_step_budget(&plan, now),
+            Policy::Fcfs | Policy::Priority => None,
+        };
 
         for &id in &order {
             if prefill_budget == 0 {
@@ -101,9 +107,19 @@ impl Scheduler {
             if uncomputed <= 1 || plan.contains(id) {
                 continue;
             }
-            let n = uncomputed.min(prefill_budget);
-            if self.schedule_running(id, n, WhenNoLowerVictim::Wait, &mut plan, now) {
+            let start = self.requests[&id].num_computed_tokens;
+            let mut n = uncomputed.min(prefill_budget);
+            if let Some(clock) = &clock {
+                n = clock.fit(start, n);
+                if n == 0 {
+                    break; // the step is full in time, if not in tokens
+                }
+            }
+            if self.schedule_running(id, n, WhenNoVictim::Wait, &mut plan, now) {
                 prefill_budget -= n;
+                if let Some(clock) = &mut clock {
+                    clock.commit(start, n);
+                }
             }
         }
 
@@ -112,7 +128,7 @@ impl Scheduler {
                 let Some(id) = self.waiting.first() else {
                     break;
                 };
-                match self.admit(id, prefill_budget, &mut plan, now) {
+                match self.admit(id, prefill_budget, clock.as_mut(), &mut plan, now) {
                     Some(n) => prefill_budget -= n,
                     None => break,
                 }
@@ -142,14 +158,14 @@ impl Scheduler {
         (req.status == RequestStatus::Running).then(|| req.num_uncomputed_tokens())
     }
 
-    /// Allocates slots for `n` more tokens of running request `id`, preempting lower-priority
-    /// running requests that are not in this step's batch until it fits. Returns whether `id`
-    /// was scheduled.
+    /// Allocates slots for `n` more tokens of running request `id`, preempting running
+    /// requests that are not in this step's batch ([`Scheduler::victim_for`]) until it fits.
+    /// Returns whether `id` was scheduled.
     fn schedule_running(
         &mut self,
         id: RequestId,
         n: usize,
-        fallback: WhenNoLowerVictim,
+        fallback: WhenNoVictim,
         plan: &mut Plan,
         now: Nanos,
     ) -> bool {
@@ -160,10 +176,10 @@ impl Scheduler {
                     plan.add(id, n, 0, false);
                     return true;
                 }
-                AllocStatus::Later => match self.lower_victim(id, plan) {
+                AllocStatus::Later => match self.victim_for(id, plan) {
                     Some(victim) => self.preempt(victim, plan, now),
                     None => {
-                        if fallback == WhenNoLowerVictim::PreemptSelf {
+                        if fallback == WhenNoVictim::PreemptSelf {
                             self.preempt(id, plan, now);
                         }
                         return false;
@@ -178,16 +194,31 @@ impl Scheduler {
         }
     }
 
-    /// The lowest-priority running request outside this step's batch, if it ranks below `id`.
-    fn lower_victim(&self, id: RequestId, plan: &Plan) -> Option<RequestId> {
+    /// The running request outside this step's batch to preempt so that `id` fits.
+    ///
+    /// - fcfs, priority: the lowest-ranked, if it ranks below `id`.
+    /// - deadline: the one with the fewest computed tokens (the least KV to rebuild), whatever
+    ///   its rank; the lowest-ranked among equals. Recompute throws the victim's KV away and
+    ///   every request waits while it is rebuilt, so the cheapest victim costs the least; a
+    ///   victim more urgent than `id` goes back to the head of the queue, where its freed
+    ///   blocks are usually still in the prefix cache. (Picking the one with the most slack
+    ///   chose long-running on-time decodes, the most expensive KV there is.)
+    fn victim_for(&self, id: RequestId, plan: &Plan) -> Option<RequestId> {
         let own = plan.key_of(id)?;
-        plan.running_keys
+        let mut candidates = plan
+            .running_keys
             .iter()
-            .rev()
-            .find(|(key, r)| {
-                *r != id && self.uncomputed(*r).is_some() && !plan.contains(*r) && *key > own
-            })
-            .map(|&(_, r)| r)
+            .filter(|(_, r)| *r != id && self.uncomputed(*r).is_some() && !plan.contains(*r));
+        let victim = match self.config.policy {
+            Policy::Fcfs | Policy::Priority => candidates.rfind(|(key, _)| *key > own),
+            Policy::Deadline => candidates.min_by_key(|(key, r)| {
+                (
+                    self.requests[r].num_computed_tokens,
+                    std::cmp::Reverse(*key),
+                )
+            }),
+        };
+        victim.map(|&(_, r)| r)
     }
 
     /// Recompute preemption: drop the KV and put the request back in the queue. Arrival and
@@ -222,13 +253,20 @@ impl Scheduler {
         &mut self,
         id: RequestId,
         budget: usize,
+        clock: Option<&mut StepTimeBudget>,
         plan: &mut Plan,
         now: Nanos,
     ) -> Option<usize> {
         let req = &self.requests[&id];
         let hit = self.kv.get_computed_blocks(req.tokens());
         let start = hit.num_computed_tokens();
-        let n = (req.num_tokens() - start).min(budget);
+        let mut n = (req.num_tokens() - start).min(budget);
+        if let Some(clock) = &clock {
+            n = clock.fit(start, n);
+            if n == 0 {
+                return None;
+            }
+        }
         match self.kv.allocate_slots(id, &hit, start + n) {
             AllocStatus::Ok => {}
             AllocStatus::Later => return None,
@@ -252,6 +290,9 @@ impl Scheduler {
             req.num_restarts += 1;
         }
         req.transition(RequestStatus::Running);
+        if let Some(clock) = clock {
+            clock.commit(start, n);
+        }
         self.running.push(id);
         plan.add(id, n, start, true);
         self.events.push(EngineEvent {
@@ -262,36 +303,24 @@ impl Scheduler {
         Some(n)
     }
 
-    /// Under the deadline policy: the most prefill tokens this step can carry and still end
-    /// before the tightest deadline among its decodes, by the prefill-time model (used as a
-    /// step-time model: `predict(batch tokens)`). Never below one block, so prefills keep
-    /// moving when decodes are already late.
-    fn deadline_prefill_cap(&self, plan: &Plan, now: Nanos) -> usize {
+    /// Under the deadline policy: the time budget of this step, up to the tightest deadline
+    /// among the decodes already planned; `None` (no limit) without decodes.
+    fn deadline_step_budget(&self, plan: &Plan, now: Nanos) -> Option<StepTimeBudget> {
         let tightest = plan
             .planned
             .iter()
             .map(|p| self.requests[&p.id].deadline.next_deadline())
-            .min();
-        let Some(deadline) = tightest else {
-            return usize::MAX;
-        };
-        let time_left = deadline.saturating_sub(now);
-        let decodes = plan.planned.len();
-        let model = &self.config.slo.prefill;
-        if model.predict(decodes + plan.budget_left) <= time_left {
-            return usize::MAX;
-        }
-        // Largest n in [0, budget_left] with predict(decodes + n) <= time_left.
-        let (mut lo, mut hi) = (0, plan.budget_left);
-        while lo < hi {
-            let mid = lo + (hi - lo).div_ceil(2);
-            if model.predict(decodes + mid) <= time_left {
-                lo = mid;
-            } else {
-                hi = mid - 1;
-            }
-        }
-        lo.max(self.config.block_size.min(plan.budget_left))
+            .min()?;
+        let decodes = plan
+            .planned
+            .iter()
+            .map(|p| (self.requests[&p.id].num_computed_tokens, p.num_tokens));
+        Some(StepTimeBudget::new(
+            self.config.slo.prefill,
+            tightest.saturating_sub(now),
+            self.config.block_size,
+            decodes,
+        ))
     }
 
     /// Turns the plan into the output, advancing each request's computed-token count (the
@@ -331,5 +360,127 @@ impl Scheduler {
             preempted: plan.preempted,
             finished: std::mem::take(&mut self.finished_since_last_step),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{DeadlineSlo, NewRequest, Policy, PrefillTimeModel, Scheduler, SchedulerConfig};
+    use metrum_core::{Nanos, RequestId};
+
+    fn ms(v: u64) -> Nanos {
+        Nanos::from_millis(v)
+    }
+
+    fn prompt(seed: u32, len: usize) -> Vec<u32> {
+        (0..len as u32).map(|i| seed * 10_000 + i + 3).collect()
+    }
+
+    fn sample(out: &crate::SchedulerOutput) -> Vec<(RequestId, u32)> {
+        out.scheduled
+            .iter()
+            .filter(|s| s.samples)
+            .map(|s| (s.id, 7))
+            .collect()
+    }
+
+    /// Runs to the end (1 ms steps) and checks nothing leaked.
+    fn drain(mut s: Scheduler, mut now: Nanos) {
+        for _ in 0..10_000 {
+            if !s.has_unfinished() {
+                break;
+            }
+            let out = s.schedule(now);
+            now = now + ms(1);
+            s.update(&out, &sample(&out), now).unwrap();
+            s.check_invariants().unwrap();
+        }
+        assert!(!s.has_unfinished());
+        let kv = s.kv_cache();
+        assert_eq!(kv.num_free_blocks(), kv.num_blocks());
+    }
+
+    /// C (late, so most urgent) needs a fifth block of five; B (3 prompt tokens) and A (11)
+    /// decode with slack, A ranked last. Returns who was preempted for C.
+    fn victim_when_memory_runs_out(policy: Policy) -> Vec<RequestId> {
+        let mut s = Scheduler::new(SchedulerConfig {
+            max_num_seqs: 8,
+            max_num_batched_tokens: 32,
+            block_size: 4,
+            num_blocks: 5,
+            max_model_len: 64,
+            policy,
+            ..SchedulerConfig::default()
+        })
+        .unwrap();
+        let (a, b, c) = (RequestId(1), RequestId(2), RequestId(3));
+        s.add_request(NewRequest::new(c, prompt(3, 4), 8, ms(600)))
+            .unwrap();
+        s.add_request(NewRequest::new(b, prompt(2, 3), 8, ms(1000)))
+            .unwrap();
+        s.add_request(NewRequest::new(a, prompt(1, 11), 8, ms(1000)))
+            .unwrap();
+        let out = s.schedule(ms(1000));
+        assert_eq!(out.scheduled.len(), 3);
+        s.update(&out, &sample(&out), ms(1001)).unwrap();
+        let out = s.schedule(ms(1001));
+        let preempted = out.preempted.clone();
+        s.update(&out, &sample(&out), ms(1002)).unwrap();
+        drain(s, ms(1002));
+        preempted
+    }
+
+    #[test]
+    fn deadline_preempts_the_cheapest_victim_and_fcfs_the_latest_arrival() {
+        // A's 11 computed tokens would all be recomputed; B's 3 are the least KV to lose.
+        assert_eq!(
+            victim_when_memory_runs_out(Policy::Deadline),
+            vec![RequestId(2)]
+        );
+        assert_eq!(
+            victim_when_memory_runs_out(Policy::Fcfs),
+            vec![RequestId(1)]
+        );
+    }
+
+    #[test]
+    fn a_late_chunk_of_a_long_prompt_is_capped_by_its_attention_cost() {
+        // Prefill time 1 µs·P²: a chunk from s to s + n costs (s + n)² − s² µs.
+        let slo = DeadlineSlo {
+            tbt_slo: ms(30),
+            ttft_slack: ms(300),
+            prefill: PrefillTimeModel {
+                a_s: 0.0,
+                b_s_per_token: 0.0,
+                c_s_per_token2: 1e-6,
+            },
+        };
+        let mut s = Scheduler::new(SchedulerConfig {
+            max_num_seqs: 8,
+            max_num_batched_tokens: 1000,
+            block_size: 4,
+            num_blocks: 1024,
+            max_model_len: 4096,
+            policy: Policy::Deadline,
+            slo,
+            ..SchedulerConfig::default()
+        })
+        .unwrap();
+        let (d, long) = (RequestId(0), RequestId(1));
+        s.add_request(NewRequest::new(d, prompt(0, 4), 20, Nanos::ZERO))
+            .unwrap();
+        s.add_request(NewRequest::new(long, prompt(1, 2000), 2, Nanos::ZERO))
+            .unwrap();
+        let out = s.schedule(Nanos::ZERO);
+        assert_eq!(out.get(long).unwrap().num_tokens(), 996);
+        // D's first token lands exactly on D_p(4) = 16 µs + 300 ms: no slack, 30 ms left.
+        let first_token = Nanos(300_016_000);
+        s.update(&out, &sample(&out), first_token).unwrap();
+        let out = s.schedule(first_token);
+        // Decode at 4: 9 µs. 14 tokens from 996 cost 14·2006 = 28 084 µs; 15 would cost 30 105.
+        // (Costed as a chunk from position 0, as before, it would have been 172.)
+        assert_eq!(out.get(long).unwrap().num_tokens(), 14);
+        s.update(&out, &sample(&out), first_token + ms(30)).unwrap();
+        drain(s, first_token + ms(30));
     }
 }

@@ -23,6 +23,7 @@
 //! | [`block_pool`] | [`BlockPool`]: ref counts, the LRU free queue (index-linked list), cache map |
 //! | [`prefix_cache`] | [`BlockKey`] / [`PrefixId`]: exact content addressing of full blocks |
 //! | `policy`, `queue` | the per-policy ordering key and the waiting queue |
+//! | `step_budget` | the deadline policy's time budget of one step (marginal chunk costs) |
 //! | [`deadline`] | spec (b) token deadlines: [`DeadlineSlo`], [`DeadlineTracker`], [`PrefillTimeModel`] |
 //! | [`stats`] | [`SchedulerStats`] |
 //! | [`sim`] | fake executor with a step-cost model, Poisson / trace workloads, policy simulation |
@@ -45,6 +46,7 @@ pub mod stats;
 mod batch;
 mod policy;
 mod queue;
+mod step_budget;
 mod update;
 
 pub use block_pool::BlockPool;

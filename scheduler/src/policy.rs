@@ -27,13 +27,17 @@ pub(crate) struct PolicyKey {
 ///   decode). The key of a waiting request is fixed while it waits: its deadline moves only
 ///   when it emits a token, and its work left only when it runs.
 ///
-/// NOTE: measured behaviour of deadline (examples/policy_sweep.rs). With one SLO for every
-/// request, fresh requests all rank `arrival + S`, so admission is FCFS. The policy differs in
-/// three places: the prefill cap near decode deadlines (a small win at light load), the order of
-/// partial prefills, and preemption: the victim is the request with the most banked slack,
-/// usually a long-running one with a large context, whose recompute is costly, and after
-/// preemption that slack lets later arrivals take its memory first. Under load that extra
-/// recompute work lowers capacity, and deadline misses more than FCFS at and past the FCFS knee.
+/// NOTE: measured behaviour of deadline (`metrum simulate`, docs/results/scheduler.md). With one
+/// SLO for every request, fresh requests all rank `arrival + S`, so admission is FCFS. The policy
+/// differs in three places: the prefill cap near decode deadlines (`step_budget`), the order of
+/// partial prefills, and preemption. Two weaknesses were found and fixed: the cap costed every
+/// chunk as if it started at position 0, so late chunks of long prompts overran the decodes'
+/// deadlines; and the victim was the request with the most slack, i.e. a long-running on-time
+/// decode with the largest KV, whose recompute cost every request time (up to 1.5× the useful
+/// tokens past the FCFS knee). What remains: a preempted request ranks by its own slack, behind
+/// waiting requests that are already late; past the knee that backlog is long, the request's
+/// freed blocks are evicted before it returns, and it recomputes in full, where FCFS puts it back
+/// at the head of the queue.
 pub(crate) fn policy_key(policy: Policy, slo: &DeadlineSlo, req: &Request) -> PolicyKey {
     let rank = match policy {
         Policy::Fcfs => 0,
