@@ -10,20 +10,26 @@
 //! | --- | --- |
 //! | [`prng`] | [`SplitMix64`]: the seeded PRNG (no `rand` dependency) |
 //! | [`executor`] | [`FakeExecutor`], [`StepCostModel`], [`FakeTokens`] |
+//! | [`cost_fit`] | [`fit_step_cost`]: least-squares step-cost constants from measured steps |
 //! | [`workload`] | [`PoissonWorkload`], [`Lengths`], [`LengthTrace`] (CSV), [`Workload`] |
 //! | [`run`] | [`Simulation`] (step by step, with optional invariant checks), [`simulate`], [`profile_prefill_model`] |
 //! | [`report`] | [`SimReport`], [`RequestOutcome`], [`markdown_table`], [`percentile`] |
+//! | [`sweep`] | [`find_knee`] (capacity bisection), [`SeedSummary`] / [`markdown_sweep_table`] (multi-seed rows) |
 
+pub mod cost_fit;
 pub mod executor;
 pub mod prng;
 pub mod report;
 pub mod run;
+pub mod sweep;
 pub mod workload;
 
+pub use cost_fit::{StepCostFit, StepSample, fit_step_cost};
 pub use executor::{Execution, FakeExecutor, FakeTokens, StepCostModel};
 pub use prng::SplitMix64;
 pub use report::{RequestOutcome, SimReport, markdown_table, percentile};
 pub use run::{SimError, Simulation, profile_prefill_model, simulate};
+pub use sweep::{SeedSummary, find_knee, markdown_sweep_table};
 pub use workload::{
     Aborts, LengthTrace, Lengths, PoissonWorkload, SimRequest, TraceError, Workload,
 };

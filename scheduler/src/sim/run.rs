@@ -1,6 +1,7 @@
 //! The simulation loop: the engine step (schedule → fake execute → update) on simulated time,
 //! fed by a workload, with optional per-step checks of the scheduler's invariants.
 
+use super::cost_fit::least_squares_3;
 use super::executor::FakeExecutor;
 use super::report::{RequestOutcome, RunTotals, SimReport};
 use super::workload::{SimRequest, Workload};
@@ -351,8 +352,7 @@ pub fn profile_prefill_model(
     fit_quadratic(&samples).ok_or(SimError::BadProfile)
 }
 
-/// Least squares `y = a + b·x + c·x²`, with x scaled to thousands to keep the normal
-/// equations well conditioned.
+/// Least squares `y = a + b·x + c·x²` over at least three distinct `x`.
 fn fit_quadratic(samples: &[(f64, f64)]) -> Option<PrefillTimeModel> {
     let mut distinct: Vec<f64> = samples.iter().map(|s| s.0).collect();
     distinct.sort_by(f64::total_cmp);
@@ -360,39 +360,13 @@ fn fit_quadratic(samples: &[(f64, f64)]) -> Option<PrefillTimeModel> {
     if distinct.len() < 3 {
         return None;
     }
-    let mut m = [[0.0f64; 4]; 3];
-    for &(x, y) in samples {
-        let x = x / 1000.0;
-        let row = [1.0, x, x * x];
-        for i in 0..3 {
-            for j in 0..3 {
-                m[i][j] += row[i] * row[j];
-            }
-            m[i][3] += row[i] * y;
-        }
-    }
-    // Gaussian elimination with partial pivoting.
-    for col in 0..3 {
-        let pivot = (col..3).max_by(|&a, &b| m[a][col].abs().total_cmp(&m[b][col].abs()))?;
-        m.swap(col, pivot);
-        if m[col][col].abs() < 1e-300 {
-            return None;
-        }
-        let pivot_row = m[col];
-        for (r, row) in m.iter_mut().enumerate() {
-            if r != col {
-                let f = row[col] / pivot_row[col];
-                for (x, p) in row.iter_mut().zip(pivot_row).skip(col) {
-                    *x -= f * p;
-                }
-            }
-        }
-    }
-    let coef: Vec<f64> = (0..3).map(|i| m[i][3] / m[i][i]).collect();
+    let rows: Vec<[f64; 3]> = samples.iter().map(|&(x, _)| [1.0, x, x * x]).collect();
+    let y: Vec<f64> = samples.iter().map(|s| s.1).collect();
+    let [a, b, c] = least_squares_3(&rows, &y)?;
     let model = PrefillTimeModel {
-        a_s: coef[0],
-        b_s_per_token: coef[1] / 1e3,
-        c_s_per_token2: coef[2] / 1e6,
+        a_s: a,
+        b_s_per_token: b,
+        c_s_per_token2: c,
     };
     model.is_finite().then_some(model)
 }
