@@ -182,3 +182,5 @@ fn bad_shapes_are_errors_not_panics() {
     assert!(QuantMatrix::from_ggml(QuantType::Q4_1, 2, 64, &[0; 79]).is_err());
     assert!(m.dequantize_row(4, &mut [0.0; 64]).is_err());
 }
+
+

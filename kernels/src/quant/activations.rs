@@ -3,7 +3,8 @@
 //!
 //! Block `b` of a row holds `q[32]` with `x ≈ d·q`, plus `sum = d·Σq`, which turns the
 //! weights' offsets (Q4_1's min, Q4_0's −8, the k-quants' mins) into one multiply per block.
-//! Rounding is to nearest, ties to even, in every ISA, so all paths see the same bytes.
+//! Rounding is to nearest, ties to even, in every ISA, so all paths see the same bytes; the
+//! scale `d` is rounded to f16 as in ggml's blocks (see [`round_scale`]).
 
 use std::ops::Range;
 
@@ -115,5 +116,13 @@ pub(crate) fn quantize_block(x: &[f32], q: &mut [i8]) -> (f32, f32) {
         *q = level;
         sum += level as i32;
     }
+    let d = round_scale(d);
     (d, d * sum as f32)
+}
+
+/// The scale as ggml stores it in its Q8_0/Q8_1 blocks: rounded to f16 (the levels were
+/// computed with the unrounded one, as ggml does). Keeping ggml's numerics makes Metrum's
+/// logits comparable with llama.cpp's and candle's on the same file.
+pub(crate) fn round_scale(d: f32) -> f32 {
+    half::f16::from_f32(d).to_f32()
 }

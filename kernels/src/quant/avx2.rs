@@ -6,7 +6,7 @@
 
 use std::arch::x86_64::*;
 
-use super::activations::ActRow;
+use super::activations::{ActRow, round_scale};
 use super::gemm::{Offset, RowBytes};
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -68,7 +68,11 @@ pub(crate) unsafe fn tile<const C: usize>(
                         let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), ones);
                         let scale = _mm256_set1_ps(d * acts[c].d[b]);
                         acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[c]);
-                        acc_min[c] += m * acts[c].sums[b];
+                        let sum = match offset {
+                            Offset::Min(_) => round_scale(acts[c].sums[b]),
+                            Offset::TimesScale(_) => acts[c].sums[b],
+                        };
+                        acc_min[c] += m * sum;
                     }
                 }
                 RowBytes::Bytes(qs) => {

@@ -30,6 +30,7 @@ pub(crate) unsafe fn quantize_block(x: &[f32], q: &mut [i8]) -> (f32, f32) {
         _mm_storeu_si128(q.as_mut_ptr().cast(), _mm512_cvtsepi32_epi8(lo));
         _mm_storeu_si128(q.as_mut_ptr().add(16).cast(), _mm512_cvtsepi32_epi8(hi));
         let sum = _mm512_reduce_add_epi32(_mm512_add_epi32(lo, hi));
+        let d = super::activations::round_scale(d);
         (d, d * sum as f32)
     }
 }
@@ -68,7 +69,11 @@ pub(crate) unsafe fn tile<const C: usize>(
             let mut prod = [_mm512_setzero_ps(); C];
             for c in 0..C {
                 let dx = _mm512_maskz_loadu_ps(mask, acts[c].d.as_ptr().add(b0));
-                let sx = _mm512_maskz_loadu_ps(mask, acts[c].sums.as_ptr().add(b0));
+                let mut sx = _mm512_maskz_loadu_ps(mask, acts[c].sums.as_ptr().add(b0));
+                if let Offset::Min(_) = offset {
+                    // ggml's Q8_1 keeps d·Σq as f16; round the same way (see scalar).
+                    sx = _mm512_cvtph_ps(_mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(sx));
+                }
                 prod[c] = _mm512_mul_ps(dw, dx);
                 acc_min[c] = _mm512_fmadd_ps(mw, sx, acc_min[c]);
             }
