@@ -32,21 +32,25 @@ fn ggml(ty: QuantType) -> GgmlDType {
     }
 }
 
-/// A random `[rows, cols]` matrix quantized by candle, as our matrix and candle's dequantized f32.
-fn random_matrix(ty: QuantType, rows: usize, cols: usize, seed: u64) -> (QuantMatrix, Vec<f32>) {
+/// A random `[rows, cols]` matrix quantized by candle: its ggml bytes and candle's dequantized f32.
+fn random_ggml(ty: QuantType, rows: usize, cols: usize, seed: u64) -> (Vec<u8>, Vec<f32>) {
     let dev = Device::Cpu;
     let w = Tensor::from_vec(normal(rows * cols, seed), (rows, cols), &dev).unwrap();
     let q = QTensor::quantize(&w, ggml(ty)).unwrap();
-    let bytes = q.data().unwrap();
-    let matrix = QuantMatrix::from_ggml(ty, rows, cols, &bytes).unwrap();
-    let dense = q
-        .dequantize(&dev)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    (matrix, dense)
+    let bytes = q.data().unwrap().to_vec();
+    let dense = q.dequantize(&dev).unwrap();
+    (bytes, dense.flatten_all().unwrap().to_vec1().unwrap())
+}
+
+/// The same matrix laid out for `isa`.
+fn matrix(isa: Isa, ty: QuantType, rows: usize, cols: usize, bytes: &[u8]) -> QuantMatrix {
+    QuantMatrix::from_ggml_for(isa, ty, rows, cols, bytes).unwrap()
+}
+
+/// A random matrix for this CPU's best ISA, and candle's dequantized f32 of it.
+fn random_matrix(ty: QuantType, rows: usize, cols: usize, seed: u64) -> (QuantMatrix, Vec<f32>) {
+    let (bytes, dense) = random_ggml(ty, rows, cols, seed);
+    (matrix(Isa::detect(), ty, rows, cols, &bytes), dense)
 }
 
 fn random_input(tokens: usize, cols: usize, seed: u64) -> Vec<f32> {
@@ -67,10 +71,10 @@ fn dense_matmul(w: &[f32], x: &[f32], rows: usize, cols: usize, tokens: usize) -
     out
 }
 
-fn run(m: &QuantMatrix, isa: Isa, threads: usize, x: &[f32], tokens: usize) -> Vec<f32> {
+fn run(m: &QuantMatrix, threads: usize, x: &[f32], tokens: usize) -> Vec<f32> {
     let pool = ThreadPool::new(threads);
     let mut out = vec![f32::NAN; tokens * m.rows()];
-    m.matmul_with(isa, &pool, x, tokens, &mut out).unwrap();
+    m.matmul_on(&pool, x, tokens, &mut out).unwrap();
     out
 }
 
@@ -82,8 +86,9 @@ fn shapes(ty: QuantType) -> Vec<(usize, usize)> {
     if ty.block_values() == 256 {
         vec![(1, 256), (7, 512), (33, 768), (16, 1536)]
     } else {
-        // 1, 3, 17 (16 + 1), 18 (the default model's hidden size) and 48 blocks.
-        vec![(1, 32), (5, 96), (17, 544), (33, 576), (16, 1536)]
+        // 1, 3, 17 (16 + 1), 18 (the default model's hidden size) and 48 blocks; row counts
+        // around the interleaved layout's groups of 16.
+        vec![(1, 32), (5, 96), (17, 544), (33, 576), (16, 1536), (40, 64)]
     }
 }
 
@@ -91,13 +96,14 @@ fn shapes(ty: QuantType) -> Vec<(usize, usize)> {
 fn every_isa_matches_the_scalar_reference() {
     for ty in QuantType::ALL {
         for (i, &(rows, cols)) in shapes(ty).iter().enumerate() {
-            let (m, _) = random_matrix(ty, rows, cols, i as u64);
+            let (bytes, _) = random_ggml(ty, rows, cols, i as u64);
+            let scalar = matrix(Isa::Scalar, ty, rows, cols, &bytes);
             for tokens in [1, 2, 3, 5, 9] {
                 let x = random_input(tokens, cols, 100 + i as u64);
-                let reference = run(&m, Isa::Scalar, 1, &x, tokens);
+                let reference = run(&scalar, 1, &x, tokens);
                 let scale = reference.iter().fold(1f32, |a, v| a.max(v.abs()));
                 for isa in Isa::supported() {
-                    let got = run(&m, isa, 2, &x, tokens);
+                    let got = run(&matrix(isa, ty, rows, cols, &bytes), 2, &x, tokens);
                     for (g, r) in got.iter().zip(&reference) {
                         assert!(
                             (g - r).abs() <= 1e-5 * scale,
@@ -120,7 +126,7 @@ fn matches_candle_dequantize_then_matmul() {
             let tokens = 6;
             let x = random_input(tokens, cols, 200 + i as u64);
             let expected = dense_matmul(&dense, &x, rows, cols, tokens);
-            let got = run(&m, Isa::detect(), 2, &x, tokens);
+            let got = run(&m, 2, &x, tokens);
             let diff: Vec<f32> = got.iter().zip(&expected).map(|(a, b)| a - b).collect();
             let rel = norm(&diff) / norm(&expected);
             // Only the activations' 8-bit quantization separates the two.
@@ -155,13 +161,9 @@ fn dequantized_rows_equal_candles() {
 fn thread_count_does_not_change_the_result() {
     let (m, _) = random_matrix(QuantType::Q4_1, 40, 576, 5);
     let x = random_input(7, 576, 6);
-    let one = run(&m, Isa::detect(), 1, &x, 7);
+    let one = run(&m, 1, &x, 7);
     for threads in [2, 3, 8] {
-        assert_eq!(
-            run(&m, Isa::detect(), threads, &x, 7),
-            one,
-            "{threads} threads"
-        );
+        assert_eq!(run(&m, threads, &x, 7), one, "{threads} threads");
     }
 }
 
@@ -170,17 +172,9 @@ fn bad_shapes_are_errors_not_panics() {
     let (m, _) = random_matrix(QuantType::Q8_0, 4, 64, 1);
     let pool = ThreadPool::new(1);
     let mut out = vec![0f32; 4];
-    assert!(
-        m.matmul_with(Isa::Scalar, &pool, &[0.0; 63], 1, &mut out)
-            .is_err()
-    );
-    assert!(
-        m.matmul_with(Isa::Scalar, &pool, &[0.0; 64], 1, &mut out[..3])
-            .is_err()
-    );
+    assert!(m.matmul_on(&pool, &[0.0; 63], 1, &mut out).is_err());
+    assert!(m.matmul_on(&pool, &[0.0; 64], 1, &mut out[..3]).is_err());
     assert!(QuantMatrix::from_ggml(QuantType::Q4_1, 2, 48, &[0; 60]).is_err());
     assert!(QuantMatrix::from_ggml(QuantType::Q4_1, 2, 64, &[0; 79]).is_err());
     assert!(m.dequantize_row(4, &mut [0.0; 64]).is_err());
 }
-
-

@@ -18,6 +18,8 @@ pub(crate) struct Q8Activations {
     pub nb: usize,
     pub d: Vec<f32>,
     pub sums: Vec<f32>,
+    /// `sums` rounded to f16, as ggml's Q8_1 blocks (paired with Q4_1) store them.
+    pub sums_f16: Vec<f32>,
     pub qs: Vec<i8>,
 }
 
@@ -26,6 +28,7 @@ pub(crate) struct Q8Activations {
 pub(crate) struct ActRow<'a> {
     pub d: &'a [f32],
     pub sums: &'a [f32],
+    pub sums_f16: &'a [f32],
     pub qs: &'a [i8],
 }
 
@@ -37,6 +40,7 @@ impl Q8Activations {
         self.nb = nb;
         self.d.resize(rows * nb, 0.0);
         self.sums.resize(rows * nb, 0.0);
+        self.sums_f16.resize(rows * nb, 0.0);
         self.qs.resize(rows * cols, 0);
     }
 
@@ -53,6 +57,7 @@ impl Q8Activations {
             nb: self.nb,
             d: self.d.as_mut_ptr(),
             sums: self.sums.as_mut_ptr(),
+            sums_f16: self.sums_f16.as_mut_ptr(),
             qs: self.qs.as_mut_ptr(),
         }
     }
@@ -62,6 +67,7 @@ impl Q8Activations {
         ActRow {
             d: &self.d[r * nb..(r + 1) * nb],
             sums: &self.sums[r * nb..(r + 1) * nb],
+            sums_f16: &self.sums_f16[r * nb..(r + 1) * nb],
             qs: &self.qs[r * nb * 32..(r + 1) * nb * 32],
         }
     }
@@ -73,6 +79,7 @@ pub(crate) struct RawParts {
     nb: usize,
     d: *mut f32,
     sums: *mut f32,
+    sums_f16: *mut f32,
     qs: *mut i8,
 }
 
@@ -98,6 +105,7 @@ impl RawParts {
                 unsafe {
                     *self.d.add(at) = d;
                     *self.sums.add(at) = sum;
+                    *self.sums_f16.add(at) = round_scale(sum);
                 }
             }
             debug_assert!(x.len() >= (r + 1) * cols);

@@ -6,7 +6,7 @@
 
 use std::arch::x86_64::*;
 
-use super::activations::{ActRow, round_scale};
+use super::activations::ActRow;
 use super::gemm::{Offset, RowBytes};
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -69,7 +69,7 @@ pub(crate) unsafe fn tile<const C: usize>(
                         let scale = _mm256_set1_ps(d * acts[c].d[b]);
                         acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[c]);
                         let sum = match offset {
-                            Offset::Min(_) => round_scale(acts[c].sums[b]),
+                            Offset::Min(_) => acts[c].sums_f16[b],
                             Offset::TimesScale(_) => acts[c].sums[b],
                         };
                         acc_min[c] += m * sum;

@@ -69,11 +69,11 @@ pub(crate) unsafe fn tile<const C: usize>(
             let mut prod = [_mm512_setzero_ps(); C];
             for c in 0..C {
                 let dx = _mm512_maskz_loadu_ps(mask, acts[c].d.as_ptr().add(b0));
-                let mut sx = _mm512_maskz_loadu_ps(mask, acts[c].sums.as_ptr().add(b0));
-                if let Offset::Min(_) = offset {
-                    // ggml's Q8_1 keeps d·Σq as f16; round the same way (see scalar).
-                    sx = _mm512_cvtph_ps(_mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(sx));
-                }
+                let sums = match offset {
+                    Offset::Min(_) => acts[c].sums_f16,
+                    Offset::TimesScale(_) => acts[c].sums,
+                };
+                let sx = _mm512_maskz_loadu_ps(mask, sums.as_ptr().add(b0));
                 prod[c] = _mm512_mul_ps(dw, dx);
                 acc_min[c] = _mm512_fmadd_ps(mw, sx, acc_min[c]);
             }

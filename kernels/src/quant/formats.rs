@@ -76,6 +76,14 @@ pub(crate) enum Packed {
     },
     /// Q8_0: value = d·q, 32 signed bytes per block.
     Bytes { scales: Vec<u16>, qs: Vec<i8> },
+    /// [`Packed::Nibbles`] with 16 rows interleaved (the AVX-512 layout, see `interleaved`).
+    NibblesX16 {
+        scales: Vec<u16>,
+        mins: Option<Vec<u16>>,
+        qs: Vec<u8>,
+    },
+    /// [`Packed::Bytes`] with 16 rows interleaved.
+    BytesX16 { scales: Vec<u16>, qs: Vec<i8> },
     /// Q4_K, Q5_K, Q6_K super-blocks exactly as in the file.
     Super { kind: KQuant, data: Vec<u8> },
 }

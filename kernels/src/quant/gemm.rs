@@ -7,6 +7,7 @@ use std::cell::RefCell;
 
 use super::activations::{ActRow, Q8Activations};
 use super::formats::Packed;
+use super::interleaved::GROUP;
 use super::{Isa, QuantMatrix, scalar};
 use crate::threads::ThreadPool;
 
@@ -48,16 +49,23 @@ thread_local! {
 
 pub(super) fn matmul(
     w: &QuantMatrix,
-    isa: Isa,
     pool: &ThreadPool,
     x: &[f32],
     tokens: usize,
     out: &mut [f32],
 ) {
+    let isa = w.isa;
     ACTIVATIONS.with_borrow_mut(|acts| {
         quantize(acts, isa, pool, x, tokens, w.cols);
         let acts = &*acts;
         let out = SharedMut(out.as_mut_ptr());
+        if let Packed::NibblesX16 { .. } | Packed::BytesX16 { .. } = w.packed {
+            pool.run(w.rows.div_ceil(GROUP), &|group| {
+                // SAFETY: each group writes only its own 16 output columns.
+                unsafe { multiply_group(w, acts, tokens, group, out) };
+            });
+            return;
+        }
         let chunks = w.rows.div_ceil(ROW_BLOCK);
         pool.run(chunks, &|chunk| {
             let rows = chunk * ROW_BLOCK..((chunk + 1) * ROW_BLOCK).min(w.rows);
@@ -121,6 +129,69 @@ unsafe fn multiply_rows(
     }
 }
 
+/// Interleaved group `g` (rows `16g..16g + 16`) against every token, 4 at a time.
+unsafe fn multiply_group(
+    w: &QuantMatrix,
+    acts: &Q8Activations,
+    tokens: usize,
+    g: usize,
+    out: SharedMut<f32>,
+) {
+    let valid = GROUP.min(w.rows - g * GROUP);
+    let mut t0 = 0;
+    while t0 < tokens {
+        let c = (tokens - t0).min(TILE_TOKENS);
+        let mut y = [[0f32; GROUP]; TILE_TOKENS];
+        match c {
+            1 => group_tile::<1>(w, g, acts, t0, &mut y),
+            2 => group_tile::<2>(w, g, acts, t0, &mut y),
+            3 => group_tile::<3>(w, g, acts, t0, &mut y),
+            _ => group_tile::<4>(w, g, acts, t0, &mut y),
+        }
+        for (k, row) in y[..c].iter().enumerate() {
+            let dst = (t0 + k) * w.rows + g * GROUP;
+            for (j, &v) in row[..valid].iter().enumerate() {
+                unsafe { *out.0.add(dst + j) = v };
+            }
+        }
+        t0 += c;
+    }
+}
+
+#[allow(unused_variables)]
+fn group_tile<const C: usize>(
+    w: &QuantMatrix,
+    g: usize,
+    acts: &Q8Activations,
+    t0: usize,
+    y: &mut [[f32; GROUP]; TILE_TOKENS],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use super::avx512_x16::{GroupBytes, group_tile as kernel};
+        let nb = w.cols / 32;
+        let span = g * nb * GROUP..(g + 1) * nb * GROUP;
+        let rows: [ActRow; C] = std::array::from_fn(|c| acts.row(t0 + c));
+        let mut out = [[0f32; GROUP]; C];
+        // SAFETY: interleaved layouts are only built for `Isa::Avx512Vnni`, on CPUs that have it.
+        unsafe {
+            match &w.packed {
+                Packed::NibblesX16 { scales, mins, qs } => {
+                    let mins = mins.as_ref().map(|m| &m[span.clone()]);
+                    let bytes = GroupBytes::Nibbles(&qs[g * nb * 256..(g + 1) * nb * 256]);
+                    kernel::<C>(&scales[span], mins, 8.0, bytes, rows, &mut out);
+                }
+                Packed::BytesX16 { scales, qs } => {
+                    let bytes = GroupBytes::Bytes(&qs[g * nb * 512..(g + 1) * nb * 512]);
+                    kernel::<C>(&scales[span], None, 128.0, bytes, rows, &mut out);
+                }
+                _ => return,
+            }
+        }
+        y[..C].copy_from_slice(&out);
+    }
+}
+
 /// Row `r` against activation rows `t0..t0 + C`, into `y[..C]`.
 fn row_tile<const C: usize>(
     w: &QuantMatrix,
@@ -161,6 +232,8 @@ fn row_tile<const C: usize>(
                 _ => simd_tile(isa, scales, offset, RowBytes::Bytes(qs), rows, &mut out),
             }
         }
+        // Interleaved layouts go through `multiply_group`.
+        Packed::NibblesX16 { .. } | Packed::BytesX16 { .. } => {}
         Packed::Super { kind, data } => {
             let bb = w.ty.block_bytes();
             let row_bytes = w.cols / 256 * bb;

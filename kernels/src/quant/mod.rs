@@ -7,7 +7,8 @@
 //! | `formats` | [`QuantType`], the ggml block layouts and their repacking for the kernels |
 //! | `activations` | per-32 byte quantization of the activations (ggml's Q8_1) |
 //! | `scalar` | the reference dot products, one per format; also the fallback |
-//! | `avx512`, `avx2` | SIMD tiles: one weight row × up to 4 activation rows |
+//! | `avx512`, `avx2` | SIMD tiles over the per-row layout: one weight row × up to 4 activation rows |
+//! | `interleaved`, `avx512_x16` | the AVX-512 layout (16 rows interleaved per 32-bit lane) and its kernel: 16 rows × up to 4 activation rows |
 //! | `gemm` | the threaded driver: rows split across threads, tokens tiled by 4 |
 //!
 //! The ISA is chosen at run time ([`Isa::detect`]), so one binary is fast where it runs and
@@ -19,8 +20,11 @@ mod activations;
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod avx512_x16;
 mod formats;
 mod gemm;
+mod interleaved;
 mod scalar;
 
 pub use formats::QuantType;
@@ -114,17 +118,35 @@ pub struct QuantMatrix {
     ty: QuantType,
     rows: usize,
     cols: usize,
+    /// The ISA the layout was packed for and the kernels that run on it.
+    isa: Isa,
     packed: Packed,
 }
 
 impl QuantMatrix {
-    /// From the tensor's bytes as stored in a GGUF file (ggml blocks, row-major).
+    /// From the tensor's bytes as stored in a GGUF file (ggml blocks, row-major), laid out
+    /// for this CPU's best ISA ([`Isa::detect`]).
     pub fn from_ggml(
         ty: QuantType,
         rows: usize,
         cols: usize,
         data: &[u8],
     ) -> Result<QuantMatrix, QuantError> {
+        QuantMatrix::from_ggml_for(Isa::detect(), ty, rows, cols, data)
+    }
+
+    /// [`QuantMatrix::from_ggml`] laid out for, and multiplied with, `isa` (one this CPU
+    /// supports; tests compare them).
+    pub fn from_ggml_for(
+        isa: Isa,
+        ty: QuantType,
+        rows: usize,
+        cols: usize,
+        data: &[u8],
+    ) -> Result<QuantMatrix, QuantError> {
+        if !Isa::supported().contains(&isa) {
+            return Err(QuantError(format!("this CPU cannot run {}", isa.name())));
+        }
         if cols == 0 || !cols.is_multiple_of(ty.block_values()) {
             return Err(QuantError(format!(
                 "{} rows must be whole blocks of {} values, got {cols} columns",
@@ -140,11 +162,16 @@ impl QuantMatrix {
                 data.len()
             )));
         }
+        let mut packed = formats::pack(ty, data);
+        if isa == Isa::Avx512Vnni {
+            packed = interleaved::interleave(packed, rows, cols);
+        }
         Ok(QuantMatrix {
             ty,
             rows,
             cols,
-            packed: formats::pack(ty, data),
+            isa,
+            packed,
         })
     }
 
@@ -160,16 +187,20 @@ impl QuantMatrix {
         self.cols
     }
 
-    /// `out[t, r] = Σ_k x[t, k] · W[r, k]` for `x: [tokens, cols]`, `out: [tokens, rows]`,
-    /// on the [`crate::threads::global`] pool with the detected [`Isa`].
-    pub fn matmul(&self, x: &[f32], tokens: usize, out: &mut [f32]) -> Result<(), QuantError> {
-        self.matmul_with(Isa::detect(), crate::threads::global(), x, tokens, out)
+    /// The ISA this matrix's kernels use.
+    pub fn isa(&self) -> Isa {
+        self.isa
     }
 
-    /// [`QuantMatrix::matmul`] with an explicit ISA (at most [`Isa::detect`]'s best) and pool.
-    pub fn matmul_with(
+    /// `out[t, r] = Σ_k x[t, k] · W[r, k]` for `x: [tokens, cols]`, `out: [tokens, rows]`,
+    /// on the [`crate::threads::global`] pool.
+    pub fn matmul(&self, x: &[f32], tokens: usize, out: &mut [f32]) -> Result<(), QuantError> {
+        self.matmul_on(crate::threads::global(), x, tokens, out)
+    }
+
+    /// [`QuantMatrix::matmul`] on another pool.
+    pub fn matmul_on(
         &self,
-        isa: Isa,
         pool: &crate::threads::ThreadPool,
         x: &[f32],
         tokens: usize,
@@ -186,10 +217,7 @@ impl QuantMatrix {
                 out.len()
             )));
         }
-        if !Isa::supported().contains(&isa) {
-            return Err(QuantError(format!("this CPU cannot run {}", isa.name())));
-        }
-        gemm::matmul(self, isa, pool, x, tokens, out);
+        gemm::matmul(self, pool, x, tokens, out);
         Ok(())
     }
 
@@ -224,6 +252,9 @@ impl QuantMatrix {
                         out[b * 32 + j] = d * qs[(r * nb + b) * 32 + j] as f32;
                     }
                 }
+            }
+            Packed::NibblesX16 { .. } | Packed::BytesX16 { .. } => {
+                interleaved::dequantize_row(&self.packed, r, out)
             }
             Packed::Super { kind, data } => {
                 let bb = self.ty.block_bytes();

@@ -1,7 +1,7 @@
 //! The scalar dot products: the reference every SIMD path is tested against, and the fallback
 //! on CPUs without AVX2. One weight row against one quantized activation row.
 
-use super::activations::{ActRow, round_scale};
+use super::activations::ActRow;
 use super::formats::{KQuant, SuperBlock, f16_to_f32};
 
 /// Q4_0 (`mins = None`) or Q4_1 row.
@@ -18,7 +18,7 @@ pub(crate) fn dot_nibbles(scales: &[u16], mins: Option<&[u16]>, qs: &[u8], a: Ac
         // Q4_1 pairs with ggml's Q8_1, whose d·Σq is stored as f16: rounding it the same way
         // keeps Metrum's logits on llama.cpp's and candle's. Q4_0's offset needs it exact.
         let (m, sum) = match mins {
-            Some(mins) => (f16_to_f32(mins[b]), round_scale(a.sums[b])),
+            Some(mins) => (f16_to_f32(mins[b]), a.sums_f16[b]),
             None => (-8.0 * d, a.sums[b]),
         };
         acc += d * a.d[b] * sumi as f32 + m * sum;
