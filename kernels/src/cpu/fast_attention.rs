@@ -142,28 +142,31 @@ unsafe fn tile_avx2(
 /// Lanes of the vectorizable loops: 16 f32 = one AVX-512 register, two AVX2 ones.
 const LANES: usize = 16;
 
+/// `acc += Σ_p weights[p] · rows[p]`, in 16-lane chunks of `acc` held in registers.
 #[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; LANES];
-    let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = ac
-        .remainder()
-        .iter()
-        .zip(bc.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ac.zip(bc) {
-        for l in 0..LANES {
-            acc[l] += x[l] * y[l];
+fn accumulate_rows(acc: &mut [f32], weights: &[f32], rows: &[&[f32]]) {
+    let mut start = 0;
+    while start < acc.len() {
+        let width = (acc.len() - start).min(4 * LANES);
+        if width == 4 * LANES {
+            let mut a = [0f32; 4 * LANES];
+            for (&w, row) in weights.iter().zip(rows) {
+                let x = &row[start..start + 4 * LANES];
+                for l in 0..4 * LANES {
+                    a[l] += w * x[l];
+                }
+            }
+            for (dst, x) in acc[start..start + 4 * LANES].iter_mut().zip(a) {
+                *dst += x;
+            }
+        } else {
+            for (&w, row) in weights.iter().zip(rows) {
+                for (dst, x) in acc[start..start + width].iter_mut().zip(&row[start..]) {
+                    *dst += w * x;
+                }
+            }
         }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
-#[inline(always)]
-fn axpy(acc: &mut [f32], w: f32, x: &[f32]) {
-    for (a, x) in acc.iter_mut().zip(x) {
-        *a += w * x;
+        start += width;
     }
 }
 
@@ -197,15 +200,37 @@ unsafe fn tile_generic(
         let (i, h) = (r / group, tile.kvh * group + r % group);
         &q[((tile.row0 + i) * d.num_heads + h) * hd..][..hd]
     };
+    // Scores, 16 keys at a time: the keys are transposed into `kt[d][key]`, so each query row
+    // gets 16 scores from `head_dim` broadcast multiply-adds and no horizontal sums.
     let mut scores = vec![f32::NEG_INFINITY; rows * ctx];
-    for p in 0..ctx {
-        let krow = &k[kv_row(p)];
-        for r in 0..rows {
-            // Causal: query token i sits at position pos0 + i.
-            if p <= tile.pos0 + r / group {
-                scores[r * ctx + p] = dot(qrow(r), krow) * scale;
+    let mut kt = vec![0f32; hd * LANES];
+    let mut p0 = 0;
+    while p0 < ctx {
+        let n = (ctx - p0).min(LANES);
+        for i in 0..n {
+            for (dim, &x) in k[kv_row(p0 + i)].iter().enumerate() {
+                kt[dim * LANES + i] = x;
             }
         }
+        for r in 0..rows {
+            let last = tile.pos0 + r / group; // causal: this query sees keys 0..=last
+            if p0 > last {
+                continue;
+            }
+            let qr = qrow(r);
+            let mut s16 = [0f32; LANES];
+            for (dim, &qd) in qr.iter().enumerate() {
+                let kd = &kt[dim * LANES..dim * LANES + LANES];
+                for l in 0..LANES {
+                    s16[l] += qd * kd[l];
+                }
+            }
+            let visible = n.min(last + 1 - p0);
+            for (i, &score) in s16[..visible].iter().enumerate() {
+                scores[r * ctx + p0 + i] = score * scale;
+            }
+        }
+        p0 += n;
     }
     let mut denom = vec![0f32; rows];
     for r in 0..rows {
@@ -218,15 +243,14 @@ unsafe fn tile_generic(
         }
         denom[r] = sum;
     }
+    // P·V one query row at a time, so its accumulator stays in registers while the V rows
+    // stream past (they stay in L1 from one row to the next).
+    let v_rows: Vec<&[f32]> = (0..ctx).map(|p| &v[kv_row(p)]).collect();
     let mut acc = vec![0f32; rows * hd];
-    for p in 0..ctx {
-        let vrow = &v[kv_row(p)];
-        for r in 0..rows {
-            let w = scores[r * ctx + p];
-            if w != 0.0 {
-                axpy(&mut acc[r * hd..(r + 1) * hd], w, vrow);
-            }
-        }
+    for r in 0..rows {
+        let visible = tile.pos0 + r / group + 1;
+        let weights = &scores[r * ctx..r * ctx + visible];
+        accumulate_rows(&mut acc[r * hd..(r + 1) * hd], weights, &v_rows);
     }
     for r in 0..rows {
         let (i, h) = (r / group, tile.kvh * group + r % group);
