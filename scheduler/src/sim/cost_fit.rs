@@ -1,5 +1,6 @@
 //! Fitting the fake executor's step-cost model `a + b·batch_tokens + c·kv_tokens_read` to step
-//! times measured on a real engine (`metrum profile-step`), by least squares, with the fit error.
+//! times measured on a real engine (`metrum profile-step`), by least squares on the relative
+//! error, with the fit error.
 
 use super::executor::StepCostModel;
 use metrum_core::Nanos;
@@ -46,19 +47,30 @@ impl StepCostFit {
     }
 }
 
-/// Least squares over the samples. `None` with fewer than three samples, when the shapes do not
-/// determine the three constants (e.g. every step has the same kv-reads-per-token ratio), or
-/// when a time is not finite.
+/// Least squares of the *relative* error over the samples: measured steps span milliseconds
+/// (one decode) to seconds (a long prefill chunk on a CPU), and an absolute fit would sacrifice
+/// the short decode steps that decide TBT. `None` with fewer than three samples, when the shapes
+/// do not determine the three constants (e.g. every step has the same kv-reads-per-token ratio),
+/// or when a time is not finite and positive.
 pub fn fit_step_cost(samples: &[StepSample]) -> Option<StepCostFit> {
-    if samples.len() < 3 || samples.iter().any(|s| !s.seconds.is_finite()) {
+    if samples.len() < 3
+        || samples
+            .iter()
+            .any(|s| !(s.seconds.is_finite() && s.seconds > 0.0))
+    {
         return None;
     }
+    // Each row divided by its own time: minimizing Σ((predicted − y)/y)².
     let rows: Vec<[f64; 3]> = samples
         .iter()
-        .map(|s| [1.0, s.batch_tokens as f64, s.kv_tokens_read as f64])
+        .map(|s| {
+            let w = 1.0 / s.seconds;
+            [w, s.batch_tokens as f64 * w, s.kv_tokens_read as f64 * w]
+        })
         .collect();
+    let ones = vec![1.0; samples.len()];
+    let [a, b, c] = least_squares_3(&rows, &ones)?;
     let y: Vec<f64> = samples.iter().map(|s| s.seconds).collect();
-    let [a, b, c] = least_squares_3(&rows, &y)?;
     let mut fit = StepCostFit {
         base_s: a,
         per_batched_token_s: b,
@@ -75,9 +87,7 @@ pub fn fit_step_cost(samples: &[StepSample]) -> Option<StepCostFit> {
         ss_res += residual * residual;
         ss_tot += (s.seconds - mean) * (s.seconds - mean);
         fit.max_abs_error_s = fit.max_abs_error_s.max(residual.abs());
-        if s.seconds > 0.0 {
-            fit.max_rel_error = fit.max_rel_error.max(residual.abs() / s.seconds);
-        }
+        fit.max_rel_error = fit.max_rel_error.max(residual.abs() / s.seconds);
     }
     fit.rmse_s = (ss_res / samples.len() as f64).sqrt();
     fit.r2 = if ss_tot > 0.0 {

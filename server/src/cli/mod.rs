@@ -10,7 +10,9 @@ pub mod bench;
 pub mod config_file;
 pub mod generate;
 pub mod gpu_check;
+pub mod profile_step;
 pub mod serve;
+pub mod simulate;
 pub mod units;
 
 use clap::{Parser, Subcommand};
@@ -43,6 +45,10 @@ pub enum Command {
     GpuCheck(gpu_check::GpuCheckArgs),
     /// Print last-position logits and a greedy continuation for reference prompts (JSON).
     Logits(gpu_check::LogitsArgs),
+    /// Replay a workload through the scheduler with a fake executor, once per policy.
+    Simulate(simulate::SimulateArgs),
+    /// Time the real engine's step over batch shapes and fit the simulator's cost model.
+    ProfileStep(profile_step::ProfileStepArgs),
 }
 
 impl Command {
@@ -54,6 +60,8 @@ impl Command {
             Command::Fetch(args) => args.run(),
             Command::GpuCheck(args) => args.run(),
             Command::Logits(args) => args.run(),
+            Command::Simulate(args) => args.run(),
+            Command::ProfileStep(args) => args.run(),
         }
     }
 }
