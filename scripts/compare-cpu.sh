@@ -44,7 +44,13 @@ if [ ! -f "$TOKENIZER" ]; then
 fi
 
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+# llama-cpp-server is a Python wrapper that execs nothing: its llama-server child must be
+# stopped by name, or it keeps spinning after the wrapper dies.
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  pkill -f "llama-server.*--port $LLAMA_PORT" 2>/dev/null || true
+  wait 2>/dev/null || true
+}
 trap cleanup EXIT
 
 wait_health() {
