@@ -195,8 +195,9 @@ fn read_gguf_metadata(path: &Path) -> Result<HashMap<String, gguf_file::Value>, 
         path: path.display().to_string(),
         reason,
     };
-    let mut file = std::fs::File::open(path).map_err(|e| load_err(e.to_string()))?;
-    let content = gguf_file::Content::read(&mut file).map_err(|e| load_err(e.to_string()))?;
+    let file = std::fs::File::open(path).map_err(|e| load_err(e.to_string()))?;
+    let mut reader = std::io::BufReader::new(file);
+    let content = crate::model::LlamaModel::read_gguf_header(&mut reader).map_err(load_err)?;
     Ok(content.metadata)
 }
 

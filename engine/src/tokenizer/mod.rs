@@ -149,8 +149,9 @@ impl Tokenizer {
             path: path.display().to_string(),
             reason,
         };
-        let mut file = File::open(path).map_err(|e| load_err(e.to_string()))?;
-        let content = gguf_file::Content::read(&mut file).map_err(|e| load_err(e.to_string()))?;
+        let file = File::open(path).map_err(|e| load_err(e.to_string()))?;
+        let mut reader = std::io::BufReader::new(file);
+        let content = crate::model::LlamaModel::read_gguf_header(&mut reader).map_err(load_err)?;
         Tokenizer::from_gguf_metadata(&content.metadata)
     }
 
