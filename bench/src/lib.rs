@@ -23,6 +23,7 @@
 //! | [`capacity`] | `bench capacity`: the QPS bisection with seeds near the boundary: [`run_capacity`] |
 //! | [`compare`] | `bench compare`: table, overlaid CDFs, fairness warnings (R1-R4): [`compare()`] |
 //! | [`machine`] | CPU, memory and GPU of this machine; the client's own CPU time |
+//! | [`soak`] | the soak's chaos client and end-of-soak verdict (`metrum-soak`, `scripts/soak.sh`) |
 //!
 //! # Choices
 //!
@@ -45,6 +46,7 @@ pub mod results;
 pub mod run;
 pub mod serve;
 pub mod session;
+pub mod soak;
 pub mod sse;
 pub mod stream;
 pub mod tokenizer;
