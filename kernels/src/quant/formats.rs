@@ -165,6 +165,7 @@ pub(crate) struct SuperBlock {
 }
 
 impl SuperBlock {
+    #[inline(always)]
     pub fn decode(kind: KQuant, b: &[u8]) -> SuperBlock {
         let mut s = SuperBlock {
             q: [0; 256],

@@ -238,8 +238,15 @@ fn row_tile<const C: usize>(
             let bb = w.ty.block_bytes();
             let row_bytes = w.cols / 256 * bb;
             let row = &data[r * row_bytes..(r + 1) * row_bytes];
-            for c in 0..C {
-                out[c] = scalar::dot_super(*kind, row, bb, rows[c]);
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `Isa::Avx512Vnni` / `Isa::Avx2` are only used on CPUs that have them.
+                Isa::Avx512Vnni => unsafe {
+                    scalar::dot_super_avx512::<C>(*kind, row, bb, rows, &mut out)
+                },
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => unsafe { scalar::dot_super_avx2::<C>(*kind, row, bb, rows, &mut out) },
+                _ => scalar::dot_super::<C>(*kind, row, bb, rows, &mut out),
             }
         }
     }
