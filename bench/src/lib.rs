@@ -22,6 +22,7 @@
 //! | [`pipeline`] | `bench run` end to end: [`run_bench`] |
 //! | [`capacity`] | `bench capacity`: the QPS bisection with seeds near the boundary: [`run_capacity`] |
 //! | [`compare`] | `bench compare`: table, overlaid CDFs, fairness warnings (R1-R4): [`compare()`] |
+//! | [`profile_prefill`] | `metrum profile-prefill`: min TTFT per prompt length, `a + b·P + c·P²` fit, the SLO file |
 //! | [`machine`] | CPU, memory and GPU of this machine; the client's own CPU time |
 //! | [`soak`] | the soak's chaos client and end-of-soak verdict (`metrum-soak`, `scripts/soak.sh`) |
 //!
@@ -42,6 +43,7 @@ pub mod compare;
 pub mod machine;
 pub mod output;
 pub mod pipeline;
+pub mod profile_prefill;
 pub mod results;
 pub mod run;
 pub mod serve;

@@ -10,6 +10,7 @@ pub mod bench;
 pub mod config_file;
 pub mod generate;
 pub mod gpu_check;
+pub mod profile_prefill;
 pub mod profile_step;
 pub mod serve;
 pub mod simulate;
@@ -49,6 +50,8 @@ pub enum Command {
     Simulate(simulate::SimulateArgs),
     /// Time the real engine's step over batch shapes and fit the simulator's cost model.
     ProfileStep(profile_step::ProfileStepArgs),
+    /// Measure min TTFT per prompt length on a server, fit prefill(P), write the SLO file.
+    ProfilePrefill(profile_prefill::ProfilePrefillArgs),
 }
 
 impl Command {
@@ -62,6 +65,7 @@ impl Command {
             Command::Logits(args) => args.run(),
             Command::Simulate(args) => args.run(),
             Command::ProfileStep(args) => args.run(),
+            Command::ProfilePrefill(args) => args.run(),
         }
     }
 }
