@@ -146,7 +146,7 @@ fn write_tokenizer(path: &Path) -> Result<()> {
 }
 
 fn write_weights(dir: &Path, seed: u64, options: &FixtureOptions) -> Result<()> {
-    let mut rng = RandomWeights::new(seed, &Device::Cpu)?;
+    let mut rng = RandomWeights::new(seed, &Device::Cpu, true)?;
     // Xavier-scale weights give O(1) logits, so greedy choices are not near-ties.
     let std = 1.0 / (FIXTURE_HIDDEN as f32).sqrt();
     let (h, q, kv, ff) = (

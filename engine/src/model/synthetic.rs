@@ -113,7 +113,11 @@ pub fn synthetic_config(name: &str) -> Result<LlamaConfig> {
 
 pub(crate) fn build(name: &str, device: &Device, dtype: DType, seed: u64) -> Result<LlamaModel> {
     let config = synthetic_config(name)?;
-    let mut rng = RandomWeights::new(seed, device)?;
+    let (h0, l0) = (config.hidden_size, config.num_layers);
+    let approx_params = config.vocab_size * h0 * 2
+        + l0 * (h0 * (config.q_size() + 2 * config.kv_size()) + config.q_size() * h0)
+        + l0 * 3 * h0 * config.intermediate_size;
+    let mut rng = RandomWeights::new(seed, device, approx_params <= HOST_DRAWN_MAX_PARAMS)?;
     let (h, q, kv, ff) = (
         config.hidden_size,
         config.q_size(),
@@ -157,26 +161,34 @@ pub(crate) fn build(name: &str, device: &Device, dtype: DType, seed: u64) -> Res
 }
 
 /// Seeded normal tensors. On CPU each 64K-element chunk has its own generator seeded from
-/// (seed, tensor, chunk), so the values do not depend on the thread count. On GPUs the
-/// device's own generator (seeded once) fills the tensors in place: no host round trip, but
-/// the values differ from the CPU ones for the same seed.
+/// (seed, tensor, chunk), so the values do not depend on the thread count. Models up to
+/// [`HOST_DRAWN_MAX_PARAMS`] are drawn on the host on every device, so the CPU and a GPU hold the
+/// same weights for the same seed (`metrum gpu-check` compares their logits); bigger ones are
+/// drawn by the GPU's own generator (seeded once), which skips a multi-GB host round trip but
+/// gives other values than the CPU.
 pub(crate) struct RandomWeights {
     seed: u64,
     tensors_drawn: u64,
     device: Device,
+    on_host: bool,
 }
+
+/// The largest synthetic model (parameters) whose weights are drawn on the host on a GPU too.
+pub(crate) const HOST_DRAWN_MAX_PARAMS: usize = 2_000_000_000;
 
 const CHUNK: usize = 1 << 16;
 
 impl RandomWeights {
-    pub fn new(seed: u64, device: &Device) -> Result<RandomWeights> {
-        if !device.is_cpu() {
+    pub fn new(seed: u64, device: &Device, on_host: bool) -> Result<RandomWeights> {
+        let on_host = on_host || device.is_cpu();
+        if !on_host {
             device.set_seed(seed)?;
         }
         Ok(RandomWeights {
             seed,
             tensors_drawn: 0,
             device: device.clone(),
+            on_host,
         })
     }
 
@@ -184,7 +196,7 @@ impl RandomWeights {
     pub fn normal(&mut self, dims: &[usize], std: f32, dtype: DType) -> Result<Tensor> {
         let tensor_index = self.tensors_drawn;
         self.tensors_drawn += 1;
-        if !self.device.is_cpu() {
+        if !self.on_host {
             return Ok(Tensor::randn(0f32, std, dims, &self.device)?.to_dtype(dtype)?);
         }
         let count: usize = dims.iter().product();
