@@ -91,3 +91,62 @@ fn a_positive_alignment_still_reads_and_is_used() {
     assert!(LlamaModel::read_gguf_header(&mut Cursor::new(b"GGML....")).is_err());
     assert!(LlamaModel::read_gguf_header(&mut Cursor::new(b"")).is_err());
 }
+
+/// A llama header whose token embedding and `extra` tensors exist, with `block_count` and
+/// `context_length` as given (head_dim 16).
+fn sized_llama(block_count: u32, context_length: u32, extra: usize) -> Vec<u8> {
+    use candle_core::Tensor;
+    use candle_core::quantized::{GgmlDType, QTensor};
+    let q = |dims: &[usize]| {
+        let t = Tensor::zeros(dims, DType::F32, &Device::Cpu).unwrap();
+        QTensor::quantize(&t, GgmlDType::F32).unwrap()
+    };
+    let mut tensors = vec![("token_embd.weight".to_string(), q(&[8, 32]))];
+    tensors.extend((0..extra).map(|i| (format!("x{i}.weight"), q(&[32]))));
+    let metadata = [
+        ("general.architecture", Value::String("llama".into())),
+        ("llama.block_count", Value::U32(block_count)),
+        ("llama.context_length", Value::U32(context_length)),
+        ("llama.embedding_length", Value::U32(32)),
+        ("llama.feed_forward_length", Value::U32(32)),
+        ("llama.attention.head_count", Value::U32(2)),
+        ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
+    ];
+    let refs: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
+    let mut bytes = Vec::new();
+    gguf_file::write(&mut Cursor::new(&mut bytes), &refs, &tensor_refs).unwrap();
+    bytes
+}
+
+fn load_error(bytes: &[u8]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.gguf");
+    std::fs::write(&path, bytes).unwrap();
+    match LlamaModel::load_gguf(&path, &Device::Cpu, DType::F32) {
+        Ok(_) => panic!("the model loaded"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// crash-…(block_count): a mutated `llama.block_count` sized `Vec::with_capacity` before any
+/// layer was read: a 402 GB allocation and an abort. Likewise `llama.context_length` sizes
+/// the RoPE tables. Both are now checked against what the file can back.
+#[test]
+fn counts_the_file_cannot_back_are_load_errors_not_aborts() {
+    let err = load_error(&sized_llama(u32::MAX, 256, 9));
+    assert!(
+        err.contains("llama.block_count") && err.contains("tensors"),
+        "{err}"
+    );
+    let err = load_error(&sized_llama(2, 256, 9));
+    assert!(
+        err.contains("llama.block_count"),
+        "2 layers need 18 tensors: {err}"
+    );
+    let err = load_error(&sized_llama(1, u32::MAX, 9));
+    assert!(err.contains("llama.context_length"), "{err}");
+    // Within bounds, loading goes on to the missing layer tensors.
+    let err = load_error(&sized_llama(1, 1 << 20, 9));
+    assert!(err.contains("blk.0"), "{err}");
+}

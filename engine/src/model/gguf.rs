@@ -63,6 +63,13 @@ impl LlamaModel {
     }
 }
 
+/// Weight tensors of one llama layer: two norms, q, k, v, o, gate, up, down.
+const TENSORS_PER_LAYER: usize = 9;
+
+/// Largest `context_length × head_dim` accepted: 1 GiB of f32 RoPE tables (2^19 for
+/// SmolLM2, 2^24 for a 128k-context llama with head_dim 128).
+const MAX_ROPE_TABLE_VALUES: usize = 1 << 28;
+
 /// Nested arrays deeper than this end the scan (candle refuses them too).
 const MAX_ARRAY_DEPTH: u32 = 8;
 
@@ -308,7 +315,37 @@ impl GgufReader {
         config
             .validate()
             .map_err(|reason| self.bad_config("llama.*", reason))?;
+        self.check_sizes(&config)?;
         Ok(config)
+    }
+
+    /// Counts that size allocations before any tensor is read must be ones the file can
+    /// back: a mutated `block_count` or `context_length` (found by the `gguf` fuzz target)
+    /// otherwise asks for hundreds of GiB and aborts the process instead of failing the load.
+    fn check_sizes(&self, c: &LlamaConfig) -> Result<()> {
+        let tensors = self.content.tensor_infos.len();
+        if c.num_layers > tensors / TENSORS_PER_LAYER {
+            return Err(self.bad_config(
+                "llama.block_count",
+                format!(
+                    "{} layers need {TENSORS_PER_LAYER} tensors each, but the file has {tensors} tensors",
+                    c.num_layers
+                ),
+            ));
+        }
+        // The RoPE cos/sin tables hold context_length × head_dim f32 values between them.
+        let rope_values = c.max_position_embeddings.checked_mul(c.head_dim);
+        if rope_values.is_none_or(|v| v > MAX_ROPE_TABLE_VALUES) {
+            return Err(self.bad_config(
+                "llama.context_length",
+                format!(
+                    "{} positions × head_dim {} exceed the {MAX_ROPE_TABLE_VALUES} RoPE table entries \
+                     supported (1 GiB)",
+                    c.max_position_embeddings, c.head_dim
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn info(&self, name: &str) -> Result<&TensorInfo> {
