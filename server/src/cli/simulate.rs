@@ -25,8 +25,10 @@ use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Step-cost constants used without `--cost-file`: fitted by `metrum profile-step` on the
-/// development machine (2 shared cores, SmolLM2-135M Q4_1, f32 activations). Refit on yours.
+/// Step-cost constants used without `--cost-file`: a reference server, not a measurement (5 ms
+/// per step, 60 µs per token, 10 ns per KV read: a 512-token step takes 36 ms, so Etalon's
+/// default 30 ms TBT SLO is tight but reachable). The 2-core development CPU is about 25× slower
+/// per token (docs/results/scheduler.md); measure yours with `metrum profile-step`.
 pub const DEFAULT_STEP_COST: StepCostModel = StepCostModel {
     base: Nanos(5_000_000),
     per_batched_token: Nanos(60_000),
@@ -253,7 +255,7 @@ impl SimulateArgs {
                 StepCostFile::load(path)?.model(),
                 path.display().to_string(),
             ),
-            None => (DEFAULT_STEP_COST, "built-in default".to_string()),
+            None => (DEFAULT_STEP_COST, "built-in reference".to_string()),
         };
         let nanos = |d: Duration| Nanos(d.as_nanos().try_into().unwrap_or(u64::MAX));
         for (flag, value, field) in [
@@ -265,6 +267,12 @@ impl SimulateArgs {
                 *field = nanos(v);
                 source.push_str(&format!(", {flag} overridden"));
             }
+        }
+        if self.step_base.is_some()
+            && self.step_per_token.is_some()
+            && self.step_per_kv_read.is_some()
+        {
+            source = "--step-* flags".to_string();
         }
         Ok((cost, source))
     }
