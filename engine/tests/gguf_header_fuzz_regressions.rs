@@ -150,3 +150,16 @@ fn counts_the_file_cannot_back_are_load_errors_not_aborts() {
     let err = load_error(&sized_llama(1, 1 << 20, 9));
     assert!(err.contains("blk.0"), "{err}");
 }
+
+/// crash-688c136c…, as the fuzzer wrote it: `token_embd.weight` of shape
+/// [2^61 + 16, 32] made the byte count wrap to 544, which passed the file-size check, and
+/// the quantized kernel then indexed rows the buffer did not have.
+#[test]
+fn a_tensor_shape_whose_size_overflows_is_a_load_error() {
+    let bytes = include_bytes!("../../fuzz/seeds/gguf/crash_shape_overflow.gguf");
+    let err = load_error(bytes);
+    assert!(
+        err.contains("token_embd.weight") && err.contains("impossible shape"),
+        "{err}"
+    );
+}

@@ -380,7 +380,15 @@ impl GgufReader {
                 "tensor '{name}' rows of {row} are not whole {dtype:?} blocks"
             )));
         }
-        let bytes = dims.iter().product::<usize>() / dtype.block_size() * dtype.type_size();
+        // Checked: a shape from the file can overflow, and a wrapped size would pass the
+        // bounds check below with a buffer far smaller than the shape (found by fuzzing).
+        let bytes = dims
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .and_then(|n| (n / dtype.block_size()).checked_mul(dtype.type_size()))
+            .ok_or_else(|| {
+                self.bad_gguf(format!("tensor '{name}' has an impossible shape {dims:?}"))
+            })?;
         let start = self.content.tensor_data_offset.saturating_add(offset);
         if start.saturating_add(bytes as u64) > self.file_len {
             return Err(self.bad_gguf(format!(
