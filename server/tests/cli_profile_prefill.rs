@@ -77,7 +77,11 @@ async fn profile_prefill_writes_a_sane_slo_file_that_serve_accepts() {
     assert!(longest >= shortest, "{fit:?}");
     assert!(fit.rmse_s < 0.5 * longest, "{fit:?}");
     assert!(fit.points.iter().all(|p| p.predicted_s > 0.0), "{fit:?}");
-    assert_eq!(file.model.as_deref(), model.to_str(), "the served model name");
+    assert_eq!(
+        file.model.as_deref(),
+        model.to_str(),
+        "the served model name"
+    );
     println!("{stdout}");
     let slo = SloConfig::from_secs(0.03, 0.3, Some(&file)).unwrap();
     assert!(slo.prefill_deadline(1024) > slo.prefill_deadline(64));
