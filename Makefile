@@ -20,10 +20,16 @@ model: build
 serve: model
 	$(METRUM) serve $(ARGS)
 
-test: model test-cpu test-cuda
+test: model test-cpu test-api test-cuda
 
 test-cpu:
 	$(CARGO) test --release --workspace
+
+# API conformance: schemathesis (pinned, in a venv under target/) fuzzes a live `metrum serve`
+# against its own /openapi.json: no 5xx, every status, type and body as documented. ~1 minute.
+.PHONY: test-api
+test-api: build
+	bash scripts/schemathesis.sh
 
 cuda-toolchain:
 	bash scripts/install-cuda-toolchain.sh $(CUDA_DIR)

@@ -10,9 +10,17 @@
 //!     detokenize + stop strings -> stream deltas; events -> metrics; finished -> final event
 //! }
 //! ```
+//!
+//! Failure is fatal, on purpose. A panic anywhere in the loop or a failed forward pass leaves
+//! state nobody can vouch for (a half-applied scheduler update, KV blocks the failed step may
+//! have half written, a sticky CUDA error), so the engine does not try to go on: it marks
+//! itself [`EngineStatus::Failed`] (so `/health` answers 503), sends every in-flight request an
+//! [`StreamEvent::Error`], and from then on refuses new requests with
+//! [`SubmitError::EngineDead`] until it is told to shut down. The server sees the failure
+//! through [`crate::EngineHandle::failed`] and exits non-zero for its supervisor to restart it.
 
 use crate::detokenize::{StopOutcome, TextStream};
-use crate::executor::Executor;
+use crate::executor::{Executor, LogitsRows};
 use crate::handle::{EngineRequest, EngineStatus, Shared, StreamEvent, SubmitError, TokenLogprob};
 use crate::model::SequenceChunk;
 use crate::sampling::{SampledToken, SequenceSampler};
@@ -22,6 +30,7 @@ use metrum_core::{EventKind, FinishReason, Nanos, RequestId};
 use metrum_metrics::RequestShape;
 use metrum_scheduler::{NewRequest, Scheduler};
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tokio::sync::{mpsc, oneshot};
@@ -32,7 +41,8 @@ pub use crate::loader::spawn;
 pub(crate) enum Command {
     Add {
         id: RequestId,
-        request: EngineRequest,
+        /// Boxed: the prompt and sampling parameters dwarf every other command.
+        request: Box<EngineRequest>,
         events: mpsc::UnboundedSender<StreamEvent>,
         admitted: oneshot::Sender<Result<(), SubmitError>>,
     },
@@ -41,6 +51,9 @@ pub(crate) enum Command {
     },
     Drain,
     Shutdown,
+    /// Test builds only: make the next forward pass fail this way.
+    #[cfg(feature = "fault-injection")]
+    InjectFault(crate::executor::Fault),
 }
 
 /// What the engine thread keeps per in-flight request, beside the scheduler's own state.
@@ -68,6 +81,9 @@ pub(crate) struct Engine {
     draining: bool,
     /// Prefix-cache (queries, hits) already reported to metrics.
     prefix_seen: (u64, u64),
+    /// A fault the next forward pass will suffer (test builds only).
+    #[cfg(feature = "fault-injection")]
+    armed_fault: Option<crate::executor::Fault>,
 }
 
 impl Engine {
@@ -90,21 +106,40 @@ impl Engine {
             live: HashMap::new(),
             draining: false,
             prefix_seen: (0, 0),
+            #[cfg(feature = "fault-injection")]
+            armed_fault: None,
         }
     }
 
-    /// Runs until `Shutdown`, or until every handle is gone and nothing is in flight.
+    /// Runs until `Shutdown`, or until every handle is gone and nothing is in flight. After a
+    /// failure (see the module docs) it fails every request, then refuses new ones until then.
     pub fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        let served = std::panic::catch_unwind(AssertUnwindSafe(|| self.serve(&mut commands)));
+        let cause = match served {
+            Ok(Ok(())) => {
+                self.abort_all(FinishReason::Abort, "engine shut down");
+                return;
+            }
+            Ok(Err(cause)) => cause,
+            Err(panic) => format!("the engine panicked: {}", panic_message(&*panic)),
+        };
+        tracing::error!(%cause, "engine failed: failing every in-flight request and refusing new ones");
+        self.fail_all(&cause);
+        refuse_until_shutdown(&mut commands, &cause);
+    }
+
+    /// The loop proper. `Err` is a fatal failure (a forward pass that failed).
+    fn serve(&mut self, commands: &mut mpsc::UnboundedReceiver<Command>) -> Result<(), String> {
         loop {
             if self.live.is_empty() && !self.scheduler.has_unfinished() {
                 self.publish_stats();
                 match commands.blocking_recv() {
                     Some(cmd) => {
                         if !self.handle(cmd) {
-                            break;
+                            return Ok(());
                         }
                     }
-                    None => break,
+                    None => return Ok(()),
                 }
             }
             let mut keep_going = true;
@@ -112,13 +147,39 @@ impl Engine {
                 keep_going &= self.handle(cmd);
             }
             if !keep_going {
-                break;
+                return Ok(());
             }
             if self.scheduler.has_unfinished() {
-                self.step();
+                self.step()?;
             }
         }
-        self.abort_all(FinishReason::Abort, "engine shut down");
+    }
+
+    /// After a failure: `/health` turns 503 first, then every request still in flight gets its
+    /// error event. Counting them as `finish_reason="error"` goes through the scheduler, which a
+    /// panic may have left inconsistent, so that part is best effort.
+    fn fail_all(&mut self, cause: &str) {
+        if let Ok(mut s) = self.shared.status.write() {
+            *s = EngineStatus::Failed(cause.to_string());
+        }
+        let ids: Vec<RequestId> = self.live.keys().copied().collect();
+        for live in self.live.values() {
+            let _ = live.events.send(StreamEvent::Error {
+                message: cause.to_string(),
+            });
+        }
+        let accounted = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let now = self.clock.now();
+            for &id in &ids {
+                self.scheduler.finish(id, FinishReason::Error, now);
+            }
+            self.flush_events();
+            self.publish_stats();
+        }));
+        if accounted.is_err() {
+            tracing::warn!("could not count the failed requests in the metrics");
+        }
+        self.live.clear();
     }
 
     /// Returns false when the engine should stop.
@@ -145,6 +206,8 @@ impl Engine {
                 }
             }
             Command::Shutdown => return false,
+            #[cfg(feature = "fault-injection")]
+            Command::InjectFault(fault) => self.armed_fault = Some(fault),
         }
         true
     }
@@ -152,7 +215,7 @@ impl Engine {
     fn admit(
         &mut self,
         id: RequestId,
-        request: EngineRequest,
+        request: Box<EngineRequest>,
         events: mpsc::UnboundedSender<StreamEvent>,
     ) -> Result<(), SubmitError> {
         if self.draining {
@@ -208,7 +271,8 @@ impl Engine {
         Ok(())
     }
 
-    fn step(&mut self) {
+    /// One scheduling step. `Err` only for a failed forward pass, which is fatal.
+    fn step(&mut self) -> Result<(), String> {
         let started = self.clock.now();
         let plan = self.scheduler.schedule(started);
         self.flush_events();
@@ -216,7 +280,7 @@ impl Engine {
             // Nothing runnable (e.g. every waiting request needs blocks that running ones hold
             // and none can be preempted yet): yield instead of spinning hot.
             std::thread::sleep(std::time::Duration::from_millis(1));
-            return;
+            return Ok(());
         }
         let tables: Vec<Vec<u32>> = plan
             .scheduled
@@ -235,17 +299,9 @@ impl Engine {
             })
             .collect();
         let batch_tokens: usize = chunks.iter().map(|c| c.tokens.len()).sum();
-        let mut logits = match self.executor.execute(&chunks) {
-            Ok(l) => l,
-            Err(message) => {
-                tracing::error!(%message, "forward pass failed; failing the step's requests");
-                let ids: Vec<RequestId> = plan.scheduled.iter().map(|s| s.id).collect();
-                for id in ids {
-                    self.fail(id, &message);
-                }
-                return;
-            }
-        };
+        let mut logits = self
+            .forward(&chunks)
+            .map_err(|message| format!("forward pass failed: {message}"))?;
         let samplers: Vec<RequestId> = plan
             .scheduled
             .iter()
@@ -271,6 +327,16 @@ impl Engine {
         let metrics = &self.shared.metrics;
         metrics.observe_iteration(now.saturating_sub(started), batch_tokens as u32);
         self.publish_stats();
+        Ok(())
+    }
+
+    /// The executor's forward pass, or the fault a test armed for it.
+    fn forward(&mut self, chunks: &[SequenceChunk<'_>]) -> Result<LogitsRows, String> {
+        #[cfg(feature = "fault-injection")]
+        if let Some(fault) = self.armed_fault.take() {
+            return crate::executor::suffer(fault);
+        }
+        self.executor.execute(chunks)
     }
 
     /// Streams one sampled token's text; a stop string finishes the request here.
@@ -317,17 +383,6 @@ impl Engine {
         }
     }
 
-    fn fail(&mut self, id: RequestId, message: &str) {
-        if let Some(live) = self.live.get(&id) {
-            let _ = live.events.send(StreamEvent::Error {
-                message: message.to_string(),
-            });
-        }
-        let now = self.clock.now();
-        self.scheduler.finish(id, FinishReason::Error, now);
-        self.flush_events();
-    }
-
     fn abort_all(&mut self, reason: FinishReason, message: &str) {
         let ids: Vec<RequestId> = self.live.keys().copied().collect();
         let now = self.clock.now();
@@ -360,39 +415,39 @@ impl Engine {
                     None
                 }
             };
-            if let EventKind::Finished(reason) = ev.kind {
-                if let Some(mut live) = self.live.remove(&ev.request) {
-                    if let Ok(outcome) = live.text.finish(&self.codec.tokenizer) {
-                        let tail = match outcome {
-                            StopOutcome::Continue(t) | StopOutcome::Stop { text: t, .. } => t,
-                        };
-                        if !tail.is_empty() && !live.stopped {
-                            let _ = live.events.send(StreamEvent::Delta {
-                                tokens: Vec::new(),
-                                text: tail,
-                                logprobs: Vec::new(),
-                            });
-                        }
+            if let EventKind::Finished(reason) = ev.kind
+                && let Some(mut live) = self.live.remove(&ev.request)
+            {
+                if let Ok(outcome) = live.text.finish(&self.codec.tokenizer) {
+                    let tail = match outcome {
+                        StopOutcome::Continue(t) | StopOutcome::Stop { text: t, .. } => t,
+                    };
+                    if !tail.is_empty() && !live.stopped {
+                        let _ = live.events.send(StreamEvent::Delta {
+                            tokens: Vec::new(),
+                            text: tail,
+                            logprobs: Vec::new(),
+                        });
                     }
-                    if let Some(timing) = report {
-                        tracing::info!(
-                            request = %ev.request,
-                            reason = %reason,
-                            prompt_tokens = live.shape.prompt_tokens,
-                            completion_tokens = live.completion_tokens,
-                            ttft_ms = timing.ttft_ms,
-                            e2e_ms = timing.e2e_ms,
-                            fluidity = timing.fluidity_index,
-                            "request finished"
-                        );
-                        if reason != FinishReason::Error {
-                            let _ = live.events.send(StreamEvent::Finished {
-                                reason,
-                                prompt_tokens: live.shape.prompt_tokens as usize,
-                                completion_tokens: live.completion_tokens,
-                                timing: Box::new(timing),
-                            });
-                        }
+                }
+                if let Some(timing) = report {
+                    tracing::info!(
+                        request = %ev.request,
+                        reason = %reason,
+                        prompt_tokens = live.shape.prompt_tokens,
+                        completion_tokens = live.completion_tokens,
+                        ttft_ms = timing.ttft_ms,
+                        e2e_ms = timing.e2e_ms,
+                        fluidity = timing.fluidity_index,
+                        "request finished"
+                    );
+                    if reason != FinishReason::Error {
+                        let _ = live.events.send(StreamEvent::Finished {
+                            reason,
+                            prompt_tokens: live.shape.prompt_tokens as usize,
+                            completion_tokens: live.completion_tokens,
+                            timing: Box::new(timing),
+                        });
                     }
                 }
             }
@@ -416,4 +471,27 @@ impl Engine {
         m.observe_prefix_cache(q - self.prefix_seen.0, h - self.prefix_seen.1);
         self.prefix_seen = (q, h);
     }
+}
+
+/// Answers every later submission with the failure until told to shut down (or every handle
+/// is gone), so no client waits on an engine that will never run its request.
+fn refuse_until_shutdown(commands: &mut mpsc::UnboundedReceiver<Command>, cause: &str) {
+    while let Some(cmd) = commands.blocking_recv() {
+        match cmd {
+            Command::Add { admitted, .. } => {
+                let _ = admitted.send(Err(SubmitError::EngineDead(cause.to_string())));
+            }
+            Command::Shutdown => return,
+            _ => {}
+        }
+    }
+}
+
+/// The text of a caught panic (`panic!` payloads are a `&str` or a `String`).
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }

@@ -80,3 +80,25 @@ impl Executor for FakeExecutor {
         Ok(out)
     }
 }
+
+/// Faults a test can make the next forward pass suffer, to prove that a failing engine fails
+/// its requests, turns `/health` 503 and stops the server. Compiled only with the cargo feature
+/// `fault-injection`, which only the server's dev-dependencies enable: a release build has no
+/// way to trigger one (no flag, no environment variable, no endpoint).
+#[cfg(feature = "fault-injection")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The forward pass panics (a bug: an index out of bounds, a failed assertion).
+    Panic,
+    /// The forward pass returns an error (a device error, e.g. a failed CUDA launch).
+    ForwardError,
+}
+
+/// What the forward pass does instead of running when `fault` is armed.
+#[cfg(feature = "fault-injection")]
+pub(crate) fn suffer(fault: Fault) -> Result<LogitsRows, String> {
+    match fault {
+        Fault::Panic => panic!("injected fault: the forward pass panicked"),
+        Fault::ForwardError => Err("injected fault: the forward pass failed".into()),
+    }
+}

@@ -4,7 +4,9 @@
 //! * [`EngineHandle::submit`] admits a request (or says why not) and returns a [`RequestStream`].
 //! * Dropping a [`RequestStream`] before it finished aborts the request in the engine at once,
 //!   so a client disconnect frees its KV blocks without any extra code in the server.
-//! * [`EngineHandle::status`] says whether the model is still loading, ready, or failed.
+//! * [`EngineHandle::status`] says whether the model is still loading, ready, or failed;
+//!   [`EngineHandle::failed`] resolves when a loaded engine fails (a panic or a failed forward
+//!   pass), which the server takes as its cue to exit non-zero.
 
 use crate::engine_loop::Command;
 use metrum_core::{FinishReason, RequestId, SamplingParams};
@@ -152,7 +154,7 @@ impl EngineHandle {
         self.commands
             .send(Command::Add {
                 id,
-                request,
+                request: Box::new(request),
                 events: events_tx,
                 admitted: admit_tx,
             })
@@ -165,7 +167,11 @@ impl EngineHandle {
                 done: false,
             }),
             Ok(Err(e)) => Err(e),
-            Err(_) => Err(SubmitError::EngineDead(self.status_message())),
+            // The engine dropped the request unanswered: it failed while admitting it.
+            Err(_) => Err(SubmitError::EngineDead(match self.status() {
+                EngineStatus::Failed(cause) => cause,
+                _ => "the engine failed while admitting the request".into(),
+            })),
         }
     }
 
@@ -205,6 +211,37 @@ impl EngineHandle {
 
     pub fn stats(&self) -> StatsSnapshot {
         self.shared.stats.snapshot()
+    }
+
+    /// Resolves, with the cause, once the engine has stopped serving for good after it loaded:
+    /// a panic or a failed forward pass (status [`EngineStatus::Failed`]), or its thread gone
+    /// without being asked to stop. A model that fails to *load* does not count: that server
+    /// stays up answering 503 (see the loader). Checks every 20 ms; cheap (one read lock).
+    pub async fn failed(&self) -> String {
+        const POLL: std::time::Duration = std::time::Duration::from_millis(20);
+        loop {
+            let status = self.status();
+            match status {
+                EngineStatus::Failed(cause) if self.model_info().is_some() => return cause,
+                _ => {}
+            }
+            tokio::select! {
+                () = self.commands.closed() => {
+                    return match self.status() {
+                        EngineStatus::Failed(cause) => cause,
+                        other => format!("the engine thread ended unexpectedly (status {other:?})"),
+                    };
+                }
+                () = tokio::time::sleep(POLL) => {}
+            }
+        }
+    }
+
+    /// Test builds only (cargo feature `fault-injection`): the next forward pass suffers
+    /// `fault` instead of running.
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_fault(&self, fault: crate::executor::Fault) {
+        let _ = self.commands.send(Command::InjectFault(fault));
     }
 
     /// `None` until the model has loaded.

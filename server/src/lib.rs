@@ -9,6 +9,7 @@
 //! | [`cli`] | clap subcommands, one file each (`serve`, `generate`), `--config` files, unit parsers |
 //! | [`api`] | the axum router and one file per endpoint family; wire types in `api::types` |
 //! | [`validation`] | wire fields -> `SamplingParams`, every range check, context-length checks |
+//! | [`limits`] | abuse limits checked before tokenization (prompt bytes, output tokens, stops) |
 //! | [`error`] | [`ApiError`](error::ApiError): the one error enum, mapped to HTTP in one place |
 //! | [`sse`] | server-sent-event framing (`data: ...`, `[DONE]`, in-stream errors) |
 //! | [`auth`] | `--api-key` bearer check (constant time) for `/v1` routes |
@@ -21,6 +22,7 @@ pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod error;
+pub mod limits;
 pub mod shutdown;
 pub mod sse;
 pub mod validation;
@@ -30,8 +32,9 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use metrum_engine::handle::EngineHandle;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 /// HTTP-side settings (the engine's live in `EngineConfig`).
 #[derive(Clone, Debug)]
@@ -50,6 +53,9 @@ pub struct ServerOptions {
     pub max_in_flight: usize,
     /// The engine configuration as given, echoed by `/version`.
     pub engine_config: serde_json::Value,
+    /// Prompt-size and output-size limits per request (`--max-prompt-bytes`,
+    /// `--max-output-tokens-per-request`).
+    pub limits: limits::RequestLimits,
 }
 
 impl Default for ServerOptions {
@@ -61,13 +67,19 @@ impl Default for ServerOptions {
             shutdown_grace: Duration::from_secs(30),
             max_in_flight: 1024 + 64,
             engine_config: serde_json::Value::Null,
+            limits: limits::RequestLimits::default(),
         }
     }
 }
 
 /// Serves HTTP on `listener` until `shutdown` resolves, then drains: stops accepting, tells
 /// the engine to admit nothing new, waits up to `shutdown_grace` for open requests, and stops
-/// the engine.
+/// the engine. Returns `Ok` after a drain.
+///
+/// If the engine fails instead (a panic or a failed forward pass; every in-flight request has
+/// already been sent its error by then), the server keeps answering while the connections that
+/// were open finish, up to `shutdown_grace` (`/health` says 503, new generations fail), then
+/// stops the engine and returns `Err`, so `metrum serve` exits non-zero for its supervisor.
 pub async fn run(
     listener: TcpListener,
     engine: EngineHandle,
@@ -80,18 +92,10 @@ pub async fn run(
         .header_read_timeout(options.header_timeout);
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
-    loop {
+    let failure = loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(pair) => pair,
-                    Err(err) => {
-                        // Usually out of file descriptors: back off instead of spinning.
-                        tracing::warn!(%err, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
+            accepted = accept(&listener) => {
+                let Some((stream, peer)) = accepted else { continue };
                 let service = TowerToHyperService::new(app.clone());
                 let connection = http.serve_connection(TokioIo::new(stream), service);
                 let connection = graceful.watch(connection);
@@ -101,8 +105,15 @@ pub async fn run(
                     }
                 });
             }
-            () = &mut shutdown => break,
+            () = &mut shutdown => break None,
+            cause = engine.failed() => break Some(cause),
         }
+    };
+    if let Some(cause) = failure {
+        return fail(
+            listener, app, http, graceful, engine, &options, shutdown, cause,
+        )
+        .await;
     }
     drop(listener);
     tracing::info!("shutting down: no new connections, draining in-flight requests");
@@ -116,4 +127,62 @@ pub async fn run(
     }
     engine.shutdown();
     Ok(())
+}
+
+/// Accepts one connection with `TCP_NODELAY` set: SSE frames are small and latency is the
+/// product, so Nagle's algorithm must not hold a token back waiting for an ACK. `None` when
+/// accepting failed (logged, after a short back-off).
+pub async fn accept(listener: &TcpListener) -> Option<(TcpStream, SocketAddr)> {
+    match listener.accept().await {
+        Ok((stream, peer)) => {
+            if let Err(err) = stream.set_nodelay(true) {
+                tracing::debug!(%peer, %err, "cannot set TCP_NODELAY");
+            }
+            Some((stream, peer))
+        }
+        Err(err) => {
+            // Usually out of file descriptors: back off instead of spinning.
+            tracing::warn!(%err, "accept failed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            None
+        }
+    }
+}
+
+/// The engine failed: let the connections that were open finish (their requests all got
+/// their errors already), answering new ones meanwhile without keep-alive, then stop.
+#[allow(clippy::too_many_arguments)]
+async fn fail(
+    listener: TcpListener,
+    app: axum::Router,
+    mut http: hyper::server::conn::http1::Builder,
+    graceful: GracefulShutdown,
+    engine: EngineHandle,
+    options: &ServerOptions,
+    shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+    cause: String,
+) -> std::io::Result<()> {
+    tracing::error!(%cause, "the engine failed; finishing open connections, then exiting non-zero");
+    http.keep_alive(false);
+    let answer_newcomers = async {
+        loop {
+            let Some((stream, _)) = accept(&listener).await else {
+                continue;
+            };
+            let service = TowerToHyperService::new(app.clone());
+            let connection = http.serve_connection(TokioIo::new(stream), service);
+            tokio::spawn(connection);
+        }
+    };
+    tokio::select! {
+        finished = tokio::time::timeout(options.shutdown_grace, graceful.shutdown()) => {
+            if finished.is_err() {
+                tracing::warn!("grace period over; closing the connections still open");
+            }
+        }
+        () = answer_newcomers => {}
+        () = shutdown => {}
+    }
+    engine.shutdown();
+    Err(std::io::Error::other(format!("the engine failed: {cause}")))
 }

@@ -98,15 +98,20 @@ pub fn plan(
     if stop.iter().any(String::is_empty) {
         return Err(ApiError::param("stop", "stop strings must not be empty"));
     }
+    crate::limits::check_stops(&stop, &stop_token_ids)?;
+    // Every prompt has at least one token, so this can never fit; say so before tokenizing.
+    if let Some(m) = requested_max_tokens.filter(|&m| m >= limits.max_model_len as u64) {
+        return Err(context_error(limits.max_model_len, 1, Some(m as usize)));
+    }
     let min_tokens = fields.min_tokens.unwrap_or(0);
     let params = SamplingParams {
         temperature: fields.temperature.unwrap_or(defaults.temperature),
         top_k,
-        top_p: fields.top_p.unwrap_or(defaults.top_p),
+        top_p: fields.top_p.map_or(defaults.top_p, narrow_positive),
         min_p: fields.min_p.unwrap_or(defaults.min_p),
         repetition_penalty: fields
             .repetition_penalty
-            .unwrap_or(defaults.repetition_penalty),
+            .map_or(defaults.repetition_penalty, narrow_positive),
         presence_penalty: fields.presence_penalty.unwrap_or(defaults.presence_penalty),
         frequency_penalty: fields
             .frequency_penalty
@@ -143,6 +148,18 @@ pub fn plan(
             .unwrap_or(false),
         user: fields.user.clone(),
     })
+}
+
+/// f64 -> f32 for a field that must be positive: a positive value too small for f32 becomes the
+/// smallest positive f32 instead of an invalid 0, one too large saturates, and zero or a
+/// negative value stays what it is (and fails validation).
+fn narrow_positive(value: f64) -> f32 {
+    let narrowed = value.clamp(-f64::from(f32::MAX), f64::from(f32::MAX)) as f32;
+    if value > 0.0 && narrowed == 0.0 {
+        f32::MIN_POSITIVE
+    } else {
+        narrowed
+    }
 }
 
 fn parse_logit_bias(
@@ -294,11 +311,41 @@ mod tests {
             (r#"{"stop_token_ids": [100]}"#, "stop_token_ids"),
             (r#"{"stop": ""}"#, "stop"),
             (r#"{"max_tokens": 2, "min_tokens": 3}"#, "min_tokens"),
+            (r#"{"max_tokens": 64}"#, "max_tokens"),
         ];
         for (json, param) in cases {
             assert_eq!(param_of(plan(&fields(json), None, LIMITS)), param, "{json}");
         }
         assert_eq!(param_of(plan(&fields("{}"), Some(21), LIMITS)), "logprobs");
+    }
+
+    #[test]
+    fn tiny_and_huge_positive_values_stay_valid() {
+        let p = plan(
+            &fields(r#"{"top_p": 1e-300, "repetition_penalty": 1e300}"#),
+            None,
+            LIMITS,
+        )
+        .unwrap();
+        assert_eq!(p.params.top_p, f32::MIN_POSITIVE);
+        assert_eq!(p.params.repetition_penalty, f32::MAX);
+        assert_eq!(
+            param_of(plan(&fields(r#"{"top_p": 0}"#), None, LIMITS)),
+            "top_p"
+        );
+    }
+
+    #[test]
+    fn stop_lists_are_bounded_in_the_plan() {
+        let ids = serde_json::json!({ "stop_token_ids": vec![1; 257] }).to_string();
+        assert_eq!(
+            param_of(plan(&fields(&ids), None, LIMITS)),
+            "stop_token_ids"
+        );
+        let stops = serde_json::json!({ "stop": vec!["s"; 17] }).to_string();
+        assert_eq!(param_of(plan(&fields(&stops), None, LIMITS)), "stop");
+        let long = serde_json::json!({ "stop": "x".repeat(257) }).to_string();
+        assert_eq!(param_of(plan(&fields(&long), None, LIMITS)), "stop");
     }
 
     #[test]

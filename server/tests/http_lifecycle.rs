@@ -1,5 +1,5 @@
-//! Connection and load behaviour: client disconnects, backpressure (429), the API key, the
-//! header timeout and health while draining.
+//! Connection and load behaviour: client disconnects (streaming and not), backpressure (429),
+//! the API key, the header timeout, TCP_NODELAY and health while draining.
 
 mod common;
 
@@ -57,6 +57,63 @@ async fn a_client_that_drops_a_stream_frees_its_blocks() {
         "the abort is counted as finish_reason=abort:\n{metrics}"
     );
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_drops_a_non_streaming_request_aborts_it_at_once() {
+    use tokio::io::AsyncWriteExt;
+    let server = TestServer::start(tiny_model()).await;
+    let body = completion_body("a long story", long_len(&server)).to_string();
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n",
+        body.len()
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(body.as_bytes()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.engine.stats().running == 0 {
+        assert!(Instant::now() < deadline, "the request never started");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    drop(tcp);
+    let started = Instant::now();
+    assert!(
+        server.wait_idle().await,
+        "blocks freed after the disconnect: {:?}",
+        server.engine.stats()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "aborted promptly, not run to the end: {:?}",
+        started.elapsed()
+    );
+    let (_, metrics) = server.get_text("/metrics").await;
+    let count = |reason: &str| {
+        let series = format!("metrum_requests_total{{finish_reason=\"{reason}\"}}");
+        metric_value(&metrics, &series)
+    };
+    assert_eq!(count("abort"), Some(1.0), "{metrics}");
+    assert_eq!(count("length"), Some(0.0), "it did not run to max_tokens");
+    assert_eq!(
+        metric_value(&metrics, "metrum_kv_cache_usage_ratio"),
+        Some(0.0),
+        "{metrics}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepted_connections_have_tcp_nodelay() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let client = tokio::spawn(async move { tokio::net::TcpStream::connect(addr).await });
+    let (stream, _) = metrum_server::accept(&listener)
+        .await
+        .expect("a connection");
+    assert!(stream.nodelay().unwrap(), "Nagle must not delay SSE frames");
+    client.await.unwrap().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@ use super::types::{
     ChatResponse, MessageContent, Usage, unix_now,
 };
 use super::{AppState, RequestContext, logprobs};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::sse;
 use crate::validation::{self, ModelLimits};
 use axum::Extension;
@@ -26,6 +26,25 @@ use std::time::Instant;
 /// Roles a chat template may see. `developer` is OpenAI's newer name for `system`.
 const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
 
+#[utoipa::path(
+    post,
+    path = "/v1/chat/completions",
+    tag = "generation",
+    request_body = super::openapi::ChatBody,
+    responses(
+        (status = 200, description = "The reply (`stream: false`), or with `stream: true` a `text/event-stream` of `data: <ChatChunk>` events ending in `data: [DONE]`. In a stream, an error after the headers were sent is one `data: {\"error\": ...}` event followed by `data: [DONE]`",
+            content((ChatResponse = "application/json"), (super::openapi::SseEvent = "text/event-stream"))),
+        (status = 400, description = "Malformed JSON, a wrong type, a value out of range, a limit exceeded (prompt bytes, output tokens, stop strings), prompt + max_tokens over the context, a bad chat role, a `chat_template` field", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key (only with --api-key)", body = ErrorBody),
+        (status = 404, description = "`model` names a model this server does not serve", body = ErrorBody),
+        (status = 413, description = "Body over --max-request-body-size", body = ErrorBody),
+        (status = 429, description = "Overloaded: too many requests queued; retry after the given seconds", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        (status = 500, description = "The engine failed while running the request (logged with the request id)", body = ErrorBody),
+        (status = 503, description = "The model is still loading, or the server is shutting down", body = ErrorBody),
+    ),
+    security((), ("api_key" = [])),
+)]
 pub async fn create(
     State(state): State<AppState>,
     Extension(ctx): Extension<RequestContext>,
@@ -38,9 +57,16 @@ pub async fn create(
         max_model_len: info.max_model_len,
     };
     let model = info.served_model_name.clone();
+    crate::limits::refuse_chat_template(request.chat_template.is_some())?;
     let turns = validate_messages(&request.messages)?;
+    state
+        .limits
+        .check_prompt_bytes("messages", conversation_bytes(&turns))?;
     let top_logprobs = logprob_count(request.logprobs, request.top_logprobs)?;
     let plan = validation::plan(&sampling, top_logprobs, limits)?;
+    state
+        .limits
+        .check_output_tokens(1, plan.n, plan.requested_max_tokens, limits.max_model_len)?;
     let permit = generate::admit(&state, plan.n)?;
     let codec = text::codec(&state)?;
     let add_generation_prompt = request.add_generation_prompt.unwrap_or(true);
@@ -132,6 +158,11 @@ pub fn validate_messages(messages: &[ChatMessage]) -> Result<Vec<Turn>, ApiError
             })
         })
         .collect()
+}
+
+/// The text a conversation hands the template and the tokenizer, in bytes.
+pub fn conversation_bytes(turns: &[Turn]) -> usize {
+    turns.iter().map(|t| t.role.len() + t.content.len()).sum()
 }
 
 /// OpenAI's chat rules: `top_logprobs` needs `logprobs: true` and is at most 20.

@@ -3,10 +3,11 @@
 use super::extract::SampledJson;
 use super::generate::{self, ChunkWriter};
 use super::types::{
-    CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, Usage, unix_now,
+    CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, Prompt, Usage,
+    unix_now,
 };
 use super::{AppState, RequestContext, logprobs, text};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::sse;
 use crate::validation::{self, ModelLimits};
 use axum::Extension;
@@ -19,6 +20,25 @@ use metrum_engine::handle::TokenLogprob;
 use std::sync::Arc;
 use std::time::Instant;
 
+#[utoipa::path(
+    post,
+    path = "/v1/completions",
+    tag = "generation",
+    request_body = super::openapi::CompletionBody,
+    responses(
+        (status = 200, description = "The completion (`stream: false`), or with `stream: true` a `text/event-stream` of `data: <CompletionResponse chunk>` events ending in `data: [DONE]`. In a stream, an error after the headers were sent is one `data: {\"error\": ...}` event followed by `data: [DONE]`",
+            content((CompletionResponse = "application/json"), (super::openapi::SseEvent = "text/event-stream"))),
+        (status = 400, description = "Malformed JSON, a wrong type, a value out of range, a limit exceeded (prompt bytes, output tokens, stop strings), prompt + max_tokens over the context, a bad chat role, a `chat_template` field", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key (only with --api-key)", body = ErrorBody),
+        (status = 404, description = "`model` names a model this server does not serve", body = ErrorBody),
+        (status = 413, description = "Body over --max-request-body-size", body = ErrorBody),
+        (status = 429, description = "Overloaded: too many requests queued; retry after the given seconds", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        (status = 500, description = "The engine failed while running the request (logged with the request id)", body = ErrorBody),
+        (status = 503, description = "The model is still loading, or the server is shutting down", body = ErrorBody),
+    ),
+    security((), ("api_key" = [])),
+)]
 pub async fn create(
     State(state): State<AppState>,
     Extension(ctx): Extension<RequestContext>,
@@ -36,6 +56,20 @@ pub async fn create(
     if prompts.is_empty() {
         return Err(ApiError::param("prompt", "at least one prompt is required"));
     }
+    let text_bytes = prompts
+        .iter()
+        .map(|p| match p {
+            Prompt::Text(text) => text.len(),
+            Prompt::Tokens(_) => 0,
+        })
+        .sum();
+    state.limits.check_prompt_bytes("prompt", text_bytes)?;
+    state.limits.check_output_tokens(
+        prompts.len(),
+        plan.n,
+        plan.requested_max_tokens,
+        limits.max_model_len,
+    )?;
     let permit = generate::admit(&state, prompts.len() * plan.n)?;
     let codec = text::codec(&state)?;
     let tokenized = text::encode_prompts(codec.clone(), prompts, limits).await?;

@@ -28,7 +28,9 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let bytes = read_body(req, state).await?;
-        parse_json(&bytes).map(ApiJson)
+        let mut value: serde_json::Value = parse_json(&bytes)?;
+        integral_floats_as_integers(&mut value);
+        parse_value(&value).map(ApiJson)
     }
 }
 
@@ -46,7 +48,8 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let bytes = read_body(req, state).await?;
-        let value: serde_json::Value = parse_json(&bytes)?;
+        let mut value: serde_json::Value = parse_json(&bytes)?;
+        integral_floats_as_integers(&mut value);
         if !value.is_object() {
             return Err(ApiError::bad_request(
                 "the request body must be a JSON object",
@@ -81,11 +84,39 @@ async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, Api
 }
 
 /// Deserializes `T` from an already-parsed JSON value, naming the offending field on error.
+/// (The extractors run [`integral_floats_as_integers`] on the value first.)
 pub fn parse_value<T: DeserializeOwned>(value: &serde_json::Value) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(value).map_err(|err| {
         let path = err.path().to_string();
         type_error(path, err.into_inner())
     })
+}
+
+/// Rewrites every float with no fractional part that fits an `i64` or `u64` (`287.0`, `1e3`) as
+/// that integer, in place. JSON Schema counts `287.0` as an integer and Python clients send
+/// floats where ints are meant (vLLM's pydantic accepts them), but serde refuses a float for
+/// an integer field. Integers still read fine into float fields, so nothing else changes.
+pub fn integral_floats_as_integers(value: &mut serde_json::Value) {
+    use serde_json::{Number, Value};
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            let Some(f) = n.as_f64() else { return };
+            // Exact bounds: 2^63 and 2^64 are floats; anything below converts without loss.
+            const I64_END: f64 = 9_223_372_036_854_775_808.0;
+            const U64_END: f64 = 18_446_744_073_709_551_616.0;
+            if f.fract() != 0.0 || !f.is_finite() {
+                return;
+            }
+            if (-I64_END..I64_END).contains(&f) {
+                *n = Number::from(f as i64);
+            } else if (0.0..U64_END).contains(&f) {
+                *n = Number::from(f as u64);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_floats_as_integers),
+        Value::Object(map) => map.values_mut().for_each(integral_floats_as_integers),
+        _ => {}
+    }
 }
 
 fn type_error(path: String, inner: serde_json::Error) -> ApiError {
@@ -171,6 +202,30 @@ mod tests {
         let value = serde_json::json!({"temperature": "hot"});
         let err = parse_value::<Probe>(&value).unwrap_err();
         assert_eq!(param_of(err).as_deref(), Some("temperature"));
+    }
+
+    #[test]
+    fn integral_floats_read_as_integers_and_fractions_still_fail() {
+        #[derive(serde::Deserialize, Debug)]
+        struct Ints {
+            n: u32,
+            p: i32,
+            ids: Vec<u32>,
+            t: f32,
+        }
+        let read = |mut value: serde_json::Value| {
+            integral_floats_as_integers(&mut value);
+            parse_value::<Ints>(&value)
+        };
+        let ints =
+            read(serde_json::json!({"n": 287.0, "p": -3.0, "ids": [66.0, 1e3], "t": 1.0})).unwrap();
+        assert_eq!(
+            (ints.n, ints.p, ints.ids, ints.t),
+            (287, -3, vec![66, 1000], 1.0)
+        );
+        let err = read(serde_json::json!({"n": 1.5, "p": 0, "ids": [], "t": 0}));
+        assert_eq!(param_of(err.unwrap_err()).as_deref(), Some("n"));
+        assert!(read(serde_json::json!({"n": 1e30, "p": 0, "ids": [], "t": 0})).is_err());
     }
 
     #[test]

@@ -1,12 +1,21 @@
 //! `GET /metrics`: the engine's Prometheus registry in the text exposition format.
 
 use super::{AppState, RequestContext};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Every `metrum_*` metric in the Prometheus text format", body = String, content_type = "text/plain"),
+        (status = 500, description = "The registry could not be rendered", body = ErrorBody),
+    ),
+)]
 pub async fn render(
     State(state): State<AppState>,
     Extension(ctx): Extension<RequestContext>,

@@ -9,10 +9,12 @@
 //! | `GET /health` | [`health`] |
 //! | `GET /metrics` | [`metrics`] |
 //! | `GET /version` | [`version`] |
+//! | `GET /openapi.json` | [`openapi`] (the document of all of the above) |
 //!
 //! Shared machinery: [`extract`] (JSON bodies with OpenAI errors), [`text`] (tokenizer work on
 //! blocking threads), [`generate`] (submit, collect, stream; shared by both generation routes),
-//! [`logprobs`] (engine logprobs -> both wire shapes), [`types`] (wire types).
+//! [`logprobs`] (engine logprobs -> both wire shapes), [`types`] (wire types), [`schemas`]
+//! (hand-written OpenAPI schemas for the loosely typed fields).
 
 pub mod chat;
 pub mod completions;
@@ -22,6 +24,8 @@ pub mod health;
 pub mod logprobs;
 pub mod metrics;
 pub mod models;
+pub mod openapi;
+pub mod schemas;
 pub mod text;
 pub mod tokenize;
 pub mod types;
@@ -49,6 +53,10 @@ pub struct AppState {
     pub admission: Arc<Semaphore>,
     pub max_in_flight: usize,
     pub engine_config: Arc<serde_json::Value>,
+    /// Abuse limits checked before tokenization.
+    pub limits: crate::limits::RequestLimits,
+    /// `/openapi.json` once the model is loaded (it names the model).
+    pub openapi: Arc<std::sync::OnceLock<String>>,
 }
 
 impl AppState {
@@ -85,19 +93,22 @@ pub fn router(engine: EngineHandle, options: &ServerOptions) -> Router {
         admission: Arc::new(Semaphore::new(options.max_in_flight)),
         max_in_flight: options.max_in_flight,
         engine_config: Arc::new(options.engine_config.clone()),
+        limits: options.limits,
+        openapi: Arc::default(),
     };
     let mut v1 = Router::new()
         .route("/v1/completions", post(completions::create))
         .route("/v1/chat/completions", post(chat::create))
         .route("/v1/models", get(models::list));
     if let Some(key) = &options.api_key {
-        let key = ApiKey(Arc::from(key.as_str()));
+        let key = ApiKey::new(key);
         v1 = v1.route_layer(middleware::from_fn_with_state(key, require_api_key));
     }
     let open = Router::new()
         .route("/health", get(health::health))
         .route("/metrics", get(metrics::render))
         .route("/version", get(version::version))
+        .route("/openapi.json", get(openapi::document))
         .route("/tokenize", post(tokenize::tokenize))
         .route("/detokenize", post(tokenize::detokenize));
     Router::new()

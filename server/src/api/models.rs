@@ -2,10 +2,21 @@
 
 use super::AppState;
 use super::types::{ModelCard, ModelList, unix_now};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use axum::Json;
 use axum::extract::State;
 
+#[utoipa::path(
+    get,
+    path = "/v1/models",
+    tag = "generation",
+    responses(
+        (status = 200, description = "The served model", body = ModelList),
+        (status = 401, description = "Missing or wrong API key (only with --api-key)", body = ErrorBody),
+        (status = 503, description = "The model is still loading", body = ErrorBody),
+    ),
+    security((), ("api_key" = [])),
+)]
 pub async fn list(State(state): State<AppState>) -> Result<Json<ModelList>, ApiError> {
     let info = state.model()?;
     Ok(Json(ModelList {

@@ -4,47 +4,77 @@
 //! (`prompt`, `stop`, message `content`); everything else is typed, so a wrong type is a 400 at
 //! parse time. Unknown fields are ignored, as OpenAI does. Turning these into engine requests
 //! happens in `validation`, never here.
+//!
+//! Every type also derives `utoipa::ToSchema`: `GET /openapi.json` is generated from these
+//! definitions, so the document cannot drift from what the server parses and sends. Bounds
+//! stated in a schema are the ones `validation` enforces.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use utoipa::ToSchema;
 
 /// The sampling and stopping fields shared by `/v1/completions` and `/v1/chat/completions`,
 /// read from the same JSON object as the endpoint's own fields (see `extract::SampledJson`).
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, ToSchema)]
 pub struct SamplingFields {
+    /// Most tokens to generate per choice; unset = the rest of the context (vLLM). The prompt
+    /// plus this must fit `max_model_len`.
+    #[schema(minimum = 1)]
     pub max_tokens: Option<u64>,
     /// The newer OpenAI name for `max_tokens`; wins when both are given.
+    #[schema(minimum = 1)]
     pub max_completion_tokens: Option<u64>,
+    /// Fewest tokens to generate before EOS or a stop string may end a choice.
+    #[schema(maximum = 9007199254740991_u64)]
     pub min_tokens: Option<u64>,
+    #[schema(minimum = 0, maximum = 100)]
     pub temperature: Option<f32>,
-    pub top_p: Option<f32>,
+    /// Read as f64 so a tiny positive value does not round to an invalid 0 (see `validation`).
+    #[schema(exclusive_minimum = 0, maximum = 1)]
+    pub top_p: Option<f64>,
     /// vLLM convention: `-1` or `0` disables top-k.
+    #[schema(minimum = -1, maximum = 9007199254740991_i64)]
     pub top_k: Option<i64>,
+    #[schema(minimum = 0, maximum = 1)]
     pub min_p: Option<f32>,
+    #[schema(minimum = -2, maximum = 2)]
     pub presence_penalty: Option<f32>,
+    #[schema(minimum = -2, maximum = 2)]
     pub frequency_penalty: Option<f32>,
-    pub repetition_penalty: Option<f32>,
-    /// Token id (as a decimal string, OpenAI's format) to additive bias.
+    /// Read as f64 like `top_p`.
+    #[schema(exclusive_minimum = 0)]
+    pub repetition_penalty: Option<f64>,
+    /// Token id (as a decimal string, OpenAI's format) to an additive bias in [-100, 100].
+    #[schema(schema_with = super::schemas::logit_bias)]
     pub logit_bias: Option<BTreeMap<String, f32>>,
+    #[schema(maximum = 9007199254740991_u64)]
     pub seed: Option<u64>,
+    #[schema(schema_with = super::schemas::stop)]
     pub stop: Option<StopSpec>,
+    /// Token ids that end a choice (at most 256).
+    #[schema(value_type = Option<Vec<super::schemas::TokenId>>, max_items = 256)]
     pub stop_token_ids: Option<Vec<u32>>,
     pub ignore_eos: Option<bool>,
+    /// Choices per prompt (at most 128).
+    #[schema(minimum = 1, maximum = 128)]
     pub n: Option<u64>,
     /// Lower is more important (vLLM); only the priority policy reads it.
+    #[schema(minimum = -2147483648_i64, maximum = 2147483647_i64)]
     pub priority: Option<i32>,
     /// Carried into logs only.
     pub user: Option<String>,
+    /// `true`: the answer is a `text/event-stream` of chunks ending in `data: [DONE]`.
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, ToSchema)]
 pub struct StreamOptions {
+    /// Send a last chunk with `usage` (and empty `choices`) before `[DONE]`.
     pub include_usage: Option<bool>,
 }
 
-/// `stop`: one string or a list of strings.
+/// `stop`: one string or a list of strings (schema: `schemas::stop`).
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(untagged, expecting = "a string or an array of strings")]
 pub enum StopSpec {
@@ -61,7 +91,7 @@ impl StopSpec {
     }
 }
 
-/// `prompt`: text or token ids, one prompt or a batch of them.
+/// `prompt`: text or token ids, one prompt or a batch of them (schema: `schemas::prompt`).
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(
     untagged,
@@ -92,117 +122,180 @@ impl PromptInput {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+/// The endpoint's own fields of `POST /v1/completions` (the body also carries [`SamplingFields`]).
+#[derive(Clone, Debug, Deserialize, ToSchema)]
 pub struct CompletionRequest {
+    /// The served model name; omitted = the served model.
     pub model: Option<String>,
+    #[schema(schema_with = super::schemas::prompt)]
     pub prompt: PromptInput,
     /// Number of top alternatives per token (OpenAI completions: an integer, at most 20).
+    #[schema(maximum = 20)]
     pub logprobs: Option<u64>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+/// The endpoint's own fields of `POST /v1/chat/completions` (the body also carries
+/// [`SamplingFields`]).
+#[derive(Clone, Debug, Deserialize, ToSchema)]
 pub struct ChatRequest {
+    /// The served model name; omitted = the served model.
     pub model: Option<String>,
+    #[schema(min_items = 1)]
     pub messages: Vec<ChatMessage>,
     pub logprobs: Option<bool>,
+    /// Alternatives per token; needs `logprobs: true`.
+    #[schema(maximum = 20)]
     pub top_logprobs: Option<u64>,
     /// vLLM extension: `false` renders the template without opening an assistant turn.
     pub add_generation_prompt: Option<bool>,
+    /// Refused (400): chats are rendered only with the model's own template (vLLM accepts a
+    /// template here; a shared server must not run templates its clients send).
+    #[schema(ignore)]
+    pub chat_template: Option<serde_json::Value>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, ToSchema)]
 pub struct ChatMessage {
+    #[schema(value_type = ChatRole)]
     pub role: String,
     /// `null` is allowed (assistant turns that only called tools).
     pub content: Option<MessageContent>,
     pub name: Option<String>,
 }
 
+/// The roles a chat template may see. `developer` is OpenAI's newer name for `system`.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)] // documents `ChatMessage::role`, which is parsed as a string and checked
+pub enum ChatRole {
+    System,
+    Developer,
+    User,
+    Assistant,
+    Tool,
+}
+
 /// Message content: a string, or OpenAI's list of typed parts (only text parts are served).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, ToSchema)]
 #[serde(untagged, expecting = "a string or an array of content parts")]
 pub enum MessageContent {
     Text(String),
     Parts(Vec<ContentPart>),
 }
 
-#[derive(Clone, Debug, Deserialize)]
+/// One content part; only `{"type": "text", "text": ...}` is served (400 otherwise).
+#[derive(Clone, Debug, Deserialize, ToSchema)]
 pub struct ContentPart {
     #[serde(rename = "type")]
     pub kind: String,
     pub text: Option<String>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+/// `POST /tokenize`: exactly one of `prompt` or `messages`.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
 pub struct TokenizeRequest {
     pub model: Option<String>,
     pub prompt: Option<String>,
+    #[schema(min_items = 1)]
     pub messages: Option<Vec<ChatMessage>>,
     pub add_generation_prompt: Option<bool>,
     pub add_special_tokens: Option<bool>,
+    /// Refused (400), as on the chat endpoint.
+    #[schema(ignore)]
+    pub chat_template: Option<serde_json::Value>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, ToSchema)]
 pub struct DetokenizeRequest {
     pub model: Option<String>,
+    #[schema(value_type = Vec<super::schemas::TokenId>)]
     pub tokens: Vec<u32>,
 }
 
 // ---------------------------------------------------------------- responses
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Usage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
     pub total_tokens: usize,
 }
 
-/// Completions-style logprobs (parallel arrays).
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+/// Completions-style logprobs (parallel arrays). A logprob of minus infinity (a token that
+/// could not be sampled) is `null`: JSON has no infinity.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
 pub struct CompletionLogprobs {
     pub tokens: Vec<String>,
+    #[schema(value_type = Vec<Option<f32>>)]
     pub token_logprobs: Vec<f32>,
+    #[schema(value_type = Vec<BTreeMap<String, Option<f32>>>)]
     pub top_logprobs: Vec<BTreeMap<String, f32>>,
     pub text_offset: Vec<usize>,
 }
 
 /// Chat-style logprobs: one entry per generated token.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
 pub struct ChatLogprobs {
     pub content: Vec<ChatTokenLogprob>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct ChatTokenLogprob {
     pub token: String,
+    /// `null` for minus infinity.
+    #[schema(value_type = Option<f32>)]
     pub logprob: f32,
     pub bytes: Vec<u8>,
     #[serde(default)]
     pub top_logprobs: Vec<ChatTopLogprob>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct ChatTopLogprob {
     pub token: String,
+    /// `null` for minus infinity.
+    #[schema(value_type = Option<f32>)]
     pub logprob: f32,
     pub bytes: Vec<u8>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+/// Why a choice ended: `stop` (EOS, a stop string or id), `length` (`max_tokens` or the
+/// context), `abort` (cancelled), `error` (the engine failed).
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)] // documents the `finish_reason` strings, which come from `FinishReason`
+pub enum FinishReasonName {
+    Stop,
+    Length,
+    Abort,
+    Error,
+}
+
+/// The per-request timing report (Metrum extension): TTFT, E2E, per-token times, fluidity.
+#[derive(ToSchema)]
+#[schema(value_type = Object)]
+#[allow(dead_code)] // documents `metrum`, which is `metrum_metrics::RequestTimingReport` as JSON
+pub struct TimingReport(serde_json::Value);
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct CompletionChoice {
     pub index: usize,
     pub text: String,
     pub logprobs: Option<CompletionLogprobs>,
+    #[schema(value_type = Option<FinishReasonName>)]
     pub finish_reason: Option<&'static str>,
     /// This choice's own timing, only when there are several choices (the top-level `metrum`
     /// is always choice 0's).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<TimingReport>)]
     pub metrum: Option<serde_json::Value>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+/// A completion, or (streaming) one chunk of it: `object` is `text_completion` either way.
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct CompletionResponse {
     pub id: String,
+    #[schema(value_type = String, example = "text_completion")]
     pub object: &'static str,
     pub created: u64,
     pub model: String,
@@ -210,92 +303,111 @@ pub struct CompletionResponse {
     pub usage: Option<Usage>,
     /// The engine's per-request timing report (Metrum extension).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<TimingReport>)]
     pub metrum: Option<serde_json::Value>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct ChatMessageOut {
+    #[schema(value_type = String, example = "assistant")]
     pub role: &'static str,
     pub content: String,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct ChatChoice {
     pub index: usize,
     pub message: ChatMessageOut,
     pub logprobs: Option<ChatLogprobs>,
+    #[schema(value_type = Option<FinishReasonName>)]
     pub finish_reason: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<TimingReport>)]
     pub metrum: Option<serde_json::Value>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct ChatResponse {
     pub id: String,
+    #[schema(value_type = String, example = "chat.completion")]
     pub object: &'static str,
     pub created: u64,
     pub model: String,
     pub choices: Vec<ChatChoice>,
     pub usage: Option<Usage>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<TimingReport>)]
     pub metrum: Option<serde_json::Value>,
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, ToSchema)]
 pub struct ChatDelta {
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct ChatChunkChoice {
     pub index: usize,
     pub delta: ChatDelta,
     pub logprobs: Option<ChatLogprobs>,
+    #[schema(value_type = Option<FinishReasonName>)]
     pub finish_reason: Option<&'static str>,
 }
 
 /// One streamed chat chunk (`object: "chat.completion.chunk"`).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct ChatChunk {
     pub id: String,
+    #[schema(value_type = String, example = "chat.completion.chunk")]
     pub object: &'static str,
     pub created: u64,
     pub model: String,
     pub choices: Vec<ChatChunkChoice>,
     pub usage: Option<Usage>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<TimingReport>)]
     pub metrum: Option<serde_json::Value>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct ModelCard {
     pub id: String,
+    #[schema(value_type = String, example = "model")]
     pub object: &'static str,
     pub created: u64,
+    #[schema(value_type = String, example = "metrum")]
     pub owned_by: &'static str,
     pub root: String,
     pub max_model_len: usize,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct ModelList {
+    #[schema(value_type = String, example = "list")]
     pub object: &'static str,
     pub data: Vec<ModelCard>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct TokenizeResponse {
     pub count: usize,
     pub max_model_len: usize,
     pub tokens: Vec<u32>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct DetokenizeResponse {
     pub prompt: String,
+}
+
+/// `GET /health`: `ready` (200), or `loading`, `draining`, `failed: <cause>` (503).
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct HealthResponse {
+    pub status: String,
 }
 
 /// Seconds since the Unix epoch, for `created` fields.

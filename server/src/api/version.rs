@@ -6,6 +6,14 @@ use axum::Json;
 use axum::extract::State;
 use serde_json::{Value, json};
 
+#[utoipa::path(
+    get,
+    path = "/version",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The build, the model, its dtype and device, every engine and scheduler knob", body = Object),
+    ),
+)]
 pub async fn version(State(state): State<AppState>) -> Json<Value> {
     let build = json!({
         "version": env!("CARGO_PKG_VERSION"),

@@ -105,6 +105,14 @@ pub struct ServeArgs {
     /// Largest request body accepted (413 above it).
     #[arg(long, value_parser = parse_bytes, default_value = "32MiB")]
     pub max_request_body_size: u64,
+    /// Most text one request may ask to tokenize (prompts or chat contents, summed), checked
+    /// before tokenizing (400 above it).
+    #[arg(long, value_parser = parse_bytes, default_value = "1MiB")]
+    pub max_prompt_bytes: u64,
+    /// Most tokens one request may ask to generate: prompts x n x max_tokens, an unset
+    /// max_tokens counting as the context length (400 above it).
+    #[arg(long, default_value_t = 262_144)]
+    pub max_output_tokens_per_request: usize,
     /// Time a client has to send its request headers.
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub header_timeout: Duration,
@@ -211,6 +219,11 @@ impl ServeArgs {
             shutdown_grace: self.shutdown_timeout,
             max_in_flight: engine.max_num_seqs + engine.max_waiting_requests,
             engine_config: serde_json::to_value(engine)?,
+            limits: crate::limits::RequestLimits {
+                max_prompt_bytes: usize::try_from(self.max_prompt_bytes)
+                    .context("--max-prompt-bytes is too large")?,
+                max_output_tokens: self.max_output_tokens_per_request,
+            },
         })
     }
 
@@ -264,6 +277,7 @@ mod tests {
         let options = a.server_options(&cfg).unwrap();
         assert_eq!(options.max_body_bytes, 32 << 20);
         assert_eq!(options.api_key, None);
+        assert_eq!(options.limits, crate::limits::RequestLimits::default());
     }
 
     #[test]
@@ -300,6 +314,10 @@ mod tests {
             "512",
             "--block-size",
             "32",
+            "--max-prompt-bytes",
+            "4KiB",
+            "--max-output-tokens-per-request",
+            "1000",
         ]);
         let cfg = a.engine_config().unwrap();
         assert_eq!(cfg.max_num_batched_tokens, 128);
@@ -318,7 +336,10 @@ mod tests {
         assert_eq!((cfg.max_model_len, cfg.block_size), (Some(512), 32));
         assert_eq!(cfg.slo.tbt_slo(), metrum_core::Nanos::from_millis(50));
         assert_eq!(cfg.slo.ttft_slack(), metrum_core::Nanos::from_millis(1000));
-        assert_eq!(a.server_options(&cfg).unwrap().max_in_flight, 4 + 3);
+        let options = a.server_options(&cfg).unwrap();
+        assert_eq!(options.max_in_flight, 4 + 3);
+        assert_eq!(options.limits.max_prompt_bytes, 4096);
+        assert_eq!(options.limits.max_output_tokens, 1000);
     }
 
     #[test]

@@ -179,6 +179,32 @@ impl TestServer {
         }
     }
 
+    /// Waits up to `within` for `run` to return on its own (without being asked to stop), and
+    /// returns what it returned.
+    pub async fn finished(mut self, within: Duration) -> std::io::Result<()> {
+        let task = self.task.take().expect("the server task is still held");
+        tokio::time::timeout(within, task)
+            .await
+            .expect("the server stopped by itself in time")
+            .expect("the server task did not panic")
+    }
+
+    /// Waits until `running + waiting` engine requests are in flight (all admitted).
+    pub async fn wait_in_flight(&self, requests: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let s = self.engine.stats();
+            if s.running + s.waiting >= requests {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "never {requests} in flight: {s:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Waits until the engine has no running or waiting request and every block is free.
     pub async fn wait_idle(&self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(10);
