@@ -90,7 +90,7 @@ for rep in $(seq 1 "${REPEATS_RUN:-$REPEATS}"); do
     mkdir -p "$OUT/$system"
     echo "== repeat $rep: $system"
     bench "$system" "decode-$rep" --workload synthetic:prompt=fixed:16,output=fixed:256 \
-      --arrival constant --qps 0.2 --num-requests 3 --seed "$((100 + rep))"
+      --arrival constant --qps 0.1 --num-requests 3 --seed "$((100 + rep))"
     bench "$system" "prefill512-$rep" --workload synthetic:prompt=fixed:512,output=fixed:1 \
       --arrival constant --qps 0.25 --num-requests 3 --seed "$((200 + rep))"
     bench "$system" "streams16-$rep" --workload synthetic:prompt=fixed:256,output=fixed:128 \

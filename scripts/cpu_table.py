@@ -111,7 +111,7 @@ def main():
         print(f"| capacity, default deadline SLO (same 256/128 workload) | {fm} | {fl} | {ratio} (higher is better) | >= 1.5x |")
     print(f"\nFailed or unfinished requests: Metrum {t['metrum']['errors']}, llama.cpp {t['llama']['errors']}.\n")
     print("## How each number is measured\n")
-    print("- decode: 3 requests of 16 prompt tokens and 256 output tokens (`ignore_eos`), 5 s apart so they")
+    print("- decode: 3 requests of 16 prompt tokens and 256 output tokens (`ignore_eos`), 10 s apart so they")
     print("  never overlap; the number is 1 / median TPOT.")
     print("- prefill: 3 requests of exactly 512 prompt tokens and 1 output token, 4 s apart; median TTFT as the")
     print("  client sees it (includes HTTP and tokenization on both sides). Prompts differ per request and run.")
