@@ -171,24 +171,19 @@ async fn body_over_the_limit_is_413() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_engine_is_500_with_the_request_id() {
     let server = TestServer::start(tiny_model()).await;
-    server.engine.shutdown();
-    // The engine thread exits on its own time; wait until submissions fail.
-    let mut last = (0, Value::Null);
-    for _ in 0..200 {
-        let resp = server
-            .client
-            .post(server.url("/v1/completions"))
-            .header("x-request-id", "trace-me-123")
-            .json(&completion_body("x", 2))
-            .send()
-            .await
-            .unwrap();
-        last = (resp.status().as_u16(), resp.json().await.unwrap());
-        if last.0 == 500 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    // The request runs the forward pass that the test-only hook makes panic.
+    server
+        .engine
+        .inject_fault(metrum_engine::executor::Fault::Panic);
+    let resp = server
+        .client
+        .post(server.url("/v1/completions"))
+        .header("x-request-id", "trace-me-123")
+        .json(&completion_body("x", 2))
+        .send()
+        .await
+        .unwrap();
+    let last: (u16, Value) = (resp.status().as_u16(), resp.json().await.unwrap());
     let error = error_of(last.0, 500, &last.1);
     assert!(
         error["message"].as_str().unwrap().contains("trace-me-123"),
