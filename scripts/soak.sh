@@ -9,7 +9,8 @@
 # agrees. Finally SIGTERM must drain it to exit 0.
 #
 #   scripts/soak.sh [--minutes M] [--model SPEC] [--qps Q] [--out DIR]
-#                   [--serve-args "..."] [--capacity-args "..."] [--rss-growth-mib N]
+#                   [--serve-args "..."] [--rss-growth-mib N]
+#                   [--start-qps Q0] [--probe-seconds S] [--capacity-args "..."]
 #
 # --minutes: soak length (default 30). --model: any `metrum serve --model` spec (default:
 # the default model; CI uses synthetic:tiny). --serve-args: more `metrum serve` flags (they
@@ -18,8 +19,10 @@
 # chaos.json, metrics-*.prom, server.log and soak.json, the verdict.
 #
 # The capacity is `metrum bench capacity` with a deadline SLO loose enough for a CPU
-# (TBT 200 ms, TTFT slack 2 s, P99 miss rate 10%), one seed per probe and 10% granularity:
-# a soak needs the knee of the curve, not its third digit.
+# (TBT 200 ms, TTFT slack 2 s, P99 miss rate 10%), one seed per probe and 10% granularity
+# (a soak needs the knee of the curve, not its third digit), starting at --start-qps (1).
+# Each probe sends arrivals for --probe-seconds (15): a probe of a few dozen requests ends
+# before a queue can build, and so passes far above the real knee.
 #
 # RSS bound: 64 MiB over the first sample after the warm-up (the first fifth of the run, at
 # least 20 s). The KV cache is allocated zeroed, so its pages become resident only as blocks
@@ -35,7 +38,9 @@ MODEL=""
 QPS=""
 OUT=""
 SERVE_ARGS=""
-CAPACITY_ARGS="--slo deadline --tbt-slo 0.2 --ttft-slack 2 --miss-rate-slo 0.1 --num-requests 32 --repeats 1 --granularity-pct 10 --max-iterations 12"
+START_QPS=1
+PROBE_SECONDS=15
+CAPACITY_ARGS="--slo deadline --tbt-slo 0.2 --ttft-slack 2 --miss-rate-slo 0.1 --repeats 1 --granularity-pct 10 --max-iterations 10"
 RSS_GROWTH_MIB=64
 MAX_MODEL_LEN=512
 BODY_LIMIT=1048576
@@ -48,6 +53,8 @@ while (($#)); do
         --out) OUT=$2; shift 2 ;;
         --serve-args) SERVE_ARGS=$2; shift 2 ;;
         --capacity-args) CAPACITY_ARGS=$2; shift 2 ;;
+        --start-qps) START_QPS=$2; shift 2 ;;
+        --probe-seconds) PROBE_SECONDS=$2; shift 2 ;;
         --rss-growth-mib) RSS_GROWTH_MIB=$2; shift 2 ;;
         -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
         *) echo "soak.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
@@ -99,10 +106,11 @@ log "server $PID ready at $URL"
 if [[ -z $QPS ]]; then
     log "measuring capacity: metrum bench capacity $CAPACITY_ARGS"
     # shellcheck disable=SC2086 # CAPACITY_ARGS holds several flags
-    "$METRUM" bench capacity --url "$URL" --out "$OUT/capacity" --no-progress $CAPACITY_ARGS
+    "$METRUM" bench capacity --url "$URL" --out "$OUT/capacity" --no-progress $CAPACITY_ARGS \
+        --start-qps "$START_QPS" --duration "$PROBE_SECONDS"
     QPS=$("$SOAK" qps --capacity "$OUT/capacity/capacity.json" --fraction 0.8)
 fi
-CHAOS_QPS=$(awk -v q="$QPS" 'BEGIN { printf "%.3f", q / 3 }')
+CHAOS_QPS=$(awk -v q="$QPS" 'BEGIN { printf "%.3f", q / 4 }')
 DURATION=$(awk -v m="$MINUTES" 'BEGIN { printf "%d", m * 60 }')
 WARMUP=$(awk -v d="$DURATION" 'BEGIN { w = d / 5; if (w < 20) w = 20; printf "%d", w }')
 log "soak: $DURATION s, benchmark at $QPS QPS + chaos at $CHAOS_QPS QPS, warm-up $WARMUP s"

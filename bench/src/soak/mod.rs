@@ -12,13 +12,13 @@
 //! | [`prom`] | reading counters and gauges out of `/metrics` |
 //! | [`check`] | the end-of-soak verdict: [`check::judge`] |
 //!
-//! **Shares.** The chaos client runs at a third of the benchmark's rate. Of its arrivals, 40%
-//! are streams cut at a random chunk and 20% malformed or oversized requests, so cut streams
-//! are ~10% of all streams and malformed requests ~5% of all requests; `soak.json` reports
-//! the shares achieved. Every 20 s (by default) a burst of 8 streams is opened and dropped
-//! together right after their headers, mostly while still queued. 15% of the arrivals end
-//! exactly at `max_model_len` (prompt + max_tokens = L, or no max_tokens so the server fills
-//! the context), and a few ask for one token more than the context holds.
+//! **Shares.** The chaos client runs at a quarter of the benchmark's rate. Of its arrivals,
+//! 50% are streams cut at a random chunk and 25% malformed or oversized requests, so cut
+//! streams are ~10% of all streams and malformed requests ~5% of all requests; `soak.json`
+//! reports the shares achieved. Every 20 s (by default) a burst of 8 streams is opened and
+//! dropped together right after their headers, mostly while still queued. 12% of the
+//! arrivals end exactly at `max_model_len` (prompt + max_tokens = L, or no max_tokens so the
+//! server fills the context), and a few ask for one token more than the context holds.
 
 pub mod check;
 pub mod kinds;

@@ -58,7 +58,7 @@ fn text_prompt(rng: &mut StdRng, words: usize) -> String {
 }
 
 /// Token ids every vocabulary of interest has as plain pieces (bytes or merges), none special.
-fn token_prompt(rng: &mut StdRng, len: u32) -> Vec<u32> {
+pub fn token_prompt(rng: &mut StdRng, len: u32) -> Vec<u32> {
     (0..len).map(|_| rng.random_range(32..256)).collect()
 }
 
@@ -155,7 +155,8 @@ impl Target {
         let outcome = match kind {
             ChaosKind::Disconnect => {
                 let max_tokens = rng.random_range(16..=128u32).min(l - 1);
-                let words = rng.random_range(8..=64);
+                // At most 6 tokens a word (byte-level vocabularies): 240 + 128 fit 512.
+                let words = rng.random_range(8..=40);
                 let cut = rng.random_range(0..=max_tokens as usize);
                 let body = stream_body(json!(text_prompt(rng, words)), Some(max_tokens));
                 match self.open(&body).await {
@@ -217,18 +218,7 @@ impl Target {
                 self.non_stream(&text_prompt(rng, words), max_tokens).await
             }
         };
-        if kind.accepts(&outcome) {
-            outcome
-        } else {
-            match outcome {
-                Outcome::Failed { why } => Outcome::Failed {
-                    why: format!("{kind:?}: {why}"),
-                },
-                other => Outcome::Failed {
-                    why: format!("{kind:?} must not end as {}", other.label()),
-                },
-            }
-        }
+        judged(kind, outcome)
     }
 
     async fn post_json(&self, body: &Value) -> Outcome {
@@ -288,6 +278,21 @@ impl Target {
                 "n=2 × max_tokens={max_tokens} answered {choices} choices, {tokens:?} tokens"
             ))
         }
+    }
+}
+
+/// `outcome` if `kind` accepts it, else a failure that says what was wrong.
+pub fn judged(kind: ChaosKind, outcome: Outcome) -> Outcome {
+    if kind.accepts(&outcome) {
+        return outcome;
+    }
+    match outcome {
+        Outcome::Failed { why } => Outcome::Failed {
+            why: format!("{kind:?}: {why}"),
+        },
+        other => Outcome::Failed {
+            why: format!("{kind:?} must not end as {}", other.label()),
+        },
     }
 }
 

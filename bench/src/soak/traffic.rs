@@ -3,7 +3,7 @@
 //! into a [`ChaosReport`].
 
 use super::kinds::{ChaosKind, MIX, Outcome};
-use super::send::Target;
+use super::send::{Target, judged, token_prompt};
 use anyhow::{Context, Result, bail};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -103,12 +103,16 @@ pub fn schedule(config: &TrafficConfig) -> Result<Vec<(Duration, Job)>> {
 /// `size` streams opened together and dropped together once every one has its headers (or
 /// was refused): a burst of aborts, mostly of requests still waiting in the engine's queue.
 async fn burst(target: &Target, size: usize, rng: &mut StdRng) -> Vec<Outcome> {
+    // Token prompts: their length is what was asked for whatever the tokenizer, and
+    // prompt + max_tokens stays within half the context.
+    let quarter = (target.max_model_len / 4).max(1);
     let bodies: Vec<_> = (0..size)
         .map(|_| {
-            let words: usize = rng.random_range(16..=96);
+            let len = rng.random_range(1..=quarter);
+            let prompt = token_prompt(rng, len);
             serde_json::json!({
-                "prompt": "burst ".repeat(words),
-                "max_tokens": rng.random_range(32..=128u32).min(target.max_model_len / 2),
+                "prompt": prompt,
+                "max_tokens": rng.random_range(1..=quarter),
                 "stream": true,
                 "ignore_eos": true,
             })
@@ -122,7 +126,7 @@ async fn burst(target: &Target, size: usize, rng: &mut StdRng) -> Vec<Outcome> {
                 drop(response);
                 Outcome::Aborted
             }
-            Err(outcome) => outcome,
+            Err(outcome) => judged(ChaosKind::BurstAbort, outcome),
         })
         .collect()
 }
