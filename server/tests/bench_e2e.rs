@@ -3,6 +3,11 @@
 //! its run directory. The numbers in `requests.jsonl` are recomputed here, independently of
 //! metrum-metrics, and must agree with `summary.json`. A run that cannot write its output
 //! (a full disk, simulated with /dev/full) fails with an error naming the file.
+//!
+//! Also here, for lack of a better home: what the soak (scripts/soak.sh) found about the
+//! server's request accounting under overload.
+
+mod common;
 
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -405,5 +410,55 @@ fn an_unwritable_output_directory_fails_before_the_run() {
     assert!(
         started.elapsed() < std::time::Duration::from_secs(20),
         "failed fast"
+    );
+}
+
+/// Found by the soak (`scripts/soak.sh`, overloaded): every request is accounted for once,
+/// so a request refused with 429 must leave no trace in `metrum_requests_total`. An `n = 2`
+/// request whose first sequence is admitted and whose second hits the waiting limit is
+/// refused, but its first sequence was already in the engine, which then counts it as an
+/// abort: the server reports one more finished request than any client saw accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_request_leaves_no_finished_request_behind() {
+    use common::{TestServer, metric_value, tiny_model};
+    let mut model = tiny_model();
+    model.config.max_num_seqs = 1;
+    model.config.max_waiting_requests = 1;
+    let server = TestServer::start(model).await;
+    let finished = |text: &str| -> f64 {
+        ["stop", "length", "abort", "error"]
+            .iter()
+            .map(|r| {
+                metric_value(
+                    text,
+                    &format!("metrum_requests_total{{finish_reason=\"{r}\"}}"),
+                )
+                .unwrap_or(0.0)
+            })
+            .sum()
+    };
+    let before = finished(&server.get_text("/metrics").await.1);
+
+    // One long stream occupies the only running slot; its first chunk says it is running.
+    let mut body = common::completion_body("occupy", 1900);
+    body["stream"] = serde_json::json!(true);
+    let mut running = server.post("/v1/completions", &body).await.bytes_stream();
+    use futures::StreamExt;
+    assert!(running.next().await.is_some_and(|c| c.is_ok()));
+
+    // n = 2 against a waiting limit of 1: the first choice fits, the second does not.
+    let mut two = common::completion_body("two", 4);
+    two["n"] = serde_json::json!(2);
+    let (status, answer) = server.post_json("/v1/completions", &two).await;
+    assert_eq!(status, 429, "{answer}");
+
+    drop(running);
+    assert!(server.wait_idle().await, "the server goes idle");
+    let after = finished(&server.get_text("/metrics").await.1);
+    assert_eq!(
+        after - before,
+        1.0,
+        "only the long stream (aborted by its client) finished; the refused n=2 request \
+         must not be counted"
     );
 }
