@@ -18,6 +18,8 @@
 #                 llama.cpp could stop early and do less work than metrum (R3)
 #   LLAMA_PORT    port for llama-cpp-python (default 8089)
 #   VENV          virtualenv for llama-cpp-python (default target/llamacpp-venv)
+#   TOKENIZER     tokenizer.json that cuts prompts and counts tokens for both (default: the
+#                 shared reference conversion of the default GGUF)
 #
 # Fairness notes (printed in each report's checklist too): both servers get the same model
 # file, threads, context, seed, prompts' token counts, max_tokens, temperature and logit bias.
@@ -50,8 +52,11 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import llama_cpp.serv
   "$VENV/bin/pip" install --quiet 'llama-cpp-python[server]'
 fi
 
+# One tokenizer for both sides (llama-cpp-python has no OpenAI-style /tokenize): the model's
+# tokenizer.json, Hugging Face's conversion of the same GGUF.
+TOKENIZER=${TOKENIZER:-../shared/models/smollm2-135m-instruct/tokenizer.json}
 common=(--qps "$QPS" --num-requests "$NUM_REQUESTS" --seed "$SEED" --arrival "$ARRIVAL"
-        --context "$CONTEXT" --logit-bias "$LOGIT_BIAS" --temperature 0)
+        --context "$CONTEXT" --logit-bias "$LOGIT_BIAS" --temperature 0 --tokenizer "$TOKENIZER")
 if [ -n "${WORKLOAD:-}" ]; then common+=(--workload "$WORKLOAD"); fi
 
 echo "== metrum serve"
