@@ -46,6 +46,16 @@ pub(crate) enum Command {
         events: mpsc::UnboundedSender<StreamEvent>,
         admitted: oneshot::Sender<Result<(), SubmitError>>,
     },
+    /// Several requests admitted all together or not at all (the `n` choices and prompts of one
+    /// HTTP request): a refusal must not leave half of them running, to be aborted and counted.
+    AddAll {
+        items: Vec<(
+            RequestId,
+            Box<EngineRequest>,
+            mpsc::UnboundedSender<StreamEvent>,
+        )>,
+        admitted: oneshot::Sender<Result<(), SubmitError>>,
+    },
     Abort {
         id: RequestId,
     },
@@ -194,6 +204,10 @@ impl Engine {
                 let result = self.admit(id, request, events);
                 let _ = admitted.send(result);
             }
+            Command::AddAll { items, admitted } => {
+                let result = self.admit_all(items);
+                let _ = admitted.send(result);
+            }
             Command::Abort { id } => {
                 let now = self.clock.now();
                 self.scheduler.abort(id, now);
@@ -210,6 +224,40 @@ impl Engine {
             Command::InjectFault(fault) => self.armed_fault = Some(fault),
         }
         true
+    }
+
+    /// Admits every item or none: the waiting limit is checked for the whole group first.
+    fn admit_all(
+        &mut self,
+        items: Vec<(
+            RequestId,
+            Box<EngineRequest>,
+            mpsc::UnboundedSender<StreamEvent>,
+        )>,
+    ) -> Result<(), SubmitError> {
+        let waiting = self.scheduler.num_waiting();
+        if !self.draining && waiting + items.len() > self.max_waiting_requests {
+            return Err(SubmitError::Overloaded {
+                waiting,
+                limit: self.max_waiting_requests,
+            });
+        }
+        let mut admitted = Vec::with_capacity(items.len());
+        for (id, request, events) in items {
+            if let Err(e) = self.admit(id, request, events) {
+                // Only a request the scheduler finds impossible gets here after others of
+                // its group were admitted; those are withdrawn before any step ran.
+                let now = self.clock.now();
+                for id in admitted {
+                    self.live.remove(&id);
+                    self.scheduler.abort(id, now);
+                }
+                self.flush_events();
+                return Err(e);
+            }
+            admitted.push(id);
+        }
+        Ok(())
     }
 
     fn admit(
@@ -478,7 +526,7 @@ impl Engine {
 fn refuse_until_shutdown(commands: &mut mpsc::UnboundedReceiver<Command>, cause: &str) {
     while let Some(cmd) = commands.blocking_recv() {
         match cmd {
-            Command::Add { admitted, .. } => {
+            Command::Add { admitted, .. } | Command::AddAll { admitted, .. } => {
                 let _ = admitted.send(Err(SubmitError::EngineDead(cause.to_string())));
             }
             Command::Shutdown => return,

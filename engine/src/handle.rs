@@ -175,6 +175,45 @@ impl EngineHandle {
         }
     }
 
+    /// Submits several requests that are admitted together or not at all (e.g. the `n`
+    /// choices of one HTTP request); the streams come back in order.
+    pub async fn submit_all(
+        &self,
+        requests: Vec<EngineRequest>,
+    ) -> Result<Vec<RequestStream>, SubmitError> {
+        let mut items = Vec::with_capacity(requests.len());
+        let mut receivers = Vec::with_capacity(requests.len());
+        for request in requests {
+            let id = RequestId(self.shared.next_id.fetch_add(1, Ordering::Relaxed));
+            let (events_tx, events_rx) = mpsc::unbounded_channel();
+            items.push((id, Box::new(request), events_tx));
+            receivers.push((id, events_rx));
+        }
+        let (admit_tx, admit_rx) = oneshot::channel();
+        self.commands
+            .send(Command::AddAll {
+                items,
+                admitted: admit_tx,
+            })
+            .map_err(|_| SubmitError::EngineDead(self.status_message()))?;
+        match admit_rx.await {
+            Ok(Ok(())) => Ok(receivers
+                .into_iter()
+                .map(|(id, events)| RequestStream {
+                    id,
+                    events,
+                    commands: self.commands.clone(),
+                    done: false,
+                })
+                .collect()),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(SubmitError::EngineDead(match self.status() {
+                EngineStatus::Failed(cause) => cause,
+                _ => "the engine failed while admitting the requests".into(),
+            })),
+        }
+    }
+
     /// Blocking variant for synchronous callers (the `generate` command, tests).
     pub fn submit_blocking(&self, request: EngineRequest) -> Result<RequestStream, SubmitError> {
         futures_lite_block_on(self.submit(request))

@@ -58,7 +58,8 @@ pub fn spawn(config: EngineConfig) -> Result<EngineHandle, String> {
                 }
                 // Answer whoever is waiting instead of leaving them hung.
                 while let Some(cmd) = rx.blocking_recv() {
-                    if let crate::engine_loop::Command::Add { admitted, .. } = cmd {
+                    use crate::engine_loop::Command;
+                    if let Command::Add { admitted, .. } | Command::AddAll { admitted, .. } = cmd {
                         let _ = admitted.send(Err(SubmitError::EngineDead(message.clone())));
                     }
                 }

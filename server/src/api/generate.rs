@@ -47,8 +47,8 @@ pub struct Batch {
     permit: OwnedSemaphorePermit,
 }
 
-/// Expands tokenized prompts into engine requests and submits them all. If any submission
-/// fails, the ones already admitted are dropped (and so aborted) before the error returns.
+/// Expands tokenized prompts into engine requests (choice `p·n + i` is choice `i` of prompt
+/// `p`) and submits them as one group: all are admitted or none.
 pub async fn submit(
     state: &AppState,
     ctx: &RequestContext,
@@ -58,27 +58,31 @@ pub async fn submit(
     arrival: Instant,
     permit: OwnedSemaphorePermit,
 ) -> Result<Batch, ApiError> {
-    let mut streams = Vec::with_capacity(prompts.len() * plan.n);
     let prompt_tokens = prompts.iter().map(Vec::len).sum();
-    for (p, prompt) in prompts.into_iter().enumerate() {
+    let mut requests = Vec::with_capacity(prompts.len() * plan.n);
+    for prompt in prompts {
         let params = resolve_max_tokens(plan, prompt.len(), limits)?;
         for i in 0..plan.n {
             let mut params = params.clone();
             params.seed = params.seed.map(|s| s.wrapping_add(i as u64));
-            let request = EngineRequest {
+            requests.push(EngineRequest {
                 prompt_tokens: prompt.clone(),
                 params,
                 priority: plan.priority,
                 arrival,
-            };
-            let stream = state
-                .engine
-                .submit(request)
-                .await
-                .map_err(|e| ApiError::from_submit(e, &ctx.id))?;
-            streams.push((p * plan.n + i, stream));
+            });
         }
     }
+    // All choices of all prompts are admitted together or refused together, so a 429 never
+    // leaves some of them running (to be aborted and counted as finished requests).
+    let streams: Vec<(usize, RequestStream)> = state
+        .engine
+        .submit_all(requests)
+        .await
+        .map_err(|e| ApiError::from_submit(e, &ctx.id))?
+        .into_iter()
+        .enumerate()
+        .collect();
     let engine_ids: Vec<String> = streams.iter().map(|(_, s)| s.id.to_string()).collect();
     tracing::debug!(
         request_id = %ctx.id,
