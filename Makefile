@@ -7,7 +7,7 @@ METRUM := target/release/metrum
 CUDA_DIR ?= $(CURDIR)/.cuda
 ARGS ?=
 
-.PHONY: serve test build model test-cpu test-cuda cuda-toolchain build-cuda fmt
+.PHONY: serve test build model test-cpu test-cuda test-soak test-fuzz cuda-toolchain build-cuda fmt
 
 build:
 	$(CARGO) build --release -p metrum-server
@@ -20,10 +20,21 @@ model: build
 serve: model
 	$(METRUM) serve $(ARGS)
 
-test: model test-cpu test-api test-cuda
+test: model test-cpu test-api test-cuda test-soak test-fuzz
 
 test-cpu:
 	$(CARGO) test --release --workspace
+
+# Issue 9: a 3-minute soak on synthetic:tiny (capacity measured, then bench + chaos traffic at
+# ~80% of it); scripts/soak.sh without --model soaks the default model for 30 minutes.
+test-soak:
+	rm -rf target/soak-ci && bash scripts/soak.sh --minutes 3 --model synthetic:tiny \
+	  --start-qps 8 --probe-seconds 15 --ttft-slack 0.5 --out target/soak-ci
+
+# Every cargo-fuzz target for 30 s from the committed seeds (one build of all targets; needs
+# the nightly toolchain, installs cargo-fuzz 0.13.2 if missing).
+test-fuzz:
+	bash scripts/fuzz.sh 30
 
 # API conformance: schemathesis (pinned, in a venv under target/) fuzzes a live `metrum serve`
 # against its own /openapi.json: no 5xx, every status, type and body as documented. ~1 minute.

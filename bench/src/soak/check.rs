@@ -240,11 +240,15 @@ pub fn judge(
     check(
         "load below capacity",
         overloaded == 0,
-        format!(
-            "{overloaded} requests were refused with 429: the load was above what the server \
-             sustains (capacity overestimated, or the machine busy), so this was not a soak at \
-             80% of capacity"
-        ),
+        if overloaded == 0 {
+            "no request was refused with 429 (overloaded)".into()
+        } else {
+            format!(
+                "{overloaded} requests were refused with 429: the load was above what the \
+                 server sustains (capacity overestimated, or the machine busy), so this was \
+                 not a soak at 80% of capacity"
+            )
+        },
     );
     let baseline = chaos
         .rss_kib
