@@ -2,8 +2,8 @@
 # Runs every cargo-fuzz target of fuzz/ for SECONDS each (default 60), starting from the
 # committed seeds (fuzz/seeds/<target>); new inputs go to fuzz/corpus/<target> (ignored by
 # git). One `cargo fuzz build` builds all targets; a crash, panic, OOM or timeout fails the
-# script and leaves the input under fuzz/artifacts/<target>/ (reproduce with
-# `cargo +nightly fuzz run <target> fuzz/artifacts/<target>/<file>` in fuzz/).
+# script and leaves the input under fuzz/artifacts/<target>/ (reproduce in fuzz/ with
+# `cargo +nightly fuzz run --sanitizer none --codegen-units 16 <target> artifacts/<target>/<file>`).
 #
 #   scripts/fuzz.sh [SECONDS]
 #   FUZZ_TARGETS="gguf sse" scripts/fuzz.sh 600     # some targets, longer
@@ -35,7 +35,10 @@ if [[ "$(cargo fuzz --version 2>/dev/null || true)" != "cargo-fuzz $CARGO_FUZZ_V
 fi
 
 cd "$ROOT/fuzz"
-FLAGS=(--sanitizer "$SANITIZER" --release --codegen-units 16)
+# Optimized, with debug assertions and overflow checks (cargo-fuzz's default without -O): an
+# integer overflow in a parser is a bug worth a crash. 16 codegen units: the build is most of
+# the cost on a small CI machine.
+FLAGS=(--sanitizer "$SANITIZER" --codegen-units 16)
 started=$(date +%s)
 cargo +nightly fuzz build "${FLAGS[@]}"
 echo "fuzz.sh: built every target in $(($(date +%s) - started)) s"
