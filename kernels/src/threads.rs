@@ -252,7 +252,7 @@ fn wait_for_epoch(shared: &Shared, index: usize, seen: u64) -> u64 {
             return epoch;
         }
         spins = spins.wrapping_add(1);
-        if spins % 256 != 0 || started.elapsed() < SPIN_BEFORE_PARK {
+        if !spins.is_multiple_of(256) || started.elapsed() < SPIN_BEFORE_PARK {
             std::hint::spin_loop();
             continue;
         }
@@ -360,7 +360,7 @@ mod tests {
                     for i in 0..n {
                         let r = split_range(len, i, n, align);
                         assert_eq!(r.start, next);
-                        assert!(r.start % align == 0 || r.start == len);
+                        assert!(r.start.is_multiple_of(align) || r.start == len);
                         next = r.end;
                     }
                     assert_eq!(next, len);
