@@ -173,7 +173,11 @@ fn bench_run_serve_writes_every_file_and_the_numbers_agree() {
         config["target"]["version"]["version"].is_string(),
         "{config}"
     );
-    assert!(config["machine"]["cores"].as_u64().unwrap() >= 1);
+    let machine = &config["machine"];
+    assert!(machine["cores"].as_u64().unwrap() >= 1, "{machine}");
+    assert!(machine["cpu_model"].is_string(), "{machine}");
+    assert!(machine["memory_bytes"].as_u64().unwrap() > 0, "{machine}");
+    assert!(machine["gpus"].is_array(), "{machine}");
     assert!(config["args"]["target"]["serve"].is_string());
 
     // requests.jsonl: one line per request, exactly the listed keys.
@@ -415,9 +419,10 @@ fn an_unwritable_output_directory_fails_before_the_run() {
 
 /// Found by the soak (`scripts/soak.sh`, overloaded): every request is accounted for once,
 /// so a request refused with 429 must leave no trace in `metrum_requests_total`. An `n = 2`
-/// request whose first sequence is admitted and whose second hits the waiting limit is
-/// refused, but its first sequence was already in the engine, which then counts it as an
-/// abort: the server reports one more finished request than any client saw accepted.
+/// request whose first sequence was admitted and whose second hit the waiting limit was
+/// refused, but its first sequence was already in the engine, which counted it as an abort:
+/// one more finished request than any client saw accepted. Fixed by admitting the choices of
+/// one request together (`submit_all`); this is the regression test.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_request_leaves_no_finished_request_behind() {
     use common::{TestServer, metric_value, tiny_model};
