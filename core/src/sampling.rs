@@ -130,13 +130,13 @@ impl SamplingParams {
         if self.min_tokens > self.max_tokens {
             return err("min_tokens", "must not exceed max_tokens");
         }
-        if let Some(k) = self.logprobs {
-            if k > MAX_LOGPROBS {
-                return err(
-                    "logprobs",
-                    format!("at most {MAX_LOGPROBS} alternatives, got {k}"),
-                );
-            }
+        if let Some(k) = self.logprobs
+            && k > MAX_LOGPROBS
+        {
+            return err(
+                "logprobs",
+                format!("at most {MAX_LOGPROBS} alternatives, got {k}"),
+            );
         }
         for (_, bias) in &self.logit_bias {
             if !bias.is_finite() || !(-100.0..=100.0).contains(bias) {

@@ -1,8 +1,11 @@
 //! Times the forward pass alone: prefill of 128 and 512 tokens, and single-stream decode.
 //!
 //! `cargo run --release -p metrum-engine --example bench_forward -- [MODEL] [--device cpu|cuda]
-//! [--dtype auto|f32|f16|bf16] [--decode N] [--repeat N] [--threads N] [--prefill on|off]`; MODEL is anything `--model` takes
+//! [--dtype auto|f32|f16|bf16] [--decode N] [--repeat N] [--threads N] [--prefill on|off]
+//! [--batch N]`; MODEL is anything `--model` takes
 //! (a .gguf, a directory, `synthetic:NAME`); the default is the cached default model.
+//! `--batch N` also times decode steps of N sequences at context 320 (the middle of the
+//! 16-stream benchmark's 256 + 128), the step that 16 concurrent streams repeat.
 //! `--compare-cpu` first runs one mixed batch (chunked prefills and decodes) on the device and
 //! on the CPU in f32 and prints how far the logits are apart (not for synthetic models on a
 //! GPU, whose random weights come from the device's generator).
@@ -24,6 +27,7 @@ struct Args {
     repeat: usize,
     compare_cpu: bool,
     prefill: bool,
+    batch: usize,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -35,6 +39,7 @@ fn parse_args() -> Result<Args, String> {
         repeat: 3,
         compare_cpu: false,
         prefill: true,
+        batch: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -51,6 +56,7 @@ fn parse_args() -> Result<Args, String> {
                     .num_threads(n)
                     .build_global();
             }
+            "--batch" => args.batch = value("--batch")?.parse().map_err(|e| format!("{e}"))?,
             "--prefill" => args.prefill = value("--prefill")? == "on",
             "--repeat" => args.repeat = value("--repeat")?.parse().map_err(|e| format!("{e}"))?,
             other if !other.starts_with("--") => args.model = Some(other.to_string()),
@@ -141,6 +147,66 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         context + args.decode,
         total.as_secs_f64() * 1e3 / args.decode as f64,
         args.decode as f64 / total.as_secs_f64()
+    );
+    if args.batch > 0 {
+        batched_decode(&model, &prompt, args.batch, args.decode)?;
+    }
+    Ok(())
+}
+
+/// Decode steps of `n` sequences that each hold 320 tokens of context; block tables interleave
+/// the sequences' blocks, as a server's free list does after a while.
+fn batched_decode(
+    model: &LlamaModel,
+    prompt: &[u32],
+    n: usize,
+    steps: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let device = model.device();
+    let context = 320;
+    let per_seq = (context + steps + 1).div_ceil(BLOCK_SIZE);
+    let mut kv = KvCache::new(model.kv_cache_layout(BLOCK_SIZE), n * per_seq, device)?;
+    let tables: Vec<Vec<u32>> = (0..n)
+        .map(|s| (0..per_seq).map(|b| (b * n + s) as u32).collect())
+        .collect();
+    let run = |chunks: &[SequenceChunk],
+               kv: &mut KvCache|
+     -> Result<Duration, Box<dyn std::error::Error>> {
+        let t0 = Instant::now();
+        let batch = ForwardBatch::from_chunks(BLOCK_SIZE, chunks, device)?;
+        drop(model.forward(&batch, kv)?);
+        sync(device)?;
+        Ok(t0.elapsed())
+    };
+    for table in &tables {
+        let chunk = SequenceChunk {
+            tokens: &prompt[..context],
+            num_cached: 0,
+            block_table: table,
+            compute_logits: true,
+        };
+        run(&[chunk], &mut kv)?;
+    }
+    let mut total = Duration::ZERO;
+    for i in 0..steps {
+        let chunks: Vec<SequenceChunk> = tables
+            .iter()
+            .enumerate()
+            .map(|(s, table)| SequenceChunk {
+                tokens: &prompt[(context + i + s) % prompt.len()..][..1],
+                num_cached: context + i,
+                block_table: table,
+                compute_logits: true,
+            })
+            .collect();
+        total += run(&chunks, &mut kv)?;
+    }
+    let per_step = total.as_secs_f64() / steps as f64;
+    println!(
+        "decode ({n} streams, context {context}..{}): {:.2} ms/step, {:.1} tok/s aggregate",
+        context + steps,
+        per_step * 1e3,
+        n as f64 / per_step
     );
     Ok(())
 }

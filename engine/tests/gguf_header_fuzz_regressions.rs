@@ -57,9 +57,9 @@ fn alignment_zero_is_a_load_error_not_a_panic() {
             panic!("{alignment:?}: the model loaded");
         };
         assert!(err.to_string().contains("general.alignment"), "{err}");
-        let err = Tokenizer::from_gguf_file(&path)
-            .err()
-            .expect("no tokenizer");
+        let Err(err) = Tokenizer::from_gguf_file(&path) else {
+            panic!("{alignment:?}: the tokenizer loaded");
+        };
         assert!(err.to_string().contains("general.alignment"), "{err}");
         let files = ModelFiles::Gguf {
             path: path.clone(),

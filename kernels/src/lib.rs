@@ -11,6 +11,7 @@
 //! | [`ops`] | [`rms_norm`], [`add_rms_norm`], [`rope`] (both [`RopeStyle`]s), [`silu_mul`] |
 //! | [`quant`] | quantized matmul on the CPU (GGUF Q4_0/Q4_1/Q8_0/Q4_K/Q5_K/Q6_K): scalar reference, AVX2, AVX-512 VNNI |
 //! | [`threads`] | the spinning fork-join pool the CPU kernels run on (`--threads`) |
+//! | [`vmath`] | vectorizable `exp`, SiLU and softmax sums (libm's `expf` is a scalar call) |
 //! | `cpu` | the CPU reference implementations (f32 math; f16/bf16 are converted) |
 //! | `cuda` | (feature `cuda`) launches of the kernels in `csrc/*.cu`, compiled to PTX by `build.rs` |
 //! | [`check`] | the shared test bodies: device-vs-reference checks and bandwidth benchmarks that the tests and `metrum gpu-check` run |
@@ -35,6 +36,7 @@ pub mod metadata;
 pub mod ops;
 pub mod quant;
 pub mod threads;
+pub mod vmath;
 
 pub use attention::{paged_attention, paged_attention_reference, reshape_and_cache};
 pub use metadata::{AttentionMetadata, PREFILL_TILE_TOKENS};

@@ -11,7 +11,8 @@
 //! - **The pool.** Tiles are chunks of [`crate::threads::global`]'s pool.
 //!
 //! Softmax is exact (max-subtracted) over the whole causal context of each query, as in the
-//! oracle; only the summation order differs.
+//! oracle; only the summation order and the `exp` differ (the vectorizable one of
+//! [`crate::vmath`], within ~2 ulp of libm's: libm's scalar call was the softmax's cost).
 
 use crate::AttentionMetadata;
 use crate::quant::Isa;
@@ -32,17 +33,17 @@ pub(crate) struct Dims {
 /// One unit of work: `q_len` query tokens of one sequence starting at batch row `row0`
 /// (positions `pos0..pos0 + q_len`), for the query heads of KV head `kvh`.
 #[derive(Clone, Copy)]
-struct Tile {
-    seq: usize,
-    kvh: usize,
-    row0: usize,
-    pos0: usize,
-    q_len: usize,
+pub(super) struct Tile {
+    pub seq: usize,
+    pub kvh: usize,
+    pub row0: usize,
+    pub pos0: usize,
+    pub q_len: usize,
 }
 
 /// A raw output pointer shared by tiles that write disjoint (token, head) rows.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
+pub(super) struct OutPtr(pub *mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
@@ -122,6 +123,11 @@ unsafe fn tile_avx512(
     tile: Tile,
     out: OutPtr,
 ) {
+    if super::fast_decode_avx512::applies(d, tile) {
+        return unsafe {
+            super::fast_decode_avx512::decode_tile(q, k, v, meta, d, scale, tile, out)
+        };
+    }
     unsafe { tile_generic(q, k, v, meta, d, scale, tile, out) }
 }
 
@@ -306,12 +312,7 @@ unsafe fn tile_generic(
     for r in 0..rows {
         let row = &mut scores[r * ctx..(r + 1) * ctx];
         let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-        let mut sum = 0f32;
-        for x in row.iter_mut() {
-            *x = (*x - max).exp();
-            sum += *x;
-        }
-        denom[r] = sum;
+        denom[r] = crate::vmath::exp_shifted_sum(row, max);
     }
     // P·V one query row at a time, so its accumulator stays in registers while the V rows
     // stream past (they stay in L1 from one row to the next).

@@ -5,6 +5,8 @@
 
 mod activation;
 mod fast_attention;
+#[cfg(target_arch = "x86_64")]
+mod fast_decode_avx512;
 mod norm;
 mod paged_attention;
 mod rope;

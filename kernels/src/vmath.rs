@@ -1,0 +1,153 @@
+//! Branch-free `exp` that the compiler vectorizes, for every softmax and activation on the CPU.
+//!
+//! libm's `expf` is a scalar call: in a 512-token prefill of the default model the attention
+//! softmax and SiLU take ~60M of them, and in sampling the vocabulary's 49k exponentials per
+//! token took about 0.4 ms. Written as straight-line f32 math, loops over slices of these
+//! compile to 16-lane AVX-512 (or 8-lane AVX2) code.
+//!
+//! Cephes' `expf` scheme: `x = n ln2 + r` with `|r| <= ln2 / 2`, a degree-6 polynomial for
+//! `e^r`, and `2^n` built in the exponent bits. Relative error stays within about 2 ulp
+//! (checked against f64 below). Rounding to the nearest `n` uses the 1.5 * 2^23 trick instead
+//! of `floor`, which SSE2 cannot vectorize.
+
+/// `exp(x)` for `x <= 0` (softmax callers pass `logit - max`): `0` below `-87` (where f32 would
+/// go subnormal) and for `-inf`, so masked entries get exactly zero weight.
+#[inline(always)]
+pub fn exp_nonpositive(x: f32) -> f32 {
+    let e = exp_clamped(x.max(-87.0));
+    if x < -87.0 { 0.0 } else { e }
+}
+
+/// `exp(x)` for any `x`: `0` below `-87`, and `exp(88)` (about 1.65e38, still finite) above 88,
+/// so `x / (1 + exp(-x))` (SiLU) stays finite and exact enough at both ends.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    let e = exp_clamped(x.clamp(-87.0, 88.0));
+    if x < -87.0 { 0.0 } else { e }
+}
+
+/// `x * sigmoid(x)`.
+#[inline(always)]
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + exp(-x))
+}
+
+/// Replaces every entry of `row` with `exp(entry - max)` and returns their sum (16 f32 lanes,
+/// then a tree), for softmax rows whose maximum is `max`.
+#[inline(always)]
+pub fn exp_shifted_sum(row: &mut [f32], max: f32) -> f32 {
+    const LANES: usize = 16;
+    let mut acc = [0f32; LANES];
+    let mut chunks = row.chunks_exact_mut(LANES);
+    for chunk in &mut chunks {
+        for l in 0..LANES {
+            chunk[l] = exp_nonpositive(chunk[l] - max);
+            acc[l] += chunk[l];
+        }
+    }
+    let mut tail = 0f32;
+    for x in chunks.into_remainder() {
+        *x = exp_nonpositive(*x - max);
+        tail += *x;
+    }
+    let mut width = LANES / 2;
+    while width > 0 {
+        for l in 0..width {
+            acc[l] += acc[l + width];
+        }
+        width /= 2;
+    }
+    acc[0] + tail
+}
+
+/// The scheme itself, for `x` already inside `[-87, 88]`.
+#[inline(always)]
+fn exp_clamped(x: f32) -> f32 {
+    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let shifted = x * std::f32::consts::LOG2_E + ROUND;
+    let n = shifted - ROUND;
+    let n_int = shifted.to_bits() as i32 - ROUND.to_bits() as i32;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let poly = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2)
+        * r
+        + 1.666_666_5e-1)
+        * r
+        + 0.5;
+    let e_r = poly * r * r + r + 1.0;
+    // n is in [-126, 127] for x in [-87, 88], so the biased exponent is a normal one.
+    e_r * f32::from_bits(((n_int + 127) as u32) << 23)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worst_relative_error(from: f32, to: f32, f: impl Fn(f32) -> f32) -> f64 {
+        let mut worst = 0.0f64;
+        let mut x = from;
+        while x < to {
+            let want = (x as f64).exp();
+            worst = worst.max(((f(x) as f64 - want) / want).abs());
+            x += 0.001_37;
+        }
+        worst
+    }
+
+    #[test]
+    fn exp_matches_f64_within_a_few_ulp() {
+        let eps = f32::EPSILON as f64;
+        let worst = worst_relative_error(-87.0, 0.0, exp_nonpositive);
+        assert!(
+            worst < 3.0 * eps,
+            "exp_nonpositive: worst relative error {worst}"
+        );
+        let worst = worst_relative_error(-87.0, 88.0, exp);
+        assert!(worst < 3.0 * eps, "exp: worst relative error {worst}");
+        assert_eq!(exp_nonpositive(0.0), 1.0);
+        assert_eq!(exp(0.0), 1.0);
+        for f in [exp_nonpositive, exp] {
+            assert_eq!(f(f32::NEG_INFINITY), 0.0);
+            assert_eq!(f(-1000.0), 0.0);
+            assert_eq!(f(-f32::MAX), 0.0);
+        }
+        assert!(exp(1000.0).is_finite() && exp(f32::INFINITY) > 1e38);
+    }
+
+    #[test]
+    fn silu_matches_f64_at_both_ends() {
+        for x in [
+            -1000.0f32, -90.0, -20.0, -1.5, -1e-3, 0.0, 1e-3, 0.7, 5.0, 30.0, 90.0, 1e6,
+        ] {
+            let want = x as f64 / (1.0 + (-(x as f64)).exp());
+            let got = silu(x) as f64;
+            assert!(
+                (got - want).abs() <= (1e-6 * want.abs()).max(1e-30),
+                "silu({x}) = {got}, want {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn shifted_sum_is_a_softmax_denominator() {
+        for len in [0, 1, 15, 16, 17, 100, 333] {
+            let mut row: Vec<f32> = (0..len).map(|i| (i as f32 * 0.77).sin() * 9.0).collect();
+            if len > 3 {
+                row[2] = f32::NEG_INFINITY; // a causally masked entry
+            }
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            // The shift itself is an f32 subtraction; only the exp is under test.
+            let want: Vec<f64> = row.iter().map(|&x| ((x - max) as f64).exp()).collect();
+            let sum = exp_shifted_sum(&mut row, max);
+            for (got, want) in row.iter().zip(&want) {
+                assert!((*got as f64 - want).abs() <= 3e-7 * want.max(1e-30));
+            }
+            let want_sum: f64 = want.iter().sum();
+            assert!(
+                (sum as f64 - want_sum).abs() <= 1e-6 * want_sum.max(1.0),
+                "len {len}"
+            );
+        }
+    }
+}
