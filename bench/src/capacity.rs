@@ -125,6 +125,10 @@ async fn search_with(
             slo: *slo,
             qps: request.qps,
             seed,
+            // Every probe sends prompts no earlier probe sent: with prefix caching (Metrum's,
+            // llama-server's slot cache) a repeated prompt is nearly free, and the search
+            // would measure the cache (seen: 77% of Metrum's prompt blocks were hits).
+            prompt_salt: runs.len() as u64 + 1,
             show_progress: !args.no_progress,
         };
         let artifacts = run_at(session, &settings, &dir).await?;

@@ -70,6 +70,8 @@ pub struct RunSettings<'a> {
     pub slo: SloConfig,
     pub qps: f64,
     pub seed: u64,
+    /// See [`crate::run::Plan::prompt_salt`]; 0 for a plain `bench run`.
+    pub prompt_salt: u64,
     pub show_progress: bool,
 }
 
@@ -112,7 +114,14 @@ pub async fn run_at(
 ) -> Result<RunArtifacts> {
     let warmup = warmup(settings.workload)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let plan = plan(session, settings.workload, settings.qps, settings.seed).await?;
+    let plan = plan(
+        session,
+        settings.workload,
+        settings.qps,
+        settings.seed,
+        settings.prompt_salt,
+    )
+    .await?;
     let mut plan_notes = Vec::new();
     if session.context_source == crate::session::Source::Fallback {
         plan_notes.push(format!(
@@ -205,6 +214,7 @@ pub async fn run_bench(args: BenchRunArgs) -> Result<BenchOutcome> {
         slo,
         qps: args.qps,
         seed: args.workload.seed,
+        prompt_salt: 0,
         show_progress: !args.no_progress,
     };
     let result = run_at(&session, &settings, &args.out).await;

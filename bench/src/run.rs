@@ -48,10 +48,19 @@ pub struct Plan {
     pub shrunk_by_context: usize,
     /// Prompts whose token count could not be made exactly P.
     pub inexact_prompts: usize,
+    /// Mixed into the prompt seed: probes of one capacity search share `seed` (the same arrival
+    /// pattern at every QPS) but must not resend prompts the server has cached.
+    pub prompt_salt: u64,
 }
 
-/// Decides every request of a run at `qps` with `seed`.
-pub async fn plan(session: &Session, args: &WorkloadArgs, qps: f64, seed: u64) -> Result<Plan> {
+/// Decides every request of a run at `qps` with `seed`; prompts also depend on `prompt_salt`.
+pub async fn plan(
+    session: &Session,
+    args: &WorkloadArgs,
+    qps: f64,
+    seed: u64,
+    prompt_salt: u64,
+) -> Result<Plan> {
     let workload: WorkloadSpec = args
         .workload
         .as_deref()
@@ -78,7 +87,9 @@ pub async fn plan(session: &Session, args: &WorkloadArgs, qps: f64, seed: u64) -
     let mut specs = workload.sample(times.len(), seed)?;
     let shrunk_by_context = fit_to_context(&mut specs, session.context, args.length_scale);
     let builder = PromptBuilder::new(&session.tokenizer).await?;
-    let mut rng = StdRng::seed_from_u64(seed ^ PROMPT_STREAM);
+    let mut rng = StdRng::seed_from_u64(
+        seed ^ PROMPT_STREAM ^ prompt_salt.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+    );
     let mut requests = Vec::with_capacity(times.len());
     let mut inexact_prompts = 0;
     for (i, (at, spec)) in times.into_iter().zip(specs).enumerate() {
@@ -104,6 +115,7 @@ pub async fn plan(session: &Session, args: &WorkloadArgs, qps: f64, seed: u64) -
         requests,
         shrunk_by_context,
         inexact_prompts,
+        prompt_salt,
     })
 }
 

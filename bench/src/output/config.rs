@@ -32,6 +32,9 @@ pub struct WorkloadInfo {
     pub arrival: String,
     pub qps: f64,
     pub seed: u64,
+    /// Mixed into the prompts' seed (capacity probes); absent in older files.
+    #[serde(default)]
+    pub prompt_salt: u64,
     pub requests: usize,
     pub warmup_s: f64,
     pub length_scale: f64,
@@ -123,6 +126,7 @@ pub fn build(i: ConfigInputs<'_>) -> RunConfig {
             arrival: i.plan.arrival.to_string(),
             qps: i.qps,
             seed: i.seed,
+            prompt_salt: i.plan.prompt_salt,
             requests: requests.len(),
             warmup_s: i.warmup_s,
             length_scale: i.length_scale,

@@ -1,9 +1,11 @@
 //! Prompt text cut to exactly P tokens with the target's tokenizer.
 //!
 //! The source is real English prose (`corpus.txt`, written for Metrum, Apache-2.0), tokenized
-//! once. Each prompt starts at a seeded random offset (so prompts differ and a prefix cache
-//! cannot turn the benchmark into a cache benchmark), takes the ids it needs (wrapping around
-//! the corpus for long prompts), and is decoded to text. Decoding and re-encoding can merge or
+//! once. Each prompt opens with a seeded random tag (`[1f0c9a3e] `) and continues at a seeded
+//! random offset, takes the ids it needs (wrapping around the corpus for long prompts), and is
+//! decoded to text. The tag keeps a prefix cache from turning the benchmark into a cache
+//! benchmark: the corpus has only ~900 offsets, so a few hundred prompts would otherwise start
+//! at an offset seen before and share every block with it. Decoding and re-encoding can merge or
 //! split tokens at the edges, so the text is re-encoded and the slice adjusted until the
 //! count is exactly P, a few times at most; the count actually reached is recorded.
 
@@ -14,6 +16,9 @@ use rand::Rng;
 const CORPUS: &str = include_str!("corpus.txt");
 /// Re-encode rounds before accepting the closest count.
 const MAX_ADJUSTMENTS: usize = 6;
+/// Prompts shorter than this get no tag: it would be most of the prompt, and there is no full
+/// KV block (16 tokens by default) to share anyway.
+const TAG_MIN_TOKENS: u32 = 16;
 
 pub struct PromptBuilder<'a> {
     tokenizer: &'a TextTokenizer,
@@ -51,6 +56,11 @@ impl<'a> PromptBuilder<'a> {
 
     /// A prompt of `tokens` tokens starting at a random place in the corpus.
     pub async fn build(&self, tokens: u32, rng: &mut impl Rng) -> Result<BuiltPrompt> {
+        let tag = if tokens >= TAG_MIN_TOKENS {
+            format!("[{:08x}] ", rng.random::<u32>())
+        } else {
+            String::new()
+        };
         let offset = rng.random_range(0..self.corpus.len());
         let target = u64::from(tokens)
             .saturating_sub(self.special.len() as u64)
@@ -66,7 +76,7 @@ impl<'a> PromptBuilder<'a> {
                 .take(take as usize)
                 .copied()
                 .collect();
-            let text = self.tokenizer.decode(&ids).await?;
+            let text = tag.clone() + &self.tokenizer.decode(&ids).await?;
             let got = self.tokenizer.count_content(&text, &self.special).await?;
             let prompt = BuiltPrompt {
                 text,
