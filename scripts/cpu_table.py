@@ -7,6 +7,7 @@ OUT_DIR/{metrum,llama}/capacity/capacity.json. Standard library only.
 """
 import json
 import os
+import re
 import platform
 import statistics
 import subprocess
@@ -33,6 +34,33 @@ def capacity_of(out, system, name):
     if not os.path.exists(path):
         return None
     return load(path)["result"]["max_qps_under_slo"] or 0.0
+
+
+def probe_verdicts(out, system, names):
+    """(qps, passed) of every probe logged in OUT/SYSTEM/NAME.log, for searches cut short."""
+    verdicts = []
+    for name in names:
+        path = os.path.join(out, system, f"{name}.log")
+        if not os.path.exists(path):
+            continue
+        for line in open(path):
+            m = re.match(r"capacity: ([0-9.]+) QPS seed \d+: (pass|fail)", line)
+            if m:
+                verdicts.append((float(m.group(1)), m.group(2) == "pass"))
+    return verdicts
+
+
+def bracket(out, system, name):
+    """'< F QPS' from the probes of a search that did not finish (its own and NAME-partial)."""
+    verdicts = probe_verdicts(out, system, [name, f"{name}-partial"])
+    fails = [q for q, ok in verdicts if not ok]
+    passes = [q for q, ok in verdicts if ok and (not fails or q < min(fails))]
+    if not fails:
+        return None
+    lowest_fail = min(fails)
+    text = f"< {lowest_fail:.3f} QPS (search cut short: failed at {lowest_fail:.3f}"
+    text += f", passed at {max(passes):.3f})" if passes else ", nothing lower probed)"
+    return lowest_fail, text
 
 
 def prefill_model(out, system):
@@ -118,15 +146,20 @@ def main():
             ratio = f"{m / l:.2f}x"
         print(f"| {label} | {m_med} ({m_all}) | {l_med} ({l_all}) | {ratio} ({better} is better) | {target} |")
     mc, lc = t["metrum"]["capacity"], t["llama"]["capacity"]
+    cut = bracket(out, "llama", "capacity") if lc is None else None
     if mc is not None or lc is not None:
         ratio = f"{mc / lc:.2f}x" if mc and lc else "n/a"
+        if cut and mc:
+            ratio = f"> {mc / cut[0]:.2f}x"
         fm = f"{mc:.3f} QPS" if mc is not None else "n/a"
-        fl = f"{lc:.3f} QPS" if lc is not None else "n/a"
+        fl = f"{lc:.3f} QPS" if lc is not None else (cut[1] if cut else "n/a")
         print(f"| capacity, deadline SLO, shared prefill model (256/128 workload) | {fm} | {fl} | {ratio} (higher is better) | >= 1.5x |")
     own = capacity_of(out, "metrum", "capacity-own-prefill")
     if own is not None:
         ratio = f"{own / lc:.2f}x" if own and lc else "n/a"
-        fl = f"{lc:.3f} QPS" if lc is not None else "n/a"
+        fl = f"{lc:.3f} QPS" if lc is not None else (cut[1] if cut else "n/a")
+        if cut and own:
+            ratio = f"> {own / cut[0]:.2f}x"
         print(f"| capacity, deadline SLO, each system's own prefill model | {own:.3f} QPS | {fl} | {ratio} | (stricter for Metrum) |")
     print(f"\nFailed or unfinished requests: Metrum {t['metrum']['errors']}, llama.cpp {t['llama']['errors']}.\n")
     print("## How each number is measured\n")
