@@ -119,4 +119,23 @@ mod tests {
             );
         }
     }
+
+    #[tokio::test]
+    async fn prompts_of_a_block_or_more_open_with_distinct_tags() {
+        let tokenizer = word_tokenizer().unwrap();
+        let builder = PromptBuilder::new(&tokenizer).await.unwrap();
+        let mut rng = StdRng::seed_from_u64(3);
+        let mut tags = std::collections::HashSet::new();
+        for _ in 0..50 {
+            let prompt = builder.build(64, &mut rng).await.unwrap();
+            let tag = prompt.text.split(' ').next().unwrap().to_string();
+            assert!(
+                tag.starts_with('[') && tag.ends_with(']') && tag.len() == 10,
+                "{tag}"
+            );
+            assert!(tags.insert(tag), "a tag repeated");
+        }
+        let short = builder.build(TAG_MIN_TOKENS - 1, &mut rng).await.unwrap();
+        assert!(!short.text.starts_with('['), "{}", short.text);
+    }
 }

@@ -1,7 +1,9 @@
 //! CPU reference kernels: readable f32 math over candle's CPU storage. They are the oracle the
 //! CUDA kernels are tested against, so clarity beats speed here; f16/bf16 inputs are widened to
-//! f32 for the math and narrowed once on output. The one exception is `fast_attention`, the
-//! f32 paged attention the engine runs on CPU, tested against the oracle here.
+//! f32 for the math and narrowed once on output. The exceptions are what the engine runs on CPU:
+//! `fast_attention` (with the AVX-512 decode tile of `fast_decode_avx512`), the f32 paged
+//! attention tested against the `paged_attention` oracle, and SiLU's f32 path, which is the same
+//! math on the vectorized exp of [`crate::vmath`] (unit-tested against f64).
 
 mod activation;
 mod fast_attention;
