@@ -32,11 +32,12 @@ pub fn silu(x: f32) -> f32 {
     x / (1.0 + exp(-x))
 }
 
-/// Replaces every entry of `row` with `exp(entry - max)` and returns their sum (16 f32 lanes,
-/// then a tree), for softmax rows whose maximum is `max`.
+/// Replaces every entry of `row` with `exp(entry - max(row))` and returns their sum (16 f32
+/// lanes, then a tree): a softmax row's numerators and denominator. Masked entries (`-inf`)
+/// become exactly 0.
 #[inline(always)]
-pub fn exp_shifted_sum(row: &mut [f32], max: f32) -> f32 {
-    const LANES: usize = 16;
+pub fn softmax_numerators(row: &mut [f32]) -> f32 {
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
     let mut acc = [0f32; LANES];
     let mut chunks = row.chunks_exact_mut(LANES);
     for chunk in &mut chunks {
@@ -50,6 +51,16 @@ pub fn exp_shifted_sum(row: &mut [f32], max: f32) -> f32 {
         *x = exp_nonpositive(*x - max);
         tail += *x;
     }
+    sum_lanes(acc) + tail
+}
+
+/// Lanes of the vectorizable loops: 16 f32 = one AVX-512 register, two AVX2 ones.
+pub(crate) const LANES: usize = 16;
+
+/// The sum of 16 lane accumulators as a tree of halvings, which vectorizes; a left-to-right
+/// sum would be 15 dependent adds.
+#[inline(always)]
+pub(crate) fn sum_lanes(mut acc: [f32; LANES]) -> f32 {
     let mut width = LANES / 2;
     while width > 0 {
         for l in 0..width {
@@ -57,7 +68,7 @@ pub fn exp_shifted_sum(row: &mut [f32], max: f32) -> f32 {
         }
         width /= 2;
     }
-    acc[0] + tail
+    acc[0]
 }
 
 /// The scheme itself, for `x` already inside `[-87, 88]`.
@@ -139,7 +150,7 @@ mod tests {
             let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
             // The shift itself is an f32 subtraction; only the exp is under test.
             let want: Vec<f64> = row.iter().map(|&x| ((x - max) as f64).exp()).collect();
-            let sum = exp_shifted_sum(&mut row, max);
+            let sum = softmax_numerators(&mut row);
             for (got, want) in row.iter().zip(&want) {
                 assert!((*got as f64 - want).abs() <= 3e-7 * want.max(1e-30));
             }

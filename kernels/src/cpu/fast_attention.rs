@@ -16,6 +16,7 @@
 
 use crate::AttentionMetadata;
 use crate::quant::Isa;
+use crate::vmath::{LANES, sum_lanes};
 
 /// Query tokens per tile.
 const Q_TILE: usize = 8;
@@ -28,6 +29,18 @@ pub(crate) struct Dims {
     pub kv_heads: usize,
     pub head_dim: usize,
     pub block_size: usize,
+}
+
+impl Dims {
+    /// Where the K (or V) row of position `p` for KV head `kvh` starts in a cache laid out
+    /// `[blocks, block_size, kv_heads, head_dim]`, through the sequence's block table.
+    #[inline(always)]
+    pub(super) fn kv_row_start(&self, table: &[u32], kvh: usize, p: usize) -> usize {
+        let row_stride = self.kv_heads * self.head_dim;
+        table[p / self.block_size] as usize * self.block_size * row_stride
+            + (p % self.block_size) * row_stride
+            + kvh * self.head_dim
+    }
 }
 
 /// One unit of work: `q_len` query tokens of one sequence starting at batch row `row0`
@@ -147,9 +160,6 @@ unsafe fn tile_avx2(
     unsafe { tile_generic(q, k, v, meta, d, scale, tile, out) }
 }
 
-/// Lanes of the vectorizable loops: 16 f32 = one AVX-512 register, two AVX2 ones.
-const LANES: usize = 16;
-
 /// Scores 16 keys at a time: the keys are transposed into `kt[d][key]`, so each query row gets
 /// 16 scores from `head_dim` broadcast multiply-adds and no horizontal sums.
 #[inline(always)]
@@ -212,16 +222,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
             acc[l] += x[l] * y[l];
         }
     }
-    // A tree of halvings, which vectorizes; a left-to-right sum of 16 lanes would be 15
-    // dependent adds per dot product.
-    let mut width = LANES / 2;
-    while width > 0 {
-        for l in 0..width {
-            acc[l] += acc[l + width];
-        }
-        width /= 2;
-    }
-    acc[0] + tail
+    sum_lanes(acc) + tail
 }
 
 /// `acc += Σ_p weights[p] · rows[p]`, in 16-lane chunks of `acc` held in registers.
@@ -266,14 +267,10 @@ unsafe fn tile_generic(
 ) {
     let group = d.num_heads / d.kv_heads;
     let hd = d.head_dim;
-    let row_stride = d.kv_heads * hd;
-    let block_stride = d.block_size * row_stride;
     let table = &meta.block_tables[tile.seq];
     let ctx = tile.pos0 + tile.q_len;
     let kv_row = |p: usize| -> std::ops::Range<usize> {
-        let base = table[p / d.block_size] as usize * block_stride
-            + (p % d.block_size) * row_stride
-            + tile.kvh * hd;
+        let base = d.kv_row_start(table, tile.kvh, p);
         base..base + hd
     };
     // Rows of (query token i, head h in the group): i * group + h.
@@ -310,9 +307,7 @@ unsafe fn tile_generic(
     }
     let mut denom = vec![0f32; rows];
     for r in 0..rows {
-        let row = &mut scores[r * ctx..(r + 1) * ctx];
-        let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-        denom[r] = crate::vmath::exp_shifted_sum(row, max);
+        denom[r] = crate::vmath::softmax_numerators(&mut scores[r * ctx..(r + 1) * ctx]);
     }
     // P·V one query row at a time, so its accumulator stays in registers while the V rows
     // stream past (they stay in L1 from one row to the next).

@@ -5,7 +5,7 @@
 //! code here (perf: the fast attention was 35% of a loaded server's CPU time), so this path
 //! spells the vectors out:
 //! - scores: one 16-lane FMA chain per (key, query head), reduced once;
-//! - softmax: [`crate::vmath::exp_shifted_sum`];
+//! - softmax: [`crate::vmath::softmax_numerators`];
 //! - P·V: each V row is loaded once and feeds every head of the tile (the generic path
 //!   streams V once per head), with all accumulators in registers where they fit;
 //! - K and V rows a few keys ahead are prefetched: decode attention over a batch's contexts
@@ -41,16 +41,10 @@ pub(super) unsafe fn decode_tile(
 ) {
     let group = d.num_heads / d.kv_heads;
     let hd = d.head_dim;
-    let row_stride = d.kv_heads * hd;
-    let block_stride = d.block_size * row_stride;
     let table = &meta.block_tables[tile.seq];
     let ctx = tile.pos0 + 1;
     let offsets: Vec<usize> = (0..ctx)
-        .map(|p| {
-            table[p / d.block_size] as usize * block_stride
-                + (p % d.block_size) * row_stride
-                + tile.kvh * hd
-        })
+        .map(|p| d.kv_row_start(table, tile.kvh, p))
         .collect();
     // The tile's query rows (and output rows) are the group's heads, contiguous.
     let first = (tile.row0 * d.num_heads + tile.kvh * group) * hd;
@@ -59,9 +53,7 @@ pub(super) unsafe fn decode_tile(
     unsafe { scores_into(&mut scores, q, k, &offsets, group, hd, scale) };
     let mut inv = [0f32; MAX_GROUP];
     for r in 0..group {
-        let row = &mut scores[r * ctx..(r + 1) * ctx];
-        let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-        inv[r] = 1.0 / crate::vmath::exp_shifted_sum(row, max);
+        inv[r] = 1.0 / crate::vmath::softmax_numerators(&mut scores[r * ctx..(r + 1) * ctx]);
     }
     // SAFETY: rows first..first + group * hd of `out` belong to this tile alone.
     let out = unsafe { out.0.add(first) };
