@@ -101,7 +101,7 @@ pub fn plan(
     crate::limits::check_stops(&stop, &stop_token_ids)?;
     // Every prompt has at least one token, so this can never fit; say so before tokenizing.
     if let Some(m) = requested_max_tokens.filter(|&m| m >= limits.max_model_len as u64) {
-        return Err(context_error(limits.max_model_len, 1, Some(m as usize)));
+        return Err(context_error(limits.max_model_len, 1, Some(m)));
     }
     let min_tokens = fields.min_tokens.unwrap_or(0);
     let params = SamplingParams {
@@ -202,7 +202,7 @@ pub fn resolve_max_tokens(
     let mut params = plan.params.clone();
     match plan.requested_max_tokens {
         Some(max_tokens) if prompt_len.saturating_add(max_tokens) > context => {
-            Err(context_error(context, prompt_len, Some(max_tokens)))
+            Err(context_error(context, prompt_len, Some(max_tokens as u64)))
         }
         Some(max_tokens) => {
             params.max_tokens = max_tokens;
@@ -217,13 +217,15 @@ pub fn resolve_max_tokens(
     }
 }
 
-fn context_error(context: usize, prompt_len: usize, max_tokens: Option<usize>) -> ApiError {
+/// `max_tokens` is the client's number, which can be as large as `u64::MAX`: the total is
+/// summed in u128 so that reporting it cannot overflow (the fuzzer found `1 + u64::MAX`).
+fn context_error(context: usize, prompt_len: usize, max_tokens: Option<u64>) -> ApiError {
     let message = match max_tokens {
         Some(m) => format!(
             "This model's maximum context length is {context} tokens. However, you requested \
              {} tokens ({prompt_len} in the prompt, {m} in the completion). Please reduce the \
              length of the prompt or completion.",
-            prompt_len + m
+            prompt_len as u128 + u128::from(m)
         ),
         None => format!(
             "This model's maximum context length is {context} tokens. However, the prompt has \
@@ -364,5 +366,21 @@ mod tests {
         assert_eq!(resolve_max_tokens(&open, 60, LIMITS).unwrap().max_tokens, 4);
         assert!(resolve_max_tokens(&open, 64, LIMITS).is_err());
         assert!(resolve_max_tokens(&open, 0, LIMITS).is_err());
+    }
+
+    /// CI's fuzzer: `1 + u64::MAX` in the error message overflowed (a panic with overflow
+    /// checks, a wrong total without).
+    #[test]
+    fn the_largest_max_tokens_is_a_context_error_with_the_exact_total() {
+        for field in ["max_tokens", "max_completion_tokens"] {
+            let json = format!(r#"{{"{field}": 18446744073709551615}}"#);
+            let err = plan(&fields(&json), None, LIMITS).unwrap_err();
+            assert_eq!(err.status().as_u16(), 400);
+            assert!(
+                err.to_string()
+                    .contains("you requested 18446744073709551616 tokens"),
+                "{err}"
+            );
+        }
     }
 }
