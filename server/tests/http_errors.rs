@@ -88,6 +88,21 @@ async fn bad_requests_are_400_with_the_field_named() {
         .await;
     let error = error_of(status, 400, &body);
     assert_eq!(error["code"], "context_length_exceeded");
+    // The largest max_tokens a client can send: the message's total must not wrap (cargo-fuzz's
+    // request_json found `1 + u64::MAX`; fuzz/seeds/request_json/max_tokens_u64_max).
+    let (status, body) = raw_post(
+        &server,
+        "/v1/completions",
+        r#"{"prompt": "x", "max_tokens": 18446744073709551615}"#,
+    )
+    .await;
+    let error = error_of(status, 400, &body);
+    assert_eq!(error["code"], "context_length_exceeded");
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.contains("you requested 18446744073709551616 tokens"),
+        "{message}"
+    );
 
     // Empty messages and a bad chat role.
     let (status, body) = server
