@@ -43,6 +43,21 @@ started=$(date +%s)
 cargo +nightly fuzz build "${FLAGS[@]}"
 echo "fuzz.sh: built every target in $(($(date +%s) - started)) s"
 
+# What a remote CI log needs to reproduce a failure without its artifacts: the panic message
+# (the log's tail is often all backtrace), the tail, and each new crashing input in base64
+# (session 4 had to guess CI's input from the panic site alone).
+report_failure() {
+    local target=$1 log="corpus/$1.log"
+    grep -E -A3 "panicked at|ERROR: libFuzzer|SUMMARY:" "$log" | head -n 20 >&2 || true
+    tail -n 20 "$log" >&2
+    for input in $(grep -oE "artifacts/$target/[A-Za-z0-9_-]+" "$log" | sort -u); do
+        [[ -f $input ]] || continue
+        echo "fuzz.sh: $input ($(wc -c <"$input") bytes), base64:" >&2
+        head -c 4096 "$input" | base64 -w 0 >&2
+        echo >&2
+    done
+}
+
 failed=()
 for target in $TARGETS; do
     mkdir -p "corpus/$target"
@@ -54,7 +69,7 @@ for target in $TARGETS; do
         -max_total_time="$SECONDS_PER_TARGET" -timeout=10 -rss_limit_mb=2048 \
         -print_final_stats=1 2>"corpus/$target.log"; then
         failed+=("$target")
-        tail -n 40 "corpus/$target.log" >&2
+        report_failure "$target"
     else
         grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb)' "corpus/$target.log" || true
     fi
