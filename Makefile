@@ -55,14 +55,15 @@ cuda-toolchain:
 # only candle, cudarc and Metrum's crates build twice (5.5 instead of 9 minutes cold). The
 # tests name the server too, so that every dependency resolves the features of the server build
 # (`-p metrum-kernels` alone resolves serde, libc, syn, ... with fewer and rebuilt all of candle).
-# The CUDA build replaces target/release/metrum, so the CPU one is put back at the end.
+# The CUDA build replaces target/release/metrum, so the CPU one is put back at the end, pass or
+# fail (0.2 s: cargo re-links fresh units).
 KERNEL_TESTS := $(patsubst kernels/tests/%.rs,--test %,$(wildcard kernels/tests/*.rs))
 test-cuda: cuda-toolchain
-	source $(CUDA_DIR)/env.sh && export LD_LIBRARY_PATH=$$CUDA_STUB_LD_LIBRARY_PATH && \
+	( source $(CUDA_DIR)/env.sh && export LD_LIBRARY_PATH=$$CUDA_STUB_LD_LIBRARY_PATH && \
 	  $(CARGO) build --release -p metrum-server --features cuda && \
 	  $(CARGO) test --release -p metrum-server -p metrum-kernels \
-	    --features metrum-server/cuda,metrum-kernels/cuda --lib $(KERNEL_TESTS)
-	$(CARGO) build --release -p metrum-server
+	    --features metrum-server/cuda,metrum-kernels/cuda --lib $(KERNEL_TESTS) ); \
+	status=$$?; $(CARGO) build --release -p metrum-server && exit $$status
 
 # The binary carried to a GPU machine (scripts/gpu-check.sh runs it there).
 build-cuda: cuda-toolchain
