@@ -962,12 +962,43 @@ def build_family(name: str, idx: int, out_root: Path, llama_dir: Path | None, te
                 gguf_diff=None if gguf_info is None else gguf_info["max_abs_logit_diff_vs_reference_when_mapped_back"])
 
 
+def verify(out_root: Path, names: list[str]) -> None:
+    """Check committed fixtures: reload with transformers, recompute the logits and greedy tokens,
+    compare with reference.safetensors / reference.json, and parse model.gguf with GGUFReader."""
+    import safetensors.torch
+    import torch
+
+    for name in names:
+        d = out_root / name
+        ref = json.loads((d / "reference.json").read_text())
+        tens = safetensors.torch.load_file(str(d / "reference.safetensors"))
+        model = load_hf(d)
+        worst = 0.0
+        for pi, p in enumerate(ref["prompts"]):
+            logits = forward_logits(model, p["ids"])
+            worst = max(worst, float((logits - tens[f"prompt.{pi}.logits"]).abs().max()))
+            toks, margins, step = greedy_full_recompute(model, p["ids"], N_GREEDY)
+            assert toks == p["greedy_tokens"], (name, pi)
+            assert torch.equal(step, tens[f"prompt.{pi}.greedy_step_logits"]), (name, pi)
+        line = f"{name}: HF reload max|dlogit| = {worst}"
+        if (d / "model.gguf").exists():
+            kv, tensors = gguf_reader_summary(d / "model.gguf")
+            line += (f"; GGUF arch={kv['general.architecture']} keys={len(kv)} tensors={len(tensors)}\n    "
+                     + "\n    ".join(f"{k} = {v if not isinstance(v, list) else f'[{len(v)} items]'}"
+                                      if k != "tokenizer.chat_template" else f"{k} = <{len(v)} chars>"
+                                      for k, v in kv.items()))
+        print(line)
+        assert worst == 0.0, name
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", help="comma-separated family names")
     ap.add_argument("--out", default=str(DEFAULT_OUT))
     ap.add_argument("--llama-cpp", help="llama.cpp tree (default: the pinned llama-cpp-python sdist's)")
     ap.add_argument("--no-gguf", action="store_true")
+    ap.add_argument("--verify", action="store_true",
+                    help="only check the existing fixtures against their reference files")
     args = ap.parse_args()
 
     import torch
@@ -975,6 +1006,9 @@ def main() -> None:
     torch.set_num_threads(1)  # determinism and a light footprint
     torch.use_deterministic_algorithms(True)
     names = list(FAMILIES) if not args.only else args.only.split(",")
+    if args.verify:
+        verify(Path(args.out), names)
+        return
     llama_dir = ensure_llama_cpp(args.llama_cpp)
     templates_dir = llama_dir / "models" / "templates"
     out_root = Path(args.out)
