@@ -3,8 +3,9 @@
 //!
 //! Every check builds random inputs on the host, runs the kernel on the given device, and
 //! compares the result (widened to f32) with an *independent* reference computed on the CPU:
-//! a naive dense causal attention for the paged attention, candle_nn's `rope`/`rope_i`,
-//! `rms_norm` and `silu` for the fused ops, and a host-side scatter for `reshape_and_cache`.
+//! a naive dense causal (optionally windowed, soft-capped) attention for the paged attention,
+//! candle_nn's `rope`/`rope_i`, `rms_norm` and `silu` for the fused ops, and a host-side scatter
+//! for `reshape_and_cache`.
 //! On the CPU device this validates the oracle; on CUDA it validates the kernels.
 
 mod attention;
