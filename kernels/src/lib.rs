@@ -8,7 +8,7 @@
 //! | --- | --- |
 //! | [`metadata`] | [`AttentionMetadata`]: one varlen batch's sequence layout, block tables, slot mapping |
 //! | [`attention`] | [`paged_attention_with`] (and its [`AttentionParams`]: scale, sliding window, soft-cap), [`reshape_and_cache`]: the public entry points, dispatching by device |
-//! | [`ops`] | [`rms_norm`], [`add_rms_norm`], [`rope`] (both [`RopeStyle`]s), [`silu_mul`] |
+//! | [`ops`] | [`rms_norm`], [`add_rms_norm`], [`rope`] (both [`RopeStyle`]s), [`silu_mul`], [`gelu_tanh_mul`] |
 //! | [`quant`] | quantized matmul on the CPU (GGUF Q4_0/Q4_1/Q8_0/Q4_K/Q5_K/Q6_K): scalar reference, AVX2, AVX-512 VNNI |
 //! | [`threads`] | the spinning fork-join pool the CPU kernels run on (`--threads`) |
 //! | [`vmath`] | vectorizable `exp`, `tanh`, SiLU and softmax sums (libm's `expf` is a scalar call) |
@@ -47,7 +47,7 @@ pub use attention::{
     paged_attention_with, reshape_and_cache,
 };
 pub use metadata::{AttentionMetadata, PREFILL_TILE_TOKENS};
-pub use ops::{RopeStyle, add_rms_norm, rms_norm, rope, silu_mul};
+pub use ops::{RopeStyle, add_rms_norm, gelu_tanh_mul, rms_norm, rope, silu_mul};
 
 /// Every embedded PTX module as `(name, ptx)`, for validity checks (`ptxas`) without a GPU.
 #[cfg(feature = "cuda")]
