@@ -8,6 +8,10 @@
 // Layout: q/out [tokens, Hq, D]; caches [num_blocks, block_size, Hkv, D]; token p of sequence s
 // lives in block block_tables[s * bt_stride + p / block_size], row p % block_size.
 // Softmax runs in base 2: q is pre-scaled by softmax_scale * log2(e), so exp2 gives e^(scale*qk).
+// Soft-capping (Gemma 2) in that domain: cap*tanh(s/cap) * log2(e) = c2*tanh(s*log2(e)/c2) with
+// c2 = cap * log2(e), so the host passes soft_cap_log2 = c2 (0 = off).
+// Sliding window (window > 0): a token at position p reads only keys max(0, p+1-window)..=p; the
+// splits partition that range, so keys before the window are never loaded.
 //
 // Threads: 4 warps. A warp takes TPW tokens at a time, LPT lanes per token, each lane holding
 // NV 16-byte vectors (EPL elements) of the token's K and V row. Per chunk of UNROLL tokens a lane
@@ -28,7 +32,14 @@ struct DecodeArgs {
   uint32_t num_heads, num_kv_heads, block_size, bt_stride;
   uint32_t partition_len, num_splits;
   float scale_log2;
+  uint32_t window;      // 0 = full causal
+  float soft_cap_log2;  // 0 = off
 };
+
+// The first key a query at position `pos` sees: max(0, pos + 1 - window), 0 without a window.
+__device__ __forceinline__ uint32_t window_start(uint32_t pos, uint32_t window) {
+  return (window != 0 && pos + 1 > window) ? pos + 1 - window : 0;
+}
 
 // Merges (m_b, l_b, acc_b) into (m, l, acc); either side may be empty (m = -inf, l = 0).
 __device__ __forceinline__ void merge_weights(float m, float m_b, float &wa, float &wb, float &mn) {
@@ -61,7 +72,8 @@ __device__ __forceinline__ void paged_decode(T *__restrict__ out, float *__restr
   const uint32_t seq = a.token_seqs[token];
   const uint32_t q_begin = a.query_start_loc[seq];
   const uint32_t q_len = a.query_start_loc[seq + 1] - q_begin;
-  const uint32_t ctx = a.seq_lens[seq] - q_len + (token - q_begin) + 1;  // keys 0..=position
+  const uint32_t ctx = a.seq_lens[seq] - q_len + (token - q_begin) + 1;  // keys ..=position
+  const uint32_t kv_start = window_start(ctx - 1, a.window);            // first visible key
 
   const uint32_t group = a.num_heads / a.num_kv_heads;
   const uint32_t head_tiles = (group + GMAX - 1) / GMAX;
@@ -71,8 +83,8 @@ __device__ __forceinline__ void paged_decode(T *__restrict__ out, float *__restr
   const int heads_here = min((int)GMAX, (int)(group - tile * GMAX));
 
   const uint32_t split = blockIdx.z;
-  const uint32_t start = split * a.partition_len;
-  if (start >= ctx) return;  // whole CTA: this split is past the token's context
+  const uint32_t start = kv_start + split * a.partition_len;
+  if (start >= ctx) return;  // whole CTA: this split is past the token's visible keys
   const uint32_t end = min(ctx, start + a.partition_len);
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -160,6 +172,7 @@ __device__ __forceinline__ void paged_decode(T *__restrict__ out, float *__restr
         for (int e = 0; e < EPL; ++e) dot += qf[g][e] * kf[e];
 #pragma unroll
         for (int o = LPT / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+        if (a.soft_cap_log2 > 0.f) dot = a.soft_cap_log2 * tanhf(dot / a.soft_cap_log2);
         sc[u][g] = dot;
       }
     }
@@ -270,7 +283,8 @@ __device__ __forceinline__ void paged_decode_reduce(T *__restrict__ out,
   const uint32_t q_begin = a.query_start_loc[seq];
   const uint32_t q_len = a.query_start_loc[seq + 1] - q_begin;
   const uint32_t ctx = a.seq_lens[seq] - q_len + (token - q_begin) + 1;
-  const uint32_t splits = min(a.num_splits, (ctx + a.partition_len - 1) / a.partition_len);
+  const uint32_t keys = ctx - window_start(ctx - 1, a.window);
+  const uint32_t splits = min(a.num_splits, (keys + a.partition_len - 1) / a.partition_len);
   const size_t first = ((size_t)item * a.num_heads + head) * a.num_splits;
   float mx = NEG_INF;
   for (uint32_t i = 0; i < splits; ++i) mx = fmaxf(mx, part_ml[(first + i) * 2]);
@@ -289,11 +303,11 @@ __device__ __forceinline__ void paged_decode_reduce(T *__restrict__ out,
   const uint32_t *block_tables, const uint32_t *seq_lens, const uint32_t *query_start_loc,     \
       const uint32_t *token_seqs, const uint32_t *items, uint32_t use_items, uint32_t num_heads, \
       uint32_t num_kv_heads, uint32_t block_size, uint32_t bt_stride, uint32_t partition_len,  \
-      uint32_t num_splits, float scale_log2
+      uint32_t num_splits, float scale_log2, uint32_t window, float soft_cap_log2
 #define DECODE_PACK                                                                            \
-  DecodeArgs a{block_tables, seq_lens,      query_start_loc, token_seqs, items,                \
-               use_items,    num_heads,     num_kv_heads,    block_size, bt_stride,            \
-               partition_len, num_splits,   scale_log2}
+  DecodeArgs a{block_tables,  seq_lens,   query_start_loc, token_seqs, items,                  \
+               use_items,     num_heads,  num_kv_heads,    block_size, bt_stride,              \
+               partition_len, num_splits, scale_log2,      window,     soft_cap_log2}
 
 #define DECODE(T, SUF, D, G)                                                                   \
   extern "C" __global__ void __launch_bounds__(DECODE_WARPS * 32)                              \

@@ -3,8 +3,10 @@
 // earlier chunks included — from the paged cache.
 //
 // Grid: x = query head, y = tile from the host's work list (sequence, first query offset); each
-// CTA computes TILE_M = 64 query rows of one head against the keys 0..=(last row's position),
-// TILE_N = 64 keys at a time. 4 warps, 16 query rows each. Per key tile: K and V are gathered
+// CTA computes TILE_M = 64 query rows of one head against the keys from the first row's window
+// start (0 without a sliding window) to the last row's position, TILE_N = 64 keys at a time, so
+// keys before the window are never loaded; the later rows' window starts are masked per key.
+// Soft-capping (Gemma 2) runs on the base-2 scores: c2 * tanh(s / c2) with c2 = cap * log2(e). 4 warps, 16 query rows each. Per key tile: K and V are gathered
 // through the block table into shared memory (16-byte loads), S = Q K^T on tensor cores, an
 // online-softmax update in registers (base 2, scale folded in), then O += P V on tensor cores
 // with P reused straight from the S accumulators. Heads run in grid.x so the CTAs of one KV
@@ -63,7 +65,8 @@ __device__ __forceinline__ void paged_prefill(T *__restrict__ out, const T *__re
                                               const uint32_t *__restrict__ query_start_loc,
                                               const uint32_t *__restrict__ tiles, uint32_t num_heads,
                                               uint32_t num_kv_heads, uint32_t block_size,
-                                              uint32_t bt_stride, float scale_log2) {
+                                              uint32_t bt_stride, float scale_log2,
+                                              uint32_t window, float soft_cap_log2) {
   constexpr int LDS = D + SMEM_PAD;       // shared row stride in elements
   constexpr int KSTEPS = D / 16;          // k-steps of S = Q K^T
   constexpr int DTILES = D / 8;           // n-tiles of O
@@ -79,7 +82,11 @@ __device__ __forceinline__ void paged_prefill(T *__restrict__ out, const T *__re
   const uint32_t q_len = query_start_loc[seq + 1] - q_begin;
   const uint32_t first_pos = seq_lens[seq] - q_len;  // position of query 0 of the sequence
   const uint32_t rows = min((uint32_t)TILE_M, q_len - q_off);
-  const uint32_t kv_end = first_pos + q_off + rows;   // keys 0..kv_end serve this tile
+  const uint32_t kv_end = first_pos + q_off + rows;   // keys kv_begin..kv_end serve this tile
+  // window == 0: full causal. Otherwise a row at position p sees keys p - key < window.
+  const uint32_t win = window == 0 ? 0xffffffffu : window;
+  const uint32_t tile_pos = first_pos + q_off;
+  const uint32_t kv_begin = tile_pos + 1 > win ? tile_pos + 1 - win : 0;
   const uint32_t kv_head = head / (num_heads / num_kv_heads);
   const uint32_t *table = block_tables + (size_t)seq * bt_stride;
   const size_t row_stride = (size_t)num_kv_heads * D;
@@ -94,6 +101,8 @@ __device__ __forceinline__ void paged_prefill(T *__restrict__ out, const T *__re
   const uint32_t c0 = min((uint32_t)r0, rows - 1), c1 = min((uint32_t)r1, rows - 1);
   const uint32_t pos0 = first_pos + q_off + c0, pos1 = first_pos + q_off + c1;
   const uint32_t warp_last_pos = first_pos + q_off + min((uint32_t)(warp_first + 15), rows - 1);
+  const uint32_t warp_first_pos = first_pos + q_off + min((uint32_t)warp_first, rows - 1);
+  const uint32_t warp_first_key = warp_first_pos + 1 > win ? warp_first_pos + 1 - win : 0;
 
   // Q fragments for all k-steps, loaded once (32-bit loads of element pairs).
   uint32_t qa[KSTEPS][4];
@@ -116,7 +125,7 @@ __device__ __forceinline__ void paged_prefill(T *__restrict__ out, const T *__re
   for (int i = 0; i < DTILES; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
   float m0 = NEG_INF, m1 = NEG_INF, l0 = 0.f, l1 = 0.f;  // l: this lane's partial row sums
 
-  for (uint32_t kv0 = 0; kv0 < kv_end; kv0 += TILE_N) {
+  for (uint32_t kv0 = kv_begin; kv0 < kv_end; kv0 += TILE_N) {
     __syncthreads();  // the previous tile is no longer read
     for (int idx = threadIdx.x; idx < TILE_N * ROW_VECS; idx += blockDim.x) {
       const int r = idx / ROW_VECS, c = idx % ROW_VECS;
@@ -132,7 +141,8 @@ __device__ __forceinline__ void paged_prefill(T *__restrict__ out, const T *__re
       *reinterpret_cast<uint4 *>(&vs[r * LDS + c * 8]) = vvec;
     }
     __syncthreads();
-    if (!warp_active || kv0 > warp_last_pos) continue;  // warp-uniform: nothing visible here
+    // Warp-uniform: nothing in this key tile is visible to any of the warp's rows.
+    if (!warp_active || kv0 > warp_last_pos || kv0 + TILE_N <= warp_first_key) continue;
 
     // S = Q K^T for this warp's 16 rows and the tile's 64 keys.
     float s[NTILES][4];
@@ -148,15 +158,19 @@ __device__ __forceinline__ void paged_prefill(T *__restrict__ out, const T *__re
         mma_16816<T>(s[nt], qa[kk], b0, b1);
       }
     }
-    // Scale into base 2, mask the future (and the zero-filled keys past kv_end), row maxima.
+    // Scale into base 2, soft-cap, mask the future, the keys before each row's window (and the
+    // zero-filled keys past kv_end), row maxima.
     float mx0 = NEG_INF, mx1 = NEG_INF;
 #pragma unroll
     for (int nt = 0; nt < NTILES; ++nt) {
       const uint32_t key = kv0 + nt * 8 + 2 * t;
-      s[nt][0] = key <= pos0 ? s[nt][0] * scale_log2 : NEG_INF;
-      s[nt][1] = key + 1 <= pos0 ? s[nt][1] * scale_log2 : NEG_INF;
-      s[nt][2] = key <= pos1 ? s[nt][2] * scale_log2 : NEG_INF;
-      s[nt][3] = key + 1 <= pos1 ? s[nt][3] * scale_log2 : NEG_INF;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const uint32_t k = key + (e & 1), pos = e < 2 ? pos0 : pos1;
+        float x = s[nt][e] * scale_log2;
+        if (soft_cap_log2 > 0.f) x = soft_cap_log2 * tanhf(x / soft_cap_log2);
+        s[nt][e] = (k <= pos && pos - k < win) ? x : NEG_INF;
+      }
       mx0 = fmaxf(mx0, fmaxf(s[nt][0], s[nt][1]));
       mx1 = fmaxf(mx1, fmaxf(s[nt][2], s[nt][3]));
     }
@@ -164,9 +178,12 @@ __device__ __forceinline__ void paged_prefill(T *__restrict__ out, const T *__re
     mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
     mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
     mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-    // Key 0 is visible to every row and sits in the first tile, so after it m is finite.
+    // With a window a row may see nothing in the first tiles it meets (its window starts
+    // later), so its max can still be -inf here: exponentiate against 0 then, so masked scores
+    // give exp2(-inf) = 0 (not the NaN of -inf - -inf) and the all-zero state stays zero.
     const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
-    const float alpha0 = exp2f(m0 - mn0), alpha1 = exp2f(m1 - mn1);  // exp2(-inf) = 0 at start
+    const float base0 = mn0 == NEG_INF ? 0.f : mn0, base1 = mn1 == NEG_INF ? 0.f : mn1;
+    const float alpha0 = exp2f(m0 - base0), alpha1 = exp2f(m1 - base1);  // exp2(-inf) = 0
     m0 = mn0;
     m1 = mn1;
     l0 *= alpha0;
@@ -180,10 +197,10 @@ __device__ __forceinline__ void paged_prefill(T *__restrict__ out, const T *__re
     }
 #pragma unroll
     for (int nt = 0; nt < NTILES; ++nt) {
-      s[nt][0] = exp2f(s[nt][0] - m0);
-      s[nt][1] = exp2f(s[nt][1] - m0);
-      s[nt][2] = exp2f(s[nt][2] - m1);
-      s[nt][3] = exp2f(s[nt][3] - m1);
+      s[nt][0] = exp2f(s[nt][0] - base0);
+      s[nt][1] = exp2f(s[nt][1] - base0);
+      s[nt][2] = exp2f(s[nt][2] - base1);
+      s[nt][3] = exp2f(s[nt][3] - base1);
       l0 += s[nt][0] + s[nt][1];
       l1 += s[nt][2] + s[nt][3];
     }
@@ -228,9 +245,10 @@ __device__ __forceinline__ void paged_prefill(T *__restrict__ out, const T *__re
       T *out, const T *q, const T *k_cache, const T *v_cache, const uint32_t *block_tables,     \
       const uint32_t *seq_lens, const uint32_t *query_start_loc, const uint32_t *tiles,         \
       uint32_t num_heads, uint32_t num_kv_heads, uint32_t block_size, uint32_t bt_stride,       \
-      float scale_log2) {                                                                       \
+      float scale_log2, uint32_t window, float soft_cap_log2) {                                 \
     paged_prefill<T, D>(out, q, k_cache, v_cache, block_tables, seq_lens, query_start_loc,      \
-                        tiles, num_heads, num_kv_heads, block_size, bt_stride, scale_log2);     \
+                        tiles, num_heads, num_kv_heads, block_size, bt_stride, scale_log2,      \
+                        window, soft_cap_log2);                                                 \
   }
 
 PREFILL(__half, f16, 64)

@@ -1,9 +1,75 @@
 //! Public entry points: paged attention over a varlen batch, and writing new K/V into the cache.
 //! Each is a candle custom op so it dispatches on the tensors' device: the CPU reference in
 //! `crate::cpu`, the CUDA kernels (feature `cuda`) in `crate::cuda`.
+//!
+//! [`AttentionParams`] carries what differs between model families: the logit scale, a sliding
+//! window (Mistral, Gemma 2/3 local layers) and Gemma 2's logit soft-capping. Every path (the
+//! oracle, the fast CPU path, the CUDA kernels) honours all three.
 
 use crate::{AttentionMetadata, cpu};
-use candle_core::{CpuStorage, CustomOp3, InplaceOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, InplaceOp2, Layout, Result, Shape, Tensor, bail};
+use std::ops::Range;
+
+/// How the attention logits of one layer are formed and masked.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttentionParams {
+    /// Multiplies q·k before anything else (usually 1/sqrt(head_dim); Gemma: query_pre_attn_scalar^-0.5).
+    pub scale: f32,
+    /// Sliding-window attention: a query at position p sees only keys at positions k with p - k < w
+    /// (i.e. keys max(0, p+1-w) ..= p, w keys including itself), as HF transformers' sliding_window masks do
+    /// (Mistral, Gemma 2/3 local layers). None = full causal.
+    pub sliding_window: Option<usize>,
+    /// Gemma 2's attention logit soft-capping, applied to the scaled scores: cap * tanh(s / cap). None = off.
+    pub soft_cap: Option<f32>,
+}
+
+impl AttentionParams {
+    /// Plain causal attention with `scale`: no window, no soft-cap.
+    pub fn new(scale: f32) -> Self {
+        AttentionParams {
+            scale,
+            sliding_window: None,
+            soft_cap: None,
+        }
+    }
+
+    /// The keys a query at position `pos` attends to: `max(0, pos + 1 - w) ..= pos`.
+    pub fn visible_keys(&self, pos: usize) -> Range<usize> {
+        let first = match self.sliding_window {
+            Some(w) => (pos + 1).saturating_sub(w),
+            None => 0,
+        };
+        first..pos + 1
+    }
+
+    /// The final logit of a raw dot product q·k: scaled, then soft-capped when configured.
+    #[inline(always)]
+    pub fn logit(&self, dot: f32) -> f32 {
+        let s = dot * self.scale;
+        match self.soft_cap {
+            Some(cap) => cap * (s / cap).tanh(),
+            None => s,
+        }
+    }
+
+    /// Errors on parameters no kernel can honour: a zero window (a query would see no key, not
+    /// even itself, so its softmax is empty), a soft-cap that is not a positive finite number
+    /// (tanh(s / 0) and negative caps are meaningless), a non-finite scale.
+    pub fn validate(&self) -> Result<()> {
+        if self.sliding_window == Some(0) {
+            bail!("attention: a sliding window of 0 keys leaves a query nothing to attend to");
+        }
+        if let Some(cap) = self.soft_cap
+            && !(cap.is_finite() && cap > 0.0)
+        {
+            bail!("attention: soft_cap must be a positive finite number, got {cap}");
+        }
+        if !self.scale.is_finite() {
+            bail!("attention: scale must be finite, got {}", self.scale);
+        }
+        Ok(())
+    }
+}
 
 /// Writes the new keys and values of every batch token into the paged cache, in place.
 ///
@@ -38,9 +104,8 @@ pub fn reshape_and_cache(
 }
 
 /// Causal attention of every batch token's query over its sequence's context in the paged
-/// cache (which must already hold this step's K/V, see [`reshape_and_cache`]).
-///
-/// `q`: `[T, num_heads, head_dim]`. Returns `[T, num_heads, head_dim]` in `q`'s dtype.
+/// cache (which must already hold this step's K/V, see [`reshape_and_cache`]): [`paged_attention_with`]
+/// with `AttentionParams::new(softmax_scale)`.
 pub fn paged_attention(
     q: &Tensor,
     key_cache: &Tensor,
@@ -48,11 +113,39 @@ pub fn paged_attention(
     meta: &AttentionMetadata,
     softmax_scale: f32,
 ) -> Result<Tensor> {
+    let params = AttentionParams::new(softmax_scale);
+    paged_attention_with(q, key_cache, value_cache, meta, &params)
+}
+
+/// Causal attention of every batch token's query over its sequence's context in the paged
+/// cache (which must already hold this step's K/V, see [`reshape_and_cache`]), with the logit
+/// scale, sliding window and soft-cap of `params`.
+///
+/// `q`: `[T, num_heads, head_dim]`. Returns `[T, num_heads, head_dim]` in `q`'s dtype.
+pub fn paged_attention_with(
+    q: &Tensor,
+    key_cache: &Tensor,
+    value_cache: &Tensor,
+    meta: &AttentionMetadata,
+    params: &AttentionParams,
+) -> Result<Tensor> {
+    run_paged_attention(q, key_cache, value_cache, meta, params, false)
+}
+
+fn run_paged_attention(
+    q: &Tensor,
+    key_cache: &Tensor,
+    value_cache: &Tensor,
+    meta: &AttentionMetadata,
+    params: &AttentionParams,
+    reference: bool,
+) -> Result<Tensor> {
+    params.validate()?;
     meta.check_block_ids(key_cache.dims4()?.0)?;
     let op = PagedAttention {
         meta,
-        softmax_scale,
-        reference: false,
+        params: *params,
+        reference,
     };
     q.contiguous()?
         .apply_op3_no_bwd(key_cache, value_cache, &op)
@@ -91,7 +184,7 @@ impl InplaceOp2 for WriteCache<'_> {
 
 pub(crate) struct PagedAttention<'a> {
     pub meta: &'a AttentionMetadata,
-    pub softmax_scale: f32,
+    pub params: AttentionParams,
     /// On CPU, run the readable oracle even for f32 (tests of the fast path).
     pub reference: bool,
 }
@@ -105,14 +198,19 @@ pub fn paged_attention_reference(
     meta: &AttentionMetadata,
     softmax_scale: f32,
 ) -> Result<Tensor> {
-    meta.check_block_ids(key_cache.dims4()?.0)?;
-    let op = PagedAttention {
-        meta,
-        softmax_scale,
-        reference: true,
-    };
-    q.contiguous()?
-        .apply_op3_no_bwd(key_cache, value_cache, &op)
+    let params = AttentionParams::new(softmax_scale);
+    paged_attention_reference_with(q, key_cache, value_cache, meta, &params)
+}
+
+/// [`paged_attention_with`] through the readable CPU oracle, whatever the dtype. CPU tensors only.
+pub fn paged_attention_reference_with(
+    q: &Tensor,
+    key_cache: &Tensor,
+    value_cache: &Tensor,
+    meta: &AttentionMetadata,
+    params: &AttentionParams,
+) -> Result<Tensor> {
+    run_paged_attention(q, key_cache, value_cache, meta, params, true)
 }
 
 impl CustomOp3 for PagedAttention<'_> {
@@ -130,11 +228,11 @@ impl CustomOp3 for PagedAttention<'_> {
         vl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         if !self.reference
-            && let Some(fast) = fast_f32(q, ql, k, kl, v, vl, self.meta, self.softmax_scale)
+            && let Some(fast) = fast_f32(q, ql, k, kl, v, vl, self.meta, &self.params)
         {
             return fast;
         }
-        cpu::paged_attention(q, ql, k, kl, v, vl, self.meta, self.softmax_scale)
+        cpu::paged_attention(q, ql, k, kl, v, vl, self.meta, &self.params)
     }
 
     #[cfg(feature = "cuda")]
@@ -147,7 +245,7 @@ impl CustomOp3 for PagedAttention<'_> {
         v: &candle_core::CudaStorage,
         vl: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        crate::cuda::paged_attention(q, ql, k, kl, v, vl, self.meta, self.softmax_scale)
+        crate::cuda::paged_attention(q, ql, k, kl, v, vl, self.meta, &self.params)
     }
 }
 
@@ -162,7 +260,7 @@ fn fast_f32(
     v: &CpuStorage,
     vl: &Layout,
     meta: &AttentionMetadata,
-    scale: f32,
+    params: &AttentionParams,
 ) -> Option<Result<(CpuStorage, Shape)>> {
     let (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) = (q, k, v) else {
         return None;
@@ -190,7 +288,7 @@ fn fast_f32(
         head_dim,
         block_size,
     };
-    let out = cpu::paged_attention_f32(&q[q0..q1], &k[k0..k1], &v[v0..v1], meta, dims, scale);
+    let out = cpu::paged_attention_f32(&q[q0..q1], &k[k0..k1], &v[v0..v1], meta, dims, params);
     Some(Ok((
         CpuStorage::F32(out),
         Shape::from((t, num_heads, head_dim)),

@@ -7,11 +7,11 @@
 //! | module | what lives there |
 //! | --- | --- |
 //! | [`metadata`] | [`AttentionMetadata`]: one varlen batch's sequence layout, block tables, slot mapping |
-//! | [`attention`] | [`paged_attention`], [`reshape_and_cache`]: the public entry points, dispatching by device |
-//! | [`ops`] | [`rms_norm`], [`add_rms_norm`], [`rope`] (both [`RopeStyle`]s), [`silu_mul`] |
+//! | [`attention`] | [`paged_attention_with`] (and its [`AttentionParams`]: scale, sliding window, soft-cap), [`reshape_and_cache`]: the public entry points, dispatching by device |
+//! | [`ops`] | [`rms_norm`], [`add_rms_norm`], [`rope`] (both [`RopeStyle`]s), [`silu_mul`], [`gelu_tanh_mul`] |
 //! | [`quant`] | quantized matmul on the CPU (GGUF Q4_0/Q4_1/Q8_0/Q4_K/Q5_K/Q6_K): scalar reference, AVX2, AVX-512 VNNI |
 //! | [`threads`] | the spinning fork-join pool the CPU kernels run on (`--threads`) |
-//! | [`vmath`] | vectorizable `exp`, SiLU and softmax sums (libm's `expf` is a scalar call) |
+//! | [`vmath`] | vectorizable `exp`, `tanh`, SiLU and softmax sums (libm's `expf` is a scalar call) |
 //! | `cpu` | the CPU reference implementations (f32 math; f16/bf16 are converted) |
 //! | `cuda` | (feature `cuda`) launches of the kernels in `csrc/*.cu`, compiled to PTX by `build.rs` |
 //! | [`check`] | the shared test bodies: device-vs-reference checks and bandwidth benchmarks that the tests and `metrum gpu-check` run |
@@ -24,7 +24,11 @@
 //! - The paged KV cache of one layer is two tensors `[num_blocks, block_size, num_kv_heads, head_dim]`.
 //!   Token `p` of sequence `s` lives in block `block_tables[s][p / block_size]`, row `p % block_size`.
 //!   `slot_mapping[t] = block * block_size + row` says where the new K/V of batch token `t` goes.
-//! - Attention is causal: query at position `p` sees keys `0..=p`. GQA: query head `h` reads
+//! - Attention is causal, optionally within a sliding window `w`: query at position `p` sees
+//!   keys `max(0, p + 1 - w)..=p` (`0..=p` without a window; see
+//!   [`AttentionParams::visible_keys`]). Keys before the window are never read, so windowed
+//!   layers cost O(w) per query, not O(p). A logit is `scale * q·k`, then `cap * tanh(logit / cap)`
+//!   when soft-capping is on ([`AttentionParams::logit`]). GQA: query head `h` reads
 //!   KV head `h / (num_heads / num_kv_heads)`.
 
 pub mod attention;
@@ -38,9 +42,12 @@ pub mod quant;
 pub mod threads;
 pub mod vmath;
 
-pub use attention::{paged_attention, paged_attention_reference, reshape_and_cache};
+pub use attention::{
+    AttentionParams, paged_attention, paged_attention_reference, paged_attention_reference_with,
+    paged_attention_with, reshape_and_cache,
+};
 pub use metadata::{AttentionMetadata, PREFILL_TILE_TOKENS};
-pub use ops::{RopeStyle, add_rms_norm, rms_norm, rope, silu_mul};
+pub use ops::{RopeStyle, add_rms_norm, gelu_tanh_mul, rms_norm, rope, silu_mul};
 
 /// Every embedded PTX module as `(name, ptx)`, for validity checks (`ptxas`) without a GPU.
 #[cfg(feature = "cuda")]

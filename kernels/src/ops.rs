@@ -1,5 +1,6 @@
 //! The fused per-layer ops of a llama forward pass besides attention: RMSNorm (optionally fused
-//! with the residual add), rotary embedding in both pairings, and the SiLU-gated MLP activation.
+//! with the residual add), rotary embedding in both pairings, and the gated MLP activations
+//! (SiLU for llama-style models, tanh-approximated GELU for Gemma).
 //! Each is a candle custom op, so it runs the CPU reference or (feature `cuda`) the CUDA kernel
 //! depending on the tensors' device. Supported dtypes: f32, f16, bf16.
 
@@ -69,6 +70,13 @@ pub fn rope(
 pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     gate.contiguous()?
         .apply_op2_no_bwd(&up.contiguous()?, &SiluMul)
+}
+
+/// Gemma's GeGLU: gelu_tanh(gate) * up, gelu_tanh(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) (HF "gelu_pytorch_tanh").
+/// Elementwise; same shapes and dtype.
+pub fn gelu_tanh_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    gate.contiguous()?
+        .apply_op2_no_bwd(&up.contiguous()?, &GeluTanhMul)
 }
 
 pub(crate) struct RmsNorm {
@@ -211,5 +219,35 @@ impl CustomOp2 for SiluMul {
         ul: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         Ok((crate::cuda::silu_mul((g, gl), (u, ul))?, gl.shape().clone()))
+    }
+}
+
+pub(crate) struct GeluTanhMul;
+
+impl CustomOp2 for GeluTanhMul {
+    fn name(&self) -> &'static str {
+        "metrum-gelu-tanh-mul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        g: &CpuStorage,
+        gl: &Layout,
+        u: &CpuStorage,
+        ul: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        Ok((cpu::gelu_tanh_mul(g, gl, u, ul)?, gl.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        g: &candle_core::CudaStorage,
+        gl: &Layout,
+        u: &candle_core::CudaStorage,
+        ul: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let out = crate::cuda::gelu_tanh_mul((g, gl), (u, ul))?;
+        Ok((out, gl.shape().clone()))
     }
 }

@@ -1,4 +1,5 @@
-//! Branch-free `exp` that the compiler vectorizes, for every softmax and activation on the CPU.
+//! Branch-free `exp` (and `tanh` on top of it) that the compiler vectorizes, for every softmax,
+//! soft-cap and activation on the CPU.
 //!
 //! libm's `expf` is a scalar call: in a 512-token prefill of the default model the attention
 //! softmax and SiLU take ~60M of them, and in sampling the vocabulary's 49k exponentials per
@@ -30,6 +31,44 @@ pub fn exp(x: f32) -> f32 {
 #[inline(always)]
 pub fn silu(x: f32) -> f32 {
     x / (1.0 + exp(-x))
+}
+
+/// `x * sigmoid(2y)` with `y = sqrt(2/pi) (x + 0.044715 x³)`: the same value as HF's
+/// `gelu_pytorch_tanh`, `0.5 x (1 + tanh(y))`, since `1 + tanh(y) = 2 sigmoid(2y)`. This form
+/// has no `1 + tanh` cancellation for negative `x`, and is one [`exp`] like SiLU.
+#[inline(always)]
+pub fn gelu_tanh(x: f32) -> f32 {
+    const TWO_SQRT_2_OVER_PI: f32 = 2.0 * 0.797_884_6;
+    let y2 = TWO_SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x);
+    x / (1.0 + exp(-y2))
+}
+
+/// `tanh(x)`, within a few ulp: Cephes' odd polynomial below |x| = 0.625 (where
+/// `1 - 2 / (e^2x + 1)` would lose digits to cancellation), that formula above. Both branches
+/// are computed and one is selected, so loops over slices vectorize.
+#[inline(always)]
+pub fn tanh(x: f32) -> f32 {
+    let a = x.abs();
+    // tanh(10) = 1 - 4e-9 rounds to 1 in f32, so clamping keeps e^2a finite without changing it.
+    let big = 1.0 - 2.0 / (exp(2.0 * a.min(10.0)) + 1.0);
+    let z = x * x;
+    let small =
+        ((((-5.704_988_6e-3 * z + 2.063_909e-2) * z - 5.373_971_6e-2) * z + 1.333_144_2e-1) * z
+            - 3.333_328e-1)
+            * z
+            * x
+            + x;
+    if a < 0.625 { small } else { big.copysign(x) }
+}
+
+/// Gemma 2's logit soft-capping in place: `x = cap * tanh(x / cap)` (every entry must be a
+/// real logit: a masked -inf would become -cap).
+#[inline(always)]
+pub fn soft_cap(row: &mut [f32], cap: f32) {
+    let inv = 1.0 / cap;
+    for x in row {
+        *x = cap * tanh(*x * inv);
+    }
 }
 
 /// Replaces every entry of `row` with `exp(entry - max(row))` and returns their sum (16 f32
@@ -138,6 +177,55 @@ mod tests {
                 "silu({x}) = {got}, want {want}"
             );
         }
+    }
+
+    #[test]
+    fn tanh_matches_f64_within_a_few_ulp() {
+        let mut worst = 0.0f64;
+        let mut x = -12.0f32;
+        while x < 12.0 {
+            let want = (x as f64).tanh();
+            // Relative near 0 (tanh(x) ~ x), absolute near ±1.
+            let err = (tanh(x) as f64 - want).abs() / want.abs().clamp(1e-30, 1.0);
+            worst = worst.max(err);
+            x += 0.000_731;
+        }
+        assert!(
+            worst < 4.0 * f32::EPSILON as f64,
+            "tanh: worst error {worst}"
+        );
+        for x in [
+            0.0f32, 1e-30, -1e-20, 1e-6, 0.624_99, 0.625, -0.625, 30.0, -1e9,
+        ] {
+            let want = (x as f64).tanh();
+            let err = (tanh(x) as f64 - want).abs();
+            assert!(
+                err <= 2.0 * f32::EPSILON as f64 * want.abs().max(1e-38),
+                "tanh({x})"
+            );
+        }
+        assert_eq!(tanh(f32::INFINITY), 1.0);
+        assert_eq!(tanh(f32::NEG_INFINITY), -1.0);
+    }
+
+    #[test]
+    fn gelu_tanh_matches_the_hf_formula_in_f64() {
+        for i in -2000..2000 {
+            let x = i as f32 * 0.006_1;
+            let xd = x as f64;
+            let inner = (2.0 / std::f64::consts::PI).sqrt() * (xd + 0.044715 * xd.powi(3));
+            let want = 0.5 * xd * (1.0 + inner.tanh());
+            let got = gelu_tanh(x) as f64;
+            // Relative to the output, plus a term relative to x: for negative x the output is
+            // x times a tiny sigmoid, whose f32 argument (~x³) carries an error of ~1 ulp of x³.
+            assert!(
+                (got - want).abs() <= 4e-7 * want.abs() + 1e-7 * xd.abs(),
+                "gelu_tanh({x}) = {got}, want {want}"
+            );
+        }
+        assert_eq!(gelu_tanh(0.0), 0.0);
+        assert_eq!(gelu_tanh(1e6), 1e6);
+        assert!(gelu_tanh(-1e6).abs() < 1e-30);
     }
 
     #[test]

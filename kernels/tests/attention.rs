@@ -1,7 +1,11 @@
 //! Paged attention and reshape_and_cache against a naive dense causal attention, on every
-//! GQA ratio, head dim, block size and batch mix of `check::attention_cases(true)`.
+//! GQA ratio, head dim, block size, batch mix, window and soft-cap of
+//! `check::attention_cases(true)`; then sliding windows and soft-caps (module `window`) against
+//! a plain loop reference written here, including a check that the comparison can fail.
 
 mod common;
+#[path = "attention/window.rs"]
+mod window;
 
 use candle_core::{DType, Device, Result, Tensor};
 use common::assert_rows_pass;
@@ -31,16 +35,13 @@ fn prefill_and_mixed_batches(device: &Device) -> Result<()> {
 
 /// A decode long enough to use several KV splits on CUDA, in every dtype.
 fn long_decode(device: &Device) -> Result<()> {
-    let case = AttentionCase {
-        num_heads: 8,
-        num_kv_heads: 2,
-        head_dim: 64,
-        block_size: 16,
-        seqs: vec![(1, 3000), (1, 1), (1, 2049)],
-    };
+    let case = AttentionCase::new((8, 2), 64, 16, &[(1, 3000), (1, 1), (1, 2049)]);
+    // The same with a window: the splits then cover the window, not the 3000-token context.
+    let windowed = case.clone().with_window(700).with_cap(3.0);
     let mut rows = Vec::new();
     for dtype in DTYPES {
         rows.extend(check_attention(device, dtype, &case, 5)?);
+        rows.extend(check_attention(device, dtype, &windowed, 6)?);
     }
     assert_rows_pass(&rows);
     Ok(())
@@ -89,3 +90,24 @@ fn metadata_work_lists() -> Result<()> {
     assert!(!meta.is_all_decode());
     Ok(())
 }
+
+test_device!(
+    window::matches_dense_reference,
+    window_and_cap_match_dense_reference_cpu,
+    window_and_cap_match_dense_reference_cuda
+);
+test_device!(
+    window::off_by_one_is_caught,
+    window_off_by_one_is_caught_cpu,
+    window_off_by_one_is_caught_cuda
+);
+test_device!(
+    window::keys_before_the_window_are_never_read,
+    keys_before_the_window_are_never_read_cpu,
+    keys_before_the_window_are_never_read_cuda
+);
+test_device!(
+    window::bad_params_are_errors,
+    bad_window_and_cap_are_errors_cpu,
+    bad_window_and_cap_are_errors_cuda
+);

@@ -1,13 +1,15 @@
-//! RMSNorm, fused add + RMSNorm, RoPE (both styles) and silu_mul against candle_nn on CPU.
+//! RMSNorm, fused add + RMSNorm, RoPE (both styles) and silu_mul against candle_nn, and
+//! gelu_tanh_mul against the f64 scalar formula, on CPU and (feature `cuda`) on the GPU.
 
 mod common;
 
 use candle_core::{DType, Device, Result, Tensor};
 use common::assert_rows_pass;
 use metrum_kernels::check::{
-    DTYPES, check_add_rms_norm, check_rms_norm, check_rope, check_silu_mul, norm_cases, rope_cases,
+    DTYPES, NormCase, check_add_rms_norm, check_gelu_tanh_mul, check_rms_norm, check_rope,
+    check_silu_mul, norm_cases, rope_cases,
 };
-use metrum_kernels::{RopeStyle, rope};
+use metrum_kernels::{RopeStyle, gelu_tanh_mul, rope, silu_mul};
 
 fn rms_norm_matches_candle(device: &Device) -> Result<()> {
     let mut rows = Vec::new();
@@ -39,6 +41,44 @@ fn silu_mul_matches_candle(device: &Device) -> Result<()> {
         }
     }
     assert_rows_pass(&rows);
+    Ok(())
+}
+
+fn gelu_tanh_mul_matches_the_formula(device: &Device) -> Result<()> {
+    let mut rows = Vec::new();
+    for dtype in DTYPES {
+        let mut cases = norm_cases(true);
+        // Gemma 2's intermediate sizes (9216 for 2B): a large, vector-aligned shape.
+        cases.push(NormCase {
+            rows: 3,
+            hidden: 9216,
+        });
+        for (i, case) in cases.iter().enumerate() {
+            rows.push(check_gelu_tanh_mul(device, dtype, case, 40 + i as u64)?);
+        }
+    }
+    assert_rows_pass(&rows);
+    Ok(())
+}
+
+/// Known values of HF's gelu_pytorch_tanh (0, the tails, the negative dip) times `up`, and a
+/// guard that the GELU kernel is not the SiLU one under another name.
+fn gelu_tanh_mul_known_values(device: &Device) -> Result<()> {
+    let g = Tensor::new(&[0f32, 1.0, -1.0, 3.0, -3.0, 10.0, -10.0, -0.75], device)?;
+    let up = Tensor::new(&[1f32, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 2.0], device)?;
+    let got = gelu_tanh_mul(&g, &up)?.to_vec1::<f32>()?;
+    // torch.nn.functional.gelu(x, approximate="tanh"), in f64 from the formula.
+    let want = [
+        0.0, 0.841_192, -0.158_808, 2.996_363, -0.003_637, 10.0, -0.0, -0.340_079,
+    ];
+    for (i, (&a, &b)) in got.iter().zip(&want).enumerate() {
+        assert!((a - b).abs() < 2e-6, "element {i}: {a} vs {b}");
+    }
+    let silu = silu_mul(&g, &up)?.to_vec1::<f32>()?;
+    assert!(
+        (silu[1] - got[1]).abs() > 0.1,
+        "gelu_tanh_mul gave SiLU's value"
+    );
     Ok(())
 }
 
@@ -101,6 +141,16 @@ test_device!(
     silu_mul_matches_candle,
     silu_mul_matches_candle_cpu,
     silu_mul_matches_candle_cuda
+);
+test_device!(
+    gelu_tanh_mul_matches_the_formula,
+    gelu_tanh_mul_matches_the_formula_cpu,
+    gelu_tanh_mul_matches_the_formula_cuda
+);
+test_device!(
+    gelu_tanh_mul_known_values,
+    gelu_tanh_mul_known_values_cpu,
+    gelu_tanh_mul_known_values_cuda
 );
 test_device!(
     rope_matches_candle,

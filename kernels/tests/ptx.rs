@@ -69,6 +69,8 @@ fn launched_kernels() -> Vec<(&'static str, String)> {
         names.push(("norm", format!("add_rms_norm_{t}")));
         names.push(("activation", format!("silu_mul_{t}")));
         names.push(("activation", format!("silu_mul_vec_{t}")));
+        names.push(("activation", format!("gelu_tanh_mul_{t}")));
+        names.push(("activation", format!("gelu_tanh_mul_vec_{t}")));
     }
     for t in ["f16", "bf16"] {
         for d in [64, 128] {

@@ -3,15 +3,16 @@
 //! Each sequence gets dense random K/V `[seq_len, kv_heads, head_dim]`. The part before this
 //! step's queries is scattered into a paged cache (whose other slots hold random garbage) through
 //! a shuffled block table; this step's rows go through [`crate::reshape_and_cache`]. The
-//! reference never looks at the cache: it is softmax(q·Kᵀ·scale + causal mask)·V on the dense
-//! tensors, with candle's CPU matmul and softmax.
+//! reference never looks at the cache: it is softmax(softcap(q·Kᵀ·scale) + causal/window mask)·V
+//! on the dense tensors, with candle's CPU matmul, tanh and softmax.
 
 use super::{CheckRow, normal_vec, rel_err, seeded};
-use crate::{AttentionMetadata, paged_attention, reshape_and_cache};
+use crate::{AttentionMetadata, AttentionParams, paged_attention_with, reshape_and_cache};
 use candle_core::{DType, Device, Result, Tensor};
 use rand::seq::SliceRandom;
 
-/// One attention check: head layout, cache block size, and per sequence `(q_len, seq_len)`.
+/// One attention check: head layout, cache block size, per sequence `(q_len, seq_len)`, and the
+/// sliding window and soft-cap of [`AttentionParams`] (the scale is always 1/sqrt(head_dim)).
 #[derive(Clone, Debug)]
 pub struct AttentionCase {
     pub num_heads: usize,
@@ -19,10 +20,12 @@ pub struct AttentionCase {
     pub head_dim: usize,
     pub block_size: usize,
     pub seqs: Vec<(usize, usize)>,
+    pub window: Option<usize>,
+    pub soft_cap: Option<f32>,
 }
 
 impl AttentionCase {
-    fn new(
+    pub fn new(
         heads: (usize, usize),
         head_dim: usize,
         block_size: usize,
@@ -34,6 +37,27 @@ impl AttentionCase {
             head_dim,
             block_size,
             seqs: seqs.to_vec(),
+            window: None,
+            soft_cap: None,
+        }
+    }
+
+    pub fn with_window(mut self, w: usize) -> Self {
+        self.window = Some(w);
+        self
+    }
+
+    pub fn with_cap(mut self, cap: f32) -> Self {
+        self.soft_cap = Some(cap);
+        self
+    }
+
+    /// The kernel parameters of this case.
+    pub fn params(&self) -> AttentionParams {
+        AttentionParams {
+            scale: 1.0 / (self.head_dim as f32).sqrt(),
+            sliding_window: self.window,
+            soft_cap: self.soft_cap,
         }
     }
 
@@ -56,8 +80,15 @@ impl AttentionCase {
         if self.seqs.len() > 6 {
             seqs.push(format!("+{} more", self.seqs.len() - 6));
         }
+        let mut extra = String::new();
+        if let Some(w) = self.window {
+            extra += &format!(" window {w}");
+        }
+        if let Some(c) = self.soft_cap {
+            extra += &format!(" cap {c}");
+        }
         format!(
-            "{kind} Hq{} Hkv{} D{} BS{} q/ctx [{}]",
+            "{kind} Hq{} Hkv{} D{} BS{} q/ctx [{}]{extra}",
             self.num_heads,
             self.num_kv_heads,
             self.head_dim,
@@ -69,7 +100,9 @@ impl AttentionCase {
 
 /// The attention shapes checked: every GQA ratio 1/2/3/4/8, head dims 64 and 128, block sizes
 /// 8/16/32, ragged decodes, prefill chunks starting mid-sequence (including chunks longer than
-/// one kernel tile), mixes of both; `quick == false` adds long contexts up to 32k tokens.
+/// one kernel tile), mixes of both; sliding windows smaller than, equal to and larger than the
+/// contexts (down to 1, and not multiples of the block size), soft-caps small enough to bend
+/// the logits, head dim 256 (Gemma); `quick == false` adds long contexts up to 32k tokens.
 pub fn attention_cases(quick: bool) -> Vec<AttentionCase> {
     let mut cases = vec![
         AttentionCase::new((8, 8), 64, 16, &[(1, 1), (1, 17), (1, 300)]),
@@ -78,6 +111,19 @@ pub fn attention_cases(quick: bool) -> Vec<AttentionCase> {
         AttentionCase::new((16, 2), 128, 16, &[(1, 1000), (1, 513), (1, 2)]),
         AttentionCase::new((8, 4), 128, 32, &[(64, 64), (17, 100), (3, 3)]),
         AttentionCase::new((4, 1), 64, 8, &[(1, 700), (2, 9)]),
+        // Sliding windows (Mistral, Gemma 2/3 local layers) and soft-caps (Gemma 2).
+        AttentionCase::new((8, 2), 128, 16, &[(1, 300), (1, 17), (1, 64), (1, 65)]).with_window(64),
+        AttentionCase::new((9, 3), 64, 8, &[(130, 200), (1, 5), (1, 100), (40, 41)])
+            .with_window(37),
+        AttentionCase::new((8, 4), 128, 32, &[(70, 70), (5, 40), (1, 71)]).with_window(70),
+        AttentionCase::new((8, 8), 64, 16, &[(100, 1000), (1, 1000), (3, 3)])
+            .with_window(129)
+            .with_cap(2.0),
+        AttentionCase::new((4, 1), 64, 8, &[(33, 97), (1, 2), (1, 50)]).with_window(1),
+        AttentionCase::new((16, 2), 128, 16, &[(1, 513), (64, 64), (9, 30)]).with_cap(1.5),
+        AttentionCase::new((8, 4), 256, 16, &[(20, 50), (1, 40), (1, 1)])
+            .with_window(16)
+            .with_cap(5.0),
     ];
     if !quick {
         let llama = (32, 8);
@@ -104,6 +150,17 @@ pub fn attention_cases(quick: bool) -> Vec<AttentionCase> {
                 ],
             ),
             AttentionCase::new((16, 16), 128, 32, &[(1, 8192), (1, 64), (1, 65), (1, 8191)]),
+            // Mistral-like (window 4096) and Gemma-2-like (window 4096, cap 50, head dim 256).
+            AttentionCase::new(
+                llama,
+                128,
+                16,
+                &[(1, 32768), (512, 8192), (1, 4096), (1, 4097)],
+            )
+            .with_window(4096),
+            AttentionCase::new((8, 4), 256, 16, &[(1, 9000), (300, 4500), (1, 100)])
+                .with_window(4096)
+                .with_cap(50.0),
         ]);
     }
     cases
@@ -180,13 +237,13 @@ pub fn check_attention(
         &value_cache,
         &meta,
     )?;
-    let scale = 1.0 / (d as f32).sqrt();
-    let out = paged_attention(
+    let params = case.params();
+    let out = paged_attention_with(
         &upload(&q, &[tokens, hq, d])?,
         &key_cache,
         &value_cache,
         &meta,
-        scale,
+        &params,
     )?;
 
     // Expected cache: the scattered prefix plus this step's rows at their slots.
@@ -214,7 +271,7 @@ pub fn check_attention(
             v,
             (q_len, seq_len),
             (hq, hkv, d),
-            scale,
+            &params,
         )?);
         q_start += q_len;
     }
@@ -226,15 +283,16 @@ pub fn check_attention(
     ])
 }
 
-/// Dense causal attention of one sequence: query `i` sits at position `seq_len - q_len + i` and
-/// sees keys `0..=` that position. `q`: `[q_len, hq, d]`, `k`/`v`: `[seq_len, hkv, d]`.
+/// Dense causal attention of one sequence: query `i` sits at position `pos = seq_len - q_len + i`
+/// and sees keys `j <= pos` with `pos - j < window`; logits are `scale * q·k`, soft-capped as
+/// `cap * tanh(logit / cap)`. `q`: `[q_len, hq, d]`, `k`/`v`: `[seq_len, hkv, d]`.
 fn naive_attention(
     q: &[f32],
     k: &[f32],
     v: &[f32],
     (q_len, seq_len): (usize, usize),
     (hq, hkv, d): (usize, usize, usize),
-    scale: f32,
+    params: &AttentionParams,
 ) -> Result<Vec<f32>> {
     let cpu = Device::Cpu;
     let group = hq / hkv;
@@ -248,12 +306,17 @@ fn naive_attention(
             .reshape((hq, seq_len, d))
     };
     let (k, v) = (per_query_head(k)?, per_query_head(v)?);
-    let scores = (q.contiguous()?.matmul(&k.t()?)? * scale as f64)?;
+    let mut scores = (q.contiguous()?.matmul(&k.t()?)? * params.scale as f64)?;
+    if let Some(cap) = params.soft_cap {
+        scores = ((scores / cap as f64)?.tanh()? * cap as f64)?;
+    }
     let first = seq_len - q_len;
+    let window = params.sliding_window.unwrap_or(usize::MAX);
     let mask: Vec<f32> = (0..q_len)
         .flat_map(|i| {
+            let pos = first + i;
             (0..seq_len).map(move |j| {
-                if j <= first + i {
+                if j <= pos && pos - j < window {
                     0.0
                 } else {
                     f32::NEG_INFINITY

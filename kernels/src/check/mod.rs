@@ -3,8 +3,9 @@
 //!
 //! Every check builds random inputs on the host, runs the kernel on the given device, and
 //! compares the result (widened to f32) with an *independent* reference computed on the CPU:
-//! a naive dense causal attention for the paged attention, candle_nn's `rope`/`rope_i`,
-//! `rms_norm` and `silu` for the fused ops, and a host-side scatter for `reshape_and_cache`.
+//! a naive dense causal (optionally windowed, soft-capped) attention for the paged attention,
+//! candle_nn's `rope`/`rope_i`, `rms_norm` and `silu` for the fused ops, the f64 scalar formula
+//! for `gelu_tanh_mul`, and a host-side scatter for `reshape_and_cache`.
 //! On the CPU device this validates the oracle; on CUDA it validates the kernels.
 
 mod attention;
@@ -14,8 +15,8 @@ mod ops;
 pub use attention::{AttentionCase, attention_cases, check_attention};
 pub use bench::{BenchRow, BenchSpec, bench_copy_bandwidth, bench_paged_attention, bench_prefill};
 pub use ops::{
-    NormCase, RopeCase, check_add_rms_norm, check_rms_norm, check_rope, check_silu_mul, norm_cases,
-    rope_cases,
+    NormCase, RopeCase, check_add_rms_norm, check_gelu_tanh_mul, check_rms_norm, check_rope,
+    check_silu_mul, norm_cases, rope_cases,
 };
 
 use candle_core::{DType, Device, Result, Tensor};
@@ -72,6 +73,7 @@ pub fn run_kernel_checks(device: &Device, quick: bool) -> Result<Vec<CheckRow>> 
             rows.push(check_rms_norm(device, dtype, case, 2000 + i as u64)?);
             rows.extend(check_add_rms_norm(device, dtype, case, 3000 + i as u64)?);
             rows.push(check_silu_mul(device, dtype, case, 4000 + i as u64)?);
+            rows.push(check_gelu_tanh_mul(device, dtype, case, 6000 + i as u64)?);
         }
         for (i, case) in rope_cases(quick).iter().enumerate() {
             rows.push(check_rope(device, dtype, case, 5000 + i as u64)?);

@@ -1,8 +1,9 @@
 //! RMSNorm (plain and fused with the residual add), RoPE (both pairings) and `silu * up`
-//! against candle_nn's CPU implementations in f32.
+//! against candle_nn's CPU implementations in f32; `gelu_tanh * up` against the scalar formula
+//! of HF's `gelu_pytorch_tanh` in f64.
 
 use super::{CheckRow, random_pair, rel_err, seeded};
-use crate::{RopeStyle, add_rms_norm, rms_norm, rope, silu_mul};
+use crate::{RopeStyle, add_rms_norm, gelu_tanh_mul, rms_norm, rope, silu_mul};
 use candle_core::{DType, Device, Result, Tensor};
 use rand::Rng;
 
@@ -100,6 +101,42 @@ pub fn check_silu_mul(
     let shape = format!("[{}, {}]", case.rows, case.hidden);
     Ok(CheckRow::new(
         "silu_mul",
+        dtype,
+        shape,
+        rel_err(&out, &reference)?,
+    ))
+}
+
+/// `gelu_tanh(gate) * up` (Gemma's GeGLU) against `0.5 g (1 + tanh(sqrt(2/pi) (g + 0.044715 g³))) * u`
+/// element by element in f64, the formula as HF writes it (the kernels use an equivalent form).
+pub fn check_gelu_tanh_mul(
+    device: &Device,
+    dtype: DType,
+    case: &NormCase,
+    seed: u64,
+) -> Result<CheckRow> {
+    let mut rng = seeded(seed);
+    let dims = [case.rows, case.hidden];
+    let (g32, g) = random_pair(&mut rng, &dims, dtype, 3.0)?;
+    let (u32_, u) = random_pair(&mut rng, &dims, dtype, 1.0)?;
+    let out = gelu_tanh_mul(&to(device, &g)?, &to(device, &u)?)?;
+    let (gs, us) = (
+        g32.flatten_all()?.to_vec1::<f32>()?,
+        u32_.flatten_all()?.to_vec1::<f32>()?,
+    );
+    let reference: Vec<f32> = gs
+        .iter()
+        .zip(&us)
+        .map(|(&g, &u)| {
+            let (g, u) = (g as f64, u as f64);
+            let inner = (2.0 / std::f64::consts::PI).sqrt() * (g + 0.044715 * g * g * g);
+            (0.5 * g * (1.0 + inner.tanh()) * u) as f32
+        })
+        .collect();
+    let reference = Tensor::from_vec(reference, &dims, &Device::Cpu)?;
+    let shape = format!("[{}, {}]", case.rows, case.hidden);
+    Ok(CheckRow::new(
+        "gelu_tanh_mul",
         dtype,
         shape,
         rel_err(&out, &reference)?,

@@ -10,11 +10,16 @@
 //!   baseline x86-64.
 //! - **The pool.** Tiles are chunks of [`crate::threads::global`]'s pool.
 //!
-//! Softmax is exact (max-subtracted) over the whole causal context of each query, as in the
-//! oracle; only the summation order and the `exp` differ (the vectorizable one of
-//! [`crate::vmath`], within ~2 ulp of libm's: libm's scalar call was the softmax's cost).
+//! Softmax is exact (max-subtracted) over the visible keys of each query, as in the oracle; only
+//! the summation order, the `exp` and the soft-cap's `tanh` differ (the vectorizable ones of
+//! [`crate::vmath`], within a few ulp of libm's: libm's scalar call was the softmax's cost).
+//!
+//! Sliding windows: a tile reads only keys from its first query's window start on (the later
+//! queries' window starts are masked inside the tile), so a windowed layer costs O(window) per
+//! query whatever the context length, and the blocks before the window are never touched.
 
 use crate::AttentionMetadata;
+use crate::AttentionParams;
 use crate::quant::Isa;
 use crate::vmath::{LANES, sum_lanes};
 
@@ -67,7 +72,7 @@ pub(crate) fn paged_attention_f32(
     v: &[f32],
     meta: &AttentionMetadata,
     d: Dims,
-    scale: f32,
+    params: &AttentionParams,
 ) -> Vec<f32> {
     let mut tiles = Vec::new();
     for s in 0..meta.num_seqs() {
@@ -96,7 +101,7 @@ pub(crate) fn paged_attention_f32(
         let tile = tiles[i];
         // SAFETY: tile `i` writes only rows (token in its range, head of its KV head group),
         // disjoint from every other tile's.
-        unsafe { run_tile(isa, q, k, v, meta, d, scale, tile, ptr) }
+        unsafe { run_tile(isa, q, k, v, meta, d, params, tile, ptr) }
     });
     out
 }
@@ -109,18 +114,18 @@ unsafe fn run_tile(
     v: &[f32],
     meta: &AttentionMetadata,
     d: Dims,
-    scale: f32,
+    params: &AttentionParams,
     tile: Tile,
     out: OutPtr,
 ) {
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512Vnni {
-        return unsafe { tile_avx512(q, k, v, meta, d, scale, tile, out) };
+        return unsafe { tile_avx512(q, k, v, meta, d, params, tile, out) };
     } else if isa == Isa::Avx2 {
-        return unsafe { tile_avx2(q, k, v, meta, d, scale, tile, out) };
+        return unsafe { tile_avx2(q, k, v, meta, d, params, tile, out) };
     }
     let _ = isa;
-    unsafe { tile_generic(q, k, v, meta, d, scale, tile, out) }
+    unsafe { tile_generic(q, k, v, meta, d, params, tile, out) }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -132,16 +137,16 @@ unsafe fn tile_avx512(
     v: &[f32],
     meta: &AttentionMetadata,
     d: Dims,
-    scale: f32,
+    params: &AttentionParams,
     tile: Tile,
     out: OutPtr,
 ) {
     if super::fast_decode_avx512::applies(d, tile) {
         return unsafe {
-            super::fast_decode_avx512::decode_tile(q, k, v, meta, d, scale, tile, out)
+            super::fast_decode_avx512::decode_tile(q, k, v, meta, d, params, tile, out)
         };
     }
-    unsafe { tile_generic(q, k, v, meta, d, scale, tile, out) }
+    unsafe { tile_generic(q, k, v, meta, d, params, tile, out) }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -153,42 +158,42 @@ unsafe fn tile_avx2(
     v: &[f32],
     meta: &AttentionMetadata,
     d: Dims,
-    scale: f32,
+    params: &AttentionParams,
     tile: Tile,
     out: OutPtr,
 ) {
-    unsafe { tile_generic(q, k, v, meta, d, scale, tile, out) }
+    unsafe { tile_generic(q, k, v, meta, d, params, tile, out) }
 }
 
 /// Scores 16 keys at a time: the keys are transposed into `kt[d][key]`, so each query row gets
-/// 16 scores from `head_dim` broadcast multiply-adds and no horizontal sums.
+/// 16 scores from `head_dim` broadcast multiply-adds and no horizontal sums. Key `j` of the
+/// tile is position `lo + j`; row `r` writes only its `visible(r)` keys (the rest stay -inf).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn scores_transposed<'a>(
     scores: &mut [f32],
     kv_row: &impl Fn(usize) -> std::ops::Range<usize>,
     qrow: &impl Fn(usize) -> &'a [f32],
+    visible: &impl Fn(usize) -> std::ops::Range<usize>,
     k: &[f32],
     rows: usize,
-    group: usize,
     hd: usize,
-    ctx: usize,
-    pos0: usize,
+    width: usize,
     scale: f32,
 ) {
     let mut kt = vec![0f32; hd * LANES];
     let mut p0 = 0;
-    while p0 < ctx {
-        let n = (ctx - p0).min(LANES);
+    while p0 < width {
+        let n = (width - p0).min(LANES);
         for i in 0..n {
             for (dim, &x) in k[kv_row(p0 + i)].iter().enumerate() {
                 kt[dim * LANES + i] = x;
             }
         }
         for r in 0..rows {
-            let last = pos0 + r / group; // causal: this query sees keys 0..=last
-            if p0 > last {
-                continue;
+            let vis = visible(r);
+            if p0 >= vis.end || p0 + n <= vis.start {
+                continue; // nothing of this chunk is in the row's causal window
             }
             let qr = qrow(r);
             let mut s16 = [0f32; LANES];
@@ -198,9 +203,8 @@ fn scores_transposed<'a>(
                     s16[l] += qd * kd[l];
                 }
             }
-            let visible = n.min(last + 1 - p0);
-            for (i, &score) in s16[..visible].iter().enumerate() {
-                scores[r * ctx + p0 + i] = score * scale;
+            for j in vis.start.max(p0)..vis.end.min(p0 + n) {
+                scores[r * width + j] = s16[j - p0] * scale;
             }
         }
         p0 += n;
@@ -261,16 +265,20 @@ unsafe fn tile_generic(
     v: &[f32],
     meta: &AttentionMetadata,
     d: Dims,
-    scale: f32,
+    params: &AttentionParams,
     tile: Tile,
     out: OutPtr,
 ) {
     let group = d.num_heads / d.kv_heads;
     let hd = d.head_dim;
     let table = &meta.block_tables[tile.seq];
+    // The tile's keys are positions lo..ctx: from its first query's window start (0 without a
+    // window) to its last query. Tile-local key j is position lo + j.
+    let lo = params.visible_keys(tile.pos0).start;
     let ctx = tile.pos0 + tile.q_len;
-    let kv_row = |p: usize| -> std::ops::Range<usize> {
-        let base = d.kv_row_start(table, tile.kvh, p);
+    let width = ctx - lo;
+    let kv_row = |j: usize| -> std::ops::Range<usize> {
+        let base = d.kv_row_start(table, tile.kvh, lo + j);
         base..base + hd
     };
     // Rows of (query token i, head h in the group): i * group + h.
@@ -279,44 +287,59 @@ unsafe fn tile_generic(
         let (i, h) = (r / group, tile.kvh * group + r % group);
         &q[((tile.row0 + i) * d.num_heads + h) * hd..][..hd]
     };
-    let mut scores = vec![f32::NEG_INFINITY; rows * ctx];
+    // Row r's visible keys, tile-local.
+    let visible = |r: usize| {
+        let keys = params.visible_keys(tile.pos0 + r / group);
+        keys.start - lo..keys.end - lo
+    };
+    let mut scores = vec![f32::NEG_INFINITY; rows * width];
     if rows >= TRANSPOSE_MIN_ROWS {
         scores_transposed(
             &mut scores,
             &kv_row,
             &qrow,
+            &visible,
             k,
             rows,
-            group,
             hd,
-            ctx,
-            tile.pos0,
-            scale,
+            width,
+            params.scale,
         );
     } else {
         // Few rows (decodes): one dot product per (key, row); transposing the keys would cost
         // more than the horizontal sums it saves.
-        for p in 0..ctx {
-            let krow = &k[kv_row(p)];
+        for j in 0..width {
+            let krow = &k[kv_row(j)];
             for r in 0..rows {
-                if p <= tile.pos0 + r / group {
-                    scores[r * ctx + p] = dot(qrow(r), krow) * scale;
+                if visible(r).contains(&j) {
+                    scores[r * width + j] = dot(qrow(r), krow) * params.scale;
                 }
             }
         }
     }
+    // Soft-cap and softmax over each row's visible keys only: a masked -inf must stay -inf
+    // (tanh would turn it into -cap, a finite logit).
     let mut denom = vec![0f32; rows];
     for r in 0..rows {
-        denom[r] = crate::vmath::softmax_numerators(&mut scores[r * ctx..(r + 1) * ctx]);
+        let vis = visible(r);
+        let row = &mut scores[r * width + vis.start..r * width + vis.end];
+        if let Some(cap) = params.soft_cap {
+            crate::vmath::soft_cap(row, cap);
+        }
+        denom[r] = crate::vmath::softmax_numerators(row);
     }
     // P·V one query row at a time, so its accumulator stays in registers while the V rows
     // stream past (they stay in L1 from one row to the next).
-    let v_rows: Vec<&[f32]> = (0..ctx).map(|p| &v[kv_row(p)]).collect();
+    let v_rows: Vec<&[f32]> = (0..width).map(|j| &v[kv_row(j)]).collect();
     let mut acc = vec![0f32; rows * hd];
     for r in 0..rows {
-        let visible = tile.pos0 + r / group + 1;
-        let weights = &scores[r * ctx..r * ctx + visible];
-        accumulate_rows(&mut acc[r * hd..(r + 1) * hd], weights, &v_rows);
+        let vis = visible(r);
+        let weights = &scores[r * width + vis.start..r * width + vis.end];
+        accumulate_rows(
+            &mut acc[r * hd..(r + 1) * hd],
+            weights,
+            &v_rows[vis.start..],
+        );
     }
     for r in 0..rows {
         let (i, h) = (r / group, tile.kvh * group + r % group);

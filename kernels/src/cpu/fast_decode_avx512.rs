@@ -10,11 +10,14 @@
 //!   streams V once per head), with all accumulators in registers where they fit;
 //! - K and V rows a few keys ahead are prefetched: decode attention over a batch's contexts
 //!   is memory-bound (perf: the loads' first uses were ~80% of this function's samples).
+//!
+//! Only the query's visible keys are read: from its sliding-window start (0 without a window)
+//! to its own position; soft-capping, when on, runs over the scores before the softmax.
 
 use std::arch::x86_64::*;
 
 use super::fast_attention::{Dims, OutPtr, Tile};
-use crate::AttentionMetadata;
+use crate::{AttentionMetadata, AttentionParams};
 
 /// Most query heads per KV head this path handles (accumulators held in registers).
 pub(super) const MAX_GROUP: usize = 8;
@@ -35,25 +38,29 @@ pub(super) unsafe fn decode_tile(
     v: &[f32],
     meta: &AttentionMetadata,
     d: Dims,
-    scale: f32,
+    params: &AttentionParams,
     tile: Tile,
     out: OutPtr,
 ) {
     let group = d.num_heads / d.kv_heads;
     let hd = d.head_dim;
     let table = &meta.block_tables[tile.seq];
-    let ctx = tile.pos0 + 1;
-    let offsets: Vec<usize> = (0..ctx)
-        .map(|p| d.kv_row_start(table, tile.kvh, p))
-        .collect();
+    // Keys before the window start are skipped, never read.
+    let keys = params.visible_keys(tile.pos0);
+    let ctx = keys.len();
+    let offsets: Vec<usize> = keys.map(|p| d.kv_row_start(table, tile.kvh, p)).collect();
     // The tile's query rows (and output rows) are the group's heads, contiguous.
     let first = (tile.row0 * d.num_heads + tile.kvh * group) * hd;
     let q = &q[first..first + group * hd];
     let mut scores = vec![0f32; group * ctx];
-    unsafe { scores_into(&mut scores, q, k, &offsets, group, hd, scale) };
+    unsafe { scores_into(&mut scores, q, k, &offsets, group, hd, params.scale) };
     let mut inv = [0f32; MAX_GROUP];
     for r in 0..group {
-        inv[r] = 1.0 / crate::vmath::softmax_numerators(&mut scores[r * ctx..(r + 1) * ctx]);
+        let row = &mut scores[r * ctx..(r + 1) * ctx];
+        if let Some(cap) = params.soft_cap {
+            crate::vmath::soft_cap(row, cap);
+        }
+        inv[r] = 1.0 / crate::vmath::softmax_numerators(row);
     }
     // SAFETY: rows first..first + group * hd of `out` belong to this tile alone.
     let out = unsafe { out.0.add(first) };

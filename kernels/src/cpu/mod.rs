@@ -3,7 +3,7 @@
 //! f32 for the math and narrowed once on output. The exceptions are what the engine runs on CPU:
 //! `fast_attention` (with the AVX-512 decode tile of `fast_decode_avx512`), the f32 paged
 //! attention tested against the `paged_attention` oracle, and SiLU's f32 path, which is the same
-//! math on the vectorized exp of [`crate::vmath`] (unit-tested against f64).
+//! math on the vectorized exp of [`crate::vmath`] (unit-tested against f64), as is GeGLU's.
 
 mod activation;
 mod fast_attention;
@@ -13,7 +13,7 @@ mod norm;
 mod paged_attention;
 mod rope;
 
-pub(crate) use activation::silu_mul;
+pub(crate) use activation::{gelu_tanh_mul, silu_mul};
 pub(crate) use fast_attention::{Dims as FastDims, paged_attention_f32};
 pub(crate) use norm::{add_rms_norm, rms_norm};
 pub(crate) use paged_attention::{paged_attention, reshape_and_cache};

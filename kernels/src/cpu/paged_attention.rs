@@ -1,4 +1,11 @@
-use crate::AttentionMetadata;
+//! The readable paged attention (the oracle) and `reshape_and_cache` on the CPU.
+//!
+//! Straight loops in f32 over each (token, head): scores over the query's visible keys (causal,
+//! within the sliding window if any), soft-capped if configured, max-subtracted softmax, then
+//! the weighted sum of V. Everything faster (the fast CPU path, the CUDA kernels) is tested
+//! against this.
+
+use crate::{AttentionMetadata, AttentionParams};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, Layout, Result, Shape, WithDType, bail};
 use half::{bf16, f16};
@@ -81,7 +88,7 @@ pub(crate) fn paged_attention(
     v: &CpuStorage,
     vl: &Layout,
     meta: &AttentionMetadata,
-    scale: f32,
+    params: &AttentionParams,
 ) -> Result<(CpuStorage, Shape)> {
     let (t, num_heads, head_dim) = match ql.shape().dims() {
         &[t, h, d] => (t, h, d),
@@ -118,7 +125,7 @@ pub(crate) fn paged_attention(
                 &$v[contiguous_range(vl, "value cache")?.0..],
                 meta,
                 dims,
-                scale,
+                params,
             );
             Ok((CpuStorage::$variant(out), shape))
         }};
@@ -141,15 +148,15 @@ struct Dims {
     block_size: usize,
 }
 
-/// One output row per (token, head): softmax(q·K^T * scale) · V over the causal context,
-/// with the running-max formulation so long contexts stay exact in f32.
+/// One output row per (token, head): softmax(logit(q·K^T)) · V over the query's visible keys
+/// (`params.visible_keys`), max-subtracted so long contexts stay exact in f32.
 fn attend<T: WithDType + Send + Sync>(
     q: &[T],
     k: &[T],
     v: &[T],
     meta: &AttentionMetadata,
     d: Dims,
-    scale: f32,
+    params: &AttentionParams,
 ) -> Vec<T> {
     let group = d.num_heads / d.kv_heads;
     let row_stride = d.kv_heads * d.head_dim;
@@ -167,14 +174,16 @@ fn attend<T: WithDType + Send + Sync>(
         .for_each(|(tok, out_tok)| {
             let (s, pos) = owners[tok];
             let table = &meta.block_tables[s];
-            let mut scores = vec![0f32; pos + 1];
+            // Keys outside the window are skipped, not masked: they are never read.
+            let keys = params.visible_keys(pos);
+            let mut scores = vec![0f32; keys.len()];
             let mut acc = vec![0f32; d.head_dim];
             for h in 0..d.num_heads {
                 let kvh = h / group;
                 let qrow = &q[(tok * d.num_heads + h) * d.head_dim..][..d.head_dim];
                 let qf: Vec<f32> = qrow.iter().map(|x| x.to_f64() as f32).collect();
                 let mut max = f32::NEG_INFINITY;
-                for (p, score) in scores.iter_mut().enumerate() {
+                for (p, score) in keys.clone().zip(scores.iter_mut()) {
                     let base = table[p / d.block_size] as usize * block_stride
                         + (p % d.block_size) * row_stride
                         + kvh * d.head_dim;
@@ -184,12 +193,12 @@ fn attend<T: WithDType + Send + Sync>(
                         .zip(krow)
                         .map(|(a, b)| a * b.to_f64() as f32)
                         .sum();
-                    *score = dot * scale;
+                    *score = params.logit(dot);
                     max = max.max(*score);
                 }
                 let mut denom = 0f32;
                 acc.iter_mut().for_each(|a| *a = 0.0);
-                for (p, score) in scores.iter().enumerate() {
+                for (p, score) in keys.clone().zip(&scores) {
                     let w = (score - max).exp();
                     denom += w;
                     let base = table[p / d.block_size] as usize * block_stride

@@ -8,9 +8,13 @@
 //!   writing disjoint rows of one output;
 //! - otherwise (f32, head dim 256): the decode kernel over every token, which is exact for any
 //!   query position, only slower for long chunks.
+//!
+//! Both kernels take the sliding window (0 = none) and the soft-cap in the base-2 score domain
+//! (`cap * log2(e)`, 0 = off) of [`AttentionParams`]; with a window they start at its first key,
+//! and the split-KV plan covers the window, not the whole context.
 
 use super::{DeviceU32, KernelType, aligned16, load, multiprocessors, view};
-use crate::AttentionMetadata;
+use crate::{AttentionMetadata, AttentionParams};
 use candle_core::cuda_backend::CudaStorageSlice as S;
 use candle_core::cuda_backend::WrapErr;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
@@ -112,6 +116,36 @@ struct Dims {
     block_size: usize,
 }
 
+/// [`AttentionParams`] as the kernels take them: the scale and soft-cap in the base-2 domain the
+/// softmax runs in, the window as a u32 with 0 for none.
+#[derive(Clone, Copy)]
+struct KernelParams {
+    scale_log2: f32,
+    soft_cap_log2: f32,
+    window: u32,
+    /// Keys one query reads at most (the split-KV plan covers this many).
+    max_keys: usize,
+}
+
+impl KernelParams {
+    fn new(p: &AttentionParams, meta: &AttentionMetadata) -> Self {
+        let log2e = std::f32::consts::LOG2_E;
+        // A window wider than any u32 position is no window (and 0 was rejected by validate()).
+        let window = p
+            .sliding_window
+            .map_or(0, |w| u32::try_from(w).unwrap_or(0));
+        KernelParams {
+            scale_log2: p.scale * log2e,
+            soft_cap_log2: p.soft_cap.map_or(0.0, |c| c * log2e),
+            window,
+            max_keys: match window {
+                0 => meta.max_seq_len,
+                w => meta.max_seq_len.min(w as usize),
+            },
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn paged_attention(
     q: &CudaStorage,
@@ -121,7 +155,7 @@ pub(crate) fn paged_attention(
     v: &CudaStorage,
     vl: &Layout,
     meta: &AttentionMetadata,
-    scale: f32,
+    params: &AttentionParams,
 ) -> Result<(CudaStorage, Shape)> {
     let (tokens, num_heads, head_dim) = match ql.shape().dims() {
         &[t, h, d] => (t, h, d),
@@ -157,16 +191,17 @@ pub(crate) fn paged_attention(
     };
     let shape = Shape::from((tokens, num_heads, head_dim));
     let dev = q.device.clone();
+    let kp = KernelParams::new(params, meta);
     let args = (q, ql, k, kl, v, vl);
     let out = match (&q.slice, &k.slice, &v.slice) {
         (S::F32(_), S::F32(_), S::F32(_)) => {
-            CudaStorage::wrap_cuda_slice(attend::<f32>(&dev, args, meta, dims, scale)?, dev)
+            CudaStorage::wrap_cuda_slice(attend::<f32>(&dev, args, meta, dims, kp)?, dev)
         }
         (S::F16(_), S::F16(_), S::F16(_)) => {
-            CudaStorage::wrap_cuda_slice(attend::<f16>(&dev, args, meta, dims, scale)?, dev)
+            CudaStorage::wrap_cuda_slice(attend::<f16>(&dev, args, meta, dims, kp)?, dev)
         }
         (S::BF16(_), S::BF16(_), S::BF16(_)) => {
-            CudaStorage::wrap_cuda_slice(attend::<bf16>(&dev, args, meta, dims, scale)?, dev)
+            CudaStorage::wrap_cuda_slice(attend::<bf16>(&dev, args, meta, dims, kp)?, dev)
         }
         _ => bail!("paged_attention: q, k and v must share one of f32, f16, bf16"),
     };
@@ -196,7 +231,7 @@ fn attend<T: KernelType>(
     (q, ql, k, kl, v, vl): Inputs<'_>,
     meta: &AttentionMetadata,
     d: Dims,
-    scale: f32,
+    kp: KernelParams,
 ) -> Result<CudaSlice<T>> {
     if !(aligned16::<T>(ql) && aligned16::<T>(kl) && aligned16::<T>(vl)) {
         bail!("paged_attention: q and the caches must start on a 16-byte boundary");
@@ -225,13 +260,13 @@ fn attend<T: KernelType>(
     let tiles = meta.prefill_tiles.len();
     if meta.is_all_decode() || !tensor_cores || tiles > u16::MAX as usize {
         let all = DecodeItems::AllTokens(d.tokens);
-        decode::<T>(dev, &mut out, (&qv, &kv, &vv), &mv, all, meta, d, scale)?;
+        decode::<T>(dev, &mut out, (&qv, &kv, &vv), &mv, all, d, kp)?;
         return Ok(out);
     }
     if let Some(list) = &meta.decode_tokens_t {
         let lock = DeviceU32::new(list, "decode_tokens")?;
         let items = DecodeItems::List(lock.view()?, meta.decode_tokens.len());
-        decode::<T>(dev, &mut out, (&qv, &kv, &vv), &mv, items, meta, d, scale)?;
+        decode::<T>(dev, &mut out, (&qv, &kv, &vv), &mv, items, d, kp)?;
     }
     let Some(tiles_t) = &meta.prefill_tiles_t else {
         bail!("paged_attention: a batch with prefill chunks has no prefill tiles");
@@ -246,7 +281,6 @@ fn attend<T: KernelType>(
     let stream = dev.cuda_stream();
     let mut b = stream.launch_builder(&func);
     let (hq, hkv, bs) = (d.num_heads as u32, d.kv_heads as u32, d.block_size as u32);
-    let scale_log2 = scale * std::f32::consts::LOG2_E;
     b.arg(&mut out).arg(&qv).arg(&kv).arg(&vv);
     b.arg(&mv.block_tables)
         .arg(&mv.seq_lens)
@@ -256,7 +290,9 @@ fn attend<T: KernelType>(
         .arg(&hkv)
         .arg(&bs)
         .arg(&mv.bt_stride)
-        .arg(&scale_log2);
+        .arg(&kp.scale_log2)
+        .arg(&kp.window)
+        .arg(&kp.soft_cap_log2);
     let cfg = LaunchConfig {
         grid_dim: (hq, tiles as u32, 1),
         block_dim: (PREFILL_THREADS, 1, 1),
@@ -330,9 +366,8 @@ fn decode<T: KernelType>(
     (q, k, v): (&CudaView<'_, T>, &CudaView<'_, T>, &CudaView<'_, T>),
     mv: &MetaViews<'_>,
     items: DecodeItems<'_>,
-    meta: &AttentionMetadata,
     d: Dims,
-    scale: f32,
+    kp: KernelParams,
 ) -> Result<()> {
     let group = d.num_heads / d.kv_heads;
     let gmax = heads_per_cta(group);
@@ -348,9 +383,11 @@ fn decode<T: KernelType>(
             d.kv_heads
         );
     }
+    // With a window, a token reads at most `window` keys however long its context: plan the
+    // splits over that, so they are not spread over keys no token reads.
     let (partition_len, splits) = split_plan(
         n_items * grid_y,
-        meta.max_seq_len,
+        kp.max_keys,
         multiprocessors(dev),
         ctas_per_sm(),
     );
@@ -368,7 +405,6 @@ fn decode<T: KernelType>(
     });
     let null: u64 = 0;
     let (hq, hkv, bs) = (d.num_heads as u32, d.kv_heads as u32, d.block_size as u32);
-    let scale_log2 = scale * std::f32::consts::LOG2_E;
     let stream = dev.cuda_stream();
     // The arguments after the tensors, shared by the decode and the reduce kernels.
     macro_rules! push_args {
@@ -386,7 +422,8 @@ fn decode<T: KernelType>(
                 .arg(&hkv)
                 .arg(&bs)
                 .arg(&mv.bt_stride);
-            $b.arg(&partition_len).arg(&splits).arg(&scale_log2);
+            $b.arg(&partition_len).arg(&splits).arg(&kp.scale_log2);
+            $b.arg(&kp.window).arg(&kp.soft_cap_log2);
         }};
     }
     let name = format!("paged_decode_{}_d{}_g{gmax}", T::SUFFIX, d.head_dim);

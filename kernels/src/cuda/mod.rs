@@ -6,7 +6,7 @@ mod attention;
 mod ops;
 
 pub(crate) use attention::{paged_attention, reshape_and_cache};
-pub(crate) use ops::{rms_norm, rope, silu_mul};
+pub(crate) use ops::{gelu_tanh_mul, rms_norm, rope, silu_mul};
 
 use candle_core::cuda_backend::CudaDType;
 use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaView, DeviceRepr};

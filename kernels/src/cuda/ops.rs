@@ -1,4 +1,5 @@
-//! RMSNorm (+ residual), RoPE and silu_mul on CUDA (`norm.cu`, `rope.cu`, `activation.cu`).
+//! RMSNorm (+ residual), RoPE and the gated activations silu_mul and gelu_tanh_mul on CUDA
+//! (`norm.cu`, `rope.cu`, `activation.cu`).
 
 use super::{DeviceU32, KernelType, aligned16, load, view};
 use crate::ops::RopeStyle;
@@ -185,17 +186,27 @@ pub(crate) fn rope(
     })
 }
 
-pub(crate) fn silu_mul((g, gl): Input<'_>, (u, ul): Input<'_>) -> Result<CudaStorage> {
+pub(crate) fn silu_mul(gate: Input<'_>, up: Input<'_>) -> Result<CudaStorage> {
+    gated(gate, up, "silu_mul")
+}
+
+pub(crate) fn gelu_tanh_mul(gate: Input<'_>, up: Input<'_>) -> Result<CudaStorage> {
+    gated(gate, up, "gelu_tanh_mul")
+}
+
+/// `act(gate) * up` through the `activation.cu` kernels named `{kind}_{dtype}` (scalar) and
+/// `{kind}_vec_{dtype}` (16-byte vectors).
+fn gated((g, gl): Input<'_>, (u, ul): Input<'_>, kind: &str) -> Result<CudaStorage> {
     if gl.shape() != ul.shape() {
         bail!(
-            "silu_mul: gate {:?} and up {:?} differ",
+            "{kind}: gate {:?} and up {:?} differ",
             gl.shape(),
             ul.shape()
         );
     }
     let n = gl.shape().elem_count();
     if n == 0 {
-        bail!("silu_mul: empty input");
+        bail!("{kind}: empty input");
     }
     let dev = g.device.clone();
     macro_rules! run {
@@ -207,9 +218,9 @@ pub(crate) fn silu_mul((g, gl): Input<'_>, (u, ul): Input<'_>) -> Result<CudaSto
             let per_vec = elements_per_vector::<$t>();
             let vec = n.is_multiple_of(per_vec) && aligned16::<$t>(gl) && aligned16::<$t>(ul);
             let (name, units) = if vec {
-                (format!("silu_mul_vec_{}", <$t>::SUFFIX), n / per_vec)
+                (format!("{kind}_vec_{}", <$t>::SUFFIX), n / per_vec)
             } else {
-                (format!("silu_mul_{}", <$t>::SUFFIX), n)
+                (format!("{kind}_{}", <$t>::SUFFIX), n)
             };
             let func = load(&dev, "activation", &name)?;
             let stream = dev.cuda_stream();
@@ -224,6 +235,6 @@ pub(crate) fn silu_mul((g, gl): Input<'_>, (u, ul): Input<'_>) -> Result<CudaSto
         (S::F32(_), S::F32(_)) => run!(f32),
         (S::F16(_), S::F16(_)) => run!(f16),
         (S::BF16(_), S::BF16(_)) => run!(bf16),
-        _ => bail!("silu_mul: gate and up must share one of f32, f16, bf16"),
+        _ => bail!("{kind}: gate and up must share one of f32, f16, bf16"),
     })
 }

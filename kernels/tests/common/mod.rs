@@ -27,7 +27,7 @@ pub fn cuda_device(test: &str) -> Option<Device> {
 
 #[macro_export]
 macro_rules! test_device {
-    ($body:ident, $cpu:ident, $cuda:ident) => {
+    ($body:path, $cpu:ident, $cuda:ident) => {
         #[test]
         fn $cpu() -> candle_core::Result<()> {
             $body(&candle_core::Device::Cpu)
