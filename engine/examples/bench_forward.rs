@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::Device;
 use metrum_engine::kv_cache::KvCache;
-use metrum_engine::model::{ForwardBatch, LlamaModel, SequenceChunk, resolve_dtype};
+use metrum_engine::model::{DecoderModel, ForwardBatch, SequenceChunk, resolve_dtype};
 use metrum_engine::source::resolve_model;
 
 const BLOCK_SIZE: usize = 16;
@@ -81,7 +81,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dtype = resolve_dtype(&args.dtype, &device)?;
     let files = resolve_model(args.model.as_deref())?;
     let started = Instant::now();
-    let model = LlamaModel::load(&files, &device, dtype)?;
+    let model = DecoderModel::load(&files, &device, dtype)?;
     let c = model.config();
     println!(
         "model {:?}: {} layers, hidden {}, vocab {}, {:.1}M params; {:?} {dtype:?}; loaded in {:.2?}",
@@ -157,7 +157,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// Decode steps of `n` sequences that each hold 320 tokens of context; block tables interleave
 /// the sequences' blocks, as a server's free list does after a while.
 fn batched_decode(
-    model: &LlamaModel,
+    model: &DecoderModel,
     prompt: &[u32],
     n: usize,
     steps: usize,
@@ -212,7 +212,7 @@ fn batched_decode(
 }
 
 /// Logits of a two-step mixed batch: three prompts (one split 7 + 13), then a decode each.
-fn mixed_batch_logits(model: &LlamaModel) -> Result<Vec<Vec<f32>>, Box<dyn std::error::Error>> {
+fn mixed_batch_logits(model: &DecoderModel) -> Result<Vec<Vec<f32>>, Box<dyn std::error::Error>> {
     let device = model.device();
     let mut kv = KvCache::new(model.kv_cache_layout(BLOCK_SIZE), 32, device)?;
     let vocab = model.config().vocab_size.min(256) as u32;
@@ -246,14 +246,14 @@ fn mixed_batch_logits(model: &LlamaModel) -> Result<Vec<Vec<f32>>, Box<dyn std::
 }
 
 fn compare_with_cpu(
-    model: &LlamaModel,
+    model: &DecoderModel,
     files: &metrum_engine::source::ModelFiles,
 ) -> Result<(), Box<dyn std::error::Error>> {
     if matches!(files, metrum_engine::source::ModelFiles::Synthetic { .. }) {
         println!("compare-cpu: skipped, synthetic weights differ between devices");
         return Ok(());
     }
-    let cpu = LlamaModel::load(files, &Device::Cpu, candle_core::DType::F32)?;
+    let cpu = DecoderModel::load(files, &Device::Cpu, candle_core::DType::F32)?;
     let (ours, reference) = (mixed_batch_logits(model)?, mixed_batch_logits(&cpu)?);
     let (mut worst, mut scale, mut same) = (0f32, 0f32, 0);
     for (a, b) in ours.iter().zip(&reference) {

@@ -197,7 +197,7 @@ fn read_gguf_metadata(path: &Path) -> Result<HashMap<String, gguf_file::Value>, 
     };
     let file = std::fs::File::open(path).map_err(|e| load_err(e.to_string()))?;
     let mut reader = std::io::BufReader::new(file);
-    let content = crate::model::LlamaModel::read_gguf_header(&mut reader).map_err(load_err)?;
+    let content = crate::model::DecoderModel::read_gguf_header(&mut reader).map_err(load_err)?;
     Ok(content.metadata)
 }
 

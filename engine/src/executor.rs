@@ -4,7 +4,7 @@
 //! tests of the loop without changing anything else.
 
 use crate::kv_cache::KvCache;
-use crate::model::{ForwardBatch, LlamaModel, SequenceChunk};
+use crate::model::{DecoderModel, ForwardBatch, SequenceChunk};
 use candle_core::{DType, Device};
 
 /// Logits of the rows that sample this step, row-major `[rows, vocab]`, f32 on the host.
@@ -32,7 +32,7 @@ pub trait Executor: Send {
 
 /// The real executor: a loaded model and its paged KV cache on one device.
 pub struct ModelExecutor {
-    pub model: LlamaModel,
+    pub model: DecoderModel,
     pub kv: KvCache,
     pub device: Device,
 }

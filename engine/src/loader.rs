@@ -10,7 +10,7 @@ use crate::engine_loop::Engine;
 use crate::executor::ModelExecutor;
 use crate::handle::{EngineHandle, EngineStatus, ModelInfo, Shared, StatsSnapshot, SubmitError};
 use crate::kv_cache::KvCache;
-use crate::model::{LlamaModel, resolve_dtype};
+use crate::model::{DecoderModel, resolve_dtype};
 use crate::source::{ModelFiles, resolve_model};
 use crate::text::TextCodec;
 use crate::tokenizer::Tokenizer;
@@ -94,7 +94,7 @@ fn load(config: &EngineConfig, policy: Policy, shared: Arc<Shared>) -> Result<En
     };
     let dtype = resolve_dtype(&config.dtype, &device).map_err(|e| e.to_string())?;
     let started = std::time::Instant::now();
-    let model = LlamaModel::load(&files, &device, dtype).map_err(|e| e.to_string())?;
+    let model = DecoderModel::load(&files, &device, dtype).map_err(|e| e.to_string())?;
     let tokenizer = Tokenizer::from_model_files(&files).map_err(|e| e.to_string())?;
     let chat_template =
         ChatTemplate::from_model_files(&files, &tokenizer).map_err(|e| e.to_string())?;
@@ -142,7 +142,7 @@ fn load(config: &EngineConfig, policy: Policy, shared: Arc<Shared>) -> Result<En
             .clone()
             .unwrap_or_else(|| default_served_name(config, &files)),
         source,
-        architecture: "llama".into(),
+        architecture: model.config().family().model_type().into(),
         dtype: format!("{dtype:?}").to_lowercase(),
         device: match config.device {
             DeviceSpec::Cpu => "cpu".into(),

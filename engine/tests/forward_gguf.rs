@@ -6,7 +6,7 @@ mod forward_common;
 
 use candle_core::{DType, Device};
 use forward_common::*;
-use metrum_engine::model::LlamaModel;
+use metrum_engine::model::DecoderModel;
 use metrum_kernels::RopeStyle;
 
 #[test]
@@ -15,7 +15,7 @@ fn tiny_gguf_mixed_batch_matches_quantized_llama() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tiny.gguf");
         write_tiny_gguf(&path, 21, "llama", tied);
-        let model = LlamaModel::load_gguf(&path, &Device::Cpu, DType::F32).unwrap();
+        let model = DecoderModel::load_gguf(&path, &Device::Cpu, DType::F32).unwrap();
         let c = model.config();
         assert_eq!(c.tie_word_embeddings, tied);
         assert_eq!(
@@ -63,7 +63,7 @@ fn default_model_prompts(path: &std::path::Path) -> [Vec<u32>; 4] {
     ]
 }
 
-fn check_default_config(model: &LlamaModel) {
+fn check_default_config(model: &DecoderModel) {
     let c = model.config();
     assert!(
         c.tie_word_embeddings,
@@ -88,7 +88,7 @@ fn default_model_in_f32_matches_quantized_llama_token_for_token() {
     let dir = tempfile::tempdir().unwrap();
     let dense = dir.path().join("smollm2-f32.gguf");
     dequantize_gguf(&path, &dense);
-    let model = LlamaModel::load_gguf(&dense, &Device::Cpu, DType::F32).unwrap();
+    let model = DecoderModel::load_gguf(&dense, &Device::Cpu, DType::F32).unwrap();
     check_default_config(&model);
     let records = run_batched(
         &model,
@@ -116,7 +116,7 @@ fn default_model_quantized_agrees_within_quantization_noise() {
     let Some(path) = default_model_path() else {
         return;
     };
-    let model = LlamaModel::load_gguf(&path, &Device::Cpu, DType::F32).unwrap();
+    let model = DecoderModel::load_gguf(&path, &Device::Cpu, DType::F32).unwrap();
     check_default_config(&model);
     // 10 tokens each, not 20: candle's Q4_1 dot product is scalar code, slow on both sides.
     let plans = mixed_plans(default_model_prompts(&path), 10);

@@ -7,15 +7,15 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use forward_common::write_tiny_gguf;
 use metrum_engine::model::fixture::write_tiny_llama_fixture;
-use metrum_engine::model::{LlamaModel, ModelError, resolve_dtype};
+use metrum_engine::model::{DecoderModel, ModelError, resolve_dtype};
 use metrum_engine::source::ModelFiles;
 
-fn gguf(path: &Path) -> Result<LlamaModel, ModelError> {
-    LlamaModel::load_gguf(path, &Device::Cpu, DType::F32)
+fn gguf(path: &Path) -> Result<DecoderModel, ModelError> {
+    DecoderModel::load_gguf(path, &Device::Cpu, DType::F32)
 }
 
-fn dir_model(dir: &Path) -> Result<LlamaModel, ModelError> {
-    LlamaModel::load_safetensors(
+fn dir_model(dir: &Path) -> Result<DecoderModel, ModelError> {
+    DecoderModel::load_safetensors(
         &dir.join("config.json"),
         &[dir.join("model.safetensors")],
         &Device::Cpu,
@@ -44,7 +44,7 @@ fn unknown_path_names_the_file() {
         tokenizer_json: None,
         tokenizer_config: None,
     };
-    assert!(LlamaModel::load(&files, &Device::Cpu, DType::F32).is_err());
+    assert!(DecoderModel::load(&files, &Device::Cpu, DType::F32).is_err());
 }
 
 #[test]
@@ -135,7 +135,7 @@ fn unsupported_dtypes_are_rejected() {
     message_names(&err, &["int4", "f32, f16 or bf16"]);
     assert_eq!(resolve_dtype("auto", &Device::Cpu).unwrap(), DType::F32);
     assert_eq!(resolve_dtype("BF16", &Device::Cpu).unwrap(), DType::BF16);
-    let err = LlamaModel::synthetic("tiny", &Device::Cpu, DType::U8, 0).unwrap_err();
+    let err = DecoderModel::synthetic("tiny", &Device::Cpu, DType::U8, 0).unwrap_err();
     assert!(matches!(err, ModelError::UnsupportedDType(_)), "{err:?}");
 
     // A checkpoint holding integer weights.
@@ -210,7 +210,7 @@ fn corrupt_safetensors_and_missing_shards_are_rejected() {
 
 #[test]
 fn unknown_synthetic_name_lists_the_known_ones() {
-    let err = LlamaModel::synthetic("gpt-5", &Device::Cpu, DType::F32, 0).unwrap_err();
+    let err = DecoderModel::synthetic("gpt-5", &Device::Cpu, DType::F32, 0).unwrap_err();
     assert!(
         matches!(err, ModelError::UnknownSynthetic { .. }),
         "{err:?}"

@@ -9,7 +9,7 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::llama as reference;
 use forward_common::{compare_with_reference, mixed_plans, random_tokens, run_batched};
 use metrum_engine::model::fixture::{FIXTURE_VOCAB, FixtureOptions, write_llama_fixture};
-use metrum_engine::model::{LlamaConfig, LlamaModel, RopeScaling};
+use metrum_engine::model::{DecoderModel, ModelConfig, RopeScaling};
 use std::path::{Path, PathBuf};
 
 fn weights_in(dir: &Path) -> Vec<PathBuf> {
@@ -22,8 +22,8 @@ fn weights_in(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-fn load(dir: &Path) -> LlamaModel {
-    LlamaModel::load_safetensors(
+fn load(dir: &Path) -> DecoderModel {
+    DecoderModel::load_safetensors(
         &dir.join("config.json"),
         &weights_in(dir),
         &Device::Cpu,
@@ -145,8 +145,8 @@ fn rope_parameters_form_parses_like_top_level_rope_theta() {
         ..llama3
     };
     write_llama_fixture(nested.path(), 9, &options).unwrap();
-    let a = LlamaConfig::from_hf_config(&top.path().join("config.json")).unwrap();
-    let b = LlamaConfig::from_hf_config(&nested.path().join("config.json")).unwrap();
+    let a = ModelConfig::from_hf_config(&top.path().join("config.json")).unwrap();
+    let b = ModelConfig::from_hf_config(&nested.path().join("config.json")).unwrap();
     assert_eq!(a, b);
     assert!(matches!(
         a.rope_scaling,
@@ -158,7 +158,7 @@ fn rope_parameters_form_parses_like_top_level_rope_theta() {
 #[test]
 fn smollm2_config_json_reads_rope_parameters() {
     let path = Path::new("/work/shared/models/smollm2-135m-instruct/config.json");
-    let config = LlamaConfig::from_hf_config(path).unwrap();
+    let config = ModelConfig::from_hf_config(path).unwrap();
     assert_eq!(config.rope_theta, 100_000.0);
     assert_eq!(config.rope_scaling, RopeScaling::None);
     assert!(config.tie_word_embeddings);
@@ -184,7 +184,7 @@ fn fixture_tokenizer_covers_the_config_vocab() {
     let files = metrum_engine::source::resolve_local(dir.path()).unwrap();
     let tokenizer = metrum_engine::tokenizer::Tokenizer::from_model_files(&files).unwrap();
     assert_eq!(tokenizer.vocab_size(), FIXTURE_VOCAB);
-    let model = LlamaModel::load(&files, &Device::Cpu, DType::F32).unwrap();
+    let model = DecoderModel::load(&files, &Device::Cpu, DType::F32).unwrap();
     assert_eq!(model.config().vocab_size, FIXTURE_VOCAB);
     assert_eq!(
         tokenizer.encode("hi", false).unwrap(),

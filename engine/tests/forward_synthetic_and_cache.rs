@@ -6,14 +6,14 @@ use candle_core::{DType, Device};
 use forward_common::{SeqPlan, argmax, run_batched};
 use metrum_engine::kv_cache::{KvCache, KvCacheLayout};
 use metrum_engine::model::{
-    ForwardBatch, LlamaModel, ModelError, SYNTHETIC_MODELS, SequenceChunk, synthetic_config,
+    DecoderModel, ForwardBatch, ModelError, SYNTHETIC_MODELS, SequenceChunk, synthetic_config,
 };
 
-fn tiny(dtype: DType, seed: u64) -> LlamaModel {
-    LlamaModel::synthetic("tiny", &Device::Cpu, dtype, seed).unwrap()
+fn tiny(dtype: DType, seed: u64) -> DecoderModel {
+    DecoderModel::synthetic("tiny", &Device::Cpu, dtype, seed).unwrap()
 }
 
-fn one_step_logits(model: &LlamaModel, tokens: &[u32]) -> Vec<f32> {
+fn one_step_logits(model: &DecoderModel, tokens: &[u32]) -> Vec<f32> {
     let mut kv = KvCache::new(model.kv_cache_layout(16), 8, &Device::Cpu).unwrap();
     let table = [3, 1, 6];
     let chunk = SequenceChunk {
@@ -37,6 +37,10 @@ fn presets_have_the_published_shapes() {
         ("llama-3.2-1b", 128_256, 16, 2048),
         ("llama-3.2-3b", 128_256, 28, 3072),
         ("llama-3.1-8b", 128_256, 32, 4096),
+        ("qwen2.5-0.5b", 151_936, 24, 896),
+        ("qwen2.5-0.5b-as-llama", 151_936, 24, 896),
+        ("gemma-2-2b", 256_000, 26, 2304),
+        ("gemma-2-2b-as-llama", 256_000, 26, 2304),
     ];
     assert_eq!(SYNTHETIC_MODELS.len(), expect.len());
     for (name, vocab, layers, hidden) in expect {
@@ -52,6 +56,27 @@ fn presets_have_the_published_shapes() {
     assert!((billions("llama-3.2-1b") - 1.236).abs() < 0.01);
     assert!((billions("llama-3.2-3b") - 3.213).abs() < 0.01);
     assert!((billions("llama-3.1-8b") - 8.030).abs() < 0.01);
+    // Published sizes (Qwen2.5-0.5B's QKV biases, 28k parameters, are not counted).
+    assert!((billions("qwen2.5-0.5b") - 0.494).abs() < 0.001);
+    assert!((billions("gemma-2-2b") - 2.614).abs() < 0.001);
+    // The `-as-llama` twins differ in family flags only, never in size.
+    for family in ["qwen2.5-0.5b", "gemma-2-2b"] {
+        let twin = synthetic_config(&format!("{family}-as-llama")).unwrap();
+        let original = synthetic_config(family).unwrap();
+        assert_eq!(twin.family(), metrum_engine::model::Family::Llama);
+        assert_ne!(original.family(), metrum_engine::model::Family::Llama);
+        let llama_norms = 2 * original.hidden_size * original.num_layers;
+        let extra = if original.arch.sandwich_norms {
+            llama_norms
+        } else {
+            0
+        };
+        assert_eq!(
+            twin.num_parameters() + extra,
+            original.num_parameters(),
+            "{family}"
+        );
+    }
 }
 
 #[test]
@@ -83,7 +108,7 @@ fn half_precision_runs_close_to_f32() {
 
 #[test]
 fn smollm2_shaped_synthetic_model_generates() {
-    let model = LlamaModel::synthetic("smollm2-135m", &Device::Cpu, DType::F32, 0).unwrap();
+    let model = DecoderModel::synthetic("smollm2-135m", &Device::Cpu, DType::F32, 0).unwrap();
     let plans = vec![
         SeqPlan {
             prompt: (0..30).collect(),
@@ -223,7 +248,7 @@ fn logits_only_for_selected_rows_in_their_order() {
 #[test]
 fn model_and_cache_can_move_to_the_engine_thread() {
     fn assert_send_sync<T: Send + Sync>() {}
-    assert_send_sync::<LlamaModel>();
+    assert_send_sync::<DecoderModel>();
     assert_send_sync::<KvCache>();
     assert_send_sync::<ForwardBatch>();
     let model = tiny(DType::F32, 5);

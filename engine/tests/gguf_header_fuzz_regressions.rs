@@ -4,7 +4,7 @@
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::{DType, Device};
 use metrum_engine::chat_template::ChatTemplate;
-use metrum_engine::model::LlamaModel;
+use metrum_engine::model::DecoderModel;
 use metrum_engine::source::ModelFiles;
 use metrum_engine::tokenizer::Tokenizer;
 use std::io::Cursor;
@@ -47,13 +47,13 @@ fn alignment_zero_is_a_load_error_not_a_panic() {
         let mut metadata = busy_prefix();
         metadata.push(("general.alignment", alignment.clone()));
         let bytes = gguf(&metadata);
-        let err = LlamaModel::read_gguf_header(&mut Cursor::new(&bytes)).unwrap_err();
+        let err = DecoderModel::read_gguf_header(&mut Cursor::new(&bytes)).unwrap_err();
         assert!(err.contains("general.alignment"), "{alignment:?}: {err}");
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("model.gguf");
         std::fs::write(&path, &bytes).unwrap();
-        let Err(err) = LlamaModel::load_gguf(&path, &Device::Cpu, DType::F32) else {
+        let Err(err) = DecoderModel::load_gguf(&path, &Device::Cpu, DType::F32) else {
             panic!("{alignment:?}: the model loaded");
         };
         assert!(err.to_string().contains("general.alignment"), "{err}");
@@ -81,15 +81,15 @@ fn alignment_zero_is_a_load_error_not_a_panic() {
 fn a_positive_alignment_still_reads_and_is_used() {
     let mut metadata = busy_prefix();
     metadata.push(("general.alignment", Value::U32(64)));
-    let content = LlamaModel::read_gguf_header(&mut Cursor::new(gguf(&metadata))).unwrap();
+    let content = DecoderModel::read_gguf_header(&mut Cursor::new(gguf(&metadata))).unwrap();
     assert_eq!(content.tensor_data_offset % 64, 0);
     assert_eq!(content.metadata.len(), metadata.len());
     // No alignment key at all: candle's default.
-    let content = LlamaModel::read_gguf_header(&mut Cursor::new(gguf(&busy_prefix()))).unwrap();
+    let content = DecoderModel::read_gguf_header(&mut Cursor::new(gguf(&busy_prefix()))).unwrap();
     assert_eq!(content.tensor_data_offset % 32, 0);
     // Not GGUF: candle's own error, no panic.
-    assert!(LlamaModel::read_gguf_header(&mut Cursor::new(b"GGML....")).is_err());
-    assert!(LlamaModel::read_gguf_header(&mut Cursor::new(b"")).is_err());
+    assert!(DecoderModel::read_gguf_header(&mut Cursor::new(b"GGML....")).is_err());
+    assert!(DecoderModel::read_gguf_header(&mut Cursor::new(b"")).is_err());
 }
 
 /// A llama header whose token embedding and `extra` tensors exist, with `block_count` and
@@ -123,7 +123,7 @@ fn load_error(bytes: &[u8]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model.gguf");
     std::fs::write(&path, bytes).unwrap();
-    match LlamaModel::load_gguf(&path, &Device::Cpu, DType::F32) {
+    match DecoderModel::load_gguf(&path, &Device::Cpu, DType::F32) {
         Ok(_) => panic!("the model loaded"),
         Err(e) => e.to_string(),
     }

@@ -10,7 +10,7 @@
 use candle_core::{DType, Device};
 use libfuzzer_sys::fuzz_target;
 use metrum_engine::chat_template::{ChatMessage, ChatTemplate};
-use metrum_engine::model::LlamaModel;
+use metrum_engine::model::DecoderModel;
 use metrum_engine::tokenizer::Tokenizer;
 use std::io::Cursor;
 use std::path::PathBuf;
@@ -31,7 +31,7 @@ fn scratch() -> &'static PathBuf {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(content) = LlamaModel::read_gguf_header(&mut Cursor::new(data)) else {
+    let Ok(content) = DecoderModel::read_gguf_header(&mut Cursor::new(data)) else {
         return;
     };
     if let Ok(tokenizer) = Tokenizer::from_gguf_metadata(&content.metadata) {
@@ -44,6 +44,6 @@ fuzz_target!(|data: &[u8]| {
         let _ = template.render(&[ChatMessage::new("user", "hi")], true);
     }
     if std::fs::write(scratch(), data).is_ok() {
-        let _ = LlamaModel::load_gguf(scratch(), &Device::Cpu, DType::F32);
+        let _ = DecoderModel::load_gguf(scratch(), &Device::Cpu, DType::F32);
     }
 });

@@ -2,12 +2,12 @@
 //! varlen paged forward the server runs.
 
 use crate::kv_cache::KvCache;
-use crate::model::{ForwardBatch, LlamaModel, SequenceChunk};
+use crate::model::{DecoderModel, ForwardBatch, SequenceChunk};
 use candle_core::{DType, Device, Result, Tensor};
 
 /// Runs a fixed mixed batch (three sequences: prefill chunks split at odd boundaries, then
 /// decodes) on `a` and `b` and returns the largest relative L2 error of the logits rows.
-pub fn compare_devices(a: &LlamaModel, b: &LlamaModel, block_size: usize) -> Result<f64> {
+pub fn compare_devices(a: &DecoderModel, b: &DecoderModel, block_size: usize) -> Result<f64> {
     let vocab = a.config().vocab_size as u32;
     let prompts: Vec<Vec<u32>> = [29usize, 7, 61]
         .iter()
@@ -18,7 +18,7 @@ pub fn compare_devices(a: &LlamaModel, b: &LlamaModel, block_size: usize) -> Res
                 .collect()
         })
         .collect();
-    let run = |m: &LlamaModel| -> Result<Vec<Vec<f32>>> {
+    let run = |m: &DecoderModel| -> Result<Vec<Vec<f32>>> {
         let layout = m.kv_cache_layout(block_size);
         let mut kv = KvCache::new(layout, 64, m.device()).map_err(candle_core::Error::wrap)?;
         // Block tables interleaved across sequences so pages are not contiguous.
@@ -90,7 +90,7 @@ pub struct GreedyTrace {
 }
 
 pub fn greedy_trace(
-    m: &LlamaModel,
+    m: &DecoderModel,
     prompt: &[u32],
     new_tokens: usize,
     device: &Device,

@@ -3,7 +3,7 @@
 //! GEMM as the arithmetic ceiling. Timings are wall-clock around device-synchronized work.
 
 use crate::kv_cache::KvCache;
-use crate::model::{ForwardBatch, LlamaModel, SequenceChunk};
+use crate::model::{DecoderModel, ForwardBatch, SequenceChunk};
 use candle_core::{DType, Device, Result, Tensor};
 use std::time::Instant;
 
@@ -21,7 +21,7 @@ pub struct DecodeStepRow {
 /// One decode step of `batch` sequences at `context` tokens each. The KV cache is filled by a
 /// real prefill of random tokens first (so no timing runs on all-zero K/V).
 pub fn decode_step_time(
-    m: &LlamaModel,
+    m: &DecoderModel,
     batch: usize,
     context: usize,
     copy_gbps: f64,
@@ -105,7 +105,7 @@ pub struct PrefillRow {
 
 /// One prefill chunk of `chunk` tokens from position 0; FLOPs = 2·params·tokens (matmuls) plus
 /// causal attention 2·2·layers·heads·head_dim·tokens²/2.
-pub fn prefill_throughput(m: &LlamaModel, chunk: usize, iters: usize) -> Result<PrefillRow> {
+pub fn prefill_throughput(m: &DecoderModel, chunk: usize, iters: usize) -> Result<PrefillRow> {
     let device = m.device().clone();
     let bs = 16;
     let blocks = chunk.div_ceil(bs);

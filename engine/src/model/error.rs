@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-/// One error type for loading and running llama models. Load errors name the file and say
+/// One error type for loading and running models. Load errors name the file and say
 /// what was expected, so a user can fix the input without reading code.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -16,11 +16,11 @@ pub enum ModelError {
     BadGguf { path: PathBuf, reason: String },
     #[error("{path}: not valid safetensors weights ({reason})")]
     BadSafetensors { path: PathBuf, reason: String },
-    #[error("{path}: unsupported architecture '{found}', expected {expected}")]
+    #[error("{path}: unsupported architecture '{found}'; supported: {supported}")]
     UnsupportedArchitecture {
         path: PathBuf,
         found: String,
-        expected: &'static str,
+        supported: String,
     },
     #[error("{path}: {key}: {reason}")]
     BadConfig {
@@ -51,6 +51,9 @@ pub enum ModelError {
     BadBatch(String),
     #[error("KV cache: {0}")]
     KvCache(String),
+    /// A loader produced weights that do not fit the config's flags (a bug, not bad input).
+    #[error("model assembly: {0}")]
+    Assembly(String),
     /// A tensor operation failed on the device (out of memory, a kernel error).
     #[error("tensor op: {0}")]
     Candle(#[from] candle_core::Error),

@@ -1,8 +1,8 @@
-//! Loading llama GGUF files (llama.cpp's format): hyperparameters from `llama.*` metadata,
-//! projection weights kept in their quantized blocks, the output head tied to `token_embd`
-//! when the file has no `output.weight`.
+//! Loading GGUF files (llama.cpp's format) of every supported family: hyperparameters from
+//! `<general.architecture>.*` metadata (read by the family mappings in `family/`),
+//! projection weights kept in their quantized blocks under llama.cpp's tensor names, the
+//! output head tied to `token_embd` when the file has no `output.weight`.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -13,12 +13,18 @@ use candle_core::quantized::{GgmlDType, QTensor, ggml_file};
 use candle_core::{DType, Device, Tensor};
 use metrum_kernels::RopeStyle;
 
+use crate::model::arch::{ArchSpec, Family};
+use crate::model::family::{self, ConfigIssue};
 use crate::model::linear::{Embedding, Linear, SplitLinear, cpu_quant_type, linear_from_ggml};
 use crate::model::{
-    LayerWeights, LlamaConfig, LlamaModel, ModelError, ModelParts, Result, RopeScaling,
+    DecoderModel, LayerWeights, ModelConfig, ModelError, ModelParts, Result, RopeScaling,
 };
 
-pub(crate) fn load(path: &Path, device: &Device, dtype: DType) -> Result<LlamaModel> {
+/// Largest `context_length × rotary_dim` accepted: 1 GiB of f32 RoPE tables (2^19 for
+/// SmolLM2, 2^24 for a 128k-context llama with head_dim 128).
+const MAX_ROPE_TABLE_VALUES: usize = 1 << 28;
+
+pub(crate) fn load(path: &Path, device: &Device, dtype: DType) -> Result<DecoderModel> {
     let io = |source| ModelError::Io {
         path: path.to_path_buf(),
         source,
@@ -27,7 +33,7 @@ pub(crate) fn load(path: &Path, device: &Device, dtype: DType) -> Result<LlamaMo
     let file_len = file.metadata().map_err(io)?.len();
     let mut reader = BufReader::new(file);
     let content =
-        LlamaModel::read_gguf_header(&mut reader).map_err(|reason| ModelError::BadGguf {
+        DecoderModel::read_gguf_header(&mut reader).map_err(|reason| ModelError::BadGguf {
             path: path.to_path_buf(),
             reason,
         })?;
@@ -38,136 +44,9 @@ pub(crate) fn load(path: &Path, device: &Device, dtype: DType) -> Result<LlamaMo
         file_len,
         device: device.clone(),
     };
-    let mut config = gguf.config()?;
-    let parts = gguf.parts(&mut config, dtype)?;
-    LlamaModel::from_parts(config, dtype, device, parts)
-}
-
-impl LlamaModel {
-    /// A GGUF header (metadata and tensor table) as candle reads it, with what candle would
-    /// panic on refused first: `general.alignment = 0` divides by zero in
-    /// `Content::read` (candle 0.11.1; found by the `gguf` fuzz target). Every reader of
-    /// GGUF metadata in the engine goes through here. The reader is left anywhere.
-    pub fn read_gguf_header<R: Read + Seek>(
-        reader: &mut R,
-    ) -> std::result::Result<Content, String> {
-        let start = reader.stream_position().map_err(|e| e.to_string())?;
-        // A header the scan cannot walk is left for candle to describe.
-        if let Ok(Some(0)) = declared_alignment(reader) {
-            return Err("general.alignment is 0; it must be a positive number of bytes".into());
-        }
-        reader
-            .seek(SeekFrom::Start(start))
-            .map_err(|e| e.to_string())?;
-        Content::read(reader).map_err(|e| e.to_string())
-    }
-}
-
-/// Weight tensors of one llama layer: two norms, q, k, v, o, gate, up, down.
-const TENSORS_PER_LAYER: usize = 9;
-
-/// Largest `context_length × head_dim` accepted: 1 GiB of f32 RoPE tables (2^19 for
-/// SmolLM2, 2^24 for a 128k-context llama with head_dim 128).
-const MAX_ROPE_TABLE_VALUES: usize = 1 << 28;
-
-/// Nested arrays deeper than this end the scan (candle refuses them too).
-const MAX_ARRAY_DEPTH: u32 = 8;
-
-/// The integer value of `general.alignment`, walking the metadata the way GGUF lays it out
-/// (v1 lengths are u32, later ones u64). `None` when the header has no such integer.
-fn declared_alignment<R: Read>(r: &mut R) -> std::io::Result<Option<u64>> {
-    let mut magic = [0u8; 4];
-    r.read_exact(&mut magic)?;
-    if &magic != b"GGUF" {
-        return Ok(None);
-    }
-    let wide = read_le::<4>(r)? != [1, 0, 0, 0];
-    let _tensor_count = read_len(r, wide)?;
-    let kv_count = read_len(r, wide)?;
-    for _ in 0..kv_count {
-        let key_len = read_len(r, wide)?;
-        let mut key = Vec::new();
-        if r.by_ref().take(key_len).read_to_end(&mut key)? as u64 != key_len {
-            return Ok(None);
-        }
-        let value_type = u32::from_le_bytes(read_le::<4>(r)?);
-        if key == b"general.alignment" {
-            return Ok(match value_type {
-                0 | 1 => Some(u64::from(read_le::<1>(r)?[0])),
-                2 | 3 => Some(u64::from(u16::from_le_bytes(read_le::<2>(r)?))),
-                4 | 5 => Some(u64::from(u32::from_le_bytes(read_le::<4>(r)?))),
-                10 | 11 => Some(u64::from_le_bytes(read_le::<8>(r)?)),
-                _ => None,
-            });
-        }
-        if !skip_value(r, value_type, wide, 0)? {
-            return Ok(None);
-        }
-    }
-    Ok(None)
-}
-
-fn read_le<const N: usize>(r: &mut impl Read) -> std::io::Result<[u8; N]> {
-    let mut bytes = [0u8; N];
-    r.read_exact(&mut bytes)?;
-    Ok(bytes)
-}
-
-fn read_len(r: &mut impl Read, wide: bool) -> std::io::Result<u64> {
-    Ok(if wide {
-        u64::from_le_bytes(read_le::<8>(r)?)
-    } else {
-        u64::from(u32::from_le_bytes(read_le::<4>(r)?))
-    })
-}
-
-/// Skips one value of `value_type`; `false` for an unknown type or a value cut short.
-fn skip_value<R: Read>(
-    r: &mut R,
-    value_type: u32,
-    wide: bool,
-    depth: u32,
-) -> std::io::Result<bool> {
-    let fixed = match value_type {
-        0 | 1 | 7 => Some(1),
-        2 | 3 => Some(2),
-        4..=6 => Some(4),
-        10..=12 => Some(8),
-        _ => None,
-    };
-    let skip = |r: &mut R, n: u64| -> std::io::Result<bool> {
-        Ok(std::io::copy(&mut r.by_ref().take(n), &mut std::io::sink())? == n)
-    };
-    match (value_type, fixed) {
-        (_, Some(size)) => skip(r, size),
-        (8, None) => {
-            let len = read_len(r, wide)?;
-            skip(r, len)
-        }
-        (9, None) if depth < MAX_ARRAY_DEPTH => {
-            let item_type = u32::from_le_bytes(read_le::<4>(r)?);
-            let count = read_len(r, wide)?;
-            let item_size = match item_type {
-                0 | 1 | 7 => Some(1u64),
-                2 | 3 => Some(2),
-                4..=6 => Some(4),
-                10..=12 => Some(8),
-                _ => None,
-            };
-            if let Some(size) = item_size {
-                return skip(r, count.saturating_mul(size));
-            }
-            // Each string or array item takes at least one length field, so a huge count
-            // in a small file runs out of bytes quickly.
-            for _ in 0..count {
-                if !skip_value(r, item_type, wide, depth + 1)? {
-                    return Ok(false);
-                }
-            }
-            Ok(true)
-        }
-        _ => Ok(false),
-    }
+    let config = gguf.config()?;
+    let parts = gguf.parts(&config, dtype)?;
+    DecoderModel::from_parts(config, dtype, device, parts)
 }
 
 struct GgufReader {
@@ -179,102 +58,83 @@ struct GgufReader {
 }
 
 impl GgufReader {
-    fn bad_config(&self, key: &str, reason: impl Into<String>) -> ModelError {
+    fn meta(&self) -> GgufMeta<'_> {
+        GgufMeta {
+            prefix: self.architecture(),
+            content: &self.content,
+        }
+    }
+
+    fn architecture(&self) -> &str {
+        match self.content.metadata.get("general.architecture") {
+            Some(Value::String(s)) => s,
+            _ => "",
+        }
+    }
+
+    fn bad_config(&self, issue: ConfigIssue) -> ModelError {
         ModelError::BadConfig {
             path: self.path.clone(),
-            key: key.to_string(),
-            reason: reason.into(),
+            key: issue.key,
+            reason: issue.reason,
         }
     }
 
-    fn metadata(&self) -> &HashMap<String, Value> {
-        &self.content.metadata
-    }
-
-    fn string(&self, key: &str) -> Option<String> {
-        match self.metadata().get(key) {
-            Some(Value::String(s)) => Some(s.clone()),
-            _ => None,
-        }
-    }
-
-    fn usize_opt(&self, key: &str) -> Result<Option<usize>> {
-        let value = match self.metadata().get(key) {
-            None => return Ok(None),
-            Some(v) => v,
-        };
-        let n = match *value {
-            Value::U8(v) => v as i128,
-            Value::I8(v) => v as i128,
-            Value::U16(v) => v as i128,
-            Value::I16(v) => v as i128,
-            Value::U32(v) => v as i128,
-            Value::I32(v) => v as i128,
-            Value::U64(v) => v as i128,
-            Value::I64(v) => v as i128,
-            _ => return Err(self.bad_config(key, format!("expected an integer, got {value:?}"))),
-        };
-        usize::try_from(n)
-            .map(Some)
-            .map_err(|_| self.bad_config(key, format!("expected a non-negative integer, got {n}")))
-    }
-
-    fn usize(&self, key: &str) -> Result<usize> {
-        self.usize_opt(key)?
-            .ok_or_else(|| self.bad_config(key, "missing from the metadata"))
-    }
-
-    fn f32_opt(&self, key: &str) -> Result<Option<f32>> {
-        match self.metadata().get(key) {
-            None => Ok(None),
-            Some(Value::F32(v)) => Ok(Some(*v)),
-            Some(Value::F64(v)) => Ok(Some(*v as f32)),
-            Some(other) => Err(self.bad_config(key, format!("expected a float, got {other:?}"))),
-        }
-    }
-
-    fn config(&self) -> Result<LlamaConfig> {
-        let arch = self.string("general.architecture").unwrap_or_default();
-        if arch != "llama" {
-            return Err(ModelError::UnsupportedArchitecture {
+    /// The family from `general.architecture`, the shared keys, the family's mapping, then
+    /// the tensors that are hyperparameters (RoPE factors), all checked before any weight.
+    fn config(&mut self) -> Result<ModelConfig> {
+        let arch = self.architecture().to_string();
+        let family =
+            Family::from_gguf(&arch).ok_or_else(|| ModelError::UnsupportedArchitecture {
                 path: self.path.clone(),
-                found: arch,
-                expected: "llama (general.architecture)",
-            });
-        }
-        if self.usize_opt("llama.expert_count")?.unwrap_or(0) > 1 {
-            return Err(self.bad_config(
-                "llama.expert_count",
-                "mixture-of-experts llama is not supported",
-            ));
-        }
-        let hidden_size = self.usize("llama.embedding_length")?;
-        let num_heads = self.usize("llama.attention.head_count")?;
-        let head_dim = match self.usize_opt("llama.attention.key_length")? {
+                found: if arch.is_empty() {
+                    "none (no general.architecture)".into()
+                } else {
+                    arch.clone()
+                },
+                supported: Family::supported_gguf(),
+            })?;
+        let mut config = {
+            let meta = self.meta();
+            let base = self.shared_fields(&meta, family)?;
+            family::from_gguf(family, &meta, base).map_err(|issue| self.bad_config(issue))?
+        };
+        self.rope_factor_tensors(&mut config)?;
+        config.validate().map_err(|(key, reason)| {
+            self.bad_config(ConfigIssue::new(format!("{arch}.* ({key})"), reason))
+        })?;
+        self.check_sizes(&config)?;
+        Ok(config)
+    }
+
+    /// The keys every family stores under `<arch>.`: shapes, norm epsilon, RoPE base and
+    /// dims, context; vocabulary and tying from the tensor table.
+    fn shared_fields(&self, meta: &GgufMeta, family: Family) -> Result<ModelConfig> {
+        let issue = |e: ConfigIssue| self.bad_config(e);
+        let hidden_size = meta.usize("embedding_length").map_err(issue)?;
+        let num_heads = meta.usize("attention.head_count").map_err(issue)?;
+        let head_dim = match meta.usize_opt("attention.key_length").map_err(issue)? {
             Some(d) => d,
             None if num_heads > 0 => hidden_size / num_heads,
-            None => return Err(self.bad_config("llama.attention.head_count", "must be positive")),
-        };
-        if let Some(rope_dim) = self.usize_opt("llama.rope.dimension_count")?
-            && rope_dim != head_dim
-        {
-            return Err(self.bad_config(
-                "llama.rope.dimension_count",
-                format!("partial rotary ({rope_dim} of {head_dim} dims) is not supported"),
-            ));
-        }
-        let rope_scaling = match self.string("llama.rope.scaling.type").as_deref() {
-            None | Some("none") => RopeScaling::None,
-            Some("linear") => RopeScaling::Linear {
-                factor: self.f32_opt("llama.rope.scaling.factor")?.unwrap_or(1.0),
-            },
-            Some(other) => {
-                return Err(self.bad_config(
-                    "llama.rope.scaling.type",
-                    format!("'{other}' is not supported (none or linear)"),
-                ));
+            None => {
+                return Err(issue(ConfigIssue::new(
+                    meta.key("attention.head_count"),
+                    "must be positive",
+                )));
             }
         };
+        if let Some(v) = meta.usize_opt("attention.value_length").map_err(issue)?
+            && v != head_dim
+        {
+            return Err(issue(ConfigIssue::new(
+                meta.key("attention.value_length"),
+                format!("{v} differs from the key length {head_dim}; not supported"),
+            )));
+        }
+        let rotary_dim = meta
+            .usize_opt("rope.dimension_count")
+            .map_err(issue)?
+            .filter(|&d| d != head_dim);
         let embed = self.info("token_embd.weight")?;
         let (vocab_size, embed_width) = match embed.shape.dims() {
             [v, h] => (*v, *h),
@@ -287,63 +147,95 @@ impl GgufReader {
                 &[vocab_size, hidden_size],
             ));
         }
-        let config = LlamaConfig {
+        Ok(ModelConfig {
+            arch: ArchSpec {
+                family,
+                ..ArchSpec::llama()
+            },
             vocab_size,
             hidden_size,
-            intermediate_size: self.usize("llama.feed_forward_length")?,
-            num_layers: self.usize("llama.block_count")?,
+            intermediate_size: meta.usize("feed_forward_length").map_err(issue)?,
+            num_layers: meta.usize("block_count").map_err(issue)?,
             num_heads,
-            num_kv_heads: self
-                .usize_opt("llama.attention.head_count_kv")?
+            num_kv_heads: meta
+                .usize_opt("attention.head_count_kv")
+                .map_err(issue)?
                 .unwrap_or(num_heads),
             head_dim,
-            rms_norm_eps: self
-                .f32_opt("llama.attention.layer_norm_rms_epsilon")?
+            rms_norm_eps: meta
+                .f32_opt("attention.layer_norm_rms_epsilon")
+                .map_err(issue)?
                 .ok_or_else(|| {
-                    self.bad_config(
-                        "llama.attention.layer_norm_rms_epsilon",
+                    issue(ConfigIssue::new(
+                        meta.key("attention.layer_norm_rms_epsilon"),
                         "missing from the metadata",
-                    )
+                    ))
                 })?,
-            rope_theta: self.f32_opt("llama.rope.freq_base")?.unwrap_or(10_000.0),
-            rope_scaling,
-            // llama.cpp permutes q/k rows at conversion so GGUF llama pairs adjacent elements.
-            rope_style: RopeStyle::Interleaved,
-            max_position_embeddings: self.usize("llama.context_length")?,
+            rope_theta: meta
+                .f32_opt("rope.freq_base")
+                .map_err(issue)?
+                .unwrap_or(10_000.0),
+            rope_scaling: RopeScaling::None,
+            // Only llama's converter permutes q/k for interleaved pairs; its mapping says so.
+            rope_style: RopeStyle::Neox,
+            rotary_dim,
+            rope_local_theta: None,
+            max_position_embeddings: meta.usize("context_length").map_err(issue)?,
             tie_word_embeddings: !self.content.tensor_infos.contains_key("output.weight"),
-        };
-        config
-            .validate()
-            .map_err(|reason| self.bad_config("llama.*", reason))?;
-        self.check_sizes(&config)?;
-        Ok(config)
+            layer_windows: Vec::new(),
+            attn_scale: None,
+        })
+    }
+
+    /// RoPE hyperparameters llama.cpp stores as tensors: llama 3's `rope_freqs` and Phi-3's
+    /// LongRoPE `rope_factors_long` / `rope_factors_short`.
+    fn rope_factor_tensors(&mut self, config: &mut ModelConfig) -> Result<()> {
+        let half = config.rotary_dim() / 2;
+        if self.content.tensor_infos.contains_key("rope_freqs.weight")
+            && config.rope_scaling == RopeScaling::None
+        {
+            let factors = self.norm("rope_freqs.weight", half, DType::F32)?;
+            config.rope_scaling = RopeScaling::FrequencyFactors(factors.to_vec1::<f32>()?);
+        }
+        if let RopeScaling::LongRope { short, long, .. } = &mut config.rope_scaling {
+            *long = self
+                .norm("rope_factors_long.weight", half, DType::F32)?
+                .to_vec1::<f32>()?;
+            *short = self
+                .norm("rope_factors_short.weight", half, DType::F32)?
+                .to_vec1::<f32>()?;
+        }
+        Ok(())
     }
 
     /// Counts that size allocations before any tensor is read must be ones the file can
     /// back: a mutated `block_count` or `context_length` (found by the `gguf` fuzz target)
     /// otherwise asks for hundreds of GiB and aborts the process instead of failing the load.
-    fn check_sizes(&self, c: &LlamaConfig) -> Result<()> {
+    fn check_sizes(&self, c: &ModelConfig) -> Result<()> {
+        let arch = self.architecture().to_string();
         let tensors = self.content.tensor_infos.len();
-        if c.num_layers > tensors / TENSORS_PER_LAYER {
-            return Err(self.bad_config(
-                "llama.block_count",
+        let per_layer = tensors_per_layer(c);
+        if c.num_layers > tensors / per_layer {
+            return Err(self.bad_config(ConfigIssue::new(
+                format!("{arch}.block_count"),
                 format!(
-                    "{} layers need {TENSORS_PER_LAYER} tensors each, but the file has {tensors} tensors",
+                    "{} layers need {per_layer} tensors each, but the file has {tensors} tensors",
                     c.num_layers
                 ),
-            ));
+            )));
         }
-        // The RoPE cos/sin tables hold context_length × head_dim f32 values between them.
-        let rope_values = c.max_position_embeddings.checked_mul(c.head_dim);
+        // The RoPE cos/sin tables hold context_length × rotary_dim f32 values between them.
+        let rope_values = c.max_position_embeddings.checked_mul(c.rotary_dim());
         if rope_values.is_none_or(|v| v > MAX_ROPE_TABLE_VALUES) {
-            return Err(self.bad_config(
-                "llama.context_length",
+            return Err(self.bad_config(ConfigIssue::new(
+                format!("{arch}.context_length"),
                 format!(
-                    "{} positions × head_dim {} exceed the {MAX_ROPE_TABLE_VALUES} RoPE table entries \
-                     supported (1 GiB)",
-                    c.max_position_embeddings, c.head_dim
+                    "{} positions × rotary dims {} exceed the {MAX_ROPE_TABLE_VALUES} RoPE table \
+                     entries supported (1 GiB)",
+                    c.max_position_embeddings,
+                    c.rotary_dim()
                 ),
-            ));
+            )));
         }
         Ok(())
     }
@@ -474,7 +366,7 @@ impl GgufReader {
     }
 
     /// The token embedding and the output head, which share one copy of the weights when tied.
-    fn embedding_and_head(&mut self, c: &LlamaConfig, dtype: DType) -> Result<(Embedding, Linear)> {
+    fn embedding_and_head(&mut self, c: &ModelConfig, dtype: DType) -> Result<(Embedding, Linear)> {
         let (vocab, h) = (c.vocab_size, c.hidden_size);
         let untied = |me: &mut Self| me.linear("output.weight", vocab, h, dtype);
         let (ggml, data) = self.raw("token_embd.weight", &[vocab, h])?;
@@ -512,26 +404,66 @@ impl GgufReader {
         Ok((Embedding::Quantized(embed), head))
     }
 
-    fn parts(&mut self, config: &mut LlamaConfig, dtype: DType) -> Result<ModelParts> {
-        let c = config.clone();
+    fn parts(&mut self, c: &ModelConfig, dtype: DType) -> Result<ModelParts> {
         let (h, q, kv, ff) = (c.hidden_size, c.q_size(), c.kv_size(), c.intermediate_size);
-        if self.content.tensor_infos.contains_key("rope_freqs.weight") {
-            let factors = self.norm("rope_freqs.weight", c.head_dim / 2, DType::F32)?;
-            config.rope_scaling = RopeScaling::FrequencyFactors(factors.to_vec1::<f32>()?);
-        }
-        let (embed, lm_head) = self.embedding_and_head(&c, dtype)?;
+        let arch = c.arch.clone();
+        let fused = c.family().fused_projections();
+        let (embed, lm_head) = self.embedding_and_head(c, dtype)?;
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
             let name = |suffix: &str| format!("blk.{i}.{suffix}.weight");
-            let (qn, kn, vn) = (name("attn_q"), name("attn_k"), name("attn_v"));
-            let (gn, un) = (name("ffn_gate"), name("ffn_up"));
+            let qkv = if fused {
+                let linear = self.linear(&name("attn_qkv"), q + 2 * kv, h, dtype)?;
+                SplitLinear::new(vec![(linear, vec![q, kv, kv])])?
+            } else {
+                let (qn, kn, vn) = (name("attn_q"), name("attn_k"), name("attn_v"));
+                self.split_linear([(&qn, q), (&kn, kv), (&vn, kv)], h, dtype)?
+            };
+            let qkv_bias = if arch.qkv_bias {
+                let bias = |me: &mut Self, part: &str, size| {
+                    me.norm(&format!("blk.{i}.{part}.bias"), size, dtype)
+                };
+                Some([
+                    bias(self, "attn_q", q)?,
+                    bias(self, "attn_k", kv)?,
+                    bias(self, "attn_v", kv)?,
+                ])
+            } else {
+                None
+            };
+            let qk_norm = if arch.qk_norm {
+                Some([
+                    self.norm(&name("attn_q_norm"), c.head_dim, dtype)?,
+                    self.norm(&name("attn_k_norm"), c.head_dim, dtype)?,
+                ])
+            } else {
+                None
+            };
+            let gate_up = if fused {
+                let linear = self.linear(&name("ffn_up"), 2 * ff, h, dtype)?;
+                SplitLinear::new(vec![(linear, vec![ff, ff])])?
+            } else {
+                let (gn, un) = (name("ffn_gate"), name("ffn_up"));
+                self.split_linear([(&gn, ff), (&un, ff)], h, dtype)?
+            };
+            let sandwich = |me: &mut Self, suffix: &str| -> Result<Option<Tensor>> {
+                Ok(if arch.sandwich_norms {
+                    Some(me.norm(&name(suffix), h, dtype)?)
+                } else {
+                    None
+                })
+            };
             layers.push(LayerWeights {
                 attn_norm: self.norm(&name("attn_norm"), h, dtype)?,
-                qkv: self.split_linear([(&qn, q), (&kn, kv), (&vn, kv)], h, dtype)?,
+                qkv,
+                qkv_bias,
+                qk_norm,
                 o_proj: self.linear(&name("attn_output"), h, q, dtype)?,
+                post_attn_norm: sandwich(self, "post_attention_norm")?,
                 mlp_norm: self.norm(&name("ffn_norm"), h, dtype)?,
-                gate_up: self.split_linear([(&gn, ff), (&un, ff)], h, dtype)?,
+                gate_up,
                 down: self.linear(&name("ffn_down"), h, ff, dtype)?,
+                post_mlp_norm: sandwich(self, "post_ffw_norm")?,
             });
         }
         Ok(ModelParts {
@@ -540,5 +472,108 @@ impl GgufReader {
             final_norm: self.norm("output_norm.weight", h, dtype)?,
             lm_head,
         })
+    }
+}
+
+/// The tensors each layer of `c` has in a GGUF file (a lower bound for the size check).
+fn tensors_per_layer(c: &ModelConfig) -> usize {
+    let a = &c.arch;
+    let projections = if c.family().fused_projections() { 4 } else { 7 };
+    2 + projections
+        + if a.qkv_bias { 3 } else { 0 }
+        + if a.qk_norm { 2 } else { 0 }
+        + if a.sandwich_norms { 2 } else { 0 }
+}
+
+/// Typed access to one file's `<arch>.*` metadata, for the family mappings.
+pub(crate) struct GgufMeta<'a> {
+    prefix: &'a str,
+    content: &'a Content,
+}
+
+impl GgufMeta<'_> {
+    /// The full key of `suffix` under this file's architecture.
+    pub fn key(&self, suffix: &str) -> String {
+        format!("{}.{suffix}", self.prefix)
+    }
+
+    pub fn has_tensor(&self, name: &str) -> bool {
+        self.content.tensor_infos.contains_key(name)
+    }
+
+    fn value(&self, suffix: &str) -> Option<&Value> {
+        self.content.metadata.get(&self.key(suffix))
+    }
+
+    pub fn string(&self, suffix: &str) -> Option<String> {
+        match self.value(suffix) {
+            Some(Value::String(s)) => Some(s.clone()),
+            _ => None,
+        }
+    }
+
+    pub fn usize_opt(&self, suffix: &str) -> std::result::Result<Option<usize>, ConfigIssue> {
+        let Some(value) = self.value(suffix) else {
+            return Ok(None);
+        };
+        let n = match *value {
+            Value::U8(v) => v as i128,
+            Value::I8(v) => v as i128,
+            Value::U16(v) => v as i128,
+            Value::I16(v) => v as i128,
+            Value::U32(v) => v as i128,
+            Value::I32(v) => v as i128,
+            Value::U64(v) => v as i128,
+            Value::I64(v) => v as i128,
+            _ => {
+                return Err(ConfigIssue::new(
+                    self.key(suffix),
+                    format!("expected an integer, got {value:?}"),
+                ));
+            }
+        };
+        usize::try_from(n).map(Some).map_err(|_| {
+            ConfigIssue::new(
+                self.key(suffix),
+                format!("expected a non-negative integer, got {n}"),
+            )
+        })
+    }
+
+    pub fn usize(&self, suffix: &str) -> std::result::Result<usize, ConfigIssue> {
+        self.usize_opt(suffix)?
+            .ok_or_else(|| ConfigIssue::new(self.key(suffix), "missing from the metadata"))
+    }
+
+    /// An array of booleans (Gemma 3's per-layer `sliding_window_pattern`).
+    pub fn bool_array(&self, suffix: &str) -> std::result::Result<Option<Vec<bool>>, ConfigIssue> {
+        match self.value(suffix) {
+            None => Ok(None),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| match v {
+                    Value::Bool(b) => Some(*b),
+                    _ => None,
+                })
+                .collect::<Option<Vec<bool>>>()
+                .map(Some)
+                .ok_or_else(|| ConfigIssue::new(self.key(suffix), "expected booleans")),
+            Some(other) => Err(ConfigIssue::new(
+                self.key(suffix),
+                format!("expected an array of booleans, got {other:?}"),
+            )),
+        }
+    }
+
+    pub fn f32_opt(&self, suffix: &str) -> std::result::Result<Option<f32>, ConfigIssue> {
+        match self.value(suffix) {
+            None => Ok(None),
+            Some(Value::F32(v)) => Ok(Some(*v)),
+            Some(Value::F64(v)) => Ok(Some(*v as f32)),
+            Some(other) => Err(ConfigIssue::new(
+                self.key(suffix),
+                format!("expected a float, got {other:?}"),
+            )),
+        }
     }
 }

@@ -1,31 +1,52 @@
-//! Llama-family models: loading from GGUF, Hugging Face safetensors directories or a synthetic
-//! preset, and the forward pass over a flat varlen batch with a paged KV cache.
+//! Decoder-only transformers of every supported family (Llama, Mistral, Qwen2/2.5, Qwen3,
+//! Gemma 2/3, Phi-3/4): loading from GGUF, Hugging Face safetensors directories or a synthetic
+//! preset, and one forward pass over a flat varlen batch with a paged KV cache.
 //!
 //! | file | what lives there |
 //! | --- | --- |
-//! | `config` | [`LlamaConfig`]: shapes and constants, whatever the source |
-//! | `gguf` | GGUF (`general.architecture = llama`), weights kept quantized |
-//! | `safetensors` | `config.json` + `*.safetensors` (`LlamaForCausalLM`), f32/f16/bf16 |
+//! | `arch` | [`Family`] (the registry of architecture names) and [`ArchSpec`]: how a family differs from Llama, as flags |
+//! | `config` | [`ModelConfig`]: shapes and constants, whatever the source |
+//! | `family/` | one file per family: its `config.json` and GGUF metadata mapped onto [`ModelConfig`] |
+//! | `hf_config` | reading `config.json`: the fields every family shares, then the family's mapping |
+//! | `gguf_header` | reading a GGUF header safely ([`DecoderModel::read_gguf_header`]) |
+//! | `gguf` | GGUF weights (kept quantized) under llama.cpp's tensor names |
+//! | `safetensors` | `*.safetensors` shards (f32/f16/bf16) under transformers' tensor names |
 //! | `synthetic` | `synthetic:NAME` presets with seeded random weights, built on the device |
 //! | [`fixture`] | writes a tiny random `LlamaForCausalLM` directory for tests |
 //! | `batch` | [`ForwardBatch`], [`SequenceChunk`]: one step's flat batch |
-//! | `forward` | [`LlamaModel::forward`] |
+//! | `forward` | [`DecoderModel::forward`] |
 //! | `linear`, `rope` | quantized/dense projections; RoPE frequencies and tables |
 //! | `error` | [`ModelError`] |
+//!
+//! ## Adding a family
+//! 1. A variant in [`Family`] with its HF and GGUF names (`arch.rs`).
+//! 2. A file in `family/` that maps its `config.json` fields and GGUF keys onto
+//!    [`ModelConfig`] and [`ArchSpec`] flags, and a line in `family/mod.rs` dispatching to it.
+//! 3. Only if the family needs something no flag expresses: a new flag in [`ArchSpec`], its
+//!    handling in `forward.rs` and the loaders, and, for a new operation, a kernel in
+//!    `metrum-kernels` with its CPU reference. A graph that is not a pre-norm decoder (MoE,
+//!    hybrid attention) gets its own model type instead of more flags.
+//! 4. A tiny transformers-built fixture in `engine/tests/fixtures/families/` (see
+//!    `scripts/make_family_fixtures.py`) and its entry in `engine/tests/families.rs`.
 
+mod arch;
 mod batch;
 mod config;
 mod error;
+mod family;
 pub mod fixture;
 mod forward;
 mod gguf;
+mod gguf_header;
+mod hf_config;
 mod linear;
 mod rope;
 mod safetensors;
 mod synthetic;
 
+pub use arch::{Activation, ArchSpec, Family};
 pub use batch::{ForwardBatch, SequenceChunk};
-pub use config::LlamaConfig;
+pub use config::ModelConfig;
 pub use error::{ModelError, Result};
 pub use rope::{RopeScaling, inverse_frequencies};
 pub use synthetic::{SYNTHETIC_MODELS, synthetic_config};
@@ -38,23 +59,41 @@ use crate::kv_cache::KvCacheLayout;
 use crate::source::ModelFiles;
 use linear::{Embedding, Linear, SplitLinear};
 
-/// Weights of one decoder layer.
+/// Weights of one decoder layer. The optional parts are there exactly when the config's
+/// [`ArchSpec`] flag asks for them (the loaders guarantee it).
 #[derive(Debug)]
 pub(crate) struct LayerWeights {
     pub attn_norm: Tensor,
     /// q, k, v.
     pub qkv: SplitLinear<3>,
+    /// Biases of q, k, v (`qkv_bias`).
+    pub qkv_bias: Option<[Tensor; 3]>,
+    /// Per-head RMSNorm weights of q and k (`qk_norm`).
+    pub qk_norm: Option<[Tensor; 2]>,
     pub o_proj: Linear,
+    /// Norm of the attention output before the residual add (`sandwich_norms`).
+    pub post_attn_norm: Option<Tensor>,
+    /// The norm before the MLP.
     pub mlp_norm: Tensor,
     /// gate, up.
     pub gate_up: SplitLinear<2>,
     pub down: Linear,
+    /// Norm of the MLP output before the residual add (`sandwich_norms`).
+    pub post_mlp_norm: Option<Tensor>,
 }
 
-/// A loaded llama-family model on one device, ready to run [`LlamaModel::forward`].
+/// RoPE cos/sin tables `[positions, rotary_dim / 2]`.
 #[derive(Debug)]
-pub struct LlamaModel {
-    config: LlamaConfig,
+pub(crate) struct RopeTables {
+    pub cos: Tensor,
+    pub sin: Tensor,
+}
+
+/// A loaded decoder model of any supported family on one device, ready to run
+/// [`DecoderModel::forward`].
+#[derive(Debug)]
+pub struct DecoderModel {
+    config: ModelConfig,
     /// Activation (and KV cache) dtype.
     dtype: DType,
     device: Device,
@@ -62,49 +101,50 @@ pub struct LlamaModel {
     layers: Vec<LayerWeights>,
     final_norm: Tensor,
     lm_head: Linear,
-    rope_cos: Tensor,
-    rope_sin: Tensor,
+    rope: RopeTables,
+    /// Gemma 3's table for sliding-window layers (`rope_local_theta`).
+    rope_local: Option<RopeTables>,
 }
 
-impl LlamaModel {
+impl DecoderModel {
     /// Loads a resolved model (see [`crate::source::resolve_model`]) onto `device`, computing
     /// in `dtype` (see [`resolve_dtype`]). GGUF weights stay quantized whatever `dtype` is;
-    /// synthetic models use seed 0 (see [`LlamaModel::synthetic`] to choose one).
-    pub fn load(files: &ModelFiles, device: &Device, dtype: DType) -> Result<LlamaModel> {
+    /// synthetic models use seed 0 (see [`DecoderModel::synthetic`] to choose one).
+    pub fn load(files: &ModelFiles, device: &Device, dtype: DType) -> Result<DecoderModel> {
         match files {
-            ModelFiles::Gguf { path, .. } => LlamaModel::load_gguf(path, device, dtype),
+            ModelFiles::Gguf { path, .. } => DecoderModel::load_gguf(path, device, dtype),
             ModelFiles::SafetensorsDir {
                 config, weights, ..
-            } => LlamaModel::load_safetensors(config, weights, device, dtype),
-            ModelFiles::Synthetic { name } => LlamaModel::synthetic(name, device, dtype, 0),
+            } => DecoderModel::load_safetensors(config, weights, device, dtype),
+            ModelFiles::Synthetic { name } => DecoderModel::synthetic(name, device, dtype, 0),
         }
     }
 
-    /// A llama GGUF file (quantized or not).
-    pub fn load_gguf(path: &Path, device: &Device, dtype: DType) -> Result<LlamaModel> {
+    /// A GGUF file of any supported family (quantized or not).
+    pub fn load_gguf(path: &Path, device: &Device, dtype: DType) -> Result<DecoderModel> {
         check_dtype(dtype)?;
         gguf::load(path, device, dtype)
     }
 
-    /// A `LlamaForCausalLM` `config.json` and its safetensors shards (any order).
+    /// A Hugging Face `config.json` of any supported family and its safetensors shards (any order).
     pub fn load_safetensors(
         config: &Path,
         weights: &[impl AsRef<Path>],
         device: &Device,
         dtype: DType,
-    ) -> Result<LlamaModel> {
+    ) -> Result<DecoderModel> {
         check_dtype(dtype)?;
         let weights: Vec<&Path> = weights.iter().map(AsRef::as_ref).collect();
         safetensors::load(config, &weights, device, dtype)
     }
 
     /// A preset from [`SYNTHETIC_MODELS`] with random weights drawn from `seed`.
-    pub fn synthetic(name: &str, device: &Device, dtype: DType, seed: u64) -> Result<LlamaModel> {
+    pub fn synthetic(name: &str, device: &Device, dtype: DType, seed: u64) -> Result<DecoderModel> {
         check_dtype(dtype)?;
         synthetic::build(name, device, dtype, seed)
     }
 
-    pub fn config(&self) -> &LlamaConfig {
+    pub fn config(&self) -> &ModelConfig {
         &self.config
     }
 
@@ -118,7 +158,7 @@ impl LlamaModel {
 
     /// Positions the RoPE tables cover: the longest sequence a forward accepts.
     pub fn max_positions(&self) -> usize {
-        self.rope_cos.dims()[0]
+        self.rope.cos.dims()[0]
     }
 
     /// The KV cache shape this model needs at `block_size` (its dtype is the model's).
@@ -134,16 +174,34 @@ impl LlamaModel {
 
     /// Assembles a model from loaded weights; builds the RoPE tables.
     pub(crate) fn from_parts(
-        config: LlamaConfig,
+        config: ModelConfig,
         dtype: DType,
         device: &Device,
         parts: ModelParts,
-    ) -> Result<LlamaModel> {
-        let inv_freq =
-            inverse_frequencies(config.head_dim, config.rope_theta, &config.rope_scaling);
-        let (rope_cos, rope_sin) =
-            rope::rope_tables(&inv_freq, config.max_position_embeddings, device)?;
-        Ok(LlamaModel {
+    ) -> Result<DecoderModel> {
+        let mut config = config;
+        // A window that covers the whole context is full attention (Phi-3.5-mini declares
+        // 262144 over 131072 positions): the same result, without the window bookkeeping.
+        for window in &mut config.layer_windows {
+            if window.is_some_and(|w| w >= config.max_position_embeddings) {
+                *window = None;
+            }
+        }
+        let positions = config.max_position_embeddings;
+        let rotary = config.rotary_dim();
+        let tables = |theta: f32, scaling: &RopeScaling| -> Result<RopeTables> {
+            let inv_freq = inverse_frequencies(rotary, theta, scaling, positions);
+            let (cos, sin) =
+                rope::rope_tables(&inv_freq, positions, scaling.table_scale(), device)?;
+            Ok(RopeTables { cos, sin })
+        };
+        let rope = tables(config.rope_theta, &config.rope_scaling)?;
+        let rope_local = match config.rope_local_theta {
+            Some(theta) => Some(tables(theta, &RopeScaling::None)?),
+            None => None,
+        };
+        check_parts(&config, &parts)?;
+        Ok(DecoderModel {
             config,
             dtype,
             device: device.clone(),
@@ -151,10 +209,36 @@ impl LlamaModel {
             layers: parts.layers,
             final_norm: parts.final_norm,
             lm_head: parts.lm_head,
-            rope_cos,
-            rope_sin,
+            rope,
+            rope_local,
         })
     }
+}
+
+/// The loaders' promise that optional weights match the flags, checked once so the forward
+/// can rely on it (a mismatch is a bug in a loader, reported instead of silently skipping).
+fn check_parts(config: &ModelConfig, parts: &ModelParts) -> Result<()> {
+    let arch = &config.arch;
+    for (i, layer) in parts.layers.iter().enumerate() {
+        let ok = layer.qkv_bias.is_some() == arch.qkv_bias
+            && layer.qk_norm.is_some() == arch.qk_norm
+            && layer.post_attn_norm.is_some() == arch.sandwich_norms
+            && layer.post_mlp_norm.is_some() == arch.sandwich_norms;
+        if !ok {
+            return Err(ModelError::Assembly(format!(
+                "layer {i}'s weights do not match the {} architecture flags",
+                arch.family
+            )));
+        }
+    }
+    if parts.layers.len() != config.num_layers {
+        return Err(ModelError::Assembly(format!(
+            "{} layers loaded for a config of {}",
+            parts.layers.len(),
+            config.num_layers
+        )));
+    }
+    Ok(())
 }
 
 /// What every loader produces besides the config.

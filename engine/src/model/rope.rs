@@ -22,15 +22,58 @@ pub enum RopeScaling {
     },
     /// One divisor per frequency, as llama.cpp stores llama3 scaling in `rope_freqs.weight`.
     FrequencyFactors(Vec<f32>),
+    /// Phi-3's LongRoPE (`rope_type: "longrope"`): per-frequency divisors, `long` ones for a
+    /// context past `original_max_position_embeddings`, `short` ones within it, and cos/sin
+    /// scaled by `attention_factor`. The choice is made once per loaded model, as llama.cpp
+    /// does (by the context it serves), not per sequence as transformers does: a sequence's
+    /// cached keys must not change meaning when it grows past the original context.
+    LongRope {
+        short: Vec<f32>,
+        long: Vec<f32>,
+        original_max_position_embeddings: usize,
+        attention_factor: f32,
+    },
 }
 
-/// `theta_i = 1 / base^(2i / head_dim)` for `i < head_dim / 2`, then scaled.
-pub fn inverse_frequencies(head_dim: usize, base: f32, scaling: &RopeScaling) -> Vec<f32> {
-    let plain = (0..head_dim)
+impl RopeScaling {
+    /// The factor cos and sin are multiplied by (LongRoPE's attention factor; 1 otherwise).
+    pub fn table_scale(&self) -> f32 {
+        match self {
+            RopeScaling::LongRope {
+                attention_factor, ..
+            } => *attention_factor,
+            _ => 1.0,
+        }
+    }
+}
+
+/// `theta_i = 1 / base^(2i / rotary_dim)` for `i < rotary_dim / 2`, then scaled.
+/// `max_positions` is the context the tables serve (LongRoPE picks its factors by it).
+pub fn inverse_frequencies(
+    rotary_dim: usize,
+    base: f32,
+    scaling: &RopeScaling,
+    max_positions: usize,
+) -> Vec<f32> {
+    let plain = (0..rotary_dim)
         .step_by(2)
-        .map(|i| 1f32 / base.powf(i as f32 / head_dim as f32));
+        .map(|i| 1f32 / base.powf(i as f32 / rotary_dim as f32));
     match scaling {
         RopeScaling::None => plain.collect(),
+        RopeScaling::LongRope {
+            short,
+            long,
+            original_max_position_embeddings,
+            ..
+        } => {
+            let factors = if max_positions > *original_max_position_embeddings {
+                long
+            } else {
+                short
+            };
+            // transformers: 1 / (factor * base^(2i/d)), i.e. divide the plain frequency.
+            plain.zip(factors).map(|(f, divisor)| f / divisor).collect()
+        }
         RopeScaling::Linear { factor } => plain.map(|f| f / factor).collect(),
         RopeScaling::FrequencyFactors(factors) => {
             plain.zip(factors).map(|(f, divisor)| f / divisor).collect()
@@ -62,10 +105,12 @@ pub fn inverse_frequencies(head_dim: usize, base: f32, scaling: &RopeScaling) ->
     }
 }
 
-/// f32 `cos` and `sin` tables `[max_positions, head_dim / 2]`: entry `[p, i]` is of `p * theta_i`.
+/// f32 `cos` and `sin` tables `[max_positions, rotary_dim / 2]`: entry `[p, i]` is
+/// `scale * cos(p * theta_i)` (resp. sin); `scale` is 1 except for LongRoPE.
 pub(crate) fn rope_tables(
     inv_freq: &[f32],
     max_positions: usize,
+    scale: f32,
     device: &Device,
 ) -> candle_core::Result<(Tensor, Tensor)> {
     let half = inv_freq.len();
@@ -74,8 +119,8 @@ pub(crate) fn rope_tables(
     for p in 0..max_positions {
         for &f in inv_freq {
             let angle = p as f32 * f;
-            cos.push(angle.cos());
-            sin.push(angle.sin());
+            cos.push(angle.cos() * scale);
+            sin.push(angle.sin() * scale);
         }
     }
     Ok((

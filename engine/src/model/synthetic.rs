@@ -1,5 +1,7 @@
-//! `synthetic:NAME` models: published llama shapes with seeded random weights, built straight
-//! on the device, for tests and for benchmarking without downloading weights. Real presets keep
+//! `synthetic:NAME` models: published shapes (Llama, Qwen2.5, Gemma 2) with seeded random
+//! weights, built straight on the device, for tests and for benchmarking without downloading
+//! weights. `NAME-as-llama` presets keep a family's shapes but drop its differences, so the
+//! cost of those differences can be measured against a Llama of exactly equal size. Real presets keep
 //! their real vocabulary size so the LM head costs what it really costs; the byte-level
 //! tokenizer of synthetic models only ever produces the first 256 ids.
 
@@ -9,9 +11,10 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use rand_distr::StandardNormal;
 use rayon::prelude::*;
 
+use crate::model::arch::{Activation, ArchSpec, Family};
 use crate::model::linear::{Embedding, Linear, SplitLinear};
 use crate::model::{
-    LayerWeights, LlamaConfig, LlamaModel, ModelError, ModelParts, Result, RopeScaling,
+    DecoderModel, LayerWeights, ModelConfig, ModelError, ModelParts, Result, RopeScaling,
 };
 
 /// Every name `synthetic:NAME` accepts.
@@ -21,20 +24,24 @@ pub const SYNTHETIC_MODELS: &[&str] = &[
     "llama-3.2-1b",
     "llama-3.2-3b",
     "llama-3.1-8b",
+    "qwen2.5-0.5b",
+    "qwen2.5-0.5b-as-llama",
+    "gemma-2-2b",
+    "gemma-2-2b-as-llama",
 ];
 
 /// Standard deviation of every random projection and embedding (the usual llama init).
 const INIT_STD: f32 = 0.02;
 
 /// The shapes of preset `name` (see [`SYNTHETIC_MODELS`]; `tiny-llama` is accepted for `tiny`).
-pub fn synthetic_config(name: &str) -> Result<LlamaConfig> {
+pub fn synthetic_config(name: &str) -> Result<ModelConfig> {
     let llama3 = |factor| RopeScaling::Llama3 {
         factor,
         low_freq_factor: 1.0,
         high_freq_factor: 4.0,
         original_max_position_embeddings: 8192,
     };
-    let base = LlamaConfig {
+    let base = ModelConfig {
         vocab_size: 128_256,
         hidden_size: 0,
         intermediate_size: 0,
@@ -48,10 +55,41 @@ pub fn synthetic_config(name: &str) -> Result<LlamaConfig> {
         rope_style: RopeStyle::Neox,
         max_position_embeddings: 131_072,
         tie_word_embeddings: true,
+        arch: ArchSpec::llama(),
+        rotary_dim: None,
+        rope_local_theta: None,
+        layer_windows: Vec::new(),
+        attn_scale: None,
+    };
+    let qwen2_5_0_5b = ModelConfig {
+        vocab_size: 151_936,
+        hidden_size: 896,
+        intermediate_size: 4864,
+        num_layers: 24,
+        num_heads: 14,
+        num_kv_heads: 2,
+        head_dim: 64,
+        rms_norm_eps: 1e-6,
+        rope_theta: 1_000_000.0,
+        max_position_embeddings: 32_768,
+        ..base.clone()
+    };
+    let gemma_2_2b = ModelConfig {
+        vocab_size: 256_000,
+        hidden_size: 2304,
+        intermediate_size: 9216,
+        num_layers: 26,
+        num_heads: 8,
+        num_kv_heads: 4,
+        head_dim: 256,
+        rms_norm_eps: 1e-6,
+        rope_theta: 10_000.0,
+        max_position_embeddings: 8192,
+        ..base.clone()
     };
     let config = match name {
         // Head dim 64: the smallest the CUDA attention kernel takes.
-        "tiny" | "tiny-llama" => LlamaConfig {
+        "tiny" | "tiny-llama" => ModelConfig {
             vocab_size: 256,
             hidden_size: 256,
             intermediate_size: 512,
@@ -64,7 +102,7 @@ pub fn synthetic_config(name: &str) -> Result<LlamaConfig> {
             tie_word_embeddings: false,
             ..base
         },
-        "smollm2-135m" => LlamaConfig {
+        "smollm2-135m" => ModelConfig {
             vocab_size: 49_152,
             hidden_size: 576,
             intermediate_size: 1536,
@@ -76,7 +114,7 @@ pub fn synthetic_config(name: &str) -> Result<LlamaConfig> {
             max_position_embeddings: 8192,
             ..base
         },
-        "llama-3.2-1b" => LlamaConfig {
+        "llama-3.2-1b" => ModelConfig {
             hidden_size: 2048,
             intermediate_size: 8192,
             num_layers: 16,
@@ -85,7 +123,7 @@ pub fn synthetic_config(name: &str) -> Result<LlamaConfig> {
             rope_scaling: llama3(32.0),
             ..base
         },
-        "llama-3.2-3b" => LlamaConfig {
+        "llama-3.2-3b" => ModelConfig {
             hidden_size: 3072,
             intermediate_size: 8192,
             num_layers: 28,
@@ -93,7 +131,7 @@ pub fn synthetic_config(name: &str) -> Result<LlamaConfig> {
             rope_scaling: llama3(32.0),
             ..base
         },
-        "llama-3.1-8b" => LlamaConfig {
+        "llama-3.1-8b" => ModelConfig {
             hidden_size: 4096,
             intermediate_size: 14_336,
             num_layers: 32,
@@ -102,6 +140,30 @@ pub fn synthetic_config(name: &str) -> Result<LlamaConfig> {
             tie_word_embeddings: false,
             ..base
         },
+        "qwen2.5-0.5b" => ModelConfig {
+            arch: ArchSpec {
+                family: Family::Qwen2,
+                qkv_bias: true,
+                ..ArchSpec::llama()
+            },
+            ..qwen2_5_0_5b
+        },
+        "qwen2.5-0.5b-as-llama" => qwen2_5_0_5b,
+        "gemma-2-2b" => ModelConfig {
+            arch: ArchSpec {
+                family: Family::Gemma2,
+                sandwich_norms: true,
+                activation: Activation::GeluTanhMul,
+                scale_embeddings: true,
+                attn_soft_cap: Some(50.0),
+                final_soft_cap: Some(30.0),
+                ..ArchSpec::llama()
+            },
+            layer_windows: crate::model::family::periodic_windows(26, 4096, 2),
+            attn_scale: Some(1.0 / 16.0),
+            ..gemma_2_2b
+        },
+        "gemma-2-2b-as-llama" => gemma_2_2b,
         _ => {
             return Err(ModelError::UnknownSynthetic {
                 name: name.to_string(),
@@ -111,7 +173,7 @@ pub fn synthetic_config(name: &str) -> Result<LlamaConfig> {
     Ok(config)
 }
 
-pub(crate) fn build(name: &str, device: &Device, dtype: DType, seed: u64) -> Result<LlamaModel> {
+pub(crate) fn build(name: &str, device: &Device, dtype: DType, seed: u64) -> Result<DecoderModel> {
     let config = synthetic_config(name)?;
     let (h0, l0) = (config.hidden_size, config.num_layers);
     let approx_params = config.vocab_size * h0 * 2
@@ -134,9 +196,25 @@ pub(crate) fn build(name: &str, device: &Device, dtype: DType, seed: u64) -> Res
     } else {
         rng.normal(&[config.vocab_size, h], INIT_STD, dtype)?
     };
+    let arch = config.arch.clone();
+    let head_ones = Tensor::ones(config.head_dim, dtype, device)?;
     let mut layers = Vec::with_capacity(config.num_layers);
     for _ in 0..config.num_layers {
+        let qkv_bias = if arch.qkv_bias {
+            Some([
+                rng.normal(&[q], INIT_STD, dtype)?,
+                rng.normal(&[kv], INIT_STD, dtype)?,
+                rng.normal(&[kv], INIT_STD, dtype)?,
+            ])
+        } else {
+            None
+        };
+        let sandwich = arch.sandwich_norms.then(|| ones.clone());
         layers.push(LayerWeights {
+            qkv_bias,
+            qk_norm: arch.qk_norm.then(|| [head_ones.clone(), head_ones.clone()]),
+            post_attn_norm: sandwich.clone(),
+            post_mlp_norm: sandwich,
             attn_norm: ones.clone(),
             qkv: SplitLinear::new(vec![(
                 Linear::Dense(rng.normal(&[q + 2 * kv, h], INIT_STD, dtype)?),
@@ -157,7 +235,7 @@ pub(crate) fn build(name: &str, device: &Device, dtype: DType, seed: u64) -> Res
         final_norm: ones,
         lm_head: Linear::Dense(lm_head),
     };
-    LlamaModel::from_parts(config, dtype, device, parts)
+    DecoderModel::from_parts(config, dtype, device, parts)
 }
 
 /// Seeded normal tensors. On CPU each 64K-element chunk has its own generator seeded from

@@ -151,7 +151,8 @@ impl Tokenizer {
         };
         let file = File::open(path).map_err(|e| load_err(e.to_string()))?;
         let mut reader = std::io::BufReader::new(file);
-        let content = crate::model::LlamaModel::read_gguf_header(&mut reader).map_err(load_err)?;
+        let content =
+            crate::model::DecoderModel::read_gguf_header(&mut reader).map_err(load_err)?;
         Tokenizer::from_gguf_metadata(&content.metadata)
     }
 

@@ -9,7 +9,7 @@ use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use metrum_engine::kv_cache::KvCache;
-use metrum_engine::model::{ForwardBatch, LlamaModel, SequenceChunk};
+use metrum_engine::model::{DecoderModel, ForwardBatch, SequenceChunk};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 /// One sequence's life in the batched run.
@@ -81,7 +81,7 @@ impl BlockPool {
 
 /// Runs every plan to completion through `model.forward`, one mixed batch per step.
 pub fn run_batched(
-    model: &LlamaModel,
+    model: &DecoderModel,
     plans: &[SeqPlan],
     block_size: usize,
     num_blocks: usize,

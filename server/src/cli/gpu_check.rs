@@ -6,7 +6,7 @@
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device};
 use metrum_engine::diag;
-use metrum_engine::model::LlamaModel;
+use metrum_engine::model::DecoderModel;
 use metrum_kernels::check::{self, BenchSpec};
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -130,10 +130,11 @@ impl GpuCheckArgs {
             ("smollm2-135m", DType::F32),
             ("llama-3.2-1b", DType::BF16),
         ] {
-            let result = LlamaModel::synthetic(name, &Device::Cpu, DType::F32, 1).and_then(|cpu| {
-                let dev = LlamaModel::synthetic(name, &device, dtype, 1)?;
-                diag::compare_devices(&dev, &cpu, 16).map_err(Into::into)
-            });
+            let result =
+                DecoderModel::synthetic(name, &Device::Cpu, DType::F32, 1).and_then(|cpu| {
+                    let dev = DecoderModel::synthetic(name, &device, dtype, 1)?;
+                    diag::compare_devices(&dev, &cpu, 16).map_err(Into::into)
+                });
             let tol = if dtype == DType::F32 { 1e-3 } else { 3e-2 };
             match result {
                 Ok(err) => {
@@ -212,7 +213,7 @@ impl GpuCheckArgs {
         } else {
             DType::F32
         };
-        let model = LlamaModel::synthetic(&self.speed_model, device, dtype, 0)?;
+        let model = DecoderModel::synthetic(&self.speed_model, device, dtype, 0)?;
         let params = model.config().num_parameters();
         writeln!(
             md,
@@ -274,7 +275,7 @@ impl LogitsArgs {
         let device = open(&self.device)?;
         let dtype = metrum_engine::model::resolve_dtype(&self.dtype, &device)?;
         let files = metrum_engine::source::resolve_model(Some(&self.model))?;
-        let model = LlamaModel::load(&files, &device, dtype)?;
+        let model = DecoderModel::load(&files, &device, dtype)?;
         let input: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&self.prompts)?)?;
         let prompts: Vec<Vec<u32>> = serde_json::from_value(input["prompts"].clone())

@@ -16,7 +16,7 @@ use anyhow::{Context, Result, bail};
 use candle_core::Device;
 use metrum_engine::executor::{Executor, ModelExecutor};
 use metrum_engine::kv_cache::KvCache;
-use metrum_engine::model::{LlamaModel, SequenceChunk, resolve_dtype};
+use metrum_engine::model::{DecoderModel, SequenceChunk, resolve_dtype};
 use metrum_scheduler::sim::{StepCostModel, StepSample, fit_step_cost};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -194,7 +194,7 @@ impl ProfileStepArgs {
         }
         let device = Device::Cpu;
         let files = metrum_engine::source::resolve_model(self.model.as_deref())?;
-        let model = LlamaModel::load(&files, &device, resolve_dtype("auto", &device)?)?;
+        let model = DecoderModel::load(&files, &device, resolve_dtype("auto", &device)?)?;
         let shapes = grid(self.quick);
         let prefix = shapes
             .iter()
