@@ -328,3 +328,10 @@ pub fn metric_value(text: &str, series_prefix: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
+
+impl TestModel {
+    /// A model whose files live elsewhere (committed fixtures): nothing to keep alive.
+    pub fn external(config: EngineConfig) -> TestModel {
+        TestModel { config, _dir: None }
+    }
+}
