@@ -359,6 +359,35 @@ pub fn dequantize_gguf(src: &Path, dst: &Path) {
     gguf_file::write(&mut out, &metadata, &tensor_refs).unwrap();
 }
 
+/// Rewrites an f32 GGUF with every matrix whose rows are whole `ty` blocks quantized to `ty`
+/// (vectors and norms stay f32, as llama.cpp's quantizer keeps them), same metadata.
+pub fn quantize_gguf(src: &Path, dst: &Path, ty: GgmlDType) {
+    let mut file = std::fs::File::open(src).unwrap();
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    names.sort();
+    let tensors: Vec<(&str, QTensor)> = names
+        .iter()
+        .map(|name| {
+            let q = content.tensor(&mut file, name, &Device::Cpu).unwrap();
+            let dense = q.dequantize(&Device::Cpu).unwrap();
+            let target = match dense.dims() {
+                [_, cols] if cols % ty.block_size() == 0 => ty,
+                _ => GgmlDType::F32,
+            };
+            (name.as_str(), QTensor::quantize(&dense, target).unwrap())
+        })
+        .collect();
+    let metadata: Vec<(&str, &Value)> = content
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
+    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (*k, v)).collect();
+    let mut out = std::fs::File::create(dst).unwrap();
+    gguf_file::write(&mut out, &metadata, &tensor_refs).unwrap();
+}
+
 /// candle-transformers' quantized llama over the same GGUF, as a per-sequence reference.
 pub fn quantized_llama_reference(path: &Path) -> impl FnMut(&[u32], usize) -> Vec<f32> {
     use candle_transformers::models::quantized_llama::ModelWeights;
