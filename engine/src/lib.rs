@@ -9,7 +9,7 @@
 //! | [`handle`] | [`EngineHandle`](handle::EngineHandle): submit / abort / status, request streams |
 //! | [`engine_loop`] | the engine thread: drain commands, schedule, execute, update, emit |
 //! | [`source`] | resolving `--model` (path, directory, hub id, the default model) to local files; fetch + sha256 + cache |
-//! | [`model`] | model configs, GGUF / safetensors / synthetic loading, the llama forward over a flat varlen batch |
+//! | [`model`] | every supported family (Llama, Mistral, Qwen2/3, Gemma 2/3, Phi-3/4) as one decoder configured by data; GGUF / safetensors / synthetic loading; the forward over a flat varlen batch (its layout doc says how to add a family) |
 //! | [`kv_cache`] | the per-layer paged K/V tensors the forward writes and reads |
 //! | [`tokenizer`] | tokenizer.json loading and the GGUF-metadata tokenizer (gpt2 BPE, llama SPM) |
 //! | [`chat_template`] | chat templates from model files, rendered with minijinja |
