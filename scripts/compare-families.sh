@@ -18,7 +18,7 @@ for pair in "qwen2.5-0.5b" "gemma-2-2b"; do
       echo "== $model run $rep" >&2
       "$BIN" "synthetic:$model" --decode 32 --repeat 1 --threads "$THREADS" 2>&1 \
         | awk -v m="$model" -v r="$rep" '
-            /^prefill +512/ { print m, r, "prefill512_ms", $3 }
+            /^prefill +512/ { print m, r, "prefill512_ms", $4 }
             /^decode \(1 stream/ { for (i = 1; i <= NF; i++) if ($i == "ms/token,") print m, r, "decode_ms", $(i-1) }' \
         | tee -a "$RAW" >&2
     done
