@@ -11,7 +11,8 @@
 //! | `GET /version` | [`version`] |
 //! | `GET /openapi.json` | [`openapi`] (the document of all of the above) |
 //!
-//! Shared machinery: [`extract`] (JSON bodies with OpenAI errors), [`text`] (tokenizer work on
+//! Shared machinery: [`extract`] (JSON bodies with OpenAI errors), [`fields`] (every request
+//! field Metrum does not implement is a 400 naming it), [`text`] (tokenizer work on
 //! blocking threads), [`generate`] (submit, collect, stream; shared by both generation routes),
 //! [`logprobs`] (engine logprobs -> both wire shapes), [`types`] (wire types), [`schemas`]
 //! (hand-written OpenAPI schemas for the loosely typed fields).
@@ -19,6 +20,7 @@
 pub mod chat;
 pub mod completions;
 pub mod extract;
+pub mod fields;
 pub mod generate;
 pub mod health;
 pub mod logprobs;

@@ -2,7 +2,8 @@
 //!
 //! Requests keep every field optional and loosely typed only where the API itself is loose
 //! (`prompt`, `stop`, message `content`); everything else is typed, so a wrong type is a 400 at
-//! parse time. Unknown fields are ignored, as OpenAI does. Turning these into engine requests
+//! parse time. A field these types do not declare is a 400 that names it (`fields`): nothing a
+//! client asks for is silently ignored. Turning these into engine requests
 //! happens in `validation`, never here.
 //!
 //! Every type also derives `utoipa::ToSchema`: `GET /openapi.json` is generated from these
