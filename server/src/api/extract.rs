@@ -59,7 +59,10 @@ where
             ));
         }
         use super::fields::{check_body, serde_fields};
-        check_body(&value, &[serde_fields::<T>(), serde_fields::<SamplingFields>()])?;
+        check_body(
+            &value,
+            &[serde_fields::<T>(), serde_fields::<SamplingFields>()],
+        )?;
         Ok(SampledJson(parse_value(&value)?, parse_value(&value)?))
     }
 }

@@ -27,21 +27,42 @@ use serde_json::Value;
 /// OpenAI request fields Metrum does not implement, with the reason given in the 400.
 const UNSUPPORTED: &[(&str, &str)] = &[
     ("echo", "echoing the prompt is not implemented"),
-    ("best_of", "server-side best-of sampling is not implemented; use `n`"),
-    ("suffix", "insertion (a suffix after the completion) is not implemented"),
-    ("functions", "the legacy `functions` API is not implemented; use `tools`"),
-    ("function_call", "the legacy `functions` API is not implemented; use `tool_choice`"),
+    (
+        "best_of",
+        "server-side best-of sampling is not implemented; use `n`",
+    ),
+    (
+        "suffix",
+        "insertion (a suffix after the completion) is not implemented",
+    ),
+    (
+        "functions",
+        "the legacy `functions` API is not implemented; use `tools`",
+    ),
+    (
+        "function_call",
+        "the legacy `functions` API is not implemented; use `tool_choice`",
+    ),
     ("audio", "audio output is not implemented"),
     ("modalities", "only text output is implemented"),
     ("prediction", "predicted outputs are not implemented"),
     ("store", "stored completions are not implemented"),
-    ("metadata", "stored completions (and their metadata) are not implemented"),
+    (
+        "metadata",
+        "stored completions (and their metadata) are not implemented",
+    ),
     ("service_tier", "service tiers are not implemented"),
     ("reasoning_effort", "reasoning effort is not implemented"),
     ("web_search_options", "web search is not implemented"),
     ("verbosity", "verbosity is not implemented"),
-    ("prompt_cache_key", "prompt cache keys are not implemented (prefix caching is automatic)"),
-    ("safety_identifier", "safety identifiers are not implemented; `user` is logged"),
+    (
+        "prompt_cache_key",
+        "prompt cache keys are not implemented (prefix caching is automatic)",
+    ),
+    (
+        "safety_identifier",
+        "safety identifiers are not implemented; `user` is logged",
+    ),
 ];
 
 /// vLLM's pre-0.12 constraint fields: refused with the field that replaced them, because
@@ -51,7 +72,10 @@ const RENAMED: &[(&str, &str)] = &[
     ("guided_regex", "structured_outputs.regex"),
     ("guided_choice", "structured_outputs.choice"),
     ("guided_grammar", "structured_outputs.grammar"),
-    ("guided_decoding_backend", "nothing (Metrum has one backend, llguidance)"),
+    (
+        "guided_decoding_backend",
+        "nothing (Metrum has one backend, llguidance)",
+    ),
     ("guided_whitespace_pattern", "nothing (not supported)"),
 ];
 
@@ -130,7 +154,11 @@ pub fn check_body(body: &Value, allowed: &[&[&str]]) -> Result<(), ApiError> {
         }
     }
     if let Some(Value::Object(options)) = map.get("stream_options") {
-        check_keys(options, "stream_options.", &[serde_fields::<StreamOptions>()])?;
+        check_keys(
+            options,
+            "stream_options.",
+            &[serde_fields::<StreamOptions>()],
+        )?;
     }
     Ok(())
 }
@@ -186,7 +214,10 @@ mod tests {
     use serde_json::json;
 
     fn chat_fields() -> Vec<&'static [&'static str]> {
-        vec![serde_fields::<ChatRequest>(), serde_fields::<SamplingFields>()]
+        vec![
+            serde_fields::<ChatRequest>(),
+            serde_fields::<SamplingFields>(),
+        ]
     }
 
     fn refused(body: Value) -> (String, &'static str) {
