@@ -203,9 +203,8 @@ impl SequenceSampler {
     /// then, and the caller must end the request.
     pub fn sample_masked(&mut self, logits: &mut [f32], allowed: &[u32]) -> Option<SampledToken> {
         processors::apply_token_mask(logits, allowed);
-        if clean_and_max(logits).is_none() {
-            return None;
-        }
+        // Nothing the grammar allows has a finite logit: no fallback, the caller ends it.
+        clean_and_max(logits)?;
         let sampled = SCRATCH.with_borrow_mut(|scratch| self.sample_with(logits, scratch));
         if sampled.logprob == f32::NEG_INFINITY {
             // Processors (min_tokens, penalties) emptied what the grammar allowed.

@@ -62,7 +62,10 @@ fn a_json_schema_walk_yields_valid_compact_json() {
     let text = walk(&ConstraintSpec::JsonSchema(schema), 200);
     let value: serde_json::Value = serde_json::from_str(&text).unwrap();
     // serde_json reads the integer `-0` (the lowest bytes spell it) as a float.
-    assert!(value["n"].as_f64() == Some(0.0) && value["s"].is_string(), "{text}");
+    assert!(
+        value["n"].as_f64() == Some(0.0) && value["s"].is_string(),
+        "{text}"
+    );
     // Compact by default: no whitespace between tokens (string contents may hold spaces).
     assert!(
         text.starts_with("{\"n\":") && text.contains(",\"s\":\""),
