@@ -20,7 +20,7 @@ model: build
 serve: model
 	$(METRUM) serve $(ARGS)
 
-test: model test-cpu test-api test-cuda test-soak test-fuzz
+test: model test-cpu test-api test-openai test-cuda test-soak test-fuzz
 
 test-cpu:
 	$(CARGO) test --release --workspace
@@ -45,6 +45,13 @@ test-fuzz:
 .PHONY: test-api
 test-api: build
 	bash scripts/schemathesis.sh
+
+# Issue 15: the official openai Python client (pinned, in a venv under target/) against a live
+# `metrum serve` on the default model: structured outputs validated by jsonschema and Pydantic,
+# tools, refused fields. See scripts/openai-client.sh for the time it adds.
+.PHONY: test-openai
+test-openai: model
+	bash scripts/openai-client.sh
 
 cuda-toolchain:
 	bash scripts/install-cuda-toolchain.sh $(CUDA_DIR)

@@ -16,7 +16,7 @@
 set -euo pipefail
 
 SECONDS_PER_TARGET=${1:-60}
-TARGETS=${FUZZ_TARGETS:-"request_json chat_template gguf sse"}
+TARGETS=${FUZZ_TARGETS:-"request_json chat_template gguf sse structured_schema tool_parsers"}
 SANITIZER=${FUZZ_SANITIZER:-none}
 CARGO_FUZZ_VERSION=0.13.2
 ROOT=$(cd "$(dirname "$0")/.." && pwd)

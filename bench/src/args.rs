@@ -26,6 +26,11 @@ pub struct TargetArgs {
     /// EOS on servers that ignore `ignore_eos`). Send the same to every system compared.
     #[arg(long, value_name = "ID:BIAS,...")]
     pub logit_bias: Option<String>,
+    /// A JSON object whose fields are added to every request body, e.g.
+    /// `'{"response_format": {"type": "json_schema", "json_schema": {...}}}'` to measure
+    /// structured outputs. Its fields win over the bench's own.
+    #[arg(long, value_name = "JSON")]
+    pub extra_body: Option<String>,
     /// The model's context length in tokens; default: what /v1/models says, else 2048.
     #[arg(long)]
     pub context: Option<u32>,

@@ -21,6 +21,8 @@ pub struct CompletionCall {
     pub max_tokens: u32,
     pub temperature: f64,
     pub logit_bias: Option<std::collections::BTreeMap<String, f64>>,
+    /// Fields added to the body (`--extra-body`), winning over the ones above.
+    pub extra_body: Option<serde_json::Map<String, Value>>,
     pub timeout: Duration,
 }
 
@@ -39,6 +41,9 @@ impl CompletionCall {
         });
         if let Some(bias) = &self.logit_bias {
             body["logit_bias"] = json!(bias);
+        }
+        for (key, value) in self.extra_body.iter().flatten() {
+            body[key.as_str()] = value.clone();
         }
         body
     }

@@ -219,6 +219,7 @@ async fn profile(session: &Session, args: &ProfilePrefillArgs) -> Result<Prefill
             max_tokens: 1,
             temperature: 0.0,
             logit_bias: session.logit_bias.clone(),
+            extra_body: session.extra_body.clone(),
             timeout: session.request_timeout,
         };
         let sent = clock.now();

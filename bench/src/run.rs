@@ -172,6 +172,7 @@ pub async fn execute(session: &Session, plan: Plan, show_progress: bool) -> Exec
             max_tokens: planned.max_tokens,
             temperature: session.temperature,
             logit_bias: session.logit_bias.clone(),
+            extra_body: session.extra_body.clone(),
             timeout: session.request_timeout,
         };
         let http = session.http.clone();

@@ -40,6 +40,8 @@ pub struct Session {
     pub temperature: f64,
     /// `logit_bias` sent with every request (token id → bias), if any.
     pub logit_bias: Option<BTreeMap<String, f64>>,
+    /// `--extra-body`: fields added to every request body.
+    pub extra_body: Option<serde_json::Map<String, Value>>,
     server: Option<ServerProcess>,
 }
 
@@ -66,6 +68,14 @@ impl Session {
             .as_deref()
             .map(parse_logit_bias)
             .transpose()?;
+        let extra_body = match args.extra_body.as_deref() {
+            None => None,
+            Some(text) => match serde_json::from_str::<Value>(text) {
+                Ok(Value::Object(map)) => Some(map),
+                Ok(_) => bail!("--extra-body must be a JSON object"),
+                Err(e) => bail!("--extra-body is not JSON: {e}"),
+            },
+        };
         let (base_url, server) = match (&args.url, &args.serve) {
             (Some(url), None) => (url.trim_end_matches('/').to_string(), None),
             (None, Some(serve)) => {
@@ -97,6 +107,7 @@ impl Session {
             request_timeout,
             temperature: args.temperature,
             logit_bias,
+            extra_body,
             server,
         })
     }

@@ -5,7 +5,7 @@
 //! requests. They are rendered with minijinja the way transformers renders them: blocks trim
 //! their newline and strip leading space (`trim_blocks`, `lstrip_blocks`), Python string
 //! methods work (minijinja-contrib's pycompat), `raise_exception` aborts with the template's
-//! message, `tools` is `none`. There is no loader, so a template cannot reach the filesystem,
+//! message, `tools` is the request's tool list or `none`. There is no loader, so a template cannot reach the filesystem,
 //! and a fuel limit stops runaway loops. Message contents are values passed to the template,
 //! never parsed as template code, and every failure is an error, not a panic.
 
@@ -25,11 +25,22 @@ const TEMPLATE_NAME: &str = "chat";
 /// finite, so a template that loops forever fails instead of hanging the server.
 const RENDER_FUEL: u64 = 50_000_000;
 
-/// One chat message as the template sees it (`message['role']`, `message.content`).
+/// One chat message as the template sees it (`message['role']`, `message.content`, and when
+/// the client sent them `message.name`, `message.tool_calls`, `message.tool_call_id`).
+/// Absent optional fields are absent to the template too (`message.name is defined` is false).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// An assistant turn's calls, as Hugging Face templates expect them: a list of
+    /// `{"id", "type": "function", "function": {"name", "arguments": <object>}}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Json>,
+    /// A `tool` turn's answer to this call id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
 }
 
 impl ChatMessage {
@@ -37,6 +48,9 @@ impl ChatMessage {
         ChatMessage {
             role: role.into(),
             content: content.into(),
+            name: None,
+            tool_calls: None,
+            tool_call_id: None,
         }
     }
 }
@@ -144,6 +158,18 @@ impl ChatTemplate {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String, ChatTemplateError> {
+        self.render_with_tools(messages, add_generation_prompt, None)
+    }
+
+    /// [`Self::render`] with the request's `tools` (OpenAI's list of tool objects), which
+    /// templates read as `tools`; `None` renders `tools` as `none`.
+    pub fn render_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        tools: Option<&Json>,
+    ) -> Result<String, ChatTemplateError> {
+        let tools = tools.map_or(Value::from(()), Value::from_serialize);
         let template = self
             .env
             .get_template(TEMPLATE_NAME)
@@ -154,7 +180,7 @@ impl ChatTemplate {
                 add_generation_prompt => add_generation_prompt,
                 bos_token => self.bos_token,
                 eos_token => self.eos_token,
-                tools => Value::from(()),
+                tools => tools,
             })
             .map_err(|e| ChatTemplateError::Render(describe(&e)))
     }

@@ -5,7 +5,9 @@
 //!     drain commands (add, abort, drain, shutdown)        // channels, no shared locks
 //!     plan   = scheduler.schedule(now)                     // who runs, how many tokens, which blocks
 //!     logits = executor.execute(plan)                      // one batched forward
-//!     tokens = sample each row with the request's own sampler
+//!              (grammar masks for the rows that sample are computed meanwhile, on a
+//!               scoped thread: `structured`)
+//!     tokens = sample each row with the request's own sampler (and mask)
 //!     scheduler.update(plan, tokens, now)                  // append, stop checks, free blocks
 //!     detokenize + stop strings -> stream deltas; events -> metrics; finished -> final event
 //! }
@@ -24,12 +26,13 @@ use crate::executor::{Executor, LogitsRows};
 use crate::handle::{EngineRequest, EngineStatus, Shared, StreamEvent, SubmitError, TokenLogprob};
 use crate::model::SequenceChunk;
 use crate::sampling::{SampledToken, SequenceSampler};
+use crate::structured::GrammarState;
 use crate::text::TextCodec;
 use metrum_core::time::MonotonicClock;
 use metrum_core::{EventKind, FinishReason, Nanos, RequestId};
 use metrum_metrics::RequestShape;
 use metrum_scheduler::{NewRequest, Scheduler};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -74,8 +77,14 @@ struct Live {
     logprobs: Option<usize>,
     shape: RequestShape,
     completion_tokens: usize,
-    /// Set when a stop string ended the request inside this step.
+    /// Set when a stop string (or a grammar failure) ended the request inside this step.
     stopped: bool,
+    /// The request's grammar (structured outputs); it lives as long as the request, so a
+    /// preempted request resumes with its matcher where it was (preemption recomputes KV,
+    /// never re-samples tokens).
+    grammar: Option<GrammarState>,
+    /// The request ignores EOS: a finished grammar does not end it either.
+    ignore_eos: bool,
 }
 
 /// The loaded pieces the loop drives.
@@ -263,7 +272,7 @@ impl Engine {
     fn admit(
         &mut self,
         id: RequestId,
-        request: Box<EngineRequest>,
+        mut request: Box<EngineRequest>,
         events: mpsc::UnboundedSender<StreamEvent>,
     ) -> Result<(), SubmitError> {
         if self.draining {
@@ -313,6 +322,8 @@ impl Engine {
                 },
                 completion_tokens: 0,
                 stopped: false,
+                grammar: request.constraint.take().map(GrammarState::new),
+                ignore_eos: params.ignore_eos,
             },
         );
         self.flush_events();
@@ -347,19 +358,34 @@ impl Engine {
             })
             .collect();
         let batch_tokens: usize = chunks.iter().map(|c| c.tokens.len()).sum();
-        let mut logits = self
-            .forward(&chunks)
-            .map_err(|message| format!("forward pass failed: {message}"))?;
         let samplers: Vec<RequestId> = plan
             .scheduled
             .iter()
             .filter(|s| s.samples)
             .map(|s| s.id)
             .collect();
+        let mut logits = self
+            .forward_with_masks(&chunks, &samplers)
+            .map_err(|message| format!("forward pass failed: {message}"))?;
         let mut sampled: Vec<(RequestId, SampledToken)> = Vec::with_capacity(samplers.len());
         for (row, id) in samplers.iter().enumerate() {
-            if let Some(live) = self.live.get_mut(id) {
-                sampled.push((*id, live.sampler.sample(logits.row_mut(row))));
+            let Some(live) = self.live.get_mut(id) else {
+                continue;
+            };
+            let row = logits.row_mut(row);
+            let Some(grammar) = live.grammar.as_mut() else {
+                sampled.push((*id, live.sampler.sample(row)));
+                continue;
+            };
+            match crate::structured::sample(&mut live.sampler, grammar, row) {
+                Ok(token) => sampled.push((*id, token)),
+                Err(message) => {
+                    // Only this request ends: its missing token makes the scheduler finish it
+                    // with reason `error` in `update`, and the client gets the message.
+                    tracing::warn!(request = %id, %message, "constrained request failed");
+                    live.stopped = true;
+                    let _ = live.events.send(StreamEvent::Error { message });
+                }
             }
         }
         let now = self.clock.now();
@@ -378,13 +404,40 @@ impl Engine {
         Ok(())
     }
 
-    /// The executor's forward pass, or the fault a test armed for it.
-    fn forward(&mut self, chunks: &[SequenceChunk<'_>]) -> Result<LogitsRows, String> {
+    /// The executor's forward pass (or the fault a test armed for it). Meanwhile a scoped
+    /// thread computes the grammar masks of the constrained rows in `samplers`: they depend
+    /// only on tokens already sampled, and the forward only borrows the executor, so the two
+    /// run side by side (llguidance's advice; review §5). A panic on that thread only leaves
+    /// masks unset, which sampling then computes itself.
+    fn forward_with_masks(
+        &mut self,
+        chunks: &[SequenceChunk<'_>],
+        samplers: &[RequestId],
+    ) -> Result<LogitsRows, String> {
         #[cfg(feature = "fault-injection")]
         if let Some(fault) = self.armed_fault.take() {
             return crate::executor::suffer(fault);
         }
-        self.executor.execute(chunks)
+        let executor = &mut self.executor;
+        if !self.live.values().any(|live| live.grammar.is_some()) {
+            return executor.execute(chunks);
+        }
+        let sampling: HashSet<RequestId> = samplers.iter().copied().collect();
+        let grammars: Vec<&mut GrammarState> = self
+            .live
+            .iter_mut()
+            .filter(|(id, _)| sampling.contains(id))
+            .filter_map(|(_, live)| live.grammar.as_mut())
+            .collect();
+        if grammars.is_empty() {
+            return executor.execute(chunks);
+        }
+        std::thread::scope(|scope| {
+            let masks = scope.spawn(move || grammars.into_iter().for_each(|g| g.prepare_mask()));
+            let logits = executor.execute(chunks);
+            let _ = masks.join();
+            logits
+        })
     }
 
     /// Streams one sampled token's text; a stop string finishes the request here.
@@ -405,7 +458,7 @@ impl Engine {
             None => Vec::new(),
         };
         let outcome = live.text.push(&self.codec.tokenizer, tok.token);
-        let (text, stop) = match outcome {
+        let (mut text, stop) = match outcome {
             Ok(StopOutcome::Continue(text)) => (text, false),
             Ok(StopOutcome::Stop { text, .. }) => (text, true),
             Err(e) => (
@@ -420,12 +473,22 @@ impl Engine {
                 false,
             ),
         };
+        // A completed grammar ends the request here (text held back for a possible stop
+        // string is released: that stop string can no longer complete).
+        let grammar_done =
+            !stop && !live.ignore_eos && live.grammar.as_ref().is_some_and(GrammarState::is_done);
+        if grammar_done
+            && let Ok(StopOutcome::Continue(tail) | StopOutcome::Stop { text: tail, .. }) =
+                live.text.finish(&self.codec.tokenizer)
+        {
+            text.push_str(&tail);
+        }
         let _ = live.events.send(StreamEvent::Delta {
             tokens: vec![tok.token],
             text,
             logprobs,
         });
-        if stop {
+        if stop || grammar_done {
             live.stopped = true;
             self.scheduler.finish(id, FinishReason::Stop, now);
         }
@@ -477,6 +540,15 @@ impl Engine {
                             logprobs: Vec::new(),
                         });
                     }
+                }
+                if let Some(grammar) = &live.grammar {
+                    tracing::info!(
+                        request = %ev.request,
+                        masks = grammar.masks,
+                        mask_us_per_token = grammar.mask_time.as_secs_f64() * 1e6
+                            / grammar.masks.max(1) as f64,
+                        "constrained request finished"
+                    );
                 }
                 if let Some(timing) = report {
                     tracing::info!(

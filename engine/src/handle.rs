@@ -23,6 +23,9 @@ pub struct EngineRequest {
     pub priority: i32,
     /// When the request reached the server; scheduling delay and TTFT count from here.
     pub arrival: std::time::Instant,
+    /// Structured outputs: this request's own grammar matcher, compiled off the engine thread
+    /// (`structured::GrammarCompiler`); `None` = unconstrained.
+    pub constraint: Option<crate::structured::GrammarMatcher>,
 }
 
 /// One logprob entry of a generated token.

@@ -36,6 +36,7 @@ fn request(prompt: Vec<u32>, max_tokens: usize) -> EngineRequest {
         },
         priority: 0,
         arrival: Instant::now(),
+        constraint: None,
     }
 }
 
@@ -168,5 +169,58 @@ fn same_seed_same_tokens_when_sampling() {
         sampled(11),
         sampled(12),
         "different seeds should differ on a random model"
+    );
+}
+
+/// Structured outputs through the engine thread: every constrained request matches its grammar,
+/// and a KV cache too small for all of them at once forces preemption, after which each one
+/// still produces exactly what it produces alone (its matcher survives being preempted, and
+/// the grammar is never re-fed a recomputed token).
+#[test]
+fn constrained_requests_match_and_survive_preemption() {
+    use metrum_engine::structured::{ConstraintSpec, GrammarCompiler};
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_llama_fixture(dir.path(), 7).unwrap();
+    // 12 blocks of 8 tokens: six requests of 8 + 41 tokens need 42.
+    let handle = start(dir.path(), 12);
+    let codec = handle.text().unwrap();
+    let width = handle.model_info().unwrap().vocab_size;
+    let compiler = GrammarCompiler::new(&codec.tokenizer, width).unwrap();
+    let grammar = compiler
+        .compile(&ConstraintSpec::Regex("[a-z]{30,40}".into()))
+        .unwrap();
+    // One token of room past the grammar's longest output: when the grammar ends on exactly
+    // the `max_tokens`-th token, the scheduler's length check wins (`length`).
+    let constrained = |i: u32| EngineRequest {
+        params: SamplingParams::greedy(41),
+        constraint: Some(grammar.matcher().unwrap()),
+        ..request((0..8).map(|t| 3 + (t * 7 + i) % 200).collect(), 41)
+    };
+    let alone: Vec<_> = (0..6)
+        .map(|i| collect(handle.submit_blocking(constrained(i)).unwrap()))
+        .collect();
+    let streams: Vec<_> = (0..6)
+        .map(|i| handle.submit_blocking(constrained(i)).unwrap())
+        .collect();
+    let together: Vec<_> = streams.into_iter().map(collect).collect();
+    for (a, b) in alone.iter().zip(&together) {
+        assert!(
+            (30..=40).contains(&a.1.len()) && a.1.bytes().all(|c| c.is_ascii_lowercase()),
+            "{:?}",
+            a.1
+        );
+        assert_eq!(a.2, Some(FinishReason::Stop), "{:?}", a.1);
+        assert_eq!(a.1, b.1, "the same output alone and under preemption");
+    }
+    wait_idle(&handle);
+    let text = handle.metrics().render().unwrap();
+    let preemptions = text
+        .lines()
+        .find(|l| l.starts_with("metrum_preemptions_total"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(
+        preemptions > 0.0,
+        "the cache was meant to force preemption: {text}"
     );
 }

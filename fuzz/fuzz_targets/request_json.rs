@@ -11,6 +11,8 @@
 use libfuzzer_sys::fuzz_target;
 use metrum_server::api::chat::{conversation_bytes, validate_messages};
 use metrum_server::api::extract::{parse_json, parse_value};
+use metrum_server::api::fields::{check_body, serde_fields};
+use metrum_server::api::structured::constraint_of;
 use metrum_server::api::types::{ChatRequest, CompletionRequest, Prompt, SamplingFields};
 use metrum_server::error::ApiError;
 use metrum_server::validation::{self, GenerationPlan, MAX_N, ModelLimits};
@@ -107,10 +109,23 @@ fuzz_target!(|data: &[u8]| {
     if !value.is_object() {
         return;
     }
+    // The field check the extractors run first (a refused field is a 4xx naming it), then
+    // the structured-outputs shape check; both must never panic.
+    for own in [
+        serde_fields::<CompletionRequest>(),
+        serde_fields::<ChatRequest>(),
+    ] {
+        if let Err(e) = check_body(&value, &[own, serde_fields::<SamplingFields>()]) {
+            rejected(e);
+        }
+    }
     let sampling: SamplingFields = match parse_value(&value) {
         Ok(s) => s,
         Err(e) => return rejected(e),
     };
+    if let Err(e) = constraint_of(&sampling) {
+        rejected(e);
+    }
     completions(&value, &sampling);
     chat(&value, &sampling);
 });

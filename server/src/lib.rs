@@ -56,6 +56,9 @@ pub struct ServerOptions {
     /// Prompt-size and output-size limits per request (`--max-prompt-bytes`,
     /// `--max-output-tokens-per-request`).
     pub limits: limits::RequestLimits,
+    /// `--tool-call-parser`: the tool-call format replies are parsed in; `None` = the one the
+    /// model's chat template shows (`api::tools`).
+    pub tool_call_parser: Option<api::tools::parsers::ToolFormat>,
 }
 
 impl Default for ServerOptions {
@@ -68,6 +71,7 @@ impl Default for ServerOptions {
             max_in_flight: 1024 + 64,
             engine_config: serde_json::Value::Null,
             limits: limits::RequestLimits::default(),
+            tool_call_parser: None,
         }
     }
 }

@@ -8,6 +8,7 @@
 //! | stop strings per request | 16 | fixed |
 //! | bytes per stop string | 256 | fixed |
 //! | stop token ids per request | 256 | fixed |
+//! | bytes of a constraint (JSON schema, regex, choices, grammar) | 64 KiB | fixed |
 //!
 //! An unset `max_tokens` means "the rest of the context", so before tokenization it counts as
 //! the whole context length. Stop strings are bounded because every generated token is checked
@@ -19,6 +20,9 @@ use crate::error::ApiError;
 pub const MAX_STOP_STRINGS: usize = 16;
 pub const MAX_STOP_STRING_BYTES: usize = 256;
 pub const MAX_STOP_TOKEN_IDS: usize = 256;
+/// Structured outputs: a constraint's payload in bytes. Compile time and grammar size grow
+/// with it; real schemas (openai-python's `parse()` of a sizeable Pydantic model) are a few KiB.
+pub const MAX_CONSTRAINT_BYTES: usize = 64 << 10;
 
 /// The configurable limits (`ServerOptions::limits`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -33,6 +33,10 @@ pub enum ChaosKind {
     FillContext,
     /// A non-streaming request with `n = 2`.
     NonStream,
+    /// `response_format` with a JSON schema no engine can honour (an unknown type).
+    InvalidSchema,
+    /// A constraint over the server's size limit (a 70 KB regex).
+    HugeSchema,
 }
 
 /// How one request ended, as its client saw it.
@@ -75,7 +79,7 @@ pub enum Expected {
 pub const OVERLOADED: u16 = 429;
 
 impl ChaosKind {
-    pub const ALL: [ChaosKind; 13] = [
+    pub const ALL: [ChaosKind; 15] = [
         ChaosKind::Disconnect,
         ChaosKind::BurstAbort,
         ChaosKind::BadJson,
@@ -89,6 +93,8 @@ impl ChaosKind {
         ChaosKind::ExactContext,
         ChaosKind::FillContext,
         ChaosKind::NonStream,
+        ChaosKind::InvalidSchema,
+        ChaosKind::HugeSchema,
     ];
 
     pub fn expects(self) -> Expected {
@@ -96,9 +102,8 @@ impl ChaosKind {
         match self {
             Disconnect | BurstAbort => Expected::CompletedOrAborted,
             ExactContext | FillContext | NonStream => Expected::Completed,
-            BadJson | WrongTypes | PromptOverContext | MaxTokensOverContext | ContextPlusOne => {
-                Expected::Rejected(&[400])
-            }
+            BadJson | WrongTypes | PromptOverContext | MaxTokensOverContext | ContextPlusOne
+            | InvalidSchema | HugeSchema => Expected::Rejected(&[400]),
             UnknownModel => Expected::Rejected(&[404]),
             OversizedBody => Expected::Rejected(&[413]),
             // hyper answers a request line it cannot parse with 400 and closes; 0 stands for
@@ -146,10 +151,12 @@ impl ChaosKind {
 /// the engine work the chaos adds stays near a tenth of the benchmark's: cut streams stop
 /// early, malformed requests never reach the engine, and the heavy exact-context prefills
 /// are 12% of the chaos.
-pub const MIX: [(ChaosKind, f64); 12] = [
+pub const MIX: [(ChaosKind, f64); 14] = [
     (ChaosKind::Disconnect, 0.50),
-    (ChaosKind::BadJson, 0.04),
-    (ChaosKind::WrongTypes, 0.04),
+    (ChaosKind::BadJson, 0.03),
+    (ChaosKind::WrongTypes, 0.03),
+    (ChaosKind::InvalidSchema, 0.01),
+    (ChaosKind::HugeSchema, 0.01),
     (ChaosKind::UnknownModel, 0.03),
     (ChaosKind::OversizedBody, 0.04),
     (ChaosKind::NotHttp, 0.04),

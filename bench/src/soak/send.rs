@@ -180,6 +180,18 @@ impl Target {
                 self.post_json(&json!({"prompt": {"a": 1}, "max_tokens": "many"}))
                     .await
             }
+            ChaosKind::InvalidSchema => {
+                let schema = json!({"type": "object", "properties": {"a": {"type": "strin"}}});
+                self.post_json(&json!({"prompt": "x", "max_tokens": 4, "response_format":
+                    {"type": "json_schema", "json_schema": {"name": "bad", "schema": schema}}}))
+                    .await
+            }
+            ChaosKind::HugeSchema => {
+                let regex = "a".repeat(70_000);
+                self.post_json(&json!({"prompt": "x", "max_tokens": 4,
+                                       "structured_outputs": {"regex": regex}}))
+                    .await
+            }
             ChaosKind::UnknownModel => {
                 self.post_json(&json!({"model": "no-such-model", "prompt": "x", "max_tokens": 4}))
                     .await

@@ -7,6 +7,9 @@
 //!
 //! # Pipeline, in order
 //!
+//! 0. With a grammar ([`SequenceSampler::sample_masked`], `structured`), every token the
+//!    grammar disallows becomes `-inf`, before anything else: bias cannot resurrect a token
+//!    the grammar forbids, and the logprobs describe the constrained distribution.
 //! 1. Clean the row: NaN becomes `-inf`, `+inf` becomes `f32::MAX` (`distribution.rs`). This is
 //!    repeated after steps 2-4, whose arithmetic can overflow; with no processor active the
 //!    first pass is skipped, as it would find nothing the second does not.
@@ -38,8 +41,10 @@
 //!
 //! # Degenerate rows
 //!
-//! Nothing panics. If every processed logit is `-inf` (all NaN, or bias and masks removed every
-//! token), the sampler returns the argmax of the cleaned *raw* row, or token 0 if that is `-inf`
+//! Nothing panics. Under a grammar, a row left with no finite logit is a failure the caller must
+//! report ([`SequenceSampler::sample_masked`] returns `None`): falling back to any token would
+//! emit one the grammar forbids. Without one, if every processed logit is `-inf` (all NaN, or
+//! bias and masks removed every token), the sampler returns the argmax of the cleaned *raw* row, or token 0 if that is `-inf`
 //! everywhere too, with logprob `-inf`; a random request still consumes its one draw so later
 //! tokens stay on the same RNG stream. An empty row yields token 0.
 //!
@@ -192,6 +197,24 @@ impl SequenceSampler {
         sampled
     }
 
+    /// [`Self::sample`] under a grammar: `allowed` is its mask as packed 32-bit words (bit `i`
+    /// of word `i / 32` allows token `i`; ids past the mask are disallowed). `None` when no
+    /// allowed token has any probability left (see "Degenerate rows"); nothing is recorded
+    /// then, and the caller must end the request.
+    pub fn sample_masked(&mut self, logits: &mut [f32], allowed: &[u32]) -> Option<SampledToken> {
+        processors::apply_token_mask(logits, allowed);
+        // Nothing the grammar allows has a finite logit: no fallback, the caller ends it.
+        clean_and_max(logits)?;
+        let sampled = SCRATCH.with_borrow_mut(|scratch| self.sample_with(logits, scratch));
+        if sampled.logprob == f32::NEG_INFINITY {
+            // Processors (min_tokens, penalties) emptied what the grammar allowed.
+            return None;
+        }
+        self.penalties.record(sampled.token);
+        self.sampled += 1;
+        Some(sampled)
+    }
+
     fn sample_with(&mut self, logits: &mut [f32], scratch: &mut Scratch) -> SampledToken {
         let suppressing = self.sampled < self.min_tokens && !self.min_tokens_stop_ids.is_empty();
         let processing = suppressing || !self.logit_bias.is_empty() || !self.penalties.is_neutral();
@@ -249,5 +272,48 @@ impl SequenceSampler {
                 .map(|k| top_logprobs(logits, log_norm, k, &mut scratch.ranked))
                 .unwrap_or_default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod masked_tests {
+    use super::*;
+
+    fn sampler(json: serde_json::Value) -> SequenceSampler {
+        let mut params = SamplingParams::default();
+        if let Some(t) = json.get("temperature").and_then(|v| v.as_f64()) {
+            params.temperature = t as f32;
+        }
+        if let Some(m) = json.get("min_tokens").and_then(|v| v.as_u64()) {
+            params.min_tokens = m as usize;
+        }
+        params.seed = Some(3);
+        SequenceSampler::new(&params, &[], 0).with_eos_token_ids(&[2])
+    }
+
+    #[test]
+    fn the_mask_wins_over_the_best_logit_at_any_temperature() {
+        for temperature in [0.0, 1.0] {
+            let mut s = sampler(serde_json::json!({ "temperature": temperature }));
+            for _ in 0..20 {
+                let mut logits = vec![10.0, 0.0, 0.0, -5.0];
+                let t = s.sample_masked(&mut logits, &[0b1000]).unwrap();
+                assert_eq!(t.token, 3);
+                assert_eq!(t.logprob, 0.0, "the only allowed token is certain");
+            }
+        }
+    }
+
+    /// A grammar that only allows EOS while `min_tokens` holds EOS back: no token is left, and
+    /// the sampler must say so instead of falling back to the raw argmax.
+    #[test]
+    fn an_empty_constrained_row_is_none_never_an_unconstrained_token() {
+        let mut s = sampler(serde_json::json!({ "min_tokens": 5 }));
+        let mut logits = vec![10.0, 0.0, 1.0];
+        assert_eq!(s.sample_masked(&mut logits, &[0b100]), None);
+        assert_eq!(s.num_sampled(), 0);
+        let mut nan = vec![f32::NAN; 3];
+        assert_eq!(s.sample_masked(&mut nan, &[0b111]), None);
+        assert_eq!(s.sample_masked(&mut [1.0, 2.0], &[]), None);
     }
 }

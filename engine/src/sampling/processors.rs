@@ -168,3 +168,33 @@ mod tests {
         assert_eq!(logits, [0.0, 4.0]);
     }
 }
+
+/// A grammar's mask (`structured`): every token whose bit is clear, or past the mask's end,
+/// becomes `-inf`.
+pub(super) fn apply_token_mask(logits: &mut [f32], allowed: &[u32]) {
+    for (word_index, chunk) in logits.chunks_mut(32).enumerate() {
+        let word = allowed.get(word_index).copied().unwrap_or(0);
+        if word == u32::MAX {
+            continue;
+        }
+        for (bit, logit) in chunk.iter_mut().enumerate() {
+            if word & (1 << bit) == 0 {
+                *logit = f32::NEG_INFINITY;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod mask_tests {
+    use super::apply_token_mask;
+
+    #[test]
+    fn only_allowed_ids_keep_their_logits_and_ids_past_the_mask_are_dropped() {
+        let mut logits = vec![1.0_f32; 70];
+        // Word 0 allows ids 1 and 31; word 1 allows id 32; ids 64.. are past the mask.
+        apply_token_mask(&mut logits, &[(1 << 1) | (1 << 31), 1]);
+        let kept: Vec<usize> = (0..70).filter(|&i| logits[i].is_finite()).collect();
+        assert_eq!(kept, vec![1, 31, 32]);
+    }
+}

@@ -333,3 +333,83 @@ fn gpt2_byte_alphabet() -> [char; 256] {
     }
     table
 }
+
+/// Each token id's bytes as the model emits them, for grammar engines that reason over bytes
+/// (`structured`). Derived from Metrum's own tokenizer (whichever source built it: a
+/// tokenizer.json or the GGUF metadata), never re-read from files. Byte-level BPE pieces map
+/// back through GPT-2's alphabet; SentencePiece pieces turn `▁` into a space and `<0xNN>` into
+/// that byte. Special added tokens get llguidance's marker byte 0xFF in front, so no grammar can
+/// spell them as text; ids without an entry get no bytes (a grammar can never choose them).
+impl Tokenizer {
+    pub fn token_bytes(&self) -> Vec<Vec<u8>> {
+        let decoder = serde_json::to_value(self.inner.get_decoder()).unwrap_or(Json::Null);
+        let decoder_text = decoder.to_string();
+        let byte_level = decoder_text.contains("\"ByteLevel\"");
+        let spm = !byte_level
+            && (decoder_text.contains("\"ByteFallback\"")
+                || decoder_text.contains("\"Metaspace\""));
+        let mut inverse = HashMap::with_capacity(256);
+        for (byte, ch) in gpt2_byte_alphabet().iter().enumerate() {
+            inverse.insert(*ch, byte as u8);
+        }
+        let added = self.inner.get_added_tokens_decoder();
+        (0..self.vocab_size as u32)
+            .map(|id| {
+                if let Some(token) = added.get(&id) {
+                    let mut bytes = token.content.as_bytes().to_vec();
+                    if token.special {
+                        bytes.insert(0, 0xFF);
+                    }
+                    return bytes;
+                }
+                let Some(piece) = self.inner.id_to_token(id) else {
+                    return Vec::new();
+                };
+                if byte_level {
+                    // A piece outside the alphabet cannot come from a byte-level vocabulary;
+                    // its UTF-8 is the best available spelling.
+                    let mapped: Option<Vec<u8>> =
+                        piece.chars().map(|c| inverse.get(&c).copied()).collect();
+                    mapped.unwrap_or_else(|| piece.into_bytes())
+                } else if spm {
+                    byte_fallback_piece(&piece)
+                        .map_or_else(|| piece.replace('▁', " ").into_bytes(), |b| vec![b])
+                } else {
+                    piece.into_bytes()
+                }
+            })
+            .collect()
+    }
+}
+
+/// `<0x0A>` -> 0x0A (SentencePiece's byte-fallback pieces).
+fn byte_fallback_piece(piece: &str) -> Option<u8> {
+    let hex = piece.strip_prefix("<0x")?.strip_suffix('>')?;
+    if hex.len() != 2 {
+        return None;
+    }
+    u8::from_str_radix(hex, 16).ok()
+}
+
+#[cfg(test)]
+mod token_bytes_tests {
+    use super::*;
+
+    #[test]
+    fn byte_level_tokens_map_back_to_their_bytes() {
+        let tokenizer = Tokenizer::byte_level();
+        let bytes = tokenizer.token_bytes();
+        assert_eq!(bytes.len(), 256);
+        for (id, b) in bytes.iter().enumerate() {
+            assert_eq!(b, &vec![id as u8], "token {id}");
+        }
+    }
+
+    #[test]
+    fn byte_fallback_pieces_parse_and_others_do_not() {
+        assert_eq!(byte_fallback_piece("<0x0A>"), Some(10));
+        assert_eq!(byte_fallback_piece("<0xZZ>"), None);
+        assert_eq!(byte_fallback_piece("<0x0>"), None);
+        assert_eq!(byte_fallback_piece("▁the"), None);
+    }
+}

@@ -1,14 +1,17 @@
 //! `POST /v1/chat/completions`: messages in, rendered through the model's chat template,
-//! assistant replies out, streamed or not.
+//! assistant replies out, streamed or not. With `tools`, replies are parsed for calls in the
+//! model's format (`tools`); streamed content is released as soon as it cannot be a call.
 
 use super::extract::SampledJson;
 use super::generate::{self, ChunkWriter};
 use super::text::{self, Turn};
+use super::tools::parsers::{StreamItem, StreamParser, ToolFormat};
+use super::tools::{self, ToolPlan};
 use super::types::{
     ChatChoice, ChatChunk, ChatChunkChoice, ChatDelta, ChatMessage, ChatMessageOut, ChatRequest,
     ChatResponse, MessageContent, Usage, unix_now,
 };
-use super::{AppState, RequestContext, logprobs};
+use super::{AppState, RequestContext, logprobs, structured};
 use crate::error::{ApiError, ErrorBody};
 use crate::sse;
 use crate::validation::{self, ModelLimits};
@@ -67,18 +70,61 @@ pub async fn create(
     state
         .limits
         .check_output_tokens(1, plan.n, plan.requested_max_tokens, limits.max_model_len)?;
-    let permit = generate::admit(&state, plan.n)?;
     let codec = text::codec(&state)?;
+    let format = state.tool_format.unwrap_or_else(|| {
+        ToolFormat::from_template(codec.chat_template.as_ref().map_or("", |t| t.source()))
+    });
+    let tool_plan = tools::plan(
+        request.tools.as_deref(),
+        request.tool_choice.as_ref(),
+        request.parallel_tool_calls,
+        format,
+    )?;
+    let mut constraint = structured::constraint_of(&sampling)?;
+    if let Some(forced) = tool_plan
+        .as_ref()
+        .map(ToolPlan::constraint)
+        .transpose()?
+        .flatten()
+    {
+        if let Some(other) = &constraint {
+            return Err(ApiError::param(
+                "tool_choice",
+                format!(
+                    "`required` and named tool choices are enforced by a grammar, which cannot \
+                     be combined with `{}`",
+                    other.param
+                ),
+            ));
+        }
+        constraint = Some(forced);
+    }
+    let constraint = structured::compile(&state, constraint).await?;
+    let permit = generate::admit(&state, plan.n)?;
     let add_generation_prompt = request.add_generation_prompt.unwrap_or(true);
-    let prompt = text::encode_chat(codec.clone(), turns, add_generation_prompt).await?;
-    let batch =
-        generate::submit(&state, &ctx, vec![prompt], &plan, limits, arrival, permit).await?;
+    let template_tools = tool_plan.as_ref().map(ToolPlan::template_tools);
+    let prompt =
+        text::encode_chat(codec.clone(), turns, add_generation_prompt, template_tools).await?;
+    let parser = tool_plan.filter(ToolPlan::parses).map(|p| p.format);
+    let batch = generate::submit(
+        &state,
+        &ctx,
+        vec![prompt],
+        &plan,
+        limits,
+        arrival,
+        permit,
+        constraint,
+    )
+    .await?;
     let writer = ChatChunks {
         id: format!("chatcmpl-{}", ctx.id),
         created: unix_now(),
         model,
         codec,
         top: top_logprobs.unwrap_or(0) as usize,
+        parser,
+        streams: Vec::new(),
     };
     if plan.stream {
         return Ok(generate::stream(batch, ctx, plan.include_usage, writer));
@@ -88,15 +134,15 @@ pub async fn create(
     let metrum = outputs.first().map(|o| o.timing.clone());
     let choices = outputs
         .into_iter()
-        .map(|o| ChatChoice {
-            index: o.choice,
-            logprobs: top_logprobs.map(|_| writer.logprobs(&o.logprobs)),
-            message: ChatMessageOut {
-                role: "assistant",
-                content: o.text,
-            },
-            finish_reason: Some(o.finish.as_str()),
-            metrum: several.then_some(o.timing),
+        .map(|o| {
+            let (message, finish_reason) = reply(parser, o.text, o.finish);
+            ChatChoice {
+                index: o.choice,
+                logprobs: top_logprobs.map(|_| writer.logprobs(&o.logprobs)),
+                message,
+                finish_reason: Some(finish_reason),
+                metrum: several.then_some(o.timing),
+            }
         })
         .collect();
     Ok(axum::Json(ChatResponse {
@@ -109,6 +155,40 @@ pub async fn create(
         metrum,
     })
     .into_response())
+}
+
+/// A finished reply: parsed for tool calls when the request had tools (`finish_reason` is
+/// then `tool_calls`, OpenAI's spelling, unless the output was cut short).
+fn reply(
+    parser: Option<ToolFormat>,
+    text: String,
+    finish: FinishReason,
+) -> (ChatMessageOut, &'static str) {
+    let parsed = match parser {
+        Some(format) => tools::parsers::parse(format, &text),
+        None => tools::parsers::Parsed {
+            content: text,
+            calls: Vec::new(),
+        },
+    };
+    if parsed.calls.is_empty() {
+        let message = ChatMessageOut {
+            role: "assistant",
+            content: Some(parsed.content),
+            tool_calls: None,
+        };
+        return (message, finish.as_str());
+    }
+    let message = ChatMessageOut {
+        role: "assistant",
+        content: (!parsed.content.is_empty()).then_some(parsed.content),
+        tool_calls: Some(tools::calls_out(parsed.calls)),
+    };
+    let reason = match finish {
+        FinishReason::Stop => "tool_calls",
+        other => other.as_str(),
+    };
+    (message, reason)
 }
 
 /// Checks roles and flattens content parts; the template sees plain `(role, text)` turns.
@@ -152,9 +232,18 @@ pub fn validate_messages(messages: &[ChatMessage]) -> Result<Vec<Turn>, ApiError
                     text
                 }
             };
+            if message.tool_call_id.is_some() && message.role != "tool" {
+                return Err(ApiError::param(
+                    format!("messages[{i}].tool_call_id"),
+                    "only `tool` messages answer a tool call",
+                ));
+            }
             Ok(Turn {
                 role: message.role.clone(),
                 content,
+                name: message.name.clone(),
+                tool_calls: tools::history::template_tool_calls(i, message)?,
+                tool_call_id: message.tool_call_id.clone(),
             })
         })
         .collect()
@@ -162,7 +251,16 @@ pub fn validate_messages(messages: &[ChatMessage]) -> Result<Vec<Turn>, ApiError
 
 /// The text a conversation hands the template and the tokenizer, in bytes.
 pub fn conversation_bytes(turns: &[Turn]) -> usize {
-    turns.iter().map(|t| t.role.len() + t.content.len()).sum()
+    turns
+        .iter()
+        .map(|t| {
+            t.role.len()
+                + t.content.len()
+                + t.name.as_ref().map_or(0, String::len)
+                + t.tool_calls.as_ref().map_or(0, |c| c.to_string().len())
+                + t.tool_call_id.as_ref().map_or(0, String::len)
+        })
+        .sum()
 }
 
 /// OpenAI's chat rules: `top_logprobs` needs `logprobs: true` and is at most 20.
@@ -188,6 +286,10 @@ struct ChatChunks {
     model: String,
     codec: Arc<TextCodec>,
     top: usize,
+    /// The tool-call format when replies are parsed for calls.
+    parser: Option<ToolFormat>,
+    /// Per choice: its stream parser and how many calls it has sent.
+    streams: Vec<(StreamParser, usize)>,
 }
 
 impl ChatChunks {
@@ -215,11 +317,17 @@ impl ChatChunks {
 
 impl ChunkWriter for ChatChunks {
     fn opening(&mut self, choices: usize) -> Vec<Bytes> {
+        if let Some(format) = self.parser {
+            self.streams = (0..choices)
+                .map(|_| (StreamParser::new(format), 0))
+                .collect();
+        }
         (0..choices)
             .map(|index| {
                 let delta = ChatDelta {
                     role: Some("assistant"),
                     content: Some(String::new()),
+                    tool_calls: None,
                 };
                 let choice = ChatChunkChoice {
                     index,
@@ -233,6 +341,10 @@ impl ChunkWriter for ChatChunks {
     }
 
     fn delta(&mut self, choice: usize, text: String, entries: &[TokenLogprob]) -> Option<Bytes> {
+        let text = match self.streams.get_mut(choice) {
+            Some((parser, _)) => released_text(parser.push(&text)),
+            None => text,
+        };
         if text.is_empty() && entries.is_empty() {
             return None;
         }
@@ -241,7 +353,8 @@ impl ChunkWriter for ChatChunks {
             index: choice,
             delta: ChatDelta {
                 role: None,
-                content: Some(text),
+                content: (!text.is_empty() || logprobs.is_none()).then_some(text),
+                tool_calls: None,
             },
             logprobs,
             finish_reason: None,
@@ -249,18 +362,84 @@ impl ChunkWriter for ChatChunks {
         Some(self.chunk(vec![choice], None, None))
     }
 
+    /// Held text is parsed now: content first, then each call as two fragments (`id`, `type`
+    /// and `name` with empty arguments, then the arguments), then the finish chunk.
     fn finished(&mut self, choice: usize, reason: FinishReason) -> Bytes {
+        let mut frames = Vec::new();
+        let mut called = false;
+        if let Some((parser, sent)) = self.streams.get_mut(choice) {
+            let items = parser.finish();
+            let mut deltas = Vec::new();
+            for item in items {
+                match item {
+                    StreamItem::Content(text) => deltas.push(ChatDelta {
+                        content: Some(text),
+                        ..ChatDelta::default()
+                    }),
+                    StreamItem::Call(call) => {
+                        let index = *sent;
+                        *sent += 1;
+                        deltas.push(call_delta(index, Some(call.name), String::new()));
+                        deltas.push(call_delta(index, None, call.arguments));
+                    }
+                }
+            }
+            called = *sent > 0;
+            for delta in deltas {
+                let choice = ChatChunkChoice {
+                    index: choice,
+                    delta,
+                    logprobs: None,
+                    finish_reason: None,
+                };
+                frames.extend_from_slice(&self.chunk(vec![choice], None, None));
+            }
+        }
+        let finish_reason = match reason {
+            FinishReason::Stop if called => "tool_calls",
+            other => other.as_str(),
+        };
         let choice = ChatChunkChoice {
             index: choice,
             delta: ChatDelta::default(),
             logprobs: None,
-            finish_reason: Some(reason.as_str()),
+            finish_reason: Some(finish_reason),
         };
-        self.chunk(vec![choice], None, None)
+        frames.extend_from_slice(&self.chunk(vec![choice], None, None));
+        Bytes::from(frames)
     }
 
     fn usage(&mut self, usage: Usage, metrum: Option<serde_json::Value>) -> Bytes {
         self.chunk(Vec::new(), Some(usage), metrum)
+    }
+}
+
+/// Content a stream parser released (calls only come at the end).
+fn released_text(items: Vec<StreamItem>) -> String {
+    items
+        .into_iter()
+        .filter_map(|item| match item {
+            StreamItem::Content(text) => Some(text),
+            StreamItem::Call(_) => None,
+        })
+        .collect()
+}
+
+fn call_delta(index: usize, name: Option<String>, arguments: String) -> ChatDelta {
+    use super::types::{FunctionCallDelta, ToolCallDelta};
+    let first = name.is_some();
+    ChatDelta {
+        role: None,
+        content: None,
+        tool_calls: Some(vec![ToolCallDelta {
+            index,
+            id: first.then(tools::call_id),
+            kind: first.then_some("function"),
+            function: FunctionCallDelta {
+                name,
+                arguments: Some(arguments),
+            },
+        }]),
     }
 }
 

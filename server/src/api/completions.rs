@@ -6,7 +6,7 @@ use super::types::{
     CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, Prompt, Usage,
     unix_now,
 };
-use super::{AppState, RequestContext, logprobs, text};
+use super::{AppState, RequestContext, logprobs, structured, text};
 use crate::error::{ApiError, ErrorBody};
 use crate::sse;
 use crate::validation::{self, ModelLimits};
@@ -70,10 +70,14 @@ pub async fn create(
         plan.requested_max_tokens,
         limits.max_model_len,
     )?;
+    let constraint = structured::compile(&state, structured::constraint_of(&sampling)?).await?;
     let permit = generate::admit(&state, prompts.len() * plan.n)?;
     let codec = text::codec(&state)?;
     let tokenized = text::encode_prompts(codec.clone(), prompts, limits).await?;
-    let batch = generate::submit(&state, &ctx, tokenized, &plan, limits, arrival, permit).await?;
+    let batch = generate::submit(
+        &state, &ctx, tokenized, &plan, limits, arrival, permit, constraint,
+    )
+    .await?;
     let writer = CompletionChunks {
         id: format!("cmpl-{}", ctx.id),
         created: unix_now(),

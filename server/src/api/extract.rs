@@ -3,7 +3,9 @@
 //! axum's `Json` rejects a missing content type with 415 and a type mismatch with 422, each with
 //! a plain-text body. vLLM accepts any content type for JSON bodies and the OpenAI contract says
 //! 400 with an error object, so this extractor reads the bytes itself and names the offending
-//! field (`messages[0].role`) through `serde_path_to_error`.
+//! field (`messages[0].role`) through `serde_path_to_error`. Before any field is read, every key
+//! is checked against the fields the wire types declare (`fields`): an unimplemented or unknown
+//! field is a 400 naming it, never silently ignored.
 
 use super::types::SamplingFields;
 use crate::error::ApiError;
@@ -29,6 +31,7 @@ where
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let bytes = read_body(req, state).await?;
         let mut value: serde_json::Value = parse_json(&bytes)?;
+        super::fields::check_body(&value, &[super::fields::serde_fields::<T>()])?;
         integral_floats_as_integers(&mut value);
         parse_value(&value).map(ApiJson)
     }
@@ -55,6 +58,11 @@ where
                 "the request body must be a JSON object",
             ));
         }
+        use super::fields::{check_body, serde_fields};
+        check_body(
+            &value,
+            &[serde_fields::<T>(), serde_fields::<SamplingFields>()],
+        )?;
         Ok(SampledJson(parse_value(&value)?, parse_value(&value)?))
     }
 }
@@ -228,8 +236,10 @@ mod tests {
         assert!(read(serde_json::json!({"n": 1e30, "p": 0, "ids": [], "t": 0})).is_err());
     }
 
+    /// The typed parse alone ignores unknown keys; the extractors refuse them first
+    /// (`fields::check_body`), so this only documents why that check must run.
     #[test]
-    fn unknown_fields_are_ignored() {
+    fn the_typed_parse_alone_would_ignore_unknown_fields() {
         assert!(parse_json::<Probe>(br#"{"temperature": 0.5, "foo": [1, 2]}"#).is_ok());
     }
 }

@@ -19,7 +19,9 @@ use axum::response::Response;
 use futures::stream::{BoxStream, SelectAll, StreamExt};
 use metrum_core::FinishReason;
 use metrum_engine::handle::{EngineRequest, RequestStream, StreamEvent, TokenLogprob};
+use metrum_engine::structured::CompiledGrammar;
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -48,7 +50,9 @@ pub struct Batch {
 }
 
 /// Expands tokenized prompts into engine requests (choice `p·n + i` is choice `i` of prompt
-/// `p`) and submits them as one group: all are admitted or none.
+/// `p`) and submits them as one group: all are admitted or none. With a `constraint`, every
+/// choice gets its own matcher of that grammar.
+#[allow(clippy::too_many_arguments)]
 pub async fn submit(
     state: &AppState,
     ctx: &RequestContext,
@@ -57,6 +61,7 @@ pub async fn submit(
     limits: ModelLimits,
     arrival: Instant,
     permit: OwnedSemaphorePermit,
+    constraint: Option<Arc<CompiledGrammar>>,
 ) -> Result<Batch, ApiError> {
     let prompt_tokens = prompts.iter().map(Vec::len).sum();
     let mut requests = Vec::with_capacity(prompts.len() * plan.n);
@@ -65,11 +70,20 @@ pub async fn submit(
         for i in 0..plan.n {
             let mut params = params.clone();
             params.seed = params.seed.map(|s| s.wrapping_add(i as u64));
+            let matcher = match &constraint {
+                Some(grammar) => Some(
+                    grammar
+                        .matcher()
+                        .map_err(|e| ApiError::internal(&ctx.id, e))?,
+                ),
+                None => None,
+            };
             requests.push(EngineRequest {
                 prompt_tokens: prompt.clone(),
                 params,
                 priority: plan.priority,
                 arrival,
+                constraint: matcher,
             });
         }
     }

@@ -11,14 +11,17 @@
 //! | `GET /version` | [`version`] |
 //! | `GET /openapi.json` | [`openapi`] (the document of all of the above) |
 //!
-//! Shared machinery: [`extract`] (JSON bodies with OpenAI errors), [`text`] (tokenizer work on
+//! Shared machinery: [`extract`] (JSON bodies with OpenAI errors), [`fields`] (every request
+//! field Metrum does not implement is a 400 naming it), [`text`] (tokenizer work on
 //! blocking threads), [`generate`] (submit, collect, stream; shared by both generation routes),
-//! [`logprobs`] (engine logprobs -> both wire shapes), [`types`] (wire types), [`schemas`]
+//! [`logprobs`] (engine logprobs -> both wire shapes), [`structured`] (`response_format` and
+//! `structured_outputs` -> a compiled grammar), [`types`] (wire types), [`schemas`]
 //! (hand-written OpenAPI schemas for the loosely typed fields).
 
 pub mod chat;
 pub mod completions;
 pub mod extract;
+pub mod fields;
 pub mod generate;
 pub mod health;
 pub mod logprobs;
@@ -26,8 +29,10 @@ pub mod metrics;
 pub mod models;
 pub mod openapi;
 pub mod schemas;
+pub mod structured;
 pub mod text;
 pub mod tokenize;
+pub mod tools;
 pub mod types;
 pub mod version;
 
@@ -57,6 +62,10 @@ pub struct AppState {
     pub limits: crate::limits::RequestLimits,
     /// `/openapi.json` once the model is loaded (it names the model).
     pub openapi: Arc<std::sync::OnceLock<String>>,
+    /// Structured outputs: the model's grammar compiler, built on first use.
+    pub grammars: structured::CompilerSlot,
+    /// `--tool-call-parser`; `None` = the format the chat template shows.
+    pub tool_format: Option<tools::parsers::ToolFormat>,
 }
 
 impl AppState {
@@ -95,6 +104,8 @@ pub fn router(engine: EngineHandle, options: &ServerOptions) -> Router {
         engine_config: Arc::new(options.engine_config.clone()),
         limits: options.limits,
         openapi: Arc::default(),
+        grammars: Arc::default(),
+        tool_format: options.tool_call_parser,
     };
     let mut v1 = Router::new()
         .route("/v1/completions", post(completions::create))

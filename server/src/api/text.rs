@@ -15,6 +15,11 @@ use std::sync::Arc;
 pub struct Turn {
     pub role: String,
     pub content: String,
+    /// The message's `name` (OpenAI: a participant's name), handed to the template.
+    pub name: Option<String>,
+    /// An assistant turn's calls, shaped for templates (`tools::history`).
+    pub tool_calls: Option<serde_json::Value>,
+    pub tool_call_id: Option<String>,
 }
 
 /// The tokenizer and chat template, or 503 while the model loads.
@@ -92,14 +97,27 @@ pub async fn encode_chat(
     codec: Arc<TextCodec>,
     turns: Vec<Turn>,
     add_generation_prompt: bool,
+    tools: Option<serde_json::Value>,
 ) -> Result<Vec<u32>, ApiError> {
     blocking(move || {
         let messages: Vec<ChatMessage> = turns
             .into_iter()
-            .map(|t| ChatMessage::new(t.role, t.content))
+            .map(|t| ChatMessage {
+                name: t.name,
+                tool_calls: t.tool_calls,
+                tool_call_id: t.tool_call_id,
+                ..ChatMessage::new(t.role, t.content)
+            })
             .collect();
-        let rendered = codec
-            .render_chat(&messages, add_generation_prompt)
+        let template = codec.chat_template.as_ref().ok_or_else(|| {
+            ApiError::param(
+                "messages",
+                "cannot apply the chat template: this model has no chat template; use \
+                 /v1/completions",
+            )
+        })?;
+        let rendered = template
+            .render_with_tools(&messages, add_generation_prompt, tools.as_ref())
             .map_err(|e| {
                 ApiError::param("messages", format!("cannot apply the chat template: {e}"))
             })?;

@@ -2,7 +2,8 @@
 //!
 //! Requests keep every field optional and loosely typed only where the API itself is loose
 //! (`prompt`, `stop`, message `content`); everything else is typed, so a wrong type is a 400 at
-//! parse time. Unknown fields are ignored, as OpenAI does. Turning these into engine requests
+//! parse time. A field these types do not declare is a 400 that names it (`fields`): nothing a
+//! client asks for is silently ignored. Turning these into engine requests
 //! happens in `validation`, never here.
 //!
 //! Every type also derives `utoipa::ToSchema`: `GET /openapi.json` is generated from these
@@ -66,6 +67,55 @@ pub struct SamplingFields {
     /// `true`: the answer is a `text/event-stream` of chunks ending in `data: [DONE]`.
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
+    /// OpenAI's output format: `text`, `json_object`, or `json_schema` (enforced by a grammar;
+    /// see docs/structured-outputs.md). Accepted on completions too, as vLLM does.
+    pub response_format: Option<ResponseFormat>,
+    /// vLLM's constraint extension: exactly one of `json`, `regex`, `choice`, `grammar`,
+    /// `json_object`. At most one constraint per request across both fields.
+    pub structured_outputs: Option<StructuredOutputs>,
+}
+
+/// `response_format`.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ResponseFormat {
+    /// Free text (the default; no constraint).
+    Text,
+    /// Any JSON object.
+    JsonObject,
+    /// JSON matching `json_schema.schema`.
+    JsonSchema { json_schema: JsonSchemaFormat },
+}
+
+/// `response_format.json_schema`. `strict` is accepted either way: the schema is always
+/// enforced in full, or refused with a 400 when it cannot be.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JsonSchemaFormat {
+    pub name: String,
+    /// The JSON Schema; absent = any JSON value (OpenAI's default).
+    #[schema(value_type = Option<Object>)]
+    pub schema: Option<serde_json::Value>,
+    pub strict: Option<bool>,
+}
+
+/// vLLM's `structured_outputs`. Exactly one field may be set (`json_object: false` counts as
+/// unset).
+#[derive(Clone, Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StructuredOutputs {
+    /// A JSON Schema, as an object or as JSON text.
+    #[schema(value_type = Option<Object>)]
+    pub json: Option<serde_json::Value>,
+    /// A regular expression the whole output must match.
+    pub regex: Option<String>,
+    /// The output is exactly one of these strings.
+    #[schema(min_items = 1)]
+    pub choice: Option<Vec<String>>,
+    /// A Lark grammar (llguidance's dialect).
+    pub grammar: Option<String>,
+    /// `true`: any JSON object.
+    pub json_object: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, ToSchema)]
@@ -152,6 +202,40 @@ pub struct ChatRequest {
     /// template here; a shared server must not run templates its clients send).
     #[schema(ignore)]
     pub chat_template: Option<serde_json::Value>,
+    /// Functions the model may call; the chat template receives them as `tools`.
+    pub tools: Option<Vec<Tool>>,
+    /// `none`, `auto` (the default with tools), `required`, or
+    /// `{"type": "function", "function": {"name": ...}}`. `required` and named choices are
+    /// enforced by a grammar over the model's tool-call syntax.
+    #[schema(value_type = Option<Object>)]
+    pub tool_choice: Option<serde_json::Value>,
+    /// `false`: at most one call per reply (enforced under `required` / named choices).
+    pub parallel_tool_calls: Option<bool>,
+}
+
+/// One tool: `{"type": "function", "function": {...}}`.
+#[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Tool {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub function: FunctionDef,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionDef {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// The arguments' JSON Schema.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub parameters: Option<serde_json::Value>,
+    /// Accepted either way: under `required` / named choices the parameters' schema is always
+    /// enforced; under `auto` calls are parsed, not constrained.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strict: Option<bool>,
 }
 
 #[derive(Clone, Debug, Deserialize, ToSchema)]
@@ -161,6 +245,60 @@ pub struct ChatMessage {
     /// `null` is allowed (assistant turns that only called tools).
     pub content: Option<MessageContent>,
     pub name: Option<String>,
+    /// An assistant turn's tool calls (history).
+    pub tool_calls: Option<Vec<ToolCallIn>>,
+    /// A `tool` turn: the call it answers.
+    pub tool_call_id: Option<String>,
+}
+
+/// A tool call in the history, as OpenAI returned it (`arguments` is JSON text).
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ToolCallIn {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub function: FunctionCall,
+}
+
+/// A function call: its name and its arguments as JSON text.
+#[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionCall {
+    pub name: String,
+    pub arguments: String,
+}
+
+/// A tool call in a reply.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct ToolCallOut {
+    pub id: String,
+    #[serde(rename = "type")]
+    #[schema(value_type = String, example = "function")]
+    pub kind: &'static str,
+    pub function: FunctionCall,
+}
+
+/// A streamed tool call fragment: `index` always; `id`, `type` and `function.name` only in a
+/// call's first fragment; then `function.arguments` fragments (openai-python concatenates
+/// repeated strings, so nothing is ever sent twice).
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct ToolCallDelta {
+    pub index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub kind: Option<&'static str>,
+    pub function: FunctionCallDelta,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct FunctionCallDelta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<String>,
 }
 
 /// The roles a chat template may see. `developer` is OpenAI's newer name for `system`.
@@ -267,6 +405,9 @@ pub struct ChatTopLogprob {
 pub enum FinishReasonName {
     Stop,
     Length,
+    /// The reply is tool calls (`message.tool_calls`).
+    #[schema(rename = "tool_calls")]
+    ToolCalls,
     Abort,
     Error,
 }
@@ -311,7 +452,10 @@ pub struct CompletionResponse {
 pub struct ChatMessageOut {
     #[schema(value_type = String, example = "assistant")]
     pub role: &'static str,
-    pub content: String,
+    /// `null` when the reply is only tool calls.
+    pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallOut>>,
 }
 
 #[derive(Clone, Debug, Serialize, ToSchema)]
@@ -347,6 +491,8 @@ pub struct ChatDelta {
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
 }
 
 #[derive(Clone, Debug, Serialize, ToSchema)]

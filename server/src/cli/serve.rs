@@ -113,6 +113,10 @@ pub struct ServeArgs {
     /// max_tokens counting as the context length (400 above it).
     #[arg(long, default_value_t = 262_144)]
     pub max_output_tokens_per_request: usize,
+    /// Tool-call format replies are parsed in (hermes, llama3_json, mistral, pythonic);
+    /// default: the one the model's chat template shows, else hermes.
+    #[arg(long)]
+    pub tool_call_parser: Option<crate::api::tools::parsers::ToolFormat>,
     /// Time a client has to send its request headers.
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub header_timeout: Duration,
@@ -224,6 +228,7 @@ impl ServeArgs {
                     .context("--max-prompt-bytes is too large")?,
                 max_output_tokens: self.max_output_tokens_per_request,
             },
+            tool_call_parser: self.tool_call_parser,
         })
     }
 

@@ -1,0 +1,322 @@
+//! Structured outputs: grammars that constrain what a request may generate (issue 15).
+//!
+//! | piece | where | when |
+//! | --- | --- | --- |
+//! | [`ConstraintSpec`] | what the client asked for: JSON schema, any JSON object, regex, choice, Lark | parsed by the server |
+//! | [`GrammarCompiler`] | one per model: llguidance's `ParserFactory` over Metrum's own token bytes ([`tokenv`]), plus a cache keyed by the spec | built lazily by the server on a blocking thread |
+//! | [`CompiledGrammar`] | a compiled, started parser; every request deep-clones its own [`GrammarMatcher`] | compiled off the engine thread |
+//! | [`GrammarState`] | a request's matcher and its next mask, in the engine loop's `Live` | masks computed while the forward runs |
+//!
+//! Rules the engine keeps (see `engine_loop` and `sampling`):
+//! * the mask is applied before anything else touches the row (bias, penalties, logprobs), so
+//!   reported logprobs describe the constrained distribution;
+//! * a row the mask (with `min_tokens` and the rest) leaves empty ends that request with an
+//!   error event; it never falls back to an unconstrained token;
+//! * every model EOS id is in the trie's EOS set, so each is allowed exactly when the grammar
+//!   may end; once the grammar has ended (nothing but EOS can follow) the request finishes
+//!   with `stop` right away, without waiting for the model's EOS; under `ignore_eos` it runs
+//!   on instead, with only EOS allowed;
+//! * a grammar error ends that one request, never the engine; llguidance catches its own
+//!   panics and reports them as errors.
+
+mod tokenv;
+
+use llguidance::api::TopLevelGrammar;
+use llguidance::toktrie::SimpleVob;
+use llguidance::{Matcher, ParserFactory};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use tokenv::metrum_tok_env;
+
+/// What a request's output must match. One per request.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ConstraintSpec {
+    /// A JSON Schema (OpenAI's `response_format.json_schema.schema`, vLLM's `json`).
+    JsonSchema(Value),
+    /// Any JSON object (`json_object`).
+    JsonObject,
+    /// A regular expression the whole output must match (Rust `regex` syntax, no lookaround).
+    Regex(String),
+    /// Exactly one of these strings.
+    Choice(Vec<String>),
+    /// A Lark grammar (llguidance's dialect).
+    Lark(String),
+}
+
+impl ConstraintSpec {
+    /// The cache key: the kind and the exact payload.
+    fn cache_key(&self) -> String {
+        match self {
+            ConstraintSpec::JsonSchema(v) => format!("json:{v}"),
+            ConstraintSpec::JsonObject => "json_object".into(),
+            ConstraintSpec::Regex(r) => format!("regex:{r}"),
+            ConstraintSpec::Choice(c) => format!("choice:{}", Value::from(c.clone())),
+            ConstraintSpec::Lark(g) => format!("lark:{g}"),
+        }
+    }
+
+    fn to_grammar(&self) -> TopLevelGrammar {
+        match self {
+            ConstraintSpec::JsonSchema(schema) => {
+                TopLevelGrammar::from_json_schema(compact_json(schema.clone()))
+            }
+            ConstraintSpec::JsonObject => TopLevelGrammar::from_json_schema(compact_json(
+                serde_json::json!({"type": "object"}),
+            )),
+            ConstraintSpec::Regex(rx) => TopLevelGrammar::from_regex(rx),
+            ConstraintSpec::Choice(choices) => {
+                let alternatives: Vec<String> = choices.iter().map(|c| escape_regex(c)).collect();
+                TopLevelGrammar::from_regex(&format!("(?:{})", alternatives.join("|")))
+            }
+            ConstraintSpec::Lark(grammar) => TopLevelGrammar::from_lark(grammar.clone()),
+        }
+    }
+}
+
+/// JSON without free whitespace between tokens, unless the schema sets llguidance's own
+/// `x-guidance` options. With flexible whitespace small models often emit newlines until
+/// `max_tokens` (vLLM's `disable_any_whitespace` exists for this); compact JSON is still JSON.
+fn compact_json(mut schema: Value) -> Value {
+    if let Value::Object(map) = &mut schema {
+        map.entry("x-guidance")
+            .or_insert_with(|| serde_json::json!({"whitespace_flexible": false}));
+    }
+    schema
+}
+
+/// Escapes every regex meta character (regex-syntax's list), so a choice matches literally.
+fn escape_regex(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if "\\.+*?()|[]{}^$#&-~".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Compiled grammars kept per model; beyond this many the cache starts over (a burst of
+/// distinct schemas costs recompiles, never unbounded memory).
+const CACHE_ENTRIES: usize = 256;
+
+/// One model's grammar compiler and its cache.
+pub struct GrammarCompiler {
+    factory: ParserFactory,
+    cache: Mutex<HashMap<String, Arc<CompiledGrammar>>>,
+}
+
+impl GrammarCompiler {
+    /// Builds the token trie from `tokenizer`'s bytes, `logits_width` wide (the model's
+    /// logits may be wider than the tokenizer; the extra ids can never be chosen). Costs tens
+    /// of milliseconds on a 50k vocabulary: build it off the engine thread.
+    pub fn new(
+        tokenizer: &crate::tokenizer::Tokenizer,
+        logits_width: usize,
+    ) -> Result<GrammarCompiler, String> {
+        let env = metrum_tok_env(tokenizer, logits_width)?;
+        let mut factory = ParserFactory::new_simple(&env).map_err(|e| e.to_string())?;
+        factory.quiet();
+        Ok(GrammarCompiler {
+            factory,
+            cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The compiled grammar for `spec`, from the cache or compiled now (blocking; about a
+    /// millisecond for typical schemas). `Err` is llguidance's message, for a 400.
+    pub fn compile(&self, spec: &ConstraintSpec) -> Result<Arc<CompiledGrammar>, String> {
+        let key = spec.cache_key();
+        if let Some(hit) = self.cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
+            return Ok(hit);
+        }
+        let started = Instant::now();
+        let parser = self
+            .factory
+            .create_parser(spec.to_grammar())
+            .map_err(|e| e.to_string())?;
+        let matcher = Matcher::new(Ok(parser));
+        if let Some(error) = matcher.get_error() {
+            return Err(error);
+        }
+        let compiled = Arc::new(CompiledGrammar {
+            prototype: Mutex::new(matcher),
+            compile_time: started.elapsed(),
+        });
+        tracing::info!(
+            compile_ms = compiled.compile_time.as_secs_f64() * 1e3,
+            bytes = key.len(),
+            "grammar compiled"
+        );
+        if let Ok(mut cache) = self.cache.lock() {
+            if cache.len() >= CACHE_ENTRIES {
+                cache.clear();
+            }
+            cache.insert(key, compiled.clone());
+        }
+        Ok(compiled)
+    }
+}
+
+/// A compiled grammar, ready to hand each request its own matcher.
+pub struct CompiledGrammar {
+    prototype: Mutex<Matcher>,
+    /// How long the compile took (zero work for later cache hits, which share this value).
+    pub compile_time: Duration,
+}
+
+impl CompiledGrammar {
+    /// A fresh matcher at the grammar's start, independent of every other.
+    pub fn matcher(&self) -> Result<GrammarMatcher, String> {
+        self.prototype
+            .lock()
+            .map(|m| GrammarMatcher(m.deep_clone()))
+            .map_err(|_| "the compiled grammar's lock was poisoned".to_string())
+    }
+}
+
+impl std::fmt::Debug for CompiledGrammar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompiledGrammar")
+            .field("compile_time", &self.compile_time)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One request's matcher. Cloning deep-clones it (two requests never share parser state).
+pub struct GrammarMatcher(Matcher);
+
+impl Clone for GrammarMatcher {
+    fn clone(&self) -> Self {
+        GrammarMatcher(self.0.deep_clone())
+    }
+}
+
+impl std::fmt::Debug for GrammarMatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GrammarMatcher")
+    }
+}
+
+/// A live request's grammar: its matcher, the mask for its next sampled token, and what the
+/// masks cost (reported when the request finishes).
+pub(crate) struct GrammarState {
+    matcher: Matcher,
+    next_mask: Option<Result<SimpleVob, String>>,
+    pub mask_time: Duration,
+    pub masks: u64,
+}
+
+impl GrammarState {
+    pub fn new(matcher: GrammarMatcher) -> GrammarState {
+        GrammarState {
+            matcher: matcher.0,
+            next_mask: None,
+            mask_time: Duration::ZERO,
+            masks: 0,
+        }
+    }
+
+    /// Computes the next token's mask unless it is ready. Safe to run on another thread while
+    /// the forward pass runs (it touches only this request's state).
+    pub fn prepare_mask(&mut self) {
+        if self.next_mask.is_some() {
+            return;
+        }
+        let started = Instant::now();
+        // After the grammar ended this is the EOS-only mask.
+        let mask = self
+            .matcher
+            .compute_mask_or_eos()
+            .map_err(|e| format!("grammar error: {e}"));
+        self.mask_time += started.elapsed();
+        self.masks += 1;
+        self.next_mask = Some(mask);
+    }
+
+    /// The mask for the token about to be sampled, as packed 32-bit words (bit `i` of word
+    /// `i / 32` allows token `i`; tokens past the end are disallowed).
+    pub fn take_mask(&mut self) -> Result<SimpleVob, String> {
+        self.prepare_mask();
+        self.next_mask
+            .take()
+            .unwrap_or_else(|| Err("grammar mask missing".into()))
+    }
+
+    /// The grammar has ended (no error): nothing but EOS may follow. The engine then ends the
+    /// request with `stop` at once, unless it ignores EOS.
+    pub fn is_done(&self) -> bool {
+        self.matcher.is_stopped() && self.matcher.get_error().is_none()
+    }
+
+    /// Advances the matcher past the sampled `token`. Tokens after the grammar ended (EOS
+    /// under `ignore_eos`) are not fed to it.
+    pub fn advance(&mut self, token: u32) -> Result<(), String> {
+        self.next_mask = None;
+        if self.matcher.is_stopped() {
+            return match self.matcher.get_error() {
+                Some(e) => Err(format!("grammar error: {e}")),
+                None => Ok(()),
+            };
+        }
+        self.matcher
+            .consume_token(token)
+            .map_err(|e| format!("grammar error: {e}"))
+    }
+}
+
+/// Samples one constrained token: the mask (computed ahead, or now), then the sampler under
+/// it, then the matcher advanced past the token. `Err` ends the request (see the module docs).
+pub(crate) fn sample(
+    sampler: &mut crate::sampling::SequenceSampler,
+    grammar: &mut GrammarState,
+    logits: &mut [f32],
+) -> Result<crate::sampling::SampledToken, String> {
+    let mask = grammar.take_mask()?;
+    let token = sampler
+        .sample_masked(logits, mask.as_slice())
+        .ok_or_else(|| {
+            "no token the grammar allows can be sampled here (the grammar, min_tokens or \
+         stop_token_ids exclude every candidate)"
+                .to_string()
+        })?;
+    grammar.advance(token.token)?;
+    Ok(token)
+}
+
+/// The fuzz oracle (`fuzz/fuzz_targets/structured_schema.rs`): walks up to `steps` tokens,
+/// each the lowest id its mask allows, and panics if a matcher refuses a token its own mask
+/// allowed, or a mask allows an id past the vocabulary.
+#[doc(hidden)]
+pub fn fuzz_walk(matcher: GrammarMatcher, steps: usize) {
+    let mut state = GrammarState::new(matcher);
+    for _ in 0..steps {
+        let Ok(mask) = state.take_mask() else {
+            return;
+        };
+        let mut first = None;
+        mask.iter_set_entries(|id| {
+            first.get_or_insert(id);
+        });
+        let Some(token) = first else {
+            return;
+        };
+        let vocab = state
+            .matcher
+            .tok_env()
+            .map_or(usize::MAX, |env| env.tok_trie().vocab_size());
+        assert!(
+            token < vocab,
+            "mask allows id {token} past the vocabulary of {vocab}"
+        );
+        if let Err(e) = state.advance(token as u32) {
+            panic!("the matcher refused token {token}, which its mask allowed: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
