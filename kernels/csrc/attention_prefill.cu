@@ -6,11 +6,13 @@
 // CTA computes TILE_M = 64 query rows of one head against the keys from the first row's window
 // start (0 without a sliding window) to the last row's position, TILE_N = 64 keys at a time, so
 // keys before the window are never loaded; the later rows' window starts are masked per key.
-// Soft-capping (Gemma 2) runs on the base-2 scores: c2 * tanh(s / c2) with c2 = cap * log2(e). 4 warps, 16 query rows each. Per key tile: K and V are gathered
-// through the block table into shared memory (16-byte loads), S = Q K^T on tensor cores, an
-// online-softmax update in registers (base 2, scale folded in), then O += P V on tensor cores
-// with P reused straight from the S accumulators. Heads run in grid.x so the CTAs of one KV
-// group run together and share the K/V tiles through L2.
+// 4 warps, 16 query rows each. Per key tile: K and V are gathered through the block table into
+// shared memory (16-byte loads), S = Q K^T on tensor cores, an online-softmax update in
+// registers (base 2, scale folded in), then O += P V on tensor cores with P reused straight from
+// the S accumulators. Heads run in grid.x so the CTAs of one KV group run together and share
+// the K/V tiles through L2. Soft-capping (Gemma 2) runs on the base-2 scores:
+// c2 * tanh(s / c2) with c2 = cap * log2(e), which is cap * tanh(s' / cap) * log2(e) for the
+// natural-log score s'.
 //
 // Fragment layouts (PTX ISA, mma.m16n8k16 .f16/.bf16; g = lane / 4, t = lane % 4):
 //   A 16x16 row-major: a0 = (g, 2t..2t+1), a1 = (g+8, 2t..), a2 = (g, 2t+8..), a3 = (g+8, 2t+8..)
