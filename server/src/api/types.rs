@@ -397,8 +397,9 @@ pub struct ChatTopLogprob {
     pub bytes: Vec<u8>,
 }
 
-/// Why a choice ended: `stop` (EOS, a stop string or id), `length` (`max_tokens` or the
-/// context), `abort` (cancelled), `error` (the engine failed).
+/// Why a choice ended: `stop` (EOS, a stop string or id, a finished grammar), `length`
+/// (`max_tokens` or the context), `tool_calls` (chat: the reply is tool calls), `abort`
+/// (cancelled), `error` (the engine failed).
 #[derive(ToSchema)]
 #[schema(rename_all = "lowercase")]
 #[allow(dead_code)] // documents the `finish_reason` strings, which come from `FinishReason`
