@@ -12,7 +12,7 @@ OUT=${OUT:-docs/results/families.md}
 cargo build --release -q -p metrum-engine --example bench_forward
 BIN=target/release/examples/bench_forward
 RAW=$(mktemp)
-for pair in "qwen2.5-0.5b" "gemma-2-2b"; do
+for pair in ${PAIRS:-qwen2.5-0.5b gemma-2-2b}; do
   for rep in $(seq "$REPEATS"); do
     for model in "$pair" "$pair-as-llama"; do
       echo "== $model run $rep" >&2
@@ -44,7 +44,7 @@ lines = [
     "| model | decode ms/token | 512-token prefill ms | decode vs Llama twin | prefill vs Llama twin |",
     "| --- | --- | --- | --- | --- |",
 ]
-for pair in ["qwen2.5-0.5b", "gemma-2-2b"]:
+for pair in [p for p in ["qwen2.5-0.5b", "gemma-2-2b"] if runs[(p, "decode_ms")]]:
     twin = pair + "-as-llama"
     med = lambda m, k: statistics.median(runs[(m, k)]) if runs[(m, k)] else float("nan")
     for m in [pair, twin]:
