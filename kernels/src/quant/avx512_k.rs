@@ -224,11 +224,13 @@ pub(crate) unsafe fn q6k_group<const C: usize>(
                             }
                         }
                     }
-                    for t in 0..4 {
+                    let f: [__m512; 4] = std::array::from_fn(|t| {
                         let g = h * 8 + 2 * t + q;
-                        let f = sbyte_f32(sv[g / 4], g as u32 % 4);
-                        for c in 0..C {
-                            sumf[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots[c][t]), f, sumf[c]);
+                        sbyte_f32(sv[g / 4], g as u32 % 4)
+                    });
+                    for (sum, dots) in sumf.iter_mut().zip(&dots) {
+                        for (&dot, &f) in dots.iter().zip(&f) {
+                            *sum = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), f, *sum);
                         }
                     }
                 }
