@@ -84,7 +84,15 @@ fn norm(v: &[f32]) -> f64 {
 
 fn shapes(ty: QuantType) -> Vec<(usize, usize)> {
     if ty.block_values() == 256 {
-        vec![(1, 256), (7, 512), (33, 768), (16, 1536)]
+        // 1, 2, 3 and 6 super-blocks (odd counts); rows around the 16-row interleave.
+        vec![
+            (1, 256),
+            (7, 512),
+            (33, 768),
+            (16, 1536),
+            (17, 256),
+            (15, 768),
+        ]
     } else {
         // 1, 3, 17 (16 + 1), 18 (the default model's hidden size) and 48 blocks; row counts
         // around the interleaved layout's groups of 16.
@@ -98,7 +106,12 @@ fn every_isa_matches_the_scalar_reference() {
         for (i, &(rows, cols)) in shapes(ty).iter().enumerate() {
             let (bytes, _) = random_ggml(ty, rows, cols, i as u64);
             let scalar = matrix(Isa::Scalar, ty, rows, cols, &bytes);
-            for tokens in [1, 2, 3, 5, 9] {
+            let token_counts: &[usize] = if ty.block_values() == 256 {
+                &[1, 2, 3, 5, 9, 16, 33]
+            } else {
+                &[1, 2, 3, 5, 9]
+            };
+            for &tokens in token_counts {
                 let x = random_input(tokens, cols, 100 + i as u64);
                 let reference = run(&scalar, 1, &x, tokens);
                 let scale = reference.iter().fold(1f32, |a, v| a.max(v.abs()));
@@ -126,15 +139,21 @@ fn matches_candle_dequantize_then_matmul() {
             let tokens = 6;
             let x = random_input(tokens, cols, 200 + i as u64);
             let expected = dense_matmul(&dense, &x, rows, cols, tokens);
-            let got = run(&m, 2, &x, tokens);
-            let diff: Vec<f32> = got.iter().zip(&expected).map(|(a, b)| a - b).collect();
-            let rel = norm(&diff) / norm(&expected);
-            // Only the activations' 8-bit quantization separates the two.
-            assert!(
-                rel < 0.01,
-                "{} {rows}x{cols}: relative error {rel}",
-                ty.name()
-            );
+            let _ = &m;
+            for isa in Isa::supported() {
+                let (bytes, _) = random_ggml(ty, rows, cols, 7 + i as u64);
+                let m = matrix(isa, ty, rows, cols, &bytes);
+                let got = run(&m, 2, &x, tokens);
+                let diff: Vec<f32> = got.iter().zip(&expected).map(|(a, b)| a - b).collect();
+                let rel = norm(&diff) / norm(&expected);
+                // Only the activations' 8-bit quantization separates the two.
+                assert!(
+                    rel < 0.01,
+                    "{} {rows}x{cols} {}: relative error {rel}",
+                    ty.name(),
+                    isa.name()
+                );
+            }
         }
     }
 }
@@ -159,11 +178,44 @@ fn dequantized_rows_equal_candles() {
 
 #[test]
 fn thread_count_does_not_change_the_result() {
-    let (m, _) = random_matrix(QuantType::Q4_1, 40, 576, 5);
-    let x = random_input(7, 576, 6);
-    let one = run(&m, 1, &x, 7);
-    for threads in [2, 3, 8] {
-        assert_eq!(run(&m, threads, &x, 7), one, "{threads} threads");
+    for (ty, cols) in [
+        (QuantType::Q4_1, 576),
+        (QuantType::Q4K, 768),
+        (QuantType::Q6K, 768),
+    ] {
+        let (m, _) = random_matrix(ty, 40, cols, 5);
+        let x = random_input(7, cols, 6);
+        let one = run(&m, 1, &x, 7);
+        for threads in [2, 3, 8] {
+            assert_eq!(
+                run(&m, threads, &x, 7),
+                one,
+                "{} {threads} threads",
+                ty.name()
+            );
+        }
+    }
+}
+
+#[test]
+fn dequantized_rows_equal_candles_on_every_isa() {
+    for ty in [QuantType::Q4K, QuantType::Q5K, QuantType::Q6K] {
+        let (rows, cols) = (17, 512);
+        let (bytes, dense) = random_ggml(ty, rows, cols, 9);
+        for isa in Isa::supported() {
+            let m = matrix(isa, ty, rows, cols, &bytes);
+            let mut row = vec![0f32; cols];
+            for r in 0..rows {
+                m.dequantize_row(r, &mut row).unwrap();
+                assert_eq!(
+                    row,
+                    dense[r * cols..(r + 1) * cols],
+                    "{} {}",
+                    ty.name(),
+                    isa.name()
+                );
+            }
+        }
     }
 }
 

@@ -5,6 +5,10 @@
 //! weights' offsets (Q4_1's min, Q4_0's −8, the k-quants' mins) into one multiply per block.
 //! Rounding is to nearest, ties to even, in every ISA, so all paths see the same bytes; the
 //! scale `d` is rounded to f16 as in ggml's blocks (see [`round_scale`]).
+//!
+//! The k-quants pair instead with ggml's Q8_K ([`quantize_q8k`]): one f32 scale per 256 values
+//! (a super-block) and the level sums per 16 values, so a super-block's integer dot products
+//! take their 6- or 8-bit scales in integers and meet `d` once per super-block.
 
 use std::ops::Range;
 
@@ -21,6 +25,22 @@ pub(crate) struct Q8Activations {
     /// `sums` rounded to f16, as ggml's Q8_1 blocks (paired with Q4_1) store them.
     pub sums_f16: Vec<f32>,
     pub qs: Vec<i8>,
+    /// Q8_K layout (`d` then holds one scale per 256 values): level sums per 16 and per 32.
+    pub k: bool,
+    pub bsums: Vec<i16>,
+    pub bsums32: Vec<i16>,
+}
+
+/// One row quantized as ggml's Q8_K: `nsb` super-blocks.
+#[derive(Clone, Copy)]
+pub(crate) struct KActRow<'a> {
+    /// Per super-block.
+    pub d: &'a [f32],
+    /// Σq per 16 values (16 per super-block).
+    pub bsums: &'a [i16],
+    /// Σq per 32 values (8 per super-block).
+    pub bsums32: &'a [i16],
+    pub qs: &'a [i8],
 }
 
 /// One quantized row.
@@ -42,6 +62,29 @@ impl Q8Activations {
         self.sums.resize(rows * nb, 0.0);
         self.sums_f16.resize(rows * nb, 0.0);
         self.qs.resize(rows * cols, 0);
+        self.k = false;
+    }
+
+    /// Sizes the buffers for `rows` rows of `cols` values (a multiple of 256) in Q8_K.
+    pub fn resize_k(&mut self, rows: usize, cols: usize) {
+        let nsb = cols / 256;
+        self.rows = rows;
+        self.nb = cols / 32;
+        self.d.resize(rows * nsb, 0.0);
+        self.bsums.resize(rows * nsb * 16, 0);
+        self.bsums32.resize(rows * nsb * 8, 0);
+        self.qs.resize(rows * cols, 0);
+        self.k = true;
+    }
+
+    pub fn row_k(&self, r: usize) -> KActRow<'_> {
+        let nsb = self.nb / 8;
+        KActRow {
+            d: &self.d[r * nsb..(r + 1) * nsb],
+            bsums: &self.bsums[r * nsb * 16..(r + 1) * nsb * 16],
+            bsums32: &self.bsums32[r * nsb * 8..(r + 1) * nsb * 8],
+            qs: &self.qs[r * nsb * 256..(r + 1) * nsb * 256],
+        }
     }
 
     /// Quantizes rows `rows` of `x: [self.rows, cols]`.
@@ -59,6 +102,9 @@ impl Q8Activations {
             sums: self.sums.as_mut_ptr(),
             sums_f16: self.sums_f16.as_mut_ptr(),
             qs: self.qs.as_mut_ptr(),
+            k: self.k,
+            bsums: self.bsums.as_mut_ptr(),
+            bsums32: self.bsums32.as_mut_ptr(),
         }
     }
 
@@ -81,6 +127,9 @@ pub(crate) struct RawParts {
     sums: *mut f32,
     sums_f16: *mut f32,
     qs: *mut i8,
+    k: bool,
+    bsums: *mut i16,
+    bsums32: *mut i16,
 }
 
 unsafe impl Send for RawParts {}
@@ -91,6 +140,25 @@ impl RawParts {
     /// `rows` must lie within the buffers, and no other thread may touch these rows meanwhile.
     pub unsafe fn quantize_rows(self, x: &[f32], rows: Range<usize>, isa: Isa) {
         let cols = self.nb * 32;
+        if self.k {
+            let nsb = self.nb / 8;
+            for r in rows {
+                for s in 0..nsb {
+                    let at = r * nsb + s;
+                    // SAFETY: super-block `at` of the sized buffers, written by this thread only.
+                    unsafe {
+                        let q = std::slice::from_raw_parts_mut(self.qs.add(at * 256), 256);
+                        let bsums = std::slice::from_raw_parts_mut(self.bsums.add(at * 16), 16);
+                        let b32 = std::slice::from_raw_parts_mut(self.bsums32.add(at * 8), 8);
+                        *self.d.add(at) = quantize_q8k(&x[at * 256..at * 256 + 256], q, bsums);
+                        for (j, s) in b32.iter_mut().enumerate() {
+                            *s = bsums[2 * j] + bsums[2 * j + 1];
+                        }
+                    }
+                }
+            }
+            return;
+        }
         for r in rows {
             for b in 0..self.nb {
                 let at = r * self.nb + b;
@@ -126,6 +194,32 @@ pub(crate) fn quantize_block(x: &[f32], q: &mut [i8]) -> (f32, f32) {
     }
     let d = round_scale(d);
     (d, d * sum as f32)
+}
+
+/// ggml's `quantize_row_q8_K_ref` for one super-block of 256 values: the value of largest
+/// magnitude maps to −127 (so `d` carries its sign), levels round to nearest-even (ggml's
+/// `nearest_int`), and `bsums` gets Σq per 16 values. Returns `d` (f32, not rounded).
+pub(crate) fn quantize_q8k(x: &[f32], q: &mut [i8], bsums: &mut [i16]) -> f32 {
+    let (mut amax, mut max) = (0f32, 0f32);
+    for &v in x {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    if amax == 0.0 {
+        q.fill(0);
+        bsums.fill(0);
+        return 0.0;
+    }
+    let iscale = -127.0 / max;
+    for (q, &v) in q.iter_mut().zip(x) {
+        *q = ((iscale * v).round_ties_even() as i32).min(127) as i8;
+    }
+    for (j, s) in bsums.iter_mut().enumerate() {
+        *s = q[j * 16..j * 16 + 16].iter().map(|&v| v as i16).sum();
+    }
+    1.0 / iscale
 }
 
 /// The scale as ggml stores it in its Q8_0/Q8_1 blocks: rounded to f16 (the levels were

@@ -86,6 +86,9 @@ pub(crate) enum Packed {
     BytesX16 { scales: Vec<u16>, qs: Vec<i8> },
     /// Q4_K, Q5_K, Q6_K super-blocks exactly as in the file.
     Super { kind: KQuant, data: Vec<u8> },
+    /// [`Packed::Super`] with 16 rows interleaved per super-block (the AVX-512 layout, see
+    /// `kquant`).
+    SuperX16 { kind: KQuant, data: Vec<u8> },
 }
 
 /// The k-quant formats, whose 256-value super-blocks the kernels decode themselves.
@@ -156,11 +159,16 @@ pub(crate) fn k4_scale_min(j: usize, scales: &[u8]) -> (u8, u8) {
 
 /// One super-block decoded to integers: `q[i]` is value `i`'s quantized level, and value `i` is
 /// `scale[i / group] · q[i] − min[i / group]` with `group` = 32 (Q4_K, Q5_K) or 16 (Q6_K, whose
-/// levels are already centred, so its mins are 0).
+/// levels are already centred, so its mins are 0). `scale = d · sc`, `min = dmin · m`: the
+/// integer `sc`, `m` are kept too, for the dot products, which (as ggml's) sum in integers.
 pub(crate) struct SuperBlock {
     pub q: [i8; 256],
     pub scale: [f32; 16],
     pub min: [f32; 16],
+    pub sc: [i32; 16],
+    pub m: [i32; 16],
+    pub d: f32,
+    pub dmin: f32,
     pub group: usize,
 }
 
@@ -171,6 +179,10 @@ impl SuperBlock {
             q: [0; 256],
             scale: [0.0; 16],
             min: [0.0; 16],
+            sc: [0; 16],
+            m: [0; 16],
+            d: 0.0,
+            dmin: 0.0,
             group: 32,
         };
         match kind {
@@ -182,7 +194,9 @@ impl SuperBlock {
                     let (sc, m) = k4_scale_min(j, scales);
                     s.scale[j] = d * sc as f32;
                     s.min[j] = dmin * m as f32;
+                    (s.sc[j], s.m[j]) = (sc as i32, m as i32);
                 }
+                (s.d, s.dmin) = (d, dmin);
                 let (qh, ql) = if kind == KQuant::Q5 {
                     (Some(&b[16..48]), &b[48..176])
                 } else {
@@ -208,7 +222,9 @@ impl SuperBlock {
                 let d = f16_to_f32(f16_bits(b, 208));
                 for (j, &scale) in sc.iter().enumerate() {
                     s.scale[j] = d * (scale as i8) as f32;
+                    s.sc[j] = (scale as i8) as i32;
                 }
+                s.d = d;
                 for half in 0..2 {
                     let (ql, qh) = (&ql[half * 64..], &qh[half * 32..]);
                     let q = &mut s.q[half * 128..];

@@ -5,10 +5,10 @@
 
 use std::cell::RefCell;
 
-use super::activations::{ActRow, Q8Activations};
-use super::formats::Packed;
+use super::activations::{ActRow, KActRow, Q8Activations};
+use super::formats::{KQuant, Packed};
 use super::interleaved::GROUP;
-use super::{Isa, QuantMatrix, scalar};
+use super::{Isa, QuantMatrix, kquant, scalar};
 use crate::threads::{ThreadPool, split_range};
 
 /// Weight rows per cache block (16 rows of 4096 Q4 values = 36 KiB).
@@ -66,10 +66,13 @@ pub(super) fn matmul(
 ) {
     let isa = w.isa;
     ACTIVATIONS.with_borrow_mut(|acts| {
-        quantize(acts, isa, pool, x, tokens, w.cols);
+        let k = matches!(w.packed, Packed::Super { .. } | Packed::SuperX16 { .. });
+        quantize(acts, isa, pool, x, tokens, w.cols, k);
         let acts = &*acts;
         let out = SharedMut(out.as_mut_ptr());
-        if let Packed::NibblesX16 { .. } | Packed::BytesX16 { .. } = w.packed {
+        if let Packed::NibblesX16 { .. } | Packed::BytesX16 { .. } | Packed::SuperX16 { .. } =
+            w.packed
+        {
             let groups = w.rows.div_ceil(GROUP);
             let chunks = chunk_count(groups, pool.threads());
             pool.run(chunks, &|chunk| {
@@ -98,8 +101,13 @@ fn quantize(
     x: &[f32],
     tokens: usize,
     cols: usize,
+    k: bool,
 ) {
-    acts.resize(tokens, cols);
+    if k {
+        acts.resize_k(tokens, cols);
+    } else {
+        acts.resize(tokens, cols);
+    }
     if tokens < PARALLEL_QUANTIZE_TOKENS || pool.threads() == 1 {
         acts.quantize_rows(x, 0..tokens, isa);
         return;
@@ -185,6 +193,23 @@ fn group_tile<const C: usize>(
     #[cfg(target_arch = "x86_64")]
     {
         use super::avx512_x16::{GroupBytes, group_tile as kernel};
+        if let Packed::SuperX16 { kind, data } = &w.packed {
+            let nsb = w.cols / 256;
+            let size = nsb * GROUP * w.ty.block_bytes();
+            let chunks = &data[g * size..(g + 1) * size];
+            let rows: [KActRow; C] = std::array::from_fn(|c| acts.row_k(t0 + c));
+            let mut out = [[0f32; GROUP]; C];
+            // SAFETY: interleaved layouts are only built for `Isa::Avx512Vnni`.
+            unsafe {
+                match kind {
+                    KQuant::Q4 => super::avx512_k::q4k_group::<C>(chunks, rows, &mut out),
+                    KQuant::Q6 => super::avx512_k::q6k_group::<C>(chunks, rows, &mut out),
+                    KQuant::Q5 => {}
+                }
+            }
+            y[..C].copy_from_slice(&out);
+            return;
+        }
         let nb = w.cols / 32;
         let span = g * nb * GROUP..(g + 1) * nb * GROUP;
         let rows: [ActRow; C] = std::array::from_fn(|c| acts.row(t0 + c));
@@ -217,9 +242,24 @@ fn row_tile<const C: usize>(
     t0: usize,
     y: &mut [f32; TILE_TOKENS],
 ) {
-    let rows: [ActRow; C] = std::array::from_fn(|c| acts.row(t0 + c));
     let nb = w.cols / 32;
     let mut out = [0f32; C];
+    if let Packed::Super { kind, data } = &w.packed {
+        let row_bytes = w.cols / 256 * w.ty.block_bytes();
+        let row = &data[r * row_bytes..(r + 1) * row_bytes];
+        let rows: [KActRow; C] = std::array::from_fn(|c| acts.row_k(t0 + c));
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Isa::Avx512Vnni` / `Isa::Avx2` are only used on CPUs that have them.
+            Isa::Avx512Vnni => unsafe { kquant::dot_super_avx512::<C>(*kind, row, rows, &mut out) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { kquant::dot_super_avx2::<C>(*kind, row, rows, &mut out) },
+            _ => kquant::dot_super::<C>(*kind, row, rows, &mut out),
+        }
+        y[..C].copy_from_slice(&out);
+        return;
+    }
+    let rows: [ActRow; C] = std::array::from_fn(|c| acts.row(t0 + c));
     match &w.packed {
         Packed::Nibbles { scales, mins, qs } => {
             let scales = &scales[r * nb..(r + 1) * nb];
@@ -250,21 +290,7 @@ fn row_tile<const C: usize>(
         }
         // Interleaved layouts go through `multiply_group`.
         Packed::NibblesX16 { .. } | Packed::BytesX16 { .. } => {}
-        Packed::Super { kind, data } => {
-            let bb = w.ty.block_bytes();
-            let row_bytes = w.cols / 256 * bb;
-            let row = &data[r * row_bytes..(r + 1) * row_bytes];
-            match isa {
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: `Isa::Avx512Vnni` / `Isa::Avx2` are only used on CPUs that have them.
-                Isa::Avx512Vnni => unsafe {
-                    scalar::dot_super_avx512::<C>(*kind, row, bb, rows, &mut out)
-                },
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => unsafe { scalar::dot_super_avx2::<C>(*kind, row, bb, rows, &mut out) },
-                _ => scalar::dot_super::<C>(*kind, row, bb, rows, &mut out),
-            }
-        }
+        Packed::Super { .. } | Packed::SuperX16 { .. } => {}
     }
     y[..C].copy_from_slice(&out);
 }

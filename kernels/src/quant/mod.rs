@@ -9,6 +9,7 @@
 //! | `scalar` | the reference dot products, one per format; also the fallback |
 //! | `avx512`, `avx2` | SIMD tiles over the per-row layout: one weight row × up to 4 activation rows |
 //! | `interleaved`, `avx512_x16` | the AVX-512 layout (16 rows interleaved per 32-bit lane) and its kernel: 16 rows × up to 4 activation rows |
+//! | `kquant`, `avx512_k` | the k-quants: Q8_K activations' reference dot products, the 16-row interleaved super-blocks and their AVX-512 VNNI kernels (Q4_K, Q6_K) |
 //! | `gemm` | the threaded driver: rows split across threads, tokens tiled by 4 |
 //!
 //! The ISA is chosen at run time ([`Isa::detect`]), so one binary is fast where it runs and
@@ -21,10 +22,13 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 #[cfg(target_arch = "x86_64")]
+mod avx512_k;
+#[cfg(target_arch = "x86_64")]
 mod avx512_x16;
 mod formats;
 mod gemm;
 mod interleaved;
+mod kquant;
 mod scalar;
 
 pub use formats::QuantType;
@@ -164,7 +168,14 @@ impl QuantMatrix {
         }
         let mut packed = formats::pack(ty, data);
         if isa == Isa::Avx512Vnni {
-            packed = interleaved::interleave(packed, rows, cols);
+            packed = match packed {
+                // Q5_K has no hand-written kernel yet: it keeps the per-row layout.
+                Packed::Super { kind, data } if kind != formats::KQuant::Q5 => Packed::SuperX16 {
+                    kind,
+                    data: kquant::interleave(kind, &data, rows, cols / 256),
+                },
+                other => interleaved::interleave(other, rows, cols),
+            };
         }
         Ok(QuantMatrix {
             ty,
@@ -255,6 +266,9 @@ impl QuantMatrix {
             }
             Packed::NibblesX16 { .. } | Packed::BytesX16 { .. } => {
                 interleaved::dequantize_row(&self.packed, r, out)
+            }
+            Packed::SuperX16 { kind, data } => {
+                kquant::dequantize_row_x16(*kind, data, self.cols / 256, r, out)
             }
             Packed::Super { kind, data } => {
                 let bb = self.ty.block_bytes();
