@@ -334,34 +334,21 @@ pub fn write_tiny_gguf(path: &Path, seed: u64, architecture: &str, tied: bool) {
 /// Rewrites a GGUF with every tensor dequantized to f32 (same metadata), so both the model
 /// under test and the reference multiply dense f32 weights.
 pub fn dequantize_gguf(src: &Path, dst: &Path) {
-    let mut file = std::fs::File::open(src).unwrap();
-    let content = gguf_file::Content::read(&mut file).unwrap();
-    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
-    names.sort();
-    let tensors: Vec<(&str, QTensor)> = names
-        .iter()
-        .map(|name| {
-            let q = content.tensor(&mut file, name, &Device::Cpu).unwrap();
-            let dense = q.dequantize(&Device::Cpu).unwrap();
-            (
-                name.as_str(),
-                QTensor::quantize(&dense, GgmlDType::F32).unwrap(),
-            )
-        })
-        .collect();
-    let metadata: Vec<(&str, &Value)> = content
-        .metadata
-        .iter()
-        .map(|(k, v)| (k.as_str(), v))
-        .collect();
-    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (*k, v)).collect();
-    let mut out = std::fs::File::create(dst).unwrap();
-    gguf_file::write(&mut out, &metadata, &tensor_refs).unwrap();
+    rewrite_gguf(src, dst, |_| GgmlDType::F32);
 }
 
 /// Rewrites an f32 GGUF with every matrix whose rows are whole `ty` blocks quantized to `ty`
 /// (vectors and norms stay f32, as llama.cpp's quantizer keeps them), same metadata.
 pub fn quantize_gguf(src: &Path, dst: &Path, ty: GgmlDType) {
+    rewrite_gguf(src, dst, |dims| match dims {
+        [_, cols] if cols % ty.block_size() == 0 => ty,
+        _ => GgmlDType::F32,
+    });
+}
+
+/// Copies a GGUF's metadata and re-encodes each tensor (dequantized first) in the type
+/// `target` picks from its dims.
+fn rewrite_gguf(src: &Path, dst: &Path, target: impl Fn(&[usize]) -> GgmlDType) {
     let mut file = std::fs::File::open(src).unwrap();
     let content = gguf_file::Content::read(&mut file).unwrap();
     let mut names: Vec<&String> = content.tensor_infos.keys().collect();
@@ -371,11 +358,8 @@ pub fn quantize_gguf(src: &Path, dst: &Path, ty: GgmlDType) {
         .map(|name| {
             let q = content.tensor(&mut file, name, &Device::Cpu).unwrap();
             let dense = q.dequantize(&Device::Cpu).unwrap();
-            let target = match dense.dims() {
-                [_, cols] if cols % ty.block_size() == 0 => ty,
-                _ => GgmlDType::F32,
-            };
-            (name.as_str(), QTensor::quantize(&dense, target).unwrap())
+            let ty = target(dense.dims());
+            (name.as_str(), QTensor::quantize(&dense, ty).unwrap())
         })
         .collect();
     let metadata: Vec<(&str, &Value)> = content
