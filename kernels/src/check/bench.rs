@@ -197,3 +197,27 @@ pub fn bench_prefill(
     };
     Ok((row, flops / seconds / 1e12))
 }
+
+/// This machine's streaming-read bandwidth in 10^9 bytes per second: each of the pool's threads
+/// sums its share of a 512 MiB buffer (larger than any last-level cache), median of `reps`.
+/// The CPU decode floor is (weight bytes + K/V bytes read per token) / this; the quant kernels
+/// and whole-model decode are compared with it (`quant_bench`, `scripts/compare-cpu-sizes.sh`).
+pub fn cpu_read_bandwidth(pool: &crate::threads::ThreadPool, reps: usize) -> f64 {
+    let words = 64 << 20;
+    let buf: Vec<u64> = (0..words as u64).collect();
+    let chunks = pool.threads();
+    let mut seconds = Vec::with_capacity(reps.max(1));
+    for _ in 0..reps.max(1) {
+        let sink = std::sync::atomic::AtomicU64::new(0);
+        let start = Instant::now();
+        pool.run(chunks, &|c| {
+            let part = crate::threads::split_range(words, c, chunks, 8);
+            let s = buf[part].iter().fold(0u64, |a, &x| a.wrapping_add(x));
+            sink.fetch_add(s, std::sync::atomic::Ordering::Relaxed);
+        });
+        seconds.push(start.elapsed().as_secs_f64());
+        std::hint::black_box(sink.into_inner());
+    }
+    seconds.sort_by(f64::total_cmp);
+    (words * 8) as f64 / seconds[seconds.len() / 2] / 1e9
+}

