@@ -89,7 +89,8 @@ def main():
                 m_med, m_all = cpu_table.fmt_runs(m, unit)
                 l_med, l_all = cpu_table.fmt_runs(l, unit)
                 ratio = f"{median_or_none(m) / median_or_none(l):.2f}x" if m and l else "n/a"
-                print(f"| {model} | {label} | {m_med} ({m_all}) | {l_med} ({l_all}) | {ratio} | {target} |")
+                cell = lambda med, runs: f"{med} ({runs})" if runs else med
+                print(f"| {model} | {label} | {cell(m_med, m_all)} | {cell(l_med, l_all)} | {ratio} | {target} |")
             if bw:
                 floor = bw * 1e9 / (weights + kv)
                 m = median_or_none(t["metrum"]["decode"])

@@ -212,7 +212,15 @@ pub fn cpu_read_bandwidth(pool: &crate::threads::ThreadPool, reps: usize) -> f64
         let start = Instant::now();
         pool.run(chunks, &|c| {
             let part = crate::threads::split_range(words, c, chunks, 8);
-            let s = buf[part].iter().fold(0u64, |a, &x| a.wrapping_add(x));
+            // Eight independent lanes: the sum vectorizes into full-width loads, so the loop
+            // waits on memory, not on one add chain.
+            let mut lanes = [0u64; 8];
+            for block in buf[part].chunks_exact(8) {
+                for (lane, &x) in lanes.iter_mut().zip(block) {
+                    *lane = lane.wrapping_add(x);
+                }
+            }
+            let s = lanes.iter().fold(0u64, |a, &x| a.wrapping_add(x));
             sink.fetch_add(s, std::sync::atomic::Ordering::Relaxed);
         });
         seconds.push(start.elapsed().as_secs_f64());
