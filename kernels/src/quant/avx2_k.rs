@@ -184,7 +184,24 @@ pub(crate) unsafe fn q6k_row<const C: usize>(row: &[u8], acts: [KActRow; C], out
                 for (t, &v) in v.iter().enumerate() {
                     // Sub-blocks g, g + 1 (16 values each): words 0-7 and 8-15 of the product.
                     let g = (8 * h + 2 * t) as i8;
-                    let pick = _mm_setr_epi8(g, g, g, g, g, g, g, g, g + 1, g + 1, g + 1, g + 1, g + 1, g + 1, g + 1, g + 1);
+                    let pick = _mm_setr_epi8(
+                        g,
+                        g,
+                        g,
+                        g,
+                        g,
+                        g,
+                        g,
+                        g,
+                        g + 1,
+                        g + 1,
+                        g + 1,
+                        g + 1,
+                        g + 1,
+                        g + 1,
+                        g + 1,
+                        g + 1,
+                    );
                     let scale = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc8, pick));
                     for c in 0..C {
                         let x = acts[c].qs.as_ptr().add(s * 256 + 128 * h + 32 * t);

@@ -253,7 +253,7 @@ fn row_tile<const C: usize>(
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `Isa::Avx2` is only used on CPUs that have AVX2, FMA and F16C.
             Isa::Avx2 => unsafe {
-                use super::avx2_k::{q45k_row, q6k_row};
+                use super::avx2_k::{q6k_row, q45k_row};
                 match kind {
                     KQuant::Q4 => q45k_row::<C, false>(row, rows, &mut out),
                     KQuant::Q5 => q45k_row::<C, true>(row, rows, &mut out),
