@@ -40,6 +40,27 @@ fn tiny_gguf_mixed_batch_matches_quantized_llama() {
     }
 }
 
+/// A quantized type Metrum's CPU kernels lack (Q5_0 here; Q2_K and Q3_K alike) loads and runs
+/// on candle's quantized matmul, the documented slower path (with a warning in the log), and
+/// matches candle's own quantized llama.
+#[test]
+fn tiny_gguf_in_a_type_without_a_metrum_kernel_runs_on_candles_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mixed, path) = (dir.path().join("mixed.gguf"), dir.path().join("q5_0.gguf"));
+    write_tiny_gguf(&mixed, 22, "llama", false);
+    quantize_gguf(&mixed, &path, candle_core::quantized::GgmlDType::Q5_0);
+    let model = DecoderModel::load_gguf(&path, &Device::Cpu, DType::F32).unwrap();
+    let prompts = [
+        random_tokens(21, GGUF_VOCAB, 5),
+        random_tokens(12, GGUF_VOCAB, 6),
+        random_tokens(5, GGUF_VOCAB, 7),
+        random_tokens(33, GGUF_VOCAB, 8),
+    ];
+    let records = run_batched(&model, &mixed_plans(prompts, 8), 16, 64);
+    let seen = compare_within(&records, quantized_llama_reference(&path), 2e-2, 0.05);
+    println!("Q5_0 vs quantized_llama: {seen:?}");
+}
+
 /// Prompts cut from real text at the lengths `mixed_plans` splits at odd boundaries.
 fn default_model_prompts(path: &std::path::Path) -> [Vec<u32>; 4] {
     let tokenizer = metrum_engine::tokenizer::Tokenizer::from_gguf_file(path).unwrap();

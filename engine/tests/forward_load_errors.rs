@@ -217,3 +217,25 @@ fn unknown_synthetic_name_lists_the_known_ones() {
     );
     message_names(&err, &["gpt-5", "tiny", "llama-3.1-8b"]);
 }
+
+#[test]
+fn gguf_with_a_type_candle_cannot_read_names_the_tensor_and_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("iq4.gguf");
+    write_tiny_gguf(&path, 1, "llama", false);
+    let mut bytes = std::fs::read(&path).unwrap();
+    // Tensor info: name, n_dims (u32), dims (u64 each), ggml type (u32), offset (u64).
+    let name = b"blk.0.attn_q.weight";
+    let at = bytes
+        .windows(name.len())
+        .position(|w| w == name)
+        .expect("tensor name in the header");
+    let dims_at = at + name.len();
+    let n_dims = u32::from_le_bytes(bytes[dims_at..dims_at + 4].try_into().unwrap()) as usize;
+    let type_at = dims_at + 4 + 8 * n_dims;
+    bytes[type_at..type_at + 4].copy_from_slice(&23u32.to_le_bytes()); // IQ4_XS
+    std::fs::write(&path, bytes).unwrap();
+    let err = gguf(&path).unwrap_err();
+    assert!(matches!(err, ModelError::BadGguf { .. }), "{err:?}");
+    message_names(&err, &["iq4.gguf", "'blk.0.attn_q.weight'", "IQ4_XS"]);
+}

@@ -181,6 +181,7 @@ fn thread_count_does_not_change_the_result() {
     for (ty, cols) in [
         (QuantType::Q4_1, 576),
         (QuantType::Q4K, 768),
+        (QuantType::Q5K, 768),
         (QuantType::Q6K, 768),
     ] {
         let (m, _) = random_matrix(ty, 40, cols, 5);

@@ -43,6 +43,7 @@ pub(crate) fn load(path: &Path, device: &Device, dtype: DType) -> Result<Decoder
         reader,
         file_len,
         device: device.clone(),
+        slow_types: Vec::new(),
     };
     let config = gguf.config()?;
     let parts = gguf.parts(&config, dtype)?;
@@ -55,6 +56,8 @@ struct GgufReader {
     reader: BufReader<File>,
     file_len: u64,
     device: Device,
+    /// Quantized types met so far that Metrum's CPU kernels lack (logged once each).
+    slow_types: Vec<GgmlDType>,
 }
 
 impl GgufReader {
@@ -266,6 +269,18 @@ impl GgufReader {
             return Err(self.shape_error(name, info.shape.dims(), dims));
         }
         let (dtype, offset) = (info.ggml_dtype, info.offset);
+        let dense = matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
+        if self.device.is_cpu()
+            && !dense
+            && cpu_quant_type(dtype).is_none()
+            && !self.slow_types.contains(&dtype)
+        {
+            self.slow_types.push(dtype);
+            tracing::warn!(
+                "tensor '{name}' (and any other {dtype:?} one) has no Metrum CPU kernel: it runs \
+                 on candle's quantized matmul, several times slower than Q4_K/Q5_K/Q6_K/Q8_0"
+            );
+        }
         let row = dims.last().copied().unwrap_or(1);
         if !row.is_multiple_of(dtype.block_size()) {
             return Err(self.bad_gguf(format!(

@@ -24,8 +24,87 @@ impl DecoderModel {
         reader
             .seek(SeekFrom::Start(start))
             .map_err(|e| e.to_string())?;
-        Content::read(reader).map_err(|e| e.to_string())
+        Content::read(reader).map_err(|e| {
+            // candle's "unknown dtype for tensor 23" names neither the tensor nor the type.
+            let unknown = reader
+                .seek(SeekFrom::Start(start))
+                .and_then(|_| first_unloadable_tensor(reader));
+            match unknown {
+                Ok(Some((name, ty))) => format!(
+                    "tensor '{name}' is stored as {} (ggml type {ty}), which Metrum cannot \
+                     load; re-quantize the model to Q4_K_M, Q5_K_M, Q6_K or Q8_0 (llama-quantize)",
+                    ggml_type_name(ty)
+                ),
+                _ => e.to_string(),
+            }
+        })
     }
+}
+
+/// The ggml tensor types candle 0.11 reads (its `GgmlDType::from_u32`).
+const LOADABLE_TYPES: [u32; 15] = [0, 1, 2, 3, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 30];
+
+/// ggml's name for tensor type `ty` (ggml.h's `ggml_type`), for error messages.
+fn ggml_type_name(ty: u32) -> String {
+    let name = match ty {
+        16 => "IQ2_XXS",
+        17 => "IQ2_XS",
+        18 => "IQ3_XXS",
+        19 => "IQ1_S",
+        20 => "IQ4_NL",
+        21 => "IQ3_S",
+        22 => "IQ2_S",
+        23 => "IQ4_XS",
+        24 => "I8",
+        25 => "I16",
+        26 => "I32",
+        27 => "I64",
+        28 => "F64",
+        29 => "IQ1_M",
+        34 => "TQ1_0",
+        35 => "TQ2_0",
+        39 => "MXFP4",
+        _ => return format!("an unknown type {ty}"),
+    };
+    name.to_string()
+}
+
+/// The first tensor (name, ggml type) of the tensor table whose type candle cannot read,
+/// walking the header as GGUF lays it out; `None` if there is none or the walk fails.
+fn first_unloadable_tensor<R: Read>(r: &mut R) -> std::io::Result<Option<(String, u32)>> {
+    let mut magic = [0u8; 4];
+    r.read_exact(&mut magic)?;
+    if &magic != b"GGUF" {
+        return Ok(None);
+    }
+    let wide = read_le::<4>(r)? != [1, 0, 0, 0];
+    let tensor_count = read_len(r, wide)?;
+    let kv_count = read_len(r, wide)?;
+    for _ in 0..kv_count {
+        let key_len = read_len(r, wide)?;
+        let skipped = std::io::copy(&mut r.by_ref().take(key_len), &mut std::io::sink())?;
+        let value_type = u32::from_le_bytes(read_le::<4>(r)?);
+        if skipped != key_len || !skip_value(r, value_type, wide, 0)? {
+            return Ok(None);
+        }
+    }
+    for _ in 0..tensor_count {
+        let name_len = read_len(r, wide)?;
+        let mut name = Vec::new();
+        if r.by_ref().take(name_len).read_to_end(&mut name)? as u64 != name_len {
+            return Ok(None);
+        }
+        let dims = u32::from_le_bytes(read_le::<4>(r)?);
+        for _ in 0..dims {
+            read_len(r, wide)?;
+        }
+        let ty = u32::from_le_bytes(read_le::<4>(r)?);
+        let _offset = read_le::<8>(r)?;
+        if !LOADABLE_TYPES.contains(&ty) {
+            return Ok(Some((String::from_utf8_lossy(&name).into_owned(), ty)));
+        }
+    }
+    Ok(None)
 }
 
 /// Nested arrays deeper than this end the scan (candle refuses them too).

@@ -1,4 +1,4 @@
-//! AVX-512 VNNI kernels for Q4_K and Q6_K over the 16-row interleaved super-blocks
+//! AVX-512 VNNI kernels for Q4_K, Q5_K and Q6_K over the 16-row interleaved super-blocks
 //! ([`super::kquant`]): one group of 16 weight rows against `C ≤ 4` Q8_K activation rows,
 //! every 32-bit lane one row's running dot product.
 //!
@@ -9,6 +9,10 @@
 //!   sub-block scale. The 6-bit scales and mins are decoded with ggml's `utmp` trick, 16 rows
 //!   at a time (it is all 32-bit lane arithmetic). Mins meet Q8_K's per-32 sums in `vpdpwssd`
 //!   (exact integers, as ggml).
+//! - Q5_K: as Q4_K, with each value's 5th bit from `qh` added where set (`vptestmb` into a
+//!   mask, then a masked byte add: no zmm shift for the low half). A 5-bit high level does not
+//!   fit in place (16 × 31 > 255), so the high nibbles are shifted down one bit instead (8× their
+//!   level, at most 248) and the 1/8 goes into the float scale.
 //! - Q6_K: 6-bit levels `u` (0..63) built from the low nibbles and the 2 high bits; the −32
 //!   offset becomes `−32 · Σ sc · bsum16` (again `vpdpwssd`), as ggml's AVX2 kernel does.
 //!
@@ -55,25 +59,33 @@ unsafe fn byte_pair(v: __m512i, b: u32) -> __m512i {
     }
 }
 
-/// Q4_K: `out[c][j] = Σ row(16g + j) · acts[c]` over `chunks` (the group's super-blocks).
+/// Q4_K and Q5_K (`Q5`): `out[c][j] = Σ row(16g + j) · acts[c]` over `chunks` (the group's
+/// super-blocks). Both share the header (d, dmin, 12 bytes of 6-bit scales and mins); Q5_K's
+/// `qh` (one bit per value) sits between it and the nibbles.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
-pub(crate) unsafe fn q4k_group<const C: usize>(
+pub(crate) unsafe fn q45k_group<const C: usize, const Q5: bool>(
     chunks: &[u8],
     acts: [KActRow; C],
     out: &mut [[f32; GROUP]; C],
 ) {
     unsafe {
-        let nsb = chunks.len() / (GROUP * 144);
+        let bb = if Q5 { 176 } else { 144 };
+        let nsb = chunks.len() / (GROUP * bb);
         let mut acc = [_mm512_setzero_ps(); C];
         let low = _mm512_set1_epi8(0x0F);
         let high = _mm512_set1_epi8(-16); // 0xF0
+        // Q5_K's high nibbles as 8× their level: bits 3..7 (see `unpack_q5`).
+        let high5 = _mm512_set1_epi8(0x78);
+        let (bit4, bit7) = (_mm512_set1_epi8(0x10), _mm512_set1_epi8(-128));
+        // High nibbles stay 16× (Q4_K) or 8× (Q5_K) their level; the float scale undoes it.
+        let hi_scale = _mm512_set1_ps(if Q5 { 1.0 / 8.0 } else { 1.0 / 16.0 });
         let (k1, k2, k3) = (
             _mm512_set1_epi32(0x3f3f3f3f),
             _mm512_set1_epi32(0x0f0f0f0f),
             _mm512_set1_epi32(0x03030303),
         );
         for s in 0..nsb {
-            let base = chunks.as_ptr().add(s * GROUP * 144);
+            let base = chunks.as_ptr().add(s * GROUP * bb);
             let d = _mm512_cvtph_ps(_mm256_loadu_si256(base.cast()));
             let dmin = _mm512_cvtph_ps(_mm256_loadu_si256(base.add(32).cast()));
             let u0 = _mm512_loadu_si512(base.add(64).cast());
@@ -103,21 +115,37 @@ pub(crate) unsafe fn q4k_group<const C: usize>(
                     summ[c] = _mm512_dpwssd_epi32(summ[c], m, bcast16(a.bsums32, s * 4 + p));
                 }
             }
-            let qs = base.add(256);
+            // Q5_K: dword k of 16 rows' qh at 256 + 64k; the nibbles after all of qh.
+            let qh = base.add(256);
+            let qs = base.add(if Q5 { 768 } else { 256 });
             // Chunk `ch` of 64 values: sub-blocks 2ch (low nibbles), 2ch + 1 (high).
             for ch in 0..4 {
                 let scs = if ch < 2 { sc_lo } else { sc_hi };
                 let f_lo = _mm512_cvtepi32_ps(byte_of(scs, (ch as u32 % 2) * 2));
                 let f_hi = _mm512_mul_ps(
                     _mm512_cvtepi32_ps(byte_of(scs, (ch as u32 % 2) * 2 + 1)),
-                    _mm512_set1_ps(1.0 / 16.0),
+                    hi_scale,
                 );
                 let mut dot_lo = [_mm512_setzero_si512(); C];
                 let mut dot_hi = [_mm512_setzero_si512(); C];
                 for k in 0..8 {
                     let p = _mm512_loadu_si512(qs.add((ch * 8 + k) * 64).cast());
-                    let lo = _mm512_and_si512(p, low);
-                    let hi = _mm512_and_si512(p, high);
+                    let (lo, hi) = if Q5 {
+                        // qh byte l holds the 5th bit of value 64ch + l (bit 2ch) and of
+                        // 64ch + 32 + l (bit 2ch + 1): added where set, as 16 and 8·16.
+                        let h = _mm512_loadu_si512(qh.add(k * 64).cast());
+                        let lo = _mm512_and_si512(p, low);
+                        let hi = _mm512_and_si512(_mm512_srli_epi16(p, 1), high5);
+                        let lo_set = _mm512_test_epi8_mask(h, _mm512_set1_epi8(1 << (2 * ch)));
+                        let hi_set =
+                            _mm512_test_epi8_mask(h, _mm512_set1_epi8((2u8 << (2 * ch)) as i8));
+                        (
+                            _mm512_mask_add_epi8(lo, lo_set, lo, bit4),
+                            _mm512_mask_add_epi8(hi, hi_set, hi, bit7),
+                        )
+                    } else {
+                        (_mm512_and_si512(p, low), _mm512_and_si512(p, high))
+                    };
                     for c in 0..C {
                         let at = s * 64 + ch * 16 + k;
                         dot_lo[c] = _mm512_dpbusd_epi32(dot_lo[c], lo, bcast(acts[c].qs, at));
@@ -171,7 +199,7 @@ unsafe fn sbyte_pair(v: __m512i, b: u32) -> __m512i {
     }
 }
 
-/// Q6_K: as [`q4k_group`].
+/// Q6_K: as [`q45k_group`].
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
 pub(crate) unsafe fn q6k_group<const C: usize>(
     chunks: &[u8],

@@ -202,9 +202,9 @@ fn group_tile<const C: usize>(
             // SAFETY: interleaved layouts are only built for `Isa::Avx512Vnni`.
             unsafe {
                 match kind {
-                    KQuant::Q4 => super::avx512_k::q4k_group::<C>(chunks, rows, &mut out),
+                    KQuant::Q4 => super::avx512_k::q45k_group::<C, false>(chunks, rows, &mut out),
+                    KQuant::Q5 => super::avx512_k::q45k_group::<C, true>(chunks, rows, &mut out),
                     KQuant::Q6 => super::avx512_k::q6k_group::<C>(chunks, rows, &mut out),
-                    KQuant::Q5 => {}
                 }
             }
             y[..C].copy_from_slice(&out);
@@ -248,12 +248,18 @@ fn row_tile<const C: usize>(
         let row_bytes = w.cols / 256 * w.ty.block_bytes();
         let row = &data[r * row_bytes..(r + 1) * row_bytes];
         let rows: [KActRow; C] = std::array::from_fn(|c| acts.row_k(t0 + c));
+        // The AVX-512 path interleaves every k-quant (`multiply_group`); AVX2 reads rows.
         match isa {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Isa::Avx512Vnni` / `Isa::Avx2` are only used on CPUs that have them.
-            Isa::Avx512Vnni => unsafe { kquant::dot_super_avx512::<C>(*kind, row, rows, &mut out) },
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { kquant::dot_super_avx2::<C>(*kind, row, rows, &mut out) },
+            // SAFETY: `Isa::Avx2` is only used on CPUs that have AVX2, FMA and F16C.
+            Isa::Avx2 => unsafe {
+                use super::avx2_k::{q6k_row, q45k_row};
+                match kind {
+                    KQuant::Q4 => q45k_row::<C, false>(row, rows, &mut out),
+                    KQuant::Q5 => q45k_row::<C, true>(row, rows, &mut out),
+                    KQuant::Q6 => q6k_row::<C>(row, rows, &mut out),
+                }
+            },
             _ => kquant::dot_super::<C>(*kind, row, rows, &mut out),
         }
         y[..C].copy_from_slice(&out);

@@ -88,7 +88,7 @@ pub(crate) fn dequantize_row_x16(kind: KQuant, data: &[u8], nsb: usize, r: usize
 
 /// A row of ggml super-blocks (`data`) against `C` Q8_K activation rows, as ggml's generic
 /// `ggml_vec_dot_q*_K_q8_K`: each super-block is decoded once for all of them. The reference
-/// every SIMD path is tested against, and the fallback (compiled per ISA, see below).
+/// every SIMD path is tested against, and the path of CPUs without AVX2.
 #[inline(always)]
 pub(crate) fn dot_super<const C: usize>(
     kind: KQuant,
@@ -123,28 +123,4 @@ fn int_dot(q: &[i8], x: &[i8]) -> i32 {
         .zip(x)
         .map(|(&q, &x)| q as i16 as i32 * x as i16 as i32)
         .sum()
-}
-
-/// [`dot_super`] compiled for AVX-512 BW (the path of Q5_K, which has no hand-written kernel).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-pub(crate) unsafe fn dot_super_avx512<const C: usize>(
-    kind: KQuant,
-    data: &[u8],
-    acts: [KActRow; C],
-    out: &mut [f32; C],
-) {
-    dot_super::<C>(kind, data, acts, out)
-}
-
-/// [`dot_super`] compiled for AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn dot_super_avx2<const C: usize>(
-    kind: KQuant,
-    data: &[u8],
-    acts: [KActRow; C],
-    out: &mut [f32; C],
-) {
-    dot_super::<C>(kind, data, acts, out)
 }

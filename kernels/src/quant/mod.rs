@@ -9,7 +9,8 @@
 //! | `scalar` | the reference dot products, one per format; also the fallback |
 //! | `avx512`, `avx2` | SIMD tiles over the per-row layout: one weight row × up to 4 activation rows |
 //! | `interleaved`, `avx512_x16` | the AVX-512 layout (16 rows interleaved per 32-bit lane) and its kernel: 16 rows × up to 4 activation rows |
-//! | `kquant`, `avx512_k` | the k-quants: Q8_K activations' reference dot products, the 16-row interleaved super-blocks and their AVX-512 VNNI kernels (Q4_K, Q6_K) |
+//! | `kquant`, `avx512_k` | the k-quants: Q8_K activations' reference dot products, the 16-row interleaved super-blocks and their AVX-512 VNNI kernels (Q4_K, Q5_K, Q6_K) |
+//! | `avx2_k` | the k-quants' AVX2 kernels over ggml's own per-row layout |
 //! | `gemm` | the threaded driver: rows split across threads, tokens tiled by 4 |
 //!
 //! The ISA is chosen at run time ([`Isa::detect`]), so one binary is fast where it runs and
@@ -19,6 +20,8 @@
 mod activations;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx2_k;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 #[cfg(target_arch = "x86_64")]
@@ -169,8 +172,7 @@ impl QuantMatrix {
         let mut packed = formats::pack(ty, data);
         if isa == Isa::Avx512Vnni {
             packed = match packed {
-                // Q5_K has no hand-written kernel yet: it keeps the per-row layout.
-                Packed::Super { kind, data } if kind != formats::KQuant::Q5 => Packed::SuperX16 {
+                Packed::Super { kind, data } => Packed::SuperX16 {
                     kind,
                     data: kquant::interleave(kind, &data, rows, cols / 256),
                 },

@@ -1,0 +1,223 @@
+//! AVX2 kernels for Q4_K, Q5_K and Q6_K, for x86-64 CPUs without AVX-512 VNNI: one weight row
+//! in ggml's own block layout against `C ≤ 4` Q8_K activation rows, after ggml's
+//! `ggml_vec_dot_q{4,5,6}_K_q8_K` AVX2 paths.
+//!
+//! Per super-block the weights are unpacked once to unsigned bytes and meet every token of the
+//! tile: `vpmaddubsw` (unsigned weight × signed activation byte, pairs summed to i16) then
+//! `vpmaddwd` against the sub-block's integer scale broadcast to i16, so the scales apply in
+//! integers (as ggml's do) and `d_w · d_x` once per super-block. None of the i16 pairs can
+//! saturate: at most 2 · 63 · 127 (Q6_K's 6-bit levels) = 16002.
+//! - Q4_K/Q5_K: the 6-bit scales and mins decoded with ggml's `utmp` trick; mins meet Q8_K's
+//!   per-32 sums in one `vpmaddwd`; Q5_K's 5th bits come from `qh`, moved to bit 4 per value.
+//! - Q6_K: levels 0..63 (low nibble | 2 high bits << 4); the −32 offset is
+//!   `−32 · Σ sc · bsum16`, one `vpmaddwd` per super-block.
+//!
+//! AVX-VNNI (`vpdpbusd` on ymm) would fuse the two multiplies, but no CPU this was built on
+//! has it, so it stays out: an untested path is worse than a slower one.
+
+use std::arch::x86_64::*;
+
+use super::activations::KActRow;
+use super::formats::f16_to_f32;
+
+#[inline(always)]
+unsafe fn hsum(v: __m256) -> f32 {
+    unsafe {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        hsum128(s)
+    }
+}
+
+#[inline(always)]
+unsafe fn hsum128(s: __m128) -> f32 {
+    unsafe {
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+}
+
+/// `vpshufb` control broadcasting i16 word `i` of a 128-bit lane to all 8 of its words.
+#[inline(always)]
+unsafe fn word_broadcast(i: usize) -> __m256i {
+    unsafe {
+        let (lo, hi) = (2 * i as i8, 2 * i as i8 + 1);
+        _mm256_setr_epi8(
+            lo, hi, lo, hi, lo, hi, lo, hi, lo, hi, lo, hi, lo, hi, lo, hi, lo, hi, lo, hi, lo, hi,
+            lo, hi, lo, hi, lo, hi, lo, hi, lo, hi,
+        )
+    }
+}
+
+/// Every byte's bit `b` moved to bit 4, other bits 0 (16-bit shifts; the mask keeps only bits
+/// that came from the same byte).
+#[inline(always)]
+unsafe fn bit_to_4(v: __m256i, b: i32) -> __m256i {
+    unsafe {
+        let moved = if b <= 4 {
+            _mm256_sll_epi16(v, _mm_cvtsi32_si128(4 - b))
+        } else {
+            _mm256_srl_epi16(v, _mm_cvtsi32_si128(b - 4))
+        };
+        _mm256_and_si256(moved, _mm256_set1_epi8(0x10))
+    }
+}
+
+/// Q4_K (`Q5 = false`) or Q5_K: `out[c] = row · acts[c]` for a row of ggml super-blocks.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn q45k_row<const C: usize, const Q5: bool>(
+    row: &[u8],
+    acts: [KActRow; C],
+    out: &mut [f32; C],
+) {
+    unsafe {
+        let bb = if Q5 { 176 } else { 144 };
+        let mut acc = [_mm256_setzero_ps(); C];
+        let mut acc_m = [_mm_setzero_ps(); C];
+        let m4 = _mm256_set1_epi8(0x0F);
+        const KMASK1: u32 = 0x3f3f3f3f;
+        const KMASK2: u32 = 0x0f0f0f0f;
+        const KMASK3: u32 = 0x03030303;
+        for (s, b) in row.chunks_exact(bb).enumerate() {
+            let d = f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
+            let dmin = f16_to_f32(u16::from_le_bytes([b[2], b[3]]));
+            // ggml's utmp: bytes 0..8 the 8 scales, 8..16 the 8 mins.
+            let mut u = [0u32; 4];
+            for (i, w) in b[4..16].chunks_exact(4).enumerate() {
+                u[i] = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+            }
+            u[3] = ((u[2] >> 4) & KMASK2) | (((u[1] >> 6) & KMASK3) << 4);
+            let mins_lo = u[1] & KMASK1;
+            u[1] = (u[2] & KMASK2) | (((u[0] >> 6) & KMASK3) << 4);
+            u[2] = mins_lo;
+            u[0] &= KMASK1;
+            let scales_mins = _mm256_cvtepu8_epi16(_mm_loadu_si128(u.as_ptr().cast()));
+            let mins = _mm256_extracti128_si256(scales_mins, 1);
+            let scales = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(scales_mins));
+            let mut sumi = [_mm256_setzero_si256(); C];
+            for c in 0..C {
+                let bsums = _mm_loadu_si128(acts[c].bsums32.as_ptr().add(s * 8).cast());
+                let prod = _mm_cvtepi32_ps(_mm_madd_epi16(mins, bsums));
+                let dm = _mm_set1_ps(dmin * *acts[c].d.get_unchecked(s));
+                acc_m[c] = _mm_fmadd_ps(dm, prod, acc_m[c]);
+            }
+            let (qh, qs) = if Q5 {
+                (_mm256_loadu_si256(b.as_ptr().add(16).cast()), &b[48..])
+            } else {
+                (_mm256_setzero_si256(), &b[16..])
+            };
+            // 64 values per step: 32 bytes, low nibbles sub-block 2j, high ones 2j + 1.
+            for j in 0..4 {
+                let scale_lo = _mm256_shuffle_epi8(scales, word_broadcast(2 * j));
+                let scale_hi = _mm256_shuffle_epi8(scales, word_broadcast(2 * j + 1));
+                let bits = _mm256_loadu_si256(qs.as_ptr().add(32 * j).cast());
+                let mut lo = _mm256_and_si256(bits, m4);
+                let mut hi = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
+                if Q5 {
+                    lo = _mm256_or_si256(lo, bit_to_4(qh, 2 * j as i32));
+                    hi = _mm256_or_si256(hi, bit_to_4(qh, 2 * j as i32 + 1));
+                }
+                for c in 0..C {
+                    let x = acts[c].qs.as_ptr().add(s * 256 + 64 * j);
+                    let x_lo = _mm256_loadu_si256(x.cast());
+                    let x_hi = _mm256_loadu_si256(x.add(32).cast());
+                    let p_lo = _mm256_madd_epi16(scale_lo, _mm256_maddubs_epi16(lo, x_lo));
+                    let p_hi = _mm256_madd_epi16(scale_hi, _mm256_maddubs_epi16(hi, x_hi));
+                    sumi[c] = _mm256_add_epi32(sumi[c], _mm256_add_epi32(p_lo, p_hi));
+                }
+            }
+            for c in 0..C {
+                let dd = _mm256_set1_ps(d * *acts[c].d.get_unchecked(s));
+                acc[c] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(sumi[c]), acc[c]);
+            }
+        }
+        for c in 0..C {
+            out[c] = hsum(acc[c]) - hsum128(acc_m[c]);
+        }
+    }
+}
+
+/// Q6_K: as [`q45k_row`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn q6k_row<const C: usize>(row: &[u8], acts: [KActRow; C], out: &mut [f32; C]) {
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); C];
+        let m4 = _mm256_set1_epi8(0x0F);
+        let m2 = _mm256_set1_epi8(0x30);
+        for (s, b) in row.chunks_exact(210).enumerate() {
+            let d = f16_to_f32(u16::from_le_bytes([b[208], b[209]]));
+            let sc8 = _mm_loadu_si128(b.as_ptr().add(192).cast());
+            // −32 · Σ sc · bsum16 starts every token's integer sum.
+            let sc16 = _mm256_cvtepi8_epi16(sc8);
+            let mut sumi = [_mm256_setzero_si256(); C];
+            for c in 0..C {
+                let bsums = _mm256_loadu_si256(acts[c].bsums.as_ptr().add(s * 16).cast());
+                let offs = _mm256_slli_epi32(_mm256_madd_epi16(sc16, bsums), 5);
+                sumi[c] = _mm256_sub_epi32(sumi[c], offs);
+            }
+            for h in 0..2 {
+                let ql = b.as_ptr().add(64 * h);
+                let (a, bq) = (
+                    _mm256_loadu_si256(ql.cast()),
+                    _mm256_loadu_si256(ql.add(32).cast()),
+                );
+                let hb = _mm256_loadu_si256(b.as_ptr().add(128 + 32 * h).cast());
+                // Values 128h + 32t + l, as in `SuperBlock::decode`.
+                let v = [
+                    _mm256_or_si256(
+                        _mm256_and_si256(a, m4),
+                        _mm256_and_si256(_mm256_slli_epi16(hb, 4), m2),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(bq, m4),
+                        _mm256_and_si256(_mm256_slli_epi16(hb, 2), m2),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16(a, 4), m4),
+                        _mm256_and_si256(hb, m2),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16(bq, 4), m4),
+                        _mm256_and_si256(_mm256_srli_epi16(hb, 2), m2),
+                    ),
+                ];
+                for (t, &v) in v.iter().enumerate() {
+                    // Sub-blocks g, g + 1 (16 values each): words 0-7 and 8-15 of the product.
+                    let g = (8 * h + 2 * t) as i8;
+                    let pick = _mm_setr_epi8(
+                        g,
+                        g,
+                        g,
+                        g,
+                        g,
+                        g,
+                        g,
+                        g,
+                        g + 1,
+                        g + 1,
+                        g + 1,
+                        g + 1,
+                        g + 1,
+                        g + 1,
+                        g + 1,
+                        g + 1,
+                    );
+                    let scale = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc8, pick));
+                    for c in 0..C {
+                        let x = acts[c].qs.as_ptr().add(s * 256 + 128 * h + 32 * t);
+                        let x = _mm256_loadu_si256(x.cast());
+                        let p = _mm256_madd_epi16(scale, _mm256_maddubs_epi16(v, x));
+                        sumi[c] = _mm256_add_epi32(sumi[c], p);
+                    }
+                }
+            }
+            for c in 0..C {
+                let dd = _mm256_set1_ps(d * *acts[c].d.get_unchecked(s));
+                acc[c] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(sumi[c]), acc[c]);
+            }
+        }
+        for c in 0..C {
+            out[c] = hsum(acc[c]);
+        }
+    }
+}
