@@ -56,26 +56,6 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Streaming-read bandwidth in GB/s: every thread sums its share of a 512 MiB buffer.
-fn read_bandwidth(pool: &ThreadPool, reps: usize) -> f64 {
-    let words = 64 << 20;
-    let buf: Vec<u64> = (0..words as u64).collect();
-    let chunks = pool.threads();
-    let mut times = Vec::new();
-    for _ in 0..reps {
-        let sink = std::sync::atomic::AtomicU64::new(0);
-        let start = Instant::now();
-        pool.run(chunks, &|c| {
-            let part = metrum_kernels::threads::split_range(words, c, chunks, 8);
-            let s = buf[part].iter().fold(0u64, |a, &x| a.wrapping_add(x));
-            sink.fetch_add(s, std::sync::atomic::Ordering::Relaxed);
-        });
-        times.push(start.elapsed().as_secs_f64());
-        std::hint::black_box(sink.into_inner());
-    }
-    (words * 8) as f64 / median(times) / 1e9
-}
-
 fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -122,7 +102,7 @@ fn main() {
         Isa::detect().name(),
         pool.threads(),
         load_average(),
-        read_bandwidth(&pool, 5)
+        metrum_kernels::check::cpu_read_bandwidth(&pool, 5)
     );
     for &ty in &types {
         for shape in dims.chunks_exact(2) {
