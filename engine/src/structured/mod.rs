@@ -32,7 +32,8 @@ use llguidance::{Matcher, ParserFactory};
 use reasoning::{ReasoningGate, ReasoningSplitter, ReasoningTags, ReplyStart, Section, SplitState};
 use serde_json::Value;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub use tokenv::metrum_tok_env;
@@ -109,11 +110,17 @@ fn escape_regex(text: &str) -> String {
 /// distinct schemas costs recompiles, never unbounded memory).
 const CACHE_ENTRIES: usize = 256;
 
+/// A cache entry: filled once by whichever request compiles it first; requests for the same
+/// key that arrive meanwhile wait for that compile instead of repeating it.
+type CacheSlot = Arc<OnceLock<Result<Arc<CompiledGrammar>, String>>>;
+
 /// One model's grammar compiler and its cache.
 pub struct GrammarCompiler {
     factory: ParserFactory,
     env: TokEnv,
-    cache: Mutex<HashMap<String, Arc<CompiledGrammar>>>,
+    cache: Mutex<HashMap<String, CacheSlot>>,
+    /// Compiles actually run (cache misses), for tests and logs.
+    compiles: AtomicU64,
     /// The reasoning gate over this vocabulary (one set of tags per server).
     gate: Mutex<Option<Arc<ReasoningGate>>>,
 }
@@ -133,6 +140,7 @@ impl GrammarCompiler {
             factory,
             env,
             cache: Mutex::new(HashMap::new()),
+            compiles: AtomicU64::new(0),
             gate: Mutex::new(None),
         })
     }
@@ -152,12 +160,36 @@ impl GrammarCompiler {
     }
 
     /// The compiled grammar for `spec`, from the cache or compiled now (blocking; about a
-    /// millisecond for typical schemas). `Err` is llguidance's message, for a 400.
+    /// millisecond for typical schemas). `Err` is llguidance's message, for a 400. A burst of
+    /// identical new specs compiles once: the others wait for that compile and share it
+    /// (errors included: the same spec fails the same way).
     pub fn compile(&self, spec: &ConstraintSpec) -> Result<Arc<CompiledGrammar>, String> {
         let key = spec.cache_key();
-        if let Some(hit) = self.cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
-            return Ok(hit);
-        }
+        let bytes = key.len();
+        let slot: CacheSlot = {
+            let mut cache = match self.cache.lock() {
+                Ok(cache) => cache,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            if !cache.contains_key(&key) && cache.len() >= CACHE_ENTRIES {
+                cache.clear();
+            }
+            cache.entry(key).or_default().clone()
+        };
+        slot.get_or_init(|| self.compile_now(spec, bytes)).clone()
+    }
+
+    /// How many compiles ran (cache misses).
+    pub fn compiles(&self) -> u64 {
+        self.compiles.load(Ordering::Relaxed)
+    }
+
+    fn compile_now(
+        &self,
+        spec: &ConstraintSpec,
+        bytes: usize,
+    ) -> Result<Arc<CompiledGrammar>, String> {
+        self.compiles.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let parser = self
             .factory
@@ -173,15 +205,9 @@ impl GrammarCompiler {
         });
         tracing::info!(
             compile_ms = compiled.compile_time.as_secs_f64() * 1e3,
-            bytes = key.len(),
+            bytes,
             "grammar compiled"
         );
-        if let Ok(mut cache) = self.cache.lock() {
-            if cache.len() >= CACHE_ENTRIES {
-                cache.clear();
-            }
-            cache.insert(key, compiled.clone());
-        }
         Ok(compiled)
     }
 }
@@ -357,8 +383,10 @@ impl GrammarState {
                 }
                 Ok(true)
             }
-            // Still (maybe) the start tag; a special token (EOS) there is content.
-            SplitState::Opening { .. } if !text.is_empty() => {
+            // Still (maybe) the start tag. A special token (no text) there is reasoning in a
+            // reply that starts inside the block, content (EOS, from the grammar's mask) in
+            // one that may open it.
+            SplitState::Opening { .. } if !(opening && text.is_empty()) => {
                 if waiting.speculating && self.matcher.consume_token(token).is_err() {
                     waiting.speculating = false;
                 }

@@ -116,6 +116,35 @@ fn the_cache_returns_the_same_compiled_grammar_and_matchers_are_independent() {
 }
 
 #[test]
+fn a_burst_of_one_new_schema_compiles_once() {
+    let c = compiler();
+    let spec = ConstraintSpec::JsonSchema(serde_json::json!({
+        "type": "object",
+        "properties": {"a": {"type": "array", "items": {"type": "string", "pattern": "[a-z]{2,9}"}}},
+        "required": ["a"]
+    }));
+    let start = std::sync::Barrier::new(8);
+    let grammars: Vec<Arc<CompiledGrammar>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..8)
+            .map(|_| {
+                scope.spawn(|| {
+                    start.wait();
+                    c.compile(&spec).unwrap()
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    assert_eq!(c.compiles(), 1);
+    assert!(grammars.iter().all(|g| Arc::ptr_eq(g, &grammars[0])));
+    // A different spec is a new compile; an invalid one fails again without recompiling.
+    c.compile(&ConstraintSpec::Regex("x".into())).unwrap();
+    let bad = ConstraintSpec::Regex("(".into());
+    assert!(c.compile(&bad).is_err() && c.compile(&bad).is_err());
+    assert_eq!(c.compiles(), 3);
+}
+
+#[test]
 fn a_token_the_grammar_refuses_is_an_error() {
     let compiled = compiler()
         .compile(&ConstraintSpec::Regex("a".into()))
