@@ -172,12 +172,21 @@ class Tools(unittest.TestCase):
                 model=MODEL, messages=[{"role": "user", "content": "Weather in Rome?"}],
                 tools=TOOLS, tool_choice={"type": "function", "function": {"name": "get_weather"}},
                 temperature=0.7, seed=2, max_tokens=150) as stream:
+            fragments = []
+            for event in stream:
+                if event.type == "tool_calls.function.arguments.delta":
+                    fragments.append(event.arguments_delta)
             final = stream.get_final_completion()
         choice = final.choices[0]
         self.assertEqual(choice.finish_reason, "tool_calls")
         # openai-python concatenates repeated strings: a name sent twice would read
         # "get_weatherget_weather" here.
         check_calls(self, choice.message.tool_calls, names=["get_weather"])
+        # The arguments arrived as the model wrote them, in many fragments, and the client's
+        # accumulator put them back together.
+        fragments = [f for f in fragments if f]
+        self.assertGreater(len(fragments), 1, fragments)
+        self.assertEqual("".join(fragments), choice.message.tool_calls[0].function.arguments)
 
     def test_history_with_tool_results(self):
         messages = [

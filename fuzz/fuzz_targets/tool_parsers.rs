@@ -5,13 +5,14 @@
 //! one byte scaled to the text; the rest is the text (lossy UTF-8).
 //!
 //! Oracles: nothing panics; streaming the text in any chunks yields exactly the whole-text
-//! parse; nothing the model wrote is lost (content plus calls account for all of it when no
-//! call parsed, i.e. unparsed output stays content byte for byte).
+//! parse (calls' names and argument fragments reassembled as a client does); a call's name
+//! comes before its argument fragments; nothing the model wrote is lost (unparsed output
+//! stays content byte for byte).
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use metrum_server::api::tools::parsers::{Parsed, StreamItem, StreamParser, ToolFormat, parse};
+use metrum_server::api::tools::parsers::{StreamItem, StreamParser, ToolFormat, parse, reassemble};
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 2 {
@@ -46,12 +47,14 @@ fuzz_target!(|data: &[u8]| {
         last = p;
     }
     items.extend(parser.finish());
-    let mut streamed = Parsed::default();
-    for item in items {
-        match item {
-            StreamItem::Content(c) => streamed.content.push_str(&c),
-            StreamItem::Call(c) => streamed.calls.push(c),
-        }
+    if let Some(first) = items.iter().position(|i| matches!(i, StreamItem::Arguments(_))) {
+        assert!(
+            items[..first]
+                .iter()
+                .any(|i| matches!(i, StreamItem::CallStart { .. })),
+            "arguments before any call: {items:?}"
+        );
     }
+    let streamed = reassemble(items);
     assert_eq!(streamed, whole, "format {format:?}, text {text:?}");
 });

@@ -59,6 +59,9 @@ pub struct ServerOptions {
     /// `--tool-call-parser`: the tool-call format replies are parsed in; `None` = the one the
     /// model's chat template shows (`api::tools`).
     pub tool_call_parser: Option<api::tools::parsers::ToolFormat>,
+    /// `--reasoning-parser`: chat replies split into `reasoning_content` and `content`, and
+    /// constraints applied after the reasoning block (`api::reasoning`); `None` = off.
+    pub reasoning_parser: Option<api::reasoning::ReasoningParser>,
 }
 
 impl Default for ServerOptions {
@@ -72,6 +75,7 @@ impl Default for ServerOptions {
             engine_config: serde_json::Value::Null,
             limits: limits::RequestLimits::default(),
             tool_call_parser: None,
+            reasoning_parser: None,
         }
     }
 }

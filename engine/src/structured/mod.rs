@@ -6,6 +6,7 @@
 //! | [`GrammarCompiler`] | one per model: llguidance's `ParserFactory` over Metrum's own token bytes ([`tokenv`]), plus a cache keyed by the spec | built lazily by the server on a blocking thread |
 //! | [`CompiledGrammar`] | a compiled, started parser; every request deep-clones its own [`GrammarMatcher`] | compiled off the engine thread |
 //! | [`GrammarState`] | a request's matcher and its next mask, in the engine loop's `Live` | masks computed while the forward runs |
+//! | [`reasoning`] | `<think>…</think>`: the splitter the server parses replies with, and the gate that holds a grammar back until the block ends | with `--reasoning-parser` |
 //!
 //! Rules the engine keeps (see `engine_loop` and `sampling`):
 //! * the mask is applied before anything else touches the row (bias, penalties, logprobs), so
@@ -17,16 +18,22 @@
 //!   with `stop` right away, without waiting for the model's EOS; under `ignore_eos` it runs
 //!   on instead, with only EOS allowed;
 //! * a grammar error ends that one request, never the engine; llguidance catches its own
-//!   panics and reports them as errors.
+//!   panics and reports them as errors;
+//! * with a reasoning parser, the grammar waits while the reply reasons: inside the block
+//!   only tokens that would carry content past `</think>` are masked, and the grammar's first
+//!   token is the one after the tag ([`reasoning`] has the rules).
 
+pub mod reasoning;
 mod tokenv;
 
 use llguidance::api::TopLevelGrammar;
-use llguidance::toktrie::SimpleVob;
+use llguidance::toktrie::{SimpleVob, TokEnv};
 use llguidance::{Matcher, ParserFactory};
+use reasoning::{ReasoningGate, ReasoningSplitter, ReasoningTags, ReplyStart, Section, SplitState};
 use serde_json::Value;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub use tokenv::metrum_tok_env;
@@ -103,10 +110,19 @@ fn escape_regex(text: &str) -> String {
 /// distinct schemas costs recompiles, never unbounded memory).
 const CACHE_ENTRIES: usize = 256;
 
+/// A cache entry: filled once by whichever request compiles it first; requests for the same
+/// key that arrive meanwhile wait for that compile instead of repeating it.
+type CacheSlot = Arc<OnceLock<Result<Arc<CompiledGrammar>, String>>>;
+
 /// One model's grammar compiler and its cache.
 pub struct GrammarCompiler {
     factory: ParserFactory,
-    cache: Mutex<HashMap<String, Arc<CompiledGrammar>>>,
+    env: TokEnv,
+    cache: Mutex<HashMap<String, CacheSlot>>,
+    /// Compiles actually run (cache misses), for tests and logs.
+    compiles: AtomicU64,
+    /// The reasoning gate over this vocabulary (one set of tags per server).
+    gate: Mutex<Option<Arc<ReasoningGate>>>,
 }
 
 impl GrammarCompiler {
@@ -122,17 +138,58 @@ impl GrammarCompiler {
         factory.quiet();
         Ok(GrammarCompiler {
             factory,
+            env,
             cache: Mutex::new(HashMap::new()),
+            compiles: AtomicU64::new(0),
+            gate: Mutex::new(None),
         })
     }
 
+    /// The gate that holds grammars back until a reply's reasoning block (`tags`) ends.
+    pub fn reasoning_gate(&self, tags: ReasoningTags) -> Arc<ReasoningGate> {
+        let mut slot = match self.gate.lock() {
+            Ok(slot) => slot,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        match slot.as_ref() {
+            Some(gate) if gate.tags() == tags => gate.clone(),
+            _ => slot
+                .insert(Arc::new(ReasoningGate::new(self.env.clone(), tags)))
+                .clone(),
+        }
+    }
+
     /// The compiled grammar for `spec`, from the cache or compiled now (blocking; about a
-    /// millisecond for typical schemas). `Err` is llguidance's message, for a 400.
+    /// millisecond for typical schemas). `Err` is llguidance's message, for a 400. A burst of
+    /// identical new specs compiles once: the others wait for that compile and share it
+    /// (errors included: the same spec fails the same way).
     pub fn compile(&self, spec: &ConstraintSpec) -> Result<Arc<CompiledGrammar>, String> {
         let key = spec.cache_key();
-        if let Some(hit) = self.cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
-            return Ok(hit);
-        }
+        let bytes = key.len();
+        let slot: CacheSlot = {
+            let mut cache = match self.cache.lock() {
+                Ok(cache) => cache,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            if !cache.contains_key(&key) && cache.len() >= CACHE_ENTRIES {
+                cache.clear();
+            }
+            cache.entry(key).or_default().clone()
+        };
+        slot.get_or_init(|| self.compile_now(spec, bytes)).clone()
+    }
+
+    /// How many compiles ran (cache misses).
+    pub fn compiles(&self) -> u64 {
+        self.compiles.load(Ordering::Relaxed)
+    }
+
+    fn compile_now(
+        &self,
+        spec: &ConstraintSpec,
+        bytes: usize,
+    ) -> Result<Arc<CompiledGrammar>, String> {
+        self.compiles.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let parser = self
             .factory
@@ -148,15 +205,9 @@ impl GrammarCompiler {
         });
         tracing::info!(
             compile_ms = compiled.compile_time.as_secs_f64() * 1e3,
-            bytes = key.len(),
+            bytes,
             "grammar compiled"
         );
-        if let Ok(mut cache) = self.cache.lock() {
-            if cache.len() >= CACHE_ENTRIES {
-                cache.clear();
-            }
-            cache.insert(key, compiled.clone());
-        }
         Ok(compiled)
     }
 }
@@ -173,7 +224,10 @@ impl CompiledGrammar {
     pub fn matcher(&self) -> Result<GrammarMatcher, String> {
         self.prototype
             .lock()
-            .map(|m| GrammarMatcher(m.deep_clone()))
+            .map(|m| GrammarMatcher {
+                matcher: m.deep_clone(),
+                reasoning: None,
+            })
             .map_err(|_| "the compiled grammar's lock was poisoned".to_string())
     }
 }
@@ -186,12 +240,28 @@ impl std::fmt::Debug for CompiledGrammar {
     }
 }
 
-/// One request's matcher. Cloning deep-clones it (two requests never share parser state).
-pub struct GrammarMatcher(Matcher);
+/// One request's matcher, and the reasoning block it waits for, if any. Cloning deep-clones
+/// it (two requests never share parser state).
+pub struct GrammarMatcher {
+    matcher: Matcher,
+    reasoning: Option<(Arc<ReasoningGate>, ReplyStart)>,
+}
+
+impl GrammarMatcher {
+    /// The grammar applies only once the reply's reasoning block has ended (or, for a
+    /// [`ReplyStart::MayOpen`] reply, from the start if it opens none).
+    pub fn after_reasoning(mut self, gate: Arc<ReasoningGate>, start: ReplyStart) -> Self {
+        self.reasoning = Some((gate, start));
+        self
+    }
+}
 
 impl Clone for GrammarMatcher {
     fn clone(&self) -> Self {
-        GrammarMatcher(self.0.deep_clone())
+        GrammarMatcher {
+            matcher: self.matcher.deep_clone(),
+            reasoning: self.reasoning.clone(),
+        }
     }
 }
 
@@ -205,15 +275,36 @@ impl std::fmt::Debug for GrammarMatcher {
 /// masks cost (reported when the request finishes).
 pub(crate) struct GrammarState {
     matcher: Matcher,
+    /// Set while the grammar waits for the reply's reasoning block to end.
+    waiting: Option<Waiting>,
     next_mask: Option<Result<SimpleVob, String>>,
     pub mask_time: Duration,
     pub masks: u64,
 }
 
+/// A grammar waiting for the reasoning block: the splitter follows the reply's text.
+struct Waiting {
+    gate: Arc<ReasoningGate>,
+    splitter: ReasoningSplitter,
+    /// At a `MayOpen` start the first bytes may be the start tag or the content's first bytes:
+    /// the matcher follows them as content for as long as it accepts them, and is replaced by
+    /// `fresh` (a copy taken at the start) if they turn out to open the block.
+    speculating: bool,
+    fresh: Option<Matcher>,
+}
+
 impl GrammarState {
     pub fn new(matcher: GrammarMatcher) -> GrammarState {
+        let may_open = |start| start == ReplyStart::MayOpen;
+        let waiting = matcher.reasoning.map(|(gate, start)| Waiting {
+            splitter: ReasoningSplitter::new(gate.tags(), start),
+            speculating: may_open(start),
+            fresh: may_open(start).then(|| matcher.matcher.deep_clone()),
+            gate,
+        });
         GrammarState {
-            matcher: matcher.0,
+            matcher: matcher.matcher,
+            waiting,
             next_mask: None,
             mask_time: Duration::ZERO,
             masks: 0,
@@ -227,11 +318,26 @@ impl GrammarState {
             return;
         }
         let started = Instant::now();
-        // After the grammar ended this is the EOS-only mask.
-        let mask = self
-            .matcher
-            .compute_mask_or_eos()
-            .map_err(|e| format!("grammar error: {e}"));
+        let mask = match &mut self.waiting {
+            // After the grammar ended this is the EOS-only mask.
+            None => self
+                .matcher
+                .compute_mask_or_eos()
+                .map_err(|e| format!("grammar error: {e}")),
+            Some(waiting) => {
+                let start = waiting.splitter.reply_start();
+                let mut mask =
+                    SimpleVob::clone(&waiting.gate.waiting_mask(start, waiting.splitter.state()));
+                if waiting.speculating {
+                    match self.matcher.compute_mask() {
+                        Ok(content) => mask.or(&content),
+                        // Content can no longer start here; the start tag still may.
+                        Err(_) => waiting.speculating = false,
+                    }
+                }
+                Ok(mask)
+            }
+        };
         self.mask_time += started.elapsed();
         self.masks += 1;
         self.next_mask = Some(mask);
@@ -249,13 +355,73 @@ impl GrammarState {
     /// The grammar has ended (no error): nothing but EOS may follow. The engine then ends the
     /// request with `stop` at once, unless it ignores EOS.
     pub fn is_done(&self) -> bool {
-        self.matcher.is_stopped() && self.matcher.get_error().is_none()
+        self.waiting.is_none() && self.matcher.is_stopped() && self.matcher.get_error().is_none()
+    }
+
+    /// Follows the sampled `token` while the grammar waits. `Ok(true)`: the token belongs to
+    /// the reasoning (or to the tag): the grammar does not see it.
+    fn advance_waiting(&mut self, token: u32) -> Result<bool, String> {
+        let Some(waiting) = self.waiting.as_mut() else {
+            return Ok(false);
+        };
+        let before = waiting.splitter.state();
+        let text = waiting.gate.token_text(token);
+        let mut content = 0;
+        waiting.splitter.push(text, &mut |section, bytes| {
+            if section == Section::Content {
+                content += bytes.len();
+            }
+        });
+        let opening = matches!(before, SplitState::Opening { .. })
+            && waiting.splitter.reply_start() == ReplyStart::MayOpen;
+        match waiting.splitter.state() {
+            SplitState::Reasoning { .. } => {
+                if let Some(fresh) = waiting.fresh.take() {
+                    // The bytes were the start tag after all: the grammar starts over later.
+                    waiting.speculating = false;
+                    self.matcher = fresh;
+                }
+                Ok(true)
+            }
+            // Still (maybe) the start tag. A special token (no text) there is reasoning in a
+            // reply that starts inside the block, content (EOS, from the grammar's mask) in
+            // one that may open it.
+            SplitState::Opening { .. } if !(opening && text.is_empty()) => {
+                if waiting.speculating && self.matcher.consume_token(token).is_err() {
+                    waiting.speculating = false;
+                }
+                Ok(true)
+            }
+            SplitState::Opening { .. } | SplitState::Content => {
+                let speculated = waiting.speculating;
+                self.waiting = None;
+                if !opening {
+                    // The token ended the block; the mask banned tokens that carry content
+                    // past the end tag, so the grammar's first token is the next one.
+                    return match content {
+                        0 => Ok(true),
+                        _ => Err("grammar error: content began inside the token that closed \
+                                  the reasoning block"
+                            .into()),
+                    };
+                }
+                if !speculated {
+                    return Err("grammar error: the reply began content the grammar refused".into());
+                }
+                // The reply opened no block: this token is content, after the ones the
+                // matcher already followed.
+                Ok(false)
+            }
+        }
     }
 
     /// Advances the matcher past the sampled `token`. Tokens after the grammar ended (EOS
     /// under `ignore_eos`) are not fed to it.
     pub fn advance(&mut self, token: u32) -> Result<(), String> {
         self.next_mask = None;
+        if self.advance_waiting(token)? {
+            return Ok(());
+        }
         if self.matcher.is_stopped() {
             return match self.matcher.get_error() {
                 Some(e) => Err(format!("grammar error: {e}")),

@@ -116,6 +116,35 @@ fn the_cache_returns_the_same_compiled_grammar_and_matchers_are_independent() {
 }
 
 #[test]
+fn a_burst_of_one_new_schema_compiles_once() {
+    let c = compiler();
+    let spec = ConstraintSpec::JsonSchema(serde_json::json!({
+        "type": "object",
+        "properties": {"a": {"type": "array", "items": {"type": "string", "pattern": "[a-z]{2,9}"}}},
+        "required": ["a"]
+    }));
+    let start = std::sync::Barrier::new(8);
+    let grammars: Vec<Arc<CompiledGrammar>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..8)
+            .map(|_| {
+                scope.spawn(|| {
+                    start.wait();
+                    c.compile(&spec).unwrap()
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    assert_eq!(c.compiles(), 1);
+    assert!(grammars.iter().all(|g| Arc::ptr_eq(g, &grammars[0])));
+    // A different spec is a new compile; an invalid one fails again without recompiling.
+    c.compile(&ConstraintSpec::Regex("x".into())).unwrap();
+    let bad = ConstraintSpec::Regex("(".into());
+    assert!(c.compile(&bad).is_err() && c.compile(&bad).is_err());
+    assert_eq!(c.compiles(), 3);
+}
+
+#[test]
 fn a_token_the_grammar_refuses_is_an_error() {
     let compiled = compiler()
         .compile(&ConstraintSpec::Regex("a".into()))
@@ -142,5 +171,132 @@ fn constrained_sampling_follows_the_mask_against_the_logits() {
         logits[usize::from(b'a')] = 50.0;
         let token = sample(&mut sampler, &mut state, &mut logits).unwrap();
         assert_eq!(token.token, u32::from(b'z'));
+    }
+}
+
+mod reasoning_gate {
+    //! The grammar waits for the reasoning block: a byte-level vocabulary (so `</think>` can
+    //! arrive byte by byte) plus whole-tag tokens, a token that straddles the end tag, and a
+    //! special EOS.
+    use super::*;
+    use crate::structured::reasoning::{ReplyStart, THINK_TAGS};
+    use tokenizers::AddedToken;
+
+    const END_TAG: u32 = 256;
+    const START_TAG: u32 = 257;
+    /// `k>{`: would finish `</think` and begin the content in the same token.
+    const STRADDLE: u32 = 258;
+    const EOS: u32 = 259;
+
+    fn gated(spec: &ConstraintSpec, start: ReplyStart) -> GrammarState {
+        let mut inner = Tokenizer::byte_level().inner().clone();
+        inner.add_tokens(&[
+            AddedToken::from("</think>", false),
+            AddedToken::from("<think>", false),
+            AddedToken::from("k>{", false),
+        ]);
+        inner.add_special_tokens(&[AddedToken::from("<eos>", true)]);
+        let tokenizer = Tokenizer::with_specials(inner, None, vec![EOS]);
+        assert_eq!(tokenizer.piece_to_token("k>{"), Some(STRADDLE));
+        let compiler = GrammarCompiler::new(&tokenizer, tokenizer.vocab_size()).unwrap();
+        let matcher = compiler.compile(spec).unwrap().matcher().unwrap();
+        GrammarState::new(matcher.after_reasoning(compiler.reasoning_gate(THINK_TAGS), start))
+    }
+
+    fn feed(state: &mut GrammarState, text: &str) {
+        for byte in text.bytes() {
+            let mask = state.take_mask().unwrap();
+            assert!(
+                mask.is_allowed(u32::from(byte)),
+                "{byte} refused in {text:?}"
+            );
+            state.advance(u32::from(byte)).unwrap();
+        }
+    }
+
+    fn allowed(state: &mut GrammarState) -> Vec<u32> {
+        let mask = state.take_mask().unwrap();
+        (0..260).filter(|&t| mask.is_allowed(t)).collect()
+    }
+
+    fn digits() -> Vec<u32> {
+        (u32::from(b'0')..=u32::from(b'9')).collect()
+    }
+
+    #[test]
+    fn inside_the_block_nothing_is_constrained_and_the_grammar_starts_after_a_split_end_tag() {
+        let spec = ConstraintSpec::Regex("[0-9]+".into());
+        let mut state = gated(&spec, ReplyStart::Inside);
+        // Free text, EOS included (a reply may end inside the block, all reasoning).
+        assert_eq!(allowed(&mut state).len(), 260);
+        feed(&mut state, "let me think: x < y </b>");
+        assert!(!state.is_done());
+        // `</think>` byte by byte. After `</thin` the straddling `k>{` is banned (it would
+        // start the content inside the token that ends the block), nothing else.
+        feed(&mut state, "</thin");
+        let mask = allowed(&mut state);
+        assert!(!mask.contains(&STRADDLE) && mask.len() == 259, "{mask:?}");
+        feed(&mut state, "k");
+        assert_eq!(allowed(&mut state).len(), 260);
+        feed(&mut state, ">");
+        // The grammar's first token is the one after the tag.
+        assert_eq!(allowed(&mut state), digits());
+        feed(&mut state, "42");
+        assert!(allowed(&mut state).contains(&EOS));
+    }
+
+    #[test]
+    fn a_whole_end_tag_token_starts_the_grammar_and_a_restated_start_tag_is_reasoning() {
+        let spec = ConstraintSpec::Choice(vec!["yes".into(), "no".into()]);
+        let mut state = gated(&spec, ReplyStart::Inside);
+        for token in [START_TAG, u32::from(b'h'), END_TAG] {
+            assert!(state.take_mask().unwrap().is_allowed(token));
+            state.advance(token).unwrap();
+        }
+        assert_eq!(allowed(&mut state), vec![u32::from(b'n'), u32::from(b'y')]);
+        feed(&mut state, "no");
+        assert!(state.is_done());
+    }
+
+    #[test]
+    fn a_reply_that_may_open_a_block_is_constrained_from_its_first_token_unless_it_does() {
+        let spec = ConstraintSpec::Regex("[0-9]+".into());
+        // No block: the first token is the grammar's or the start tag's.
+        let mut state = gated(&spec, ReplyStart::MayOpen);
+        let mut first = digits();
+        first.extend([u32::from(b'<'), START_TAG]);
+        first.sort_unstable();
+        assert_eq!(allowed(&mut state), first);
+        feed(&mut state, "7");
+        assert_eq!(allowed(&mut state).len(), 11, "digits and EOS only");
+        // A block: the start tag byte by byte, free reasoning, then the grammar.
+        let mut state = gated(&spec, ReplyStart::MayOpen);
+        feed(&mut state, "<thi");
+        assert_eq!(allowed(&mut state), vec![u32::from(b'n')]);
+        feed(&mut state, "nk>I'd say seven");
+        assert_eq!(allowed(&mut state).len(), 260);
+        state.take_mask().unwrap();
+        state.advance(END_TAG).unwrap();
+        assert_eq!(allowed(&mut state), digits());
+    }
+
+    #[test]
+    fn content_that_starts_like_the_start_tag_is_followed_by_the_grammar_throughout() {
+        // `<` is both the start tag's first byte and the content's: the matcher follows it
+        // speculatively, and starts over when the tag completes.
+        let spec = ConstraintSpec::Regex("<[a-z]>".into());
+        let mut state = gated(&spec, ReplyStart::MayOpen);
+        feed(&mut state, "<");
+        let next = allowed(&mut state);
+        assert!(next.contains(&u32::from(b'a')) && next.contains(&u32::from(b't')));
+        feed(&mut state, "a>");
+        assert!(state.is_done());
+        let mut state = gated(&spec, ReplyStart::MayOpen);
+        feed(&mut state, "<think>ok");
+        state.take_mask().unwrap();
+        state.advance(END_TAG).unwrap();
+        assert_eq!(allowed(&mut state), vec![u32::from(b'<')]);
+        feed(&mut state, "<z>");
+        assert!(state.is_done());
     }
 }

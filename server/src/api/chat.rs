@@ -1,9 +1,12 @@
 //! `POST /v1/chat/completions`: messages in, rendered through the model's chat template,
 //! assistant replies out, streamed or not. With `tools`, replies are parsed for calls in the
 //! model's format (`tools`); streamed content is released as soon as it cannot be a call.
+//! With `--reasoning-parser`, the reasoning block is split off first (`reasoning`) and only
+//! the content after it is parsed for calls (and constrained).
 
 use super::extract::SampledJson;
 use super::generate::{self, ChunkWriter};
+use super::reasoning::{self, ReasoningParser, TextSplit};
 use super::text::{self, Turn};
 use super::tools::parsers::{StreamItem, StreamParser, ToolFormat};
 use super::tools::{self, ToolPlan};
@@ -23,6 +26,7 @@ use metrum_core::FinishReason;
 use metrum_core::sampling::MAX_LOGPROBS;
 use metrum_engine::TextCodec;
 use metrum_engine::handle::TokenLogprob;
+use metrum_engine::structured::reasoning::{ReasoningSplitter, ReplyStart};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -99,12 +103,16 @@ pub async fn create(
         }
         constraint = Some(forced);
     }
-    let constraint = structured::compile(&state, constraint).await?;
     let permit = generate::admit(&state, plan.n)?;
     let add_generation_prompt = request.add_generation_prompt.unwrap_or(true);
     let template_tools = tool_plan.as_ref().map(ToolPlan::template_tools);
-    let prompt =
+    let (prompt, rendered) =
         text::encode_chat(codec.clone(), turns, add_generation_prompt, template_tools).await?;
+    // Where the reply starts depends on the rendered prompt (an open `<think>` at its end).
+    let reasoning = state
+        .reasoning_parser
+        .map(|p| (p, p.reply_start(&rendered)));
+    let constraint = structured::compile(&state, constraint, reasoning).await?;
     let parser = tool_plan.filter(ToolPlan::parses).map(|p| p.format);
     let batch = generate::submit(
         &state,
@@ -124,6 +132,7 @@ pub async fn create(
         codec,
         top: top_logprobs.unwrap_or(0) as usize,
         parser,
+        reasoning,
         streams: Vec::new(),
     };
     if plan.stream {
@@ -135,7 +144,7 @@ pub async fn create(
     let choices = outputs
         .into_iter()
         .map(|o| {
-            let (message, finish_reason) = reply(parser, o.text, o.finish);
+            let (message, finish_reason) = reply(parser, reasoning, o.text, o.finish);
             ChatChoice {
                 index: o.choice,
                 logprobs: top_logprobs.map(|_| writer.logprobs(&o.logprobs)),
@@ -157,13 +166,19 @@ pub async fn create(
     .into_response())
 }
 
-/// A finished reply: parsed for tool calls when the request had tools (`finish_reason` is
-/// then `tool_calls`, OpenAI's spelling, unless the output was cut short).
+/// A finished reply: its reasoning block split off (with a reasoning parser), the rest parsed
+/// for tool calls when the request had tools (`finish_reason` is then `tool_calls`, OpenAI's
+/// spelling, unless the output was cut short).
 fn reply(
     parser: Option<ToolFormat>,
+    reasoning: Option<(ReasoningParser, ReplyStart)>,
     text: String,
     finish: FinishReason,
 ) -> (ChatMessageOut, &'static str) {
+    let (reasoning_content, text) = match reasoning {
+        Some((parser, start)) => reasoning::split_whole(parser, start, &text),
+        None => (None, text),
+    };
     let parsed = match parser {
         Some(format) => tools::parsers::parse(format, &text),
         None => tools::parsers::Parsed {
@@ -172,9 +187,12 @@ fn reply(
         },
     };
     if parsed.calls.is_empty() {
+        // A reply that is all reasoning (cut inside the block) has no content.
+        let only_reasoning = reasoning_content.is_some() && parsed.content.is_empty();
         let message = ChatMessageOut {
             role: "assistant",
-            content: Some(parsed.content),
+            content: (!only_reasoning).then_some(parsed.content),
+            reasoning_content,
             tool_calls: None,
         };
         return (message, finish.as_str());
@@ -182,6 +200,7 @@ fn reply(
     let message = ChatMessageOut {
         role: "assistant",
         content: (!parsed.content.is_empty()).then_some(parsed.content),
+        reasoning_content,
         tool_calls: Some(tools::calls_out(parsed.calls)),
     };
     let reason = match finish {
@@ -288,8 +307,114 @@ struct ChatChunks {
     top: usize,
     /// The tool-call format when replies are parsed for calls.
     parser: Option<ToolFormat>,
-    /// Per choice: its stream parser and how many calls it has sent.
-    streams: Vec<(StreamParser, usize)>,
+    /// The reasoning parser and where replies start, with `--reasoning-parser`.
+    reasoning: Option<(ReasoningParser, ReplyStart)>,
+    /// Per choice: what splits and parses its text.
+    streams: Vec<ChoiceStream>,
+}
+
+/// One streamed choice's parsers: reasoning first, then tool calls in the content.
+struct ChoiceStream {
+    splitter: Option<ReasoningSplitter>,
+    tools: Option<StreamParser>,
+    /// Calls sent so far (the next call's `index`).
+    calls_sent: usize,
+}
+
+impl ChoiceStream {
+    /// The deltas for the next piece of text: reasoning, then content and calls.
+    fn push(&mut self, text: String) -> Vec<ChatDelta> {
+        let split = match self.splitter.as_mut() {
+            Some(splitter) => reasoning::push(splitter, &text),
+            None => TextSplit {
+                reasoning: String::new(),
+                content: text,
+            },
+        };
+        let items = match self.tools.as_mut() {
+            Some(tools) => tools.push(&split.content),
+            None => content_item(split.content),
+        };
+        self.deltas(split.reasoning, items)
+    }
+
+    /// The reply ended: what the parsers held (an unclosed reasoning block is all reasoning;
+    /// pythonic calls come whole here).
+    fn finish(&mut self) -> Vec<ChatDelta> {
+        let tail = self
+            .splitter
+            .as_mut()
+            .map(reasoning::finish)
+            .unwrap_or_default();
+        let items = match self.tools.as_mut() {
+            Some(tools) => {
+                let mut items = tools.push(&tail.content);
+                items.extend(tools.finish());
+                items
+            }
+            None => content_item(tail.content),
+        };
+        self.deltas(tail.reasoning, items)
+    }
+
+    /// Reasoning first, then the items in order: adjacent content (or adjacent fragments of
+    /// one call's arguments) share a delta; a call's first delta carries its `id`, `type`
+    /// and `name`, later ones only `index` and an arguments fragment.
+    fn deltas(&mut self, reasoning: String, items: Vec<StreamItem>) -> Vec<ChatDelta> {
+        let mut deltas: Vec<ChatDelta> = Vec::new();
+        if !reasoning.is_empty() {
+            deltas.push(ChatDelta {
+                reasoning_content: Some(reasoning),
+                ..ChatDelta::default()
+            });
+        }
+        for item in items {
+            let last = deltas.last_mut();
+            match item {
+                StreamItem::Content(text) => match last {
+                    Some(ChatDelta {
+                        content: Some(held),
+                        ..
+                    }) => held.push_str(&text),
+                    _ => deltas.push(ChatDelta {
+                        content: Some(text),
+                        ..ChatDelta::default()
+                    }),
+                },
+                StreamItem::CallStart { name } => {
+                    self.calls_sent += 1;
+                    deltas.push(call_delta(self.calls_sent - 1, Some(name), String::new()));
+                }
+                StreamItem::Arguments(fragment) => {
+                    let index = self.calls_sent.saturating_sub(1);
+                    let merged = last
+                        .and_then(|d| d.tool_calls.as_mut())
+                        .and_then(|calls| calls.last_mut())
+                        .filter(|call| call.index == index && call.function.name.is_none())
+                        .and_then(|call| call.function.arguments.as_mut())
+                        .map(|arguments| arguments.push_str(&fragment));
+                    if merged.is_none() {
+                        deltas.push(call_delta(index, None, fragment));
+                    }
+                }
+                StreamItem::Call(call) => {
+                    self.calls_sent += 1;
+                    let index = self.calls_sent - 1;
+                    deltas.push(call_delta(index, Some(call.name), String::new()));
+                    deltas.push(call_delta(index, None, call.arguments));
+                }
+            }
+        }
+        deltas
+    }
+}
+
+fn content_item(text: String) -> Vec<StreamItem> {
+    if text.is_empty() {
+        Vec::new()
+    } else {
+        vec![StreamItem::Content(text)]
+    }
 }
 
 impl ChatChunks {
@@ -317,17 +442,19 @@ impl ChatChunks {
 
 impl ChunkWriter for ChatChunks {
     fn opening(&mut self, choices: usize) -> Vec<Bytes> {
-        if let Some(format) = self.parser {
-            self.streams = (0..choices)
-                .map(|_| (StreamParser::new(format), 0))
-                .collect();
-        }
+        self.streams = (0..choices)
+            .map(|_| ChoiceStream {
+                splitter: self.reasoning.map(|(parser, start)| parser.splitter(start)),
+                tools: self.parser.map(StreamParser::new),
+                calls_sent: 0,
+            })
+            .collect();
         (0..choices)
             .map(|index| {
                 let delta = ChatDelta {
                     role: Some("assistant"),
                     content: Some(String::new()),
-                    tool_calls: None,
+                    ..ChatDelta::default()
                 };
                 let choice = ChatChunkChoice {
                     index,
@@ -341,50 +468,40 @@ impl ChunkWriter for ChatChunks {
     }
 
     fn delta(&mut self, choice: usize, text: String, entries: &[TokenLogprob]) -> Option<Bytes> {
-        let text = match self.streams.get_mut(choice) {
-            Some((parser, _)) => released_text(parser.push(&text)),
-            None => text,
+        let mut deltas = match self.streams.get_mut(choice) {
+            Some(stream) => stream.push(text),
+            None => vec![ChatDelta {
+                content: Some(text),
+                ..ChatDelta::default()
+            }],
         };
-        if text.is_empty() && entries.is_empty() {
-            return None;
+        if deltas.is_empty() {
+            if entries.is_empty() {
+                return None;
+            }
+            deltas.push(ChatDelta::default());
         }
-        let logprobs = (!entries.is_empty()).then(|| self.logprobs(entries));
-        let choice = ChatChunkChoice {
-            index: choice,
-            delta: ChatDelta {
-                role: None,
-                content: (!text.is_empty() || logprobs.is_none()).then_some(text),
-                tool_calls: None,
-            },
-            logprobs,
-            finish_reason: None,
-        };
-        Some(self.chunk(vec![choice], None, None))
+        let mut logprobs = (!entries.is_empty()).then(|| self.logprobs(entries));
+        let mut frames = Vec::new();
+        for delta in deltas {
+            let choice = ChatChunkChoice {
+                index: choice,
+                delta,
+                logprobs: logprobs.take(),
+                finish_reason: None,
+            };
+            frames.extend_from_slice(&self.chunk(vec![choice], None, None));
+        }
+        Some(Bytes::from(frames))
     }
 
-    /// Held text is parsed now: content first, then each call as two fragments (`id`, `type`
-    /// and `name` with empty arguments, then the arguments), then the finish chunk.
+    /// What the parsers held comes out now, then the finish chunk.
     fn finished(&mut self, choice: usize, reason: FinishReason) -> Bytes {
         let mut frames = Vec::new();
         let mut called = false;
-        if let Some((parser, sent)) = self.streams.get_mut(choice) {
-            let items = parser.finish();
-            let mut deltas = Vec::new();
-            for item in items {
-                match item {
-                    StreamItem::Content(text) => deltas.push(ChatDelta {
-                        content: Some(text),
-                        ..ChatDelta::default()
-                    }),
-                    StreamItem::Call(call) => {
-                        let index = *sent;
-                        *sent += 1;
-                        deltas.push(call_delta(index, Some(call.name), String::new()));
-                        deltas.push(call_delta(index, None, call.arguments));
-                    }
-                }
-            }
-            called = *sent > 0;
+        if let Some(stream) = self.streams.get_mut(choice) {
+            let deltas = stream.finish();
+            called = stream.calls_sent > 0;
             for delta in deltas {
                 let choice = ChatChunkChoice {
                     index: choice,
@@ -414,23 +531,10 @@ impl ChunkWriter for ChatChunks {
     }
 }
 
-/// Content a stream parser released (calls only come at the end).
-fn released_text(items: Vec<StreamItem>) -> String {
-    items
-        .into_iter()
-        .filter_map(|item| match item {
-            StreamItem::Content(text) => Some(text),
-            StreamItem::Call(_) => None,
-        })
-        .collect()
-}
-
 fn call_delta(index: usize, name: Option<String>, arguments: String) -> ChatDelta {
     use super::types::{FunctionCallDelta, ToolCallDelta};
     let first = name.is_some();
     ChatDelta {
-        role: None,
-        content: None,
         tool_calls: Some(vec![ToolCallDelta {
             index,
             id: first.then(tools::call_id),
@@ -440,6 +544,7 @@ fn call_delta(index: usize, name: Option<String>, arguments: String) -> ChatDelt
                 arguments: Some(arguments),
             },
         }]),
+        ..ChatDelta::default()
     }
 }
 

@@ -70,7 +70,8 @@ pub async fn create(
         plan.requested_max_tokens,
         limits.max_model_len,
     )?;
-    let constraint = structured::compile(&state, structured::constraint_of(&sampling)?).await?;
+    let constraint =
+        structured::compile(&state, structured::constraint_of(&sampling)?, None).await?;
     let permit = generate::admit(&state, prompts.len() * plan.n)?;
     let codec = text::codec(&state)?;
     let tokenized = text::encode_prompts(codec.clone(), prompts, limits).await?;

@@ -19,9 +19,7 @@ use axum::response::Response;
 use futures::stream::{BoxStream, SelectAll, StreamExt};
 use metrum_core::FinishReason;
 use metrum_engine::handle::{EngineRequest, RequestStream, StreamEvent, TokenLogprob};
-use metrum_engine::structured::CompiledGrammar;
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -61,7 +59,7 @@ pub async fn submit(
     limits: ModelLimits,
     arrival: Instant,
     permit: OwnedSemaphorePermit,
-    constraint: Option<Arc<CompiledGrammar>>,
+    constraint: Option<super::structured::RequestConstraint>,
 ) -> Result<Batch, ApiError> {
     let prompt_tokens = prompts.iter().map(Vec::len).sum();
     let mut requests = Vec::with_capacity(prompts.len() * plan.n);

@@ -28,6 +28,7 @@ pub mod logprobs;
 pub mod metrics;
 pub mod models;
 pub mod openapi;
+pub mod reasoning;
 pub mod schemas;
 pub mod structured;
 pub mod text;
@@ -66,6 +67,8 @@ pub struct AppState {
     pub grammars: structured::CompilerSlot,
     /// `--tool-call-parser`; `None` = the format the chat template shows.
     pub tool_format: Option<tools::parsers::ToolFormat>,
+    /// `--reasoning-parser`; `None` = replies are never split.
+    pub reasoning_parser: Option<reasoning::ReasoningParser>,
 }
 
 impl AppState {
@@ -106,6 +109,7 @@ pub fn router(engine: EngineHandle, options: &ServerOptions) -> Router {
         openapi: Arc::default(),
         grammars: Arc::default(),
         tool_format: options.tool_call_parser,
+        reasoning_parser: options.reasoning_parser,
     };
     let mut v1 = Router::new()
         .route("/v1/completions", post(completions::create))

@@ -10,10 +10,12 @@
 //!   constraint is never weakened or dropped.
 
 use super::AppState;
+use super::reasoning::ReasoningParser;
 use super::types::{ResponseFormat, SamplingFields, StructuredOutputs};
 use crate::error::ApiError;
 use crate::limits::MAX_CONSTRAINT_BYTES;
-use metrum_engine::structured::{CompiledGrammar, ConstraintSpec, GrammarCompiler};
+use metrum_engine::structured::reasoning::{ReasoningGate, ReplyStart};
+use metrum_engine::structured::{CompiledGrammar, ConstraintSpec, GrammarCompiler, GrammarMatcher};
 use serde_json::Value;
 use std::sync::{Arc, OnceLock};
 
@@ -155,12 +157,33 @@ fn payload_bytes(spec: &ConstraintSpec) -> usize {
     }
 }
 
+/// A compiled constraint, and with a reasoning parser the block the grammar waits for.
+#[derive(Clone, Debug)]
+pub struct RequestConstraint {
+    grammar: Arc<CompiledGrammar>,
+    after_reasoning: Option<(Arc<ReasoningGate>, ReplyStart)>,
+}
+
+impl RequestConstraint {
+    /// A fresh matcher for one choice.
+    pub fn matcher(&self) -> Result<GrammarMatcher, String> {
+        let matcher = self.grammar.matcher()?;
+        Ok(match &self.after_reasoning {
+            Some((gate, start)) => matcher.after_reasoning(gate.clone(), *start),
+            None => matcher,
+        })
+    }
+}
+
 /// Compiles `constraint` on the blocking pool (building the model's compiler first if this is
-/// the first constrained request). Invalid or unsupported constraints are a 400.
+/// the first constrained request). Invalid or unsupported constraints are a 400. With
+/// `reasoning`, the grammar applies after the reply's reasoning block; the gate's masks for
+/// that reply start are computed here too, not on the engine thread.
 pub async fn compile(
     state: &AppState,
     constraint: Option<Constraint>,
-) -> Result<Option<Arc<CompiledGrammar>>, ApiError> {
+    reasoning: Option<(ReasoningParser, ReplyStart)>,
+) -> Result<Option<RequestConstraint>, ApiError> {
     let Some(constraint) = constraint else {
         return Ok(None);
     };
@@ -180,7 +203,7 @@ pub async fn compile(
                     format!("structured outputs are unavailable for this model's tokenizer: {e}"),
                 )
             })?;
-        compiler
+        let grammar = compiler
             .compile(&constraint.spec)
             .map_err(|e| ApiError::BadRequest {
                 message: format!(
@@ -189,7 +212,16 @@ pub async fn compile(
                 ),
                 param: Some(constraint.param.clone()),
                 code: Some("invalid_constraint"),
-            })
+            })?;
+        let after_reasoning = reasoning.map(|(parser, start)| {
+            let gate = compiler.reasoning_gate(parser.tags());
+            gate.prepare(start);
+            (gate, start)
+        });
+        Ok(RequestConstraint {
+            grammar,
+            after_reasoning,
+        })
     })
     .await
     .map_err(|e| ApiError::internal("-", format!("grammar compile task failed: {e}")))?

@@ -98,7 +98,7 @@ pub async fn encode_chat(
     turns: Vec<Turn>,
     add_generation_prompt: bool,
     tools: Option<serde_json::Value>,
-) -> Result<Vec<u32>, ApiError> {
+) -> Result<(Vec<u32>, String), ApiError> {
     blocking(move || {
         let messages: Vec<ChatMessage> = turns
             .into_iter()
@@ -121,7 +121,7 @@ pub async fn encode_chat(
             .map_err(|e| {
                 ApiError::param("messages", format!("cannot apply the chat template: {e}"))
             })?;
-        encode_text(&codec, &rendered, false)
+        Ok((encode_text(&codec, &rendered, false)?, rendered))
     })
     .await
 }

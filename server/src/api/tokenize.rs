@@ -43,7 +43,9 @@ pub async fn tokenize(
                 .limits
                 .check_prompt_bytes("messages", conversation_bytes(&turns))?;
             let add_generation_prompt = request.add_generation_prompt.unwrap_or(true);
-            text::encode_chat(codec, turns, add_generation_prompt, None).await?
+            text::encode_chat(codec, turns, add_generation_prompt, None)
+                .await?
+                .0
         }
         _ => {
             return Err(ApiError::bad_request(

@@ -453,8 +453,11 @@ pub struct CompletionResponse {
 pub struct ChatMessageOut {
     #[schema(value_type = String, example = "assistant")]
     pub role: &'static str,
-    /// `null` when the reply is only tool calls.
+    /// `null` when the reply is only tool calls, or only reasoning.
     pub content: Option<String>,
+    /// With `--reasoning-parser`: the reply's reasoning block (absent when it had none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<Vec<ToolCallOut>>,
 }
@@ -492,6 +495,9 @@ pub struct ChatDelta {
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    /// With `--reasoning-parser`: the next piece of the reasoning block.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<Vec<ToolCallDelta>>,
 }

@@ -117,6 +117,10 @@ pub struct ServeArgs {
     /// default: the one the model's chat template shows, else hermes.
     #[arg(long)]
     pub tool_call_parser: Option<crate::api::tools::parsers::ToolFormat>,
+    /// Split chat replies of reasoning models into `reasoning_content` and `content`, and
+    /// apply constraints after the reasoning block (vLLM's names: qwen3, deepseek_r1).
+    #[arg(long)]
+    pub reasoning_parser: Option<crate::api::reasoning::ReasoningParser>,
     /// Time a client has to send its request headers.
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub header_timeout: Duration,
@@ -229,6 +233,7 @@ impl ServeArgs {
                 max_output_tokens: self.max_output_tokens_per_request,
             },
             tool_call_parser: self.tool_call_parser,
+            reasoning_parser: self.reasoning_parser,
         })
     }
 

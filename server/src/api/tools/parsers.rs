@@ -11,6 +11,9 @@
 //! byte for byte; nothing the model wrote is dropped. [`StreamParser`] gives the same result
 //! as [`parse`] for any split of the text into chunks (fuzzed: `fuzz/fuzz_targets/tool_parsers.rs`).
 
+mod json_calls;
+
+use json_calls::{JsonCalls, Syntax};
 use serde_json::Value;
 
 /// A tool-call syntax.
@@ -94,105 +97,53 @@ pub struct Parsed {
     pub calls: Vec<ParsedCall>,
 }
 
-/// Splits a complete output into content and calls.
+/// Splits a complete output into content and calls: the stream parser fed the whole text,
+/// so a streamed reply reassembles to exactly this.
 pub fn parse(format: ToolFormat, text: &str) -> Parsed {
-    let (openers, at_start) = format.opener();
-    let start = if at_start {
-        let trimmed = text.trim_start();
-        openers
-            .iter()
-            .any(|o| trimmed.starts_with(o))
-            .then(|| text.len() - trimmed.len())
-    } else {
-        openers.iter().filter_map(|o| text.find(o)).min()
-    };
-    let Some(start) = start else {
-        return Parsed {
-            content: text.to_string(),
-            calls: Vec::new(),
-        };
-    };
-    let calls = match format {
-        ToolFormat::Hermes => hermes(&text[start..]),
-        ToolFormat::Mistral => mistral(&text[start..]),
-        ToolFormat::Llama3Json => llama3(&text[start..]),
-        ToolFormat::Pythonic => pythonic(text[start..].trim_end()),
-    };
+    let mut parser = StreamParser::new(format);
+    let mut items = parser.push(text);
+    items.extend(parser.finish());
+    reassemble(items)
+}
+
+/// Items as the client reassembles them: content concatenated, each call's argument
+/// fragments concatenated.
+pub fn reassemble(items: Vec<StreamItem>) -> Parsed {
+    let mut out = Parsed::default();
+    for item in items {
+        match item {
+            StreamItem::Content(text) => out.content.push_str(&text),
+            StreamItem::CallStart { name } => out.calls.push(ParsedCall {
+                name,
+                arguments: String::new(),
+            }),
+            StreamItem::Arguments(fragment) => {
+                if let Some(call) = out.calls.last_mut() {
+                    call.arguments.push_str(&fragment);
+                }
+            }
+            StreamItem::Call(call) => out.calls.push(call),
+        }
+    }
+    out
+}
+
+/// A pythonic reply, whole: `[f(a=1), ...]` opening the output, else all content.
+fn parse_pythonic(text: &str) -> Parsed {
+    let trimmed = text.trim_start();
+    let calls = trimmed
+        .starts_with('[')
+        .then(|| pythonic(trimmed.trim_end()))
+        .flatten();
     match calls {
         Some(calls) if !calls.is_empty() => Parsed {
-            content: text[..start].to_string(),
+            content: text[..text.len() - trimmed.len()].to_string(),
             calls,
         },
         _ => Parsed {
             content: text.to_string(),
             calls: Vec::new(),
         },
-    }
-}
-
-/// `{"name": .., "arguments"|"parameters": {..}}` -> a call (arguments default to `{}`).
-fn call_of(value: &Value) -> Option<ParsedCall> {
-    let name = value.get("name")?.as_str()?.to_string();
-    let arguments = match value.get("arguments").or_else(|| value.get("parameters")) {
-        None | Some(Value::Null) => "{}".to_string(),
-        // Some models write the arguments as JSON text; keep it when it is an object.
-        Some(Value::String(text)) => match serde_json::from_str::<Value>(text) {
-            Ok(Value::Object(_)) => text.clone(),
-            _ => return None,
-        },
-        Some(args @ Value::Object(_)) => args.to_string(),
-        Some(_) => return None,
-    };
-    Some(ParsedCall { name, arguments })
-}
-
-/// One JSON value at the start of `text` (after whitespace), and the rest after it.
-fn json_prefix(text: &str) -> Option<(Value, &str)> {
-    let trimmed = text.trim_start();
-    let mut stream = serde_json::Deserializer::from_str(trimmed).into_iter::<Value>();
-    let value = stream.next()?.ok()?;
-    Some((value, &trimmed[stream.byte_offset()..]))
-}
-
-fn hermes(mut text: &str) -> Option<Vec<ParsedCall>> {
-    let mut calls = Vec::new();
-    loop {
-        text = text.trim_start();
-        if text.is_empty() {
-            return Some(calls);
-        }
-        let body = text.strip_prefix("<tool_call>")?;
-        let (value, rest) = json_prefix(body)?;
-        calls.push(call_of(&value)?);
-        text = rest.trim_start().strip_prefix("</tool_call>")?;
-    }
-}
-
-fn mistral(text: &str) -> Option<Vec<ParsedCall>> {
-    let body = text.strip_prefix("[TOOL_CALLS]")?;
-    let (value, rest) = json_prefix(body)?;
-    if !rest.trim().is_empty() {
-        return None;
-    }
-    match value {
-        Value::Array(items) => items.iter().map(call_of).collect(),
-        one @ Value::Object(_) => call_of(&one).map(|c| vec![c]),
-        _ => None,
-    }
-}
-
-fn llama3(text: &str) -> Option<Vec<ParsedCall>> {
-    let mut rest = text.trim_start();
-    rest = rest.strip_prefix("<|python_tag|>").unwrap_or(rest);
-    let mut calls = Vec::new();
-    loop {
-        let (value, after) = json_prefix(rest)?;
-        calls.push(call_of(&value)?);
-        let after = after.trim_start();
-        if after.is_empty() {
-            return Some(calls);
-        }
-        rest = after.strip_prefix(';')?;
     }
 }
 
@@ -374,24 +325,33 @@ impl PyParser<'_> {
     }
 }
 
-/// What a [`StreamParser`] releases: content as soon as it cannot be a call, calls at the end.
+/// What a [`StreamParser`] releases, in order.
 #[derive(Clone, Debug, PartialEq)]
 pub enum StreamItem {
+    /// Content, as soon as it cannot be (the start of) a call.
     Content(String),
+    /// A call begins (the client gets its `id`, `type` and `name` here).
+    CallStart { name: String },
+    /// The next fragment of the latest call's arguments (JSON text as the model wrote it).
+    Arguments(String),
+    /// A whole call at once (pythonic calls are known only when their list closes).
     Call(ParsedCall),
 }
 
 /// Incremental parsing for streams. Content streams out as long as it cannot be (the start
-/// of) a call; from the first possible call on, text is held and parsed when the output ends,
-/// so that what the client reassembles is exactly what [`parse`] gives for the whole text.
+/// of) a call. From the first possible call on, the JSON formats go through [`JsonCalls`],
+/// which sends each call's name and then its arguments as they arrive; pythonic calls are
+/// held and parsed when the output ends.
 pub struct StreamParser {
     format: ToolFormat,
-    /// Text not yet released (a possible call, or a possible prefix of an opener).
+    /// Text not yet released (a possible pythonic call, or a possible prefix of an opener).
     held: String,
     /// Content already released; a start-only format only releases once it knows.
     released: usize,
-    /// A call has (possibly) started: everything from here is held to the end.
+    /// A pythonic call has (possibly) started: everything from here is held to the end.
     in_call: bool,
+    /// A JSON-format call has (possibly) started: everything from here goes to this.
+    calls: Option<JsonCalls>,
 }
 
 impl StreamParser {
@@ -401,11 +361,17 @@ impl StreamParser {
             held: String::new(),
             released: 0,
             in_call: false,
+            calls: None,
         }
     }
 
-    /// Feeds the next chunk; returns content that can be released now.
+    /// Feeds the next chunk; returns what can be released now.
     pub fn push(&mut self, chunk: &str) -> Vec<StreamItem> {
+        if let Some(calls) = self.calls.as_mut() {
+            let mut out = Vec::new();
+            calls.push(chunk, &mut out);
+            return out;
+        }
         self.held.push_str(chunk);
         if self.in_call {
             return Vec::new();
@@ -420,7 +386,8 @@ impl StreamParser {
             }
             if self.released == 0 && openers.iter().any(|o| is_prefix_either(trimmed, o)) {
                 if openers.iter().any(|o| trimmed.starts_with(o)) {
-                    self.in_call = true;
+                    let held = std::mem::take(&mut self.held);
+                    return self.start_calls(&held, Vec::new());
                 }
                 return Vec::new();
             }
@@ -428,9 +395,9 @@ impl StreamParser {
             return vec![StreamItem::Content(std::mem::take(&mut self.held))];
         }
         if let Some(at) = openers.iter().filter_map(|o| self.held.find(o)).min() {
-            self.in_call = true;
-            let before: String = self.held.drain(..at).collect();
-            return content(before);
+            let rest = self.held.split_off(at);
+            let before = std::mem::take(&mut self.held);
+            return self.start_calls(&rest, content(before));
         }
         // Hold back a tail that could still grow into an opener.
         let keep = openers
@@ -444,20 +411,37 @@ impl StreamParser {
         content(before)
     }
 
-    /// The output ended: parses what was held. Text that is not calls is released as content.
-    pub fn finish(&mut self) -> Vec<StreamItem> {
-        let held = std::mem::take(&mut self.held);
-        if held.is_empty() {
-            return Vec::new();
-        }
-        let parsed = if self.released == 0 || !self.format.opener().1 {
-            parse(self.format, &held)
-        } else {
-            Parsed {
-                content: held,
-                calls: Vec::new(),
+    /// `text` (from an opener on) may be calls: JSON formats parse it from here on, pythonic
+    /// holds it to the end.
+    fn start_calls(&mut self, text: &str, mut out: Vec<StreamItem>) -> Vec<StreamItem> {
+        let syntax = match self.format {
+            ToolFormat::Hermes => Syntax::Hermes,
+            ToolFormat::Mistral => Syntax::Mistral,
+            ToolFormat::Llama3Json => Syntax::Llama3,
+            ToolFormat::Pythonic => {
+                self.in_call = true;
+                self.held = text.to_string();
+                return out;
             }
         };
+        let mut calls = JsonCalls::new(syntax);
+        calls.push(text, &mut out);
+        self.calls = Some(calls);
+        out
+    }
+
+    /// The output ended: releases what was held.
+    pub fn finish(&mut self) -> Vec<StreamItem> {
+        if let Some(calls) = self.calls.as_mut() {
+            let mut out = Vec::new();
+            calls.finish(&mut out);
+            return out;
+        }
+        let held = std::mem::take(&mut self.held);
+        if !self.in_call {
+            return content(held);
+        }
+        let parsed = parse_pythonic(&held);
         let mut items = content(parsed.content);
         items.extend(parsed.calls.into_iter().map(StreamItem::Call));
         items
