@@ -74,8 +74,10 @@ impl AttentionParams {
 /// Writes the new keys and values of every batch token into the paged cache, in place.
 ///
 /// `key`, `value`: `[T, num_kv_heads, head_dim]`; `key_cache`, `value_cache`:
-/// `[num_blocks, block_size, num_kv_heads, head_dim]`, same dtype. Destination slots come from
-/// `meta.slot_mapping`.
+/// `[num_blocks, block_size, num_kv_heads, head_dim]`. Destination slots come from
+/// `meta.slot_mapping`. On CPU the cache may hold another float dtype than the new K/V (an f16
+/// cache for f32 activations): values are converted with round-to-nearest-even. CUDA needs one
+/// dtype for both.
 pub fn reshape_and_cache(
     key: &Tensor,
     value: &Tensor,
@@ -228,7 +230,7 @@ impl CustomOp3 for PagedAttention<'_> {
         vl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         if !self.reference
-            && let Some(fast) = fast_f32(q, ql, k, kl, v, vl, self.meta, &self.params)
+            && let Some(fast) = fast_cpu(q, ql, k, kl, v, vl, self.meta, &self.params)
         {
             return fast;
         }
@@ -249,10 +251,11 @@ impl CustomOp3 for PagedAttention<'_> {
     }
 }
 
-/// The fast CPU path for contiguous f32 inputs whose shapes the oracle would accept; `None`
-/// sends everything else (other dtypes, odd layouts, bad shapes and their errors) to the oracle.
+/// The fast CPU path for contiguous f32 queries over an f32 or f16 cache, whose shapes the oracle
+/// would accept; `None` sends everything else (other dtypes, odd layouts, bad shapes and their
+/// errors) to the oracle.
 #[allow(clippy::too_many_arguments)]
-fn fast_f32(
+fn fast_cpu(
     q: &CpuStorage,
     ql: &Layout,
     k: &CpuStorage,
@@ -262,7 +265,7 @@ fn fast_f32(
     meta: &AttentionMetadata,
     params: &AttentionParams,
 ) -> Option<Result<(CpuStorage, Shape)>> {
-    let (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) = (q, k, v) else {
+    let CpuStorage::F32(q) = q else {
         return None;
     };
     let (&[t, num_heads, head_dim], &[_, block_size, kv_heads, kd]) =
@@ -279,7 +282,7 @@ fn fast_f32(
     let (q0, q1) = ql.contiguous_offsets()?;
     let (k0, k1) = kl.contiguous_offsets()?;
     let (v0, v1) = vl.contiguous_offsets()?;
-    if !fits || q1 > q.len() || k1 > k.len() || v1 > v.len() {
+    if !fits || q1 > q.len() {
         return None;
     }
     let dims = cpu::FastDims {
@@ -288,7 +291,16 @@ fn fast_f32(
         head_dim,
         block_size,
     };
-    let out = cpu::paged_attention_f32(&q[q0..q1], &k[k0..k1], &v[v0..v1], meta, dims, params);
+    let q = &q[q0..q1];
+    let out = match (k, v) {
+        (CpuStorage::F32(k), CpuStorage::F32(v)) if k1 <= k.len() && v1 <= v.len() => {
+            cpu::paged_attention_fast(q, &k[k0..k1], &v[v0..v1], meta, dims, params)
+        }
+        (CpuStorage::F16(k), CpuStorage::F16(v)) if k1 <= k.len() && v1 <= v.len() => {
+            cpu::paged_attention_fast(q, &k[k0..k1], &v[v0..v1], meta, dims, params)
+        }
+        _ => return None,
+    };
     Some(Ok((
         CpuStorage::F32(out),
         Shape::from((t, num_heads, head_dim)),

@@ -4,8 +4,13 @@
 //! with sliding windows (1, and sizes that are no multiple of the block or query tile), with
 //! soft-caps, and both. (The dense references of kernels/tests/attention.rs cover the fast path
 //! too, since f32 CPU runs it.)
+//!
+//! Every case also runs over an f16 copy of the cache (the engine's CPU default): the fast path
+//! against the oracle on the same f16 cache (1e-5, as for f32: both widen the same f16 values
+//! exactly, only the summation order differs), and against the f32 cache within the bound f16
+//! rounding allows (see [`f16_cache_bound`]).
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use metrum_kernels::{
     AttentionMetadata, AttentionParams, paged_attention, paged_attention_reference,
     paged_attention_reference_with, paged_attention_with,
@@ -64,17 +69,53 @@ fn case(
         &oracle,
         &format!("heads {heads:?} dim {dim} bs {bs} seqs {seqs:?}"),
     );
-    for &(sliding_window, soft_cap) in variants {
-        let params = AttentionParams {
+    let (k16, v16) = (
+        k.to_dtype(DType::F16).unwrap(),
+        v.to_dtype(DType::F16).unwrap(),
+    );
+    let bound = f16_cache_bound(&q, &k, &v, scale);
+    let params = std::iter::once(AttentionParams::new(scale)).chain(variants.iter().map(
+        |&(sliding_window, soft_cap)| AttentionParams {
             scale,
             sliding_window,
             soft_cap,
-        };
-        let fast = paged_attention_with(&q, &k, &v, &meta, &params).unwrap();
-        let oracle = paged_attention_reference_with(&q, &k, &v, &meta, &params).unwrap();
+        },
+    ));
+    for (i, params) in params.enumerate() {
         let what = format!("heads {heads:?} dim {dim} bs {bs} seqs {seqs:?} {params:?}");
-        assert_close(&fast, &oracle, &what);
+        let oracle = paged_attention_reference_with(&q, &k, &v, &meta, &params).unwrap();
+        if i > 0 {
+            let fast = paged_attention_with(&q, &k, &v, &meta, &params).unwrap();
+            assert_close(&fast, &oracle, &what);
+        }
+        let fast16 = paged_attention_with(&q, &k16, &v16, &meta, &params).unwrap();
+        assert_eq!(fast16.dtype(), DType::F32, "the output keeps the query's dtype");
+        let oracle16 = paged_attention_reference_with(&q, &k16, &v16, &meta, &params).unwrap();
+        assert_close(&fast16, &oracle16, &format!("f16 cache, {what}"));
+        let diff = max_abs(&(&fast16 - &oracle).unwrap());
+        assert!(
+            diff <= bound,
+            "f16 cache vs f32 cache, {what}: max diff {diff} over the bound {bound}"
+        );
     }
+}
+
+fn max_abs(t: &Tensor) -> f32 {
+    t.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+}
+
+/// How far attention over an f16 copy of the cache may land from the f32 cache, for any query
+/// of `q` (the tolerance, derived rather than tuned). Rounding to f16 moves each K and V element
+/// by at most 2^-11 of the largest one (half an ulp at 11 significant bits; subnormals move
+/// less). A logit `scale·q·k` then moves by at most δ = scale · Σ|q_i|·2^-11·max|K| (soft-capping
+/// only shrinks that: tanh is 1-Lipschitz); each softmax weight by at most a factor e^{±2δ}, so
+/// the weighted sum of V by (e^{2δ} - 1)·max|V|; and V's own rounding adds 2^-11·max|V|.
+/// 1e-5 more covers the f32 summation-order noise both paths already have.
+fn f16_cache_bound(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> f32 {
+    let half_ulp = 2f32.powi(-11);
+    let q_l1 = q.abs().unwrap().sum_keepdim(2).unwrap();
+    let delta = scale * max_abs(&q_l1) * half_ulp * max_abs(k);
+    ((2.0 * delta).exp() - 1.0) * max_abs(v) + half_ulp * max_abs(v) + 1e-5
 }
 
 fn assert_close(fast: &Tensor, oracle: &Tensor, what: &str) {

@@ -1,5 +1,6 @@
-//! The fast CPU paged attention (f32), which the engine runs; [`super::paged_attention`] stays
-//! the readable oracle it is tested against (kernels/tests/fast_attention.rs).
+//! The fast CPU paged attention (f32 queries over an f32 or f16 KV cache, see [`KvElem`]),
+//! which the engine runs; [`super::paged_attention`] stays the readable oracle it is tested
+//! against (kernels/tests/fast_attention.rs).
 //!
 //! Three things make it fast where the oracle is slow:
 //! - **GQA sharing.** Work is split by (sequence, KV head, tile of up to [`Q_TILE`] query
@@ -22,6 +23,8 @@ use crate::AttentionMetadata;
 use crate::AttentionParams;
 use crate::quant::Isa;
 use crate::vmath::{LANES, sum_lanes};
+
+use super::kv_dtype::KvElem;
 
 /// Query tokens per tile.
 const Q_TILE: usize = 8;
@@ -65,11 +68,11 @@ pub(super) struct OutPtr(pub *mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
-/// `q: [T, heads, head_dim]`, caches `[blocks, block_size, kv_heads, head_dim]`, all f32.
-pub(crate) fn paged_attention_f32(
+/// `q: [T, heads, head_dim]` f32, caches `[blocks, block_size, kv_heads, head_dim]` of `T`.
+pub(crate) fn paged_attention_fast<T: KvElem>(
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    k: &[T],
+    v: &[T],
     meta: &AttentionMetadata,
     d: Dims,
     params: &AttentionParams,
@@ -107,11 +110,11 @@ pub(crate) fn paged_attention_f32(
 }
 
 #[allow(clippy::too_many_arguments)]
-unsafe fn run_tile(
+unsafe fn run_tile<T: KvElem>(
     isa: Isa,
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    k: &[T],
+    v: &[T],
     meta: &AttentionMetadata,
     d: Dims,
     params: &AttentionParams,
@@ -124,17 +127,16 @@ unsafe fn run_tile(
     } else if isa == Isa::Avx2 {
         return unsafe { tile_avx2(q, k, v, meta, d, params, tile, out) };
     }
-    let _ = isa;
-    unsafe { tile_generic(q, k, v, meta, d, params, tile, out) }
+    unsafe { tile_generic(isa, q, k, v, meta, d, params, tile, out) }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile_avx512(
+unsafe fn tile_avx512<T: KvElem>(
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    k: &[T],
+    v: &[T],
     meta: &AttentionMetadata,
     d: Dims,
     params: &AttentionParams,
@@ -146,23 +148,23 @@ unsafe fn tile_avx512(
             super::fast_decode_avx512::decode_tile(q, k, v, meta, d, params, tile, out)
         };
     }
-    unsafe { tile_generic(q, k, v, meta, d, params, tile, out) }
+    unsafe { tile_generic(Isa::Avx512Vnni, q, k, v, meta, d, params, tile, out) }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile_avx2(
+unsafe fn tile_avx2<T: KvElem>(
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    k: &[T],
+    v: &[T],
     meta: &AttentionMetadata,
     d: Dims,
     params: &AttentionParams,
     tile: Tile,
     out: OutPtr,
 ) {
-    unsafe { tile_generic(q, k, v, meta, d, params, tile, out) }
+    unsafe { tile_generic(Isa::Avx2, q, k, v, meta, d, params, tile, out) }
 }
 
 /// Scores 16 keys at a time: the keys are transposed into `kt[d][key]`, so each query row gets
@@ -172,10 +174,9 @@ unsafe fn tile_avx2(
 #[allow(clippy::too_many_arguments)]
 fn scores_transposed<'a>(
     scores: &mut [f32],
-    kv_row: &impl Fn(usize) -> std::ops::Range<usize>,
+    k_rows: &[&[f32]],
     qrow: &impl Fn(usize) -> &'a [f32],
     visible: &impl Fn(usize) -> std::ops::Range<usize>,
-    k: &[f32],
     rows: usize,
     hd: usize,
     width: usize,
@@ -186,7 +187,7 @@ fn scores_transposed<'a>(
     while p0 < width {
         let n = (width - p0).min(LANES);
         for i in 0..n {
-            for (dim, &x) in k[kv_row(p0 + i)].iter().enumerate() {
+            for (dim, &x) in k_rows[p0 + i].iter().enumerate() {
                 kt[dim * LANES + i] = x;
             }
         }
@@ -259,10 +260,11 @@ fn accumulate_rows(acc: &mut [f32], weights: &[f32], rows: &[&[f32]]) {
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile_generic(
+unsafe fn tile_generic<T: KvElem>(
+    isa: Isa,
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    k: &[T],
+    v: &[T],
     meta: &AttentionMetadata,
     d: Dims,
     params: &AttentionParams,
@@ -292,14 +294,18 @@ unsafe fn tile_generic(
         let keys = params.visible_keys(tile.pos0 + r / group);
         keys.start - lo..keys.end - lo
     };
+    // The tile's K and V rows as f32: the cache's own rows when it is f32; for an f16 cache,
+    // each row widened once into a scratch copy that every query row of the tile then reads.
+    let (mut k_wide, mut v_wide) = (Vec::new(), Vec::new());
+    let k_rows = rows_as_f32(k, &kv_row, width, hd, isa, &mut k_wide);
+    let v_rows = rows_as_f32(v, &kv_row, width, hd, isa, &mut v_wide);
     let mut scores = vec![f32::NEG_INFINITY; rows * width];
     if rows >= TRANSPOSE_MIN_ROWS {
         scores_transposed(
             &mut scores,
-            &kv_row,
+            &k_rows,
             &qrow,
             &visible,
-            k,
             rows,
             hd,
             width,
@@ -308,8 +314,7 @@ unsafe fn tile_generic(
     } else {
         // Few rows (decodes): one dot product per (key, row); transposing the keys would cost
         // more than the horizontal sums it saves.
-        for j in 0..width {
-            let krow = &k[kv_row(j)];
+        for (j, krow) in k_rows.iter().enumerate() {
             for r in 0..rows {
                 if visible(r).contains(&j) {
                     scores[r * width + j] = dot(qrow(r), krow) * params.scale;
@@ -330,7 +335,6 @@ unsafe fn tile_generic(
     }
     // P·V one query row at a time, so its accumulator stays in registers while the V rows
     // stream past (they stay in L1 from one row to the next).
-    let v_rows: Vec<&[f32]> = (0..width).map(|j| &v[kv_row(j)]).collect();
     let mut acc = vec![0f32; rows * hd];
     for r in 0..rows {
         let vis = visible(r);
@@ -348,4 +352,28 @@ unsafe fn tile_generic(
             unsafe { *out.0.add(dst + j) = a / denom[r] };
         }
     }
+}
+
+/// Rows `0..width` of a cache (at `kv_row(j)`, `hd` long each) as f32 slices: borrowed from an
+/// f32 cache, widened into `scratch` from any other.
+fn rows_as_f32<'a, T: KvElem>(
+    cache: &'a [T],
+    kv_row: &impl Fn(usize) -> std::ops::Range<usize>,
+    width: usize,
+    hd: usize,
+    isa: Isa,
+    scratch: &'a mut Vec<f32>,
+) -> Vec<&'a [f32]> {
+    // Short-circuits on the first row of a cache that is not f32.
+    if let Some(rows) = (0..width)
+        .map(|j| T::as_f32(&cache[kv_row(j)]))
+        .collect::<Option<Vec<_>>>()
+    {
+        return rows;
+    }
+    scratch.resize(width * hd, 0.0);
+    for (j, dst) in scratch.chunks_exact_mut(hd).enumerate() {
+        T::widen(&cache[kv_row(j)], dst, isa);
+    }
+    scratch.chunks_exact(hd).collect()
 }

@@ -11,12 +11,16 @@
 //! - K and V rows a few keys ahead are prefetched: decode attention over a batch's contexts
 //!   is memory-bound (perf: the loads' first uses were ~80% of this function's samples).
 //!
+//! An f16 cache is read with the same loads widened in registers (`vcvtph2ps`, [`load16`]):
+//! half the bytes per key for a few more µops, which a memory-bound loop has to spare.
+//!
 //! Only the query's visible keys are read: from its sliding-window start (0 without a window)
 //! to its own position; soft-capping, when on, runs over the scores before the softmax.
 
 use std::arch::x86_64::*;
 
 use super::fast_attention::{Dims, OutPtr, Tile};
+use super::kv_dtype::{KvElem, KvFormat};
 use crate::{AttentionMetadata, AttentionParams};
 
 /// Most query heads per KV head this path handles (accumulators held in registers).
@@ -32,10 +36,10 @@ pub(super) fn applies(d: Dims, tile: Tile) -> bool {
 /// `paged_attention_f32` checked, and no other tile writes this tile's output rows.
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn decode_tile(
+pub(super) unsafe fn decode_tile<T: KvElem>(
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    k: &[T],
+    v: &[T],
     meta: &AttentionMetadata,
     d: Dims,
     params: &AttentionParams,
@@ -70,9 +74,9 @@ pub(super) unsafe fn decode_tile(
         ($(($g:literal, $c:literal))*; $($h:literal)*) => {
             match (group, hd / 16) {
                 $(($g, $c) if hd.is_multiple_of(16) => unsafe {
-                    pv_key_outer::<$g, $c>(out, &scores, &inv, v, &offsets)
+                    pv_key_outer::<T, $g, $c>(out, &scores, &inv, v, &offsets)
                 },)*
-                $(($h, _) => unsafe { pv_into::<$h>(out, &scores, &inv, v, &offsets, hd) },)*
+                $(($h, _) => unsafe { pv_into::<T, $h>(out, &scores, &inv, v, &offsets, hd) },)*
                 _ => unreachable!("applies() bounds the group by MAX_GROUP"),
             }
         };
@@ -84,21 +88,36 @@ pub(super) unsafe fn decode_tile(
 /// hardware prefetcher loses the stream at every block boundary.
 const PREFETCH_KEYS: usize = 6;
 
+/// Prefetches the cache lines of a row of `len` elements.
 #[inline(always)]
-unsafe fn prefetch_row(row: *const f32, hd: usize) {
-    for line in (0..hd).step_by(16) {
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(row.add(line) as *const i8) };
+unsafe fn prefetch_row<T>(row: *const T, len: usize) {
+    let per_line = 64 / size_of::<T>();
+    for e in (0..len).step_by(per_line) {
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(row.add(e) as *const i8) };
+    }
+}
+
+/// 16 elements at `p` as f32 lanes: a plain load from an f32 cache, a 32-byte load widened in
+/// registers from an f16 one (the branch is on a constant and compiles away).
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+#[inline]
+unsafe fn load16<T: KvElem>(p: *const T) -> __m512 {
+    unsafe {
+        match T::FORMAT {
+            KvFormat::F32 => _mm512_loadu_ps(p.cast()),
+            KvFormat::F16 => _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())),
+        }
     }
 }
 
 /// `out_r = inv_r · Σ_p weights[r][p] · V_p` for `G` heads of `16·C` dims, each V row loaded
 /// once into `C` registers and used by every head.
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-unsafe fn pv_key_outer<const G: usize, const C: usize>(
+unsafe fn pv_key_outer<T: KvElem, const G: usize, const C: usize>(
     out: *mut f32,
     weights: &[f32],
     inv: &[f32; MAX_GROUP],
-    v: &[f32],
+    v: &[T],
     offsets: &[usize],
 ) {
     let ctx = offsets.len();
@@ -109,7 +128,7 @@ unsafe fn pv_key_outer<const G: usize, const C: usize>(
             unsafe { prefetch_row(v.as_ptr().add(ahead), 16 * C) };
         }
         let row: [__m512; C] =
-            std::array::from_fn(|c| unsafe { _mm512_loadu_ps(v.as_ptr().add(off + 16 * c)) });
+            std::array::from_fn(|c| unsafe { load16(v.as_ptr().add(off + 16 * c)) });
         for (r, acc_r) in acc.iter_mut().enumerate() {
             let w = _mm512_set1_ps(unsafe { *weights.get_unchecked(r * ctx + p) });
             for c in 0..C {
@@ -127,10 +146,10 @@ unsafe fn pv_key_outer<const G: usize, const C: usize>(
 
 /// `scores[r][p] = scale · q_r · K_p`.
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-unsafe fn scores_into(
+unsafe fn scores_into<T: KvElem>(
     scores: &mut [f32],
     q: &[f32],
-    k: &[f32],
+    k: &[T],
     offsets: &[usize],
     group: usize,
     hd: usize,
@@ -149,18 +168,16 @@ unsafe fn scores_into(
             let mut c = 0;
             unsafe {
                 while c + 32 <= hd {
-                    a0 =
-                        _mm512_fmadd_ps(_mm512_loadu_ps(qp.add(c)), _mm512_loadu_ps(kp.add(c)), a0);
+                    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(qp.add(c)), load16(kp.add(c)), a0);
                     a1 = _mm512_fmadd_ps(
                         _mm512_loadu_ps(qp.add(c + 16)),
-                        _mm512_loadu_ps(kp.add(c + 16)),
+                        load16(kp.add(c + 16)),
                         a1,
                     );
                     c += 32;
                 }
                 if c < hd {
-                    a0 =
-                        _mm512_fmadd_ps(_mm512_loadu_ps(qp.add(c)), _mm512_loadu_ps(kp.add(c)), a0);
+                    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(qp.add(c)), load16(kp.add(c)), a0);
                 }
             }
             scores[r * ctx + p] = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) * scale;
@@ -170,11 +187,11 @@ unsafe fn scores_into(
 
 /// `out_r = inv_r · Σ_p weights[r][p] · V_p`, 16 dims at a time for all `G` heads.
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-unsafe fn pv_into<const G: usize>(
+unsafe fn pv_into<T: KvElem, const G: usize>(
     out: *mut f32,
     weights: &[f32],
     inv: &[f32; MAX_GROUP],
-    v: &[f32],
+    v: &[T],
     offsets: &[usize],
     hd: usize,
 ) {
@@ -186,7 +203,7 @@ unsafe fn pv_into<const G: usize>(
             if let Some(&ahead) = offsets.get(p + PREFETCH_KEYS) {
                 unsafe { _mm_prefetch::<_MM_HINT_T0>(v.as_ptr().add(ahead + c) as *const i8) };
             }
-            let row = unsafe { _mm512_loadu_ps(v.as_ptr().add(off + c)) };
+            let row = unsafe { load16(v.as_ptr().add(off + c)) };
             for (r, a) in acc.iter_mut().enumerate() {
                 let w = unsafe { *weights.get_unchecked(r * ctx + p) };
                 *a = _mm512_fmadd_ps(_mm512_set1_ps(w), row, *a);

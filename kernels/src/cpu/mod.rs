@@ -1,20 +1,23 @@
 //! CPU reference kernels: readable f32 math over candle's CPU storage. They are the oracle the
 //! CUDA kernels are tested against, so clarity beats speed here; f16/bf16 inputs are widened to
 //! f32 for the math and narrowed once on output. The exceptions are what the engine runs on CPU:
-//! `fast_attention` (with the AVX-512 decode tile of `fast_decode_avx512`), the f32 paged
-//! attention tested against the `paged_attention` oracle, and SiLU's f32 path, which is the same
+//! `fast_attention` (with the AVX-512 decode tile of `fast_decode_avx512`), the paged attention
+//! of f32 queries over an f32 or f16 cache (`kv_dtype`) tested against the `paged_attention`
+//! oracle, and SiLU's f32 path, which is the same
 //! math on the vectorized exp of [`crate::vmath`] (unit-tested against f64), as is GeGLU's.
 
 mod activation;
 mod fast_attention;
 #[cfg(target_arch = "x86_64")]
 mod fast_decode_avx512;
+mod kv_dtype;
 mod norm;
 mod paged_attention;
 mod rope;
 
 pub(crate) use activation::{gelu_tanh_mul, silu_mul};
-pub(crate) use fast_attention::{Dims as FastDims, paged_attention_f32};
+pub(crate) use fast_attention::{Dims as FastDims, paged_attention_fast};
+pub(crate) use kv_dtype::narrow_f32_to_f16;
 pub(crate) use norm::{add_rms_norm, rms_norm};
 pub(crate) use paged_attention::{paged_attention, reshape_and_cache};
 pub(crate) use rope::rope;

@@ -3,7 +3,8 @@
 //! Straight loops in f32 over each (token, head): scores over the query's visible keys (causal,
 //! within the sliding window if any), soft-capped if configured, max-subtracted softmax, then
 //! the weighted sum of V. Everything faster (the fast CPU path, the CUDA kernels) is tested
-//! against this.
+//! against this. Queries and the cache may differ in dtype (f32 activations over an f16 cache):
+//! both are widened to f32 for the math, so any pair of f32, f16, bf16 works.
 
 use crate::{AttentionMetadata, AttentionParams};
 use candle_core::backend::BackendStorage;
@@ -44,39 +45,64 @@ pub(crate) fn reshape_and_cache(
     }
     let (c0, _) = contiguous_range(cl, "KV cache")?;
     let (n0, _) = contiguous_range(nl, "new K/V")?;
-    fn copy<T: Copy>(
-        dst: &mut [T],
-        src: &[T],
+    let cap = num_blocks * block_size;
+    let slots = &meta.slot_mapping;
+    if let Some(&bad) = slots.iter().find(|&&slot| slot as usize >= cap) {
+        bail!("slot {bad} outside a cache of {cap} slots");
+    }
+    // Row t of the new K/V goes to slot slots[t] of the cache, converted by `put`.
+    fn scatter<S, D>(
+        dst: &mut [D],
+        src: &[S],
         slots: &[u32],
         row: usize,
-        cap: usize,
-    ) -> Result<()> {
+        put: impl Fn(&[S], &mut [D]),
+    ) {
         for (t, &slot) in slots.iter().enumerate() {
             let slot = slot as usize;
-            if slot >= cap {
-                bail!("slot {slot} outside a cache of {cap} slots");
-            }
-            dst[slot * row..(slot + 1) * row].copy_from_slice(&src[t * row..(t + 1) * row]);
+            put(&src[t * row..(t + 1) * row], &mut dst[slot * row..(slot + 1) * row]);
         }
-        Ok(())
     }
-    let cap = num_blocks * block_size;
+    // Any other pair of float dtypes: through f64, which holds every f32, f16 and bf16 exactly,
+    // so the one rounding is `from_f64`'s (to nearest, ties to even).
+    fn convert<S: WithDType, D: WithDType>(src: &[S], dst: &mut [D]) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = D::from_f64(s.to_f64());
+        }
+    }
+    macro_rules! same {
+        ($d:expr, $s:expr) => {
+            scatter(&mut $d[c0..], &$s[n0..], slots, row, |s, d| d.copy_from_slice(s))
+        };
+    }
+    macro_rules! converted {
+        ($d:expr, $s:expr) => {
+            scatter(&mut $d[c0..], &$s[n0..], slots, row, convert)
+        };
+    }
     match (cache, new) {
-        (CpuStorage::F32(d), CpuStorage::F32(s)) => {
-            copy(&mut d[c0..], &s[n0..], &meta.slot_mapping, row, cap)
+        (CpuStorage::F32(d), CpuStorage::F32(s)) => same!(d, s),
+        (CpuStorage::F16(d), CpuStorage::F16(s)) => same!(d, s),
+        (CpuStorage::BF16(d), CpuStorage::BF16(s)) => same!(d, s),
+        // The engine's CPU default: f32 activations into an f16 cache, with F16C where present.
+        (CpuStorage::F16(d), CpuStorage::F32(s)) => {
+            let isa = crate::quant::Isa::detect();
+            scatter(&mut d[c0..], &s[n0..], slots, row, |s, d| {
+                super::narrow_f32_to_f16(s, d, isa)
+            })
         }
-        (CpuStorage::F16(d), CpuStorage::F16(s)) => {
-            copy(&mut d[c0..], &s[n0..], &meta.slot_mapping, row, cap)
-        }
-        (CpuStorage::BF16(d), CpuStorage::BF16(s)) => {
-            copy(&mut d[c0..], &s[n0..], &meta.slot_mapping, row, cap)
-        }
+        (CpuStorage::F32(d), CpuStorage::F16(s)) => converted!(d, s),
+        (CpuStorage::F32(d), CpuStorage::BF16(s)) => converted!(d, s),
+        (CpuStorage::F16(d), CpuStorage::BF16(s)) => converted!(d, s),
+        (CpuStorage::BF16(d), CpuStorage::F32(s)) => converted!(d, s),
+        (CpuStorage::BF16(d), CpuStorage::F16(s)) => converted!(d, s),
         (d, s) => bail!(
-            "reshape_and_cache: cache {:?} and new K/V {:?} differ in dtype",
+            "reshape_and_cache: cache {:?} and new K/V {:?} must be f32, f16 or bf16",
             d.dtype(),
             s.dtype()
         ),
     }
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -119,7 +145,7 @@ pub(crate) fn paged_attention(
     };
     macro_rules! run {
         ($q:expr, $k:expr, $v:expr, $variant:ident, $ty:ty) => {{
-            let out = attend::<$ty>(
+            let out = attend::<$ty, _>(
                 &$q[contiguous_range(ql, "query")?.0..],
                 &$k[contiguous_range(kl, "key cache")?.0..],
                 &$v[contiguous_range(vl, "value cache")?.0..],
@@ -130,13 +156,22 @@ pub(crate) fn paged_attention(
             Ok((CpuStorage::$variant(out), shape))
         }};
     }
-    match (q, k, v) {
-        (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) => run!(q, k, v, F32, f32),
-        (CpuStorage::F16(q), CpuStorage::F16(k), CpuStorage::F16(v)) => run!(q, k, v, F16, f16),
-        (CpuStorage::BF16(q), CpuStorage::BF16(k), CpuStorage::BF16(v)) => {
-            run!(q, k, v, BF16, bf16)
-        }
-        _ => bail!("paged_attention: q, k and v must share one of f32, f16, bf16"),
+    // The query's dtype (also the output's) by the caches' shared dtype.
+    macro_rules! by_cache {
+        ($q:expr, $variant:ident, $ty:ty) => {
+            match (k, v) {
+                (CpuStorage::F32(k), CpuStorage::F32(v)) => run!($q, k, v, $variant, $ty),
+                (CpuStorage::F16(k), CpuStorage::F16(v)) => run!($q, k, v, $variant, $ty),
+                (CpuStorage::BF16(k), CpuStorage::BF16(v)) => run!($q, k, v, $variant, $ty),
+                _ => bail!("paged_attention: k and v caches must share one of f32, f16, bf16"),
+            }
+        };
+    }
+    match q {
+        CpuStorage::F32(q) => by_cache!(q, F32, f32),
+        CpuStorage::F16(q) => by_cache!(q, F16, f16),
+        CpuStorage::BF16(q) => by_cache!(q, BF16, bf16),
+        _ => bail!("paged_attention: the query must be f32, f16 or bf16"),
     }
 }
 
@@ -150,10 +185,10 @@ struct Dims {
 
 /// One output row per (token, head): softmax(logit(q·K^T)) · V over the query's visible keys
 /// (`params.visible_keys`), max-subtracted so long contexts stay exact in f32.
-fn attend<T: WithDType + Send + Sync>(
+fn attend<T: WithDType + Send + Sync, C: WithDType + Send + Sync>(
     q: &[T],
-    k: &[T],
-    v: &[T],
+    k: &[C],
+    v: &[C],
     meta: &AttentionMetadata,
     d: Dims,
     params: &AttentionParams,
