@@ -60,9 +60,12 @@ for shape in $SHAPES; do
     # Requests paced so that they never overlap at this size on 2 cores (decode at 8B Q8_0 is
     # ~1 tok/s: 64 tokens plus the prompt take ~70 s).
     case $shape in
-      1b) pace=(DECODE_TOKENS=128 DECODE_QPS=0.04 PREFILL_QPS=0.1 STREAMS=1) ;;
-      *) pace=(DECODE_TOKENS=64 DECODE_QPS=0.01 PREFILL_QPS=0.01 STREAMS="${STREAMS_8B:-0}") ;;
+      1b) decode_tokens=128 pace=(DECODE_QPS=0.04 PREFILL_QPS=0.1 STREAMS=1) ;;
+      *) decode_tokens=64 pace=(DECODE_QPS=0.01 PREFILL_QPS=0.01 STREAMS="${STREAMS_8B:-0}") ;;
     esac
+    pace+=(DECODE_TOKENS="$decode_tokens")
+    mkdir -p "$OUT/$shape-$type"
+    echo "$decode_tokens" > "$OUT/$shape-$type/decode-tokens.txt" # the floor's mean context
     env "${pace[@]}" GGUF="$GGUF_DIR/llama-$shape-$type.gguf" THREADS="$THREADS" \
       REPEATS="$REPEATS" REQUESTS=2 CAPACITY=0 RESULTS= LLAMA_VENV="$LLAMA_VENV" \
       bash scripts/compare-cpu.sh "$OUT/$shape-$type" > "$OUT/$shape-$type.log" 2>&1 \

@@ -75,7 +75,9 @@ def main():
             t = cpu_table.measure(run, repeats)
             model = f"{shape.upper()} {qtype}"
             path = os.path.join(gguf_dir, f"llama-{shape}-{qtype}.gguf")
-            decode_tokens = 128 if shape == "1b" else 64
+            # compare-cpu-sizes.sh records how many tokens each decode request generated.
+            with open(os.path.join(run, "decode-tokens.txt")) as f:
+                decode_tokens = int(f.read())
             weights, kv = bytes_read_per_token(path, 16 + decode_tokens // 2)
             rows = [
                 ("decode tok/s", "decode", "{:.2f}", True, ">= 1.0x"),
