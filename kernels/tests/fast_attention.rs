@@ -89,7 +89,11 @@ fn case(
             assert_close(&fast, &oracle, &what);
         }
         let fast16 = paged_attention_with(&q, &k16, &v16, &meta, &params).unwrap();
-        assert_eq!(fast16.dtype(), DType::F32, "the output keeps the query's dtype");
+        assert_eq!(
+            fast16.dtype(),
+            DType::F32,
+            "the output keeps the query's dtype"
+        );
         let oracle16 = paged_attention_reference_with(&q, &k16, &v16, &meta, &params).unwrap();
         assert_close(&fast16, &oracle16, &format!("f16 cache, {what}"));
         let diff = max_abs(&(&fast16 - &oracle).unwrap());
@@ -101,7 +105,12 @@ fn case(
 }
 
 fn max_abs(t: &Tensor) -> f32 {
-    t.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    t.abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 /// How far attention over an f16 copy of the cache may land from the f32 cache, for any query

@@ -54,7 +54,10 @@ fn scatter(rows: &Tensor, dtype: DType) -> Tensor {
     for (t, &slot) in meta().slot_mapping.iter().enumerate() {
         let slot = slot as usize;
         out = out
-            .slice_assign(&[slot..slot + 1, 0..KV_HEADS, 0..dim], &rows.narrow(0, t, 1).unwrap())
+            .slice_assign(
+                &[slot..slot + 1, 0..KV_HEADS, 0..dim],
+                &rows.narrow(0, t, 1).unwrap(),
+            )
             .unwrap();
     }
     out.reshape((BLOCKS, BLOCK, KV_HEADS, dim)).unwrap()

@@ -119,7 +119,17 @@ mod tests {
             .collect();
         // Exact halfway cases between neighbouring f16 values (ties go to even), both signs.
         v.extend((0..40).map(|i| (1.0 + (2 * i + 1) as f32 * 2f32.powi(-11)) * (-1f32).powi(i)));
-        v.extend([0.0, -0.0, 65504.0, 65520.0, 1e9, -1e9, f32::INFINITY, 6e-8, 3e-8]);
+        v.extend([
+            0.0,
+            -0.0,
+            65504.0,
+            65520.0,
+            1e9,
+            -1e9,
+            f32::INFINITY,
+            6e-8,
+            3e-8,
+        ]);
         v
     }
 
@@ -131,7 +141,11 @@ mod tests {
             let mut got = vec![f16::ZERO; src.len()];
             narrow_f32_to_f16(&src, &mut got, isa);
             for ((g, e), x) in got.iter().zip(&expected).zip(&src) {
-                assert_eq!(g.to_bits(), e.to_bits(), "{isa:?}: {x} narrowed to {g}, not {e}");
+                assert_eq!(
+                    g.to_bits(),
+                    e.to_bits(),
+                    "{isa:?}: {x} narrowed to {g}, not {e}"
+                );
             }
         }
     }

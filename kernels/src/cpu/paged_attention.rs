@@ -60,7 +60,10 @@ pub(crate) fn reshape_and_cache(
     ) {
         for (t, &slot) in slots.iter().enumerate() {
             let slot = slot as usize;
-            put(&src[t * row..(t + 1) * row], &mut dst[slot * row..(slot + 1) * row]);
+            put(
+                &src[t * row..(t + 1) * row],
+                &mut dst[slot * row..(slot + 1) * row],
+            );
         }
     }
     // Any other pair of float dtypes: through f64, which holds every f32, f16 and bf16 exactly,
@@ -72,7 +75,9 @@ pub(crate) fn reshape_and_cache(
     }
     macro_rules! same {
         ($d:expr, $s:expr) => {
-            scatter(&mut $d[c0..], &$s[n0..], slots, row, |s, d| d.copy_from_slice(s))
+            scatter(&mut $d[c0..], &$s[n0..], slots, row, |s, d| {
+                d.copy_from_slice(s)
+            })
         };
     }
     macro_rules! converted {
