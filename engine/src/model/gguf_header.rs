@@ -69,9 +69,9 @@ fn ggml_type_name(ty: u32) -> String {
     name.to_string()
 }
 
-/// The first tensor (name, ggml type) of the tensor table whose type candle cannot read,
-/// walking the header as GGUF lays it out; `None` if there is none or the walk fails.
-fn first_unloadable_tensor<R: Read>(r: &mut R) -> std::io::Result<Option<(String, u32)>> {
+/// GGUF's fixed start: magic, version, tensor count, metadata count. Returns whether lengths
+/// are u64 (every version after v1) and the two counts; `None` when the magic is not GGUF.
+fn read_preamble<R: Read>(r: &mut R) -> std::io::Result<Option<(bool, u64, u64)>> {
     let mut magic = [0u8; 4];
     r.read_exact(&mut magic)?;
     if &magic != b"GGUF" {
@@ -80,6 +80,15 @@ fn first_unloadable_tensor<R: Read>(r: &mut R) -> std::io::Result<Option<(String
     let wide = read_le::<4>(r)? != [1, 0, 0, 0];
     let tensor_count = read_len(r, wide)?;
     let kv_count = read_len(r, wide)?;
+    Ok(Some((wide, tensor_count, kv_count)))
+}
+
+/// The first tensor (name, ggml type) of the tensor table whose type candle cannot read,
+/// walking the header as GGUF lays it out; `None` if there is none or the walk fails.
+fn first_unloadable_tensor<R: Read>(r: &mut R) -> std::io::Result<Option<(String, u32)>> {
+    let Some((wide, tensor_count, kv_count)) = read_preamble(r)? else {
+        return Ok(None);
+    };
     for _ in 0..kv_count {
         let key_len = read_len(r, wide)?;
         let skipped = std::io::copy(&mut r.by_ref().take(key_len), &mut std::io::sink())?;
@@ -113,14 +122,9 @@ const MAX_ARRAY_DEPTH: u32 = 8;
 /// The integer value of `general.alignment`, walking the metadata the way GGUF lays it out
 /// (v1 lengths are u32, later ones u64). `None` when the header has no such integer.
 fn declared_alignment<R: Read>(r: &mut R) -> std::io::Result<Option<u64>> {
-    let mut magic = [0u8; 4];
-    r.read_exact(&mut magic)?;
-    if &magic != b"GGUF" {
+    let Some((wide, _tensor_count, kv_count)) = read_preamble(r)? else {
         return Ok(None);
-    }
-    let wide = read_le::<4>(r)? != [1, 0, 0, 0];
-    let _tensor_count = read_len(r, wide)?;
-    let kv_count = read_len(r, wide)?;
+    };
     for _ in 0..kv_count {
         let key_len = read_len(r, wide)?;
         let mut key = Vec::new();

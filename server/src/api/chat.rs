@@ -8,7 +8,7 @@ use super::extract::SampledJson;
 use super::generate::{self, ChunkWriter};
 use super::reasoning::{self, ReasoningParser, TextSplit};
 use super::text::{self, Turn};
-use super::tools::parsers::{StreamItem, StreamParser, ToolFormat};
+use super::tools::parsers::{self, StreamItem, StreamParser, ToolFormat};
 use super::tools::{self, ToolPlan};
 use super::types::{
     ChatChoice, ChatChunk, ChatChunkChoice, ChatDelta, ChatMessage, ChatMessageOut, ChatRequest,
@@ -333,7 +333,7 @@ impl ChoiceStream {
         };
         let items = match self.tools.as_mut() {
             Some(tools) => tools.push(&split.content),
-            None => content_item(split.content),
+            None => parsers::content_items(split.content),
         };
         self.deltas(split.reasoning, items)
     }
@@ -352,7 +352,7 @@ impl ChoiceStream {
                 items.extend(tools.finish());
                 items
             }
-            None => content_item(tail.content),
+            None => parsers::content_items(tail.content),
         };
         self.deltas(tail.reasoning, items)
     }
@@ -406,14 +406,6 @@ impl ChoiceStream {
             }
         }
         deltas
-    }
-}
-
-fn content_item(text: String) -> Vec<StreamItem> {
-    if text.is_empty() {
-        Vec::new()
-    } else {
-        vec![StreamItem::Content(text)]
     }
 }
 

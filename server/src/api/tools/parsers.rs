@@ -397,7 +397,7 @@ impl StreamParser {
         if let Some(at) = openers.iter().filter_map(|o| self.held.find(o)).min() {
             let rest = self.held.split_off(at);
             let before = std::mem::take(&mut self.held);
-            return self.start_calls(&rest, content(before));
+            return self.start_calls(&rest, content_items(before));
         }
         // Hold back a tail that could still grow into an opener.
         let keep = openers
@@ -408,7 +408,7 @@ impl StreamParser {
         let cut = self.held.len() - keep;
         let before: String = self.held.drain(..cut).collect();
         self.released += before.len();
-        content(before)
+        content_items(before)
     }
 
     /// `text` (from an opener on) may be calls: JSON formats parse it from here on, pythonic
@@ -439,16 +439,17 @@ impl StreamParser {
         }
         let held = std::mem::take(&mut self.held);
         if !self.in_call {
-            return content(held);
+            return content_items(held);
         }
         let parsed = parse_pythonic(&held);
-        let mut items = content(parsed.content);
+        let mut items = content_items(parsed.content);
         items.extend(parsed.calls.into_iter().map(StreamItem::Call));
         items
     }
 }
 
-fn content(text: String) -> Vec<StreamItem> {
+/// `text` as the stream items it makes: none when empty (a chunk never carries empty content).
+pub fn content_items(text: String) -> Vec<StreamItem> {
     if text.is_empty() {
         Vec::new()
     } else {
