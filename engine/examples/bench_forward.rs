@@ -2,8 +2,10 @@
 //!
 //! `cargo run --release -p metrum-engine --example bench_forward -- [MODEL] [--device cpu|cuda]
 //! [--dtype auto|f32|f16|bf16] [--decode N] [--repeat N] [--threads N] [--prefill on|off]
-//! [--batch N]`; MODEL is anything `--model` takes
+//! [--batch N] [--kv-cache-dtype auto|f32|f16] [--context N]`; MODEL is anything `--model` takes
 //! (a .gguf, a directory, `synthetic:NAME`); the default is the cached default model.
+//! The single-stream decode runs from `--context` tokens (default 128) on; `--kv-cache-dtype`
+//! picks what the KV cache stores as `metrum serve` does (auto: the activation dtype).
 //! `--batch N` also times decode steps of N sequences at context 320 (the middle of the
 //! 16-stream benchmark's 256 + 128), the step that 16 concurrent streams repeat.
 //! `--compare-cpu` first runs one mixed batch (chunked prefills and decodes) on the device and
@@ -13,7 +15,8 @@
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
-use metrum_engine::kv_cache::KvCache;
+use metrum_engine::config::KvCacheDtype;
+use metrum_engine::kv_cache::{KvCache, resolve_kv_dtype};
 use metrum_engine::model::{DecoderModel, ForwardBatch, SequenceChunk, resolve_dtype};
 use metrum_engine::source::resolve_model;
 
@@ -28,6 +31,8 @@ struct Args {
     compare_cpu: bool,
     prefill: bool,
     batch: usize,
+    kv_cache_dtype: KvCacheDtype,
+    context: usize,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -40,6 +45,8 @@ fn parse_args() -> Result<Args, String> {
         compare_cpu: false,
         prefill: true,
         batch: 0,
+        kv_cache_dtype: KvCacheDtype::Auto,
+        context: 128,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -58,6 +65,10 @@ fn parse_args() -> Result<Args, String> {
             }
             "--batch" => args.batch = value("--batch")?.parse().map_err(|e| format!("{e}"))?,
             "--prefill" => args.prefill = value("--prefill")? == "on",
+            "--kv-cache-dtype" => args.kv_cache_dtype = value("--kv-cache-dtype")?.parse()?,
+            "--context" => {
+                args.context = value("--context")?.parse().map_err(|e| format!("{e}"))?
+            }
             "--repeat" => args.repeat = value("--repeat")?.parse().map_err(|e| format!("{e}"))?,
             other if !other.starts_with("--") => args.model = Some(other.to_string()),
             other => return Err(format!("unknown flag {other}")),
@@ -96,13 +107,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if args.compare_cpu && !device.is_cpu() {
         compare_with_cpu(&model, &files)?;
     }
-    let max_tokens = 512 + args.decode + 1;
+    let kv_dtype = resolve_kv_dtype(args.kv_cache_dtype, dtype, &device)?;
+    let layout = model.kv_cache_layout_in(BLOCK_SIZE, kv_dtype);
+    println!(
+        "KV cache {kv_dtype:?}: {} bytes per {BLOCK_SIZE}-token block, {} blocks per GiB",
+        layout.bytes_per_block(),
+        layout.blocks_for_bytes(1 << 30)
+    );
+    let prompt_len = args.context.max(512);
+    let max_tokens = prompt_len + args.decode + 1;
     let blocks = max_tokens.div_ceil(BLOCK_SIZE);
-    let mut kv = KvCache::new(model.kv_cache_layout(BLOCK_SIZE), blocks, &device)?;
+    let mut kv = KvCache::new(layout, blocks, &device)?;
     // Every other block id, reversed: a scattered table like a busy server's.
     let table: Vec<u32> = (0..blocks as u32).rev().collect();
     let vocab = c.vocab_size.min(256) as u32;
-    let prompt: Vec<u32> = (0..512u32).map(|i| (i * 31 + 7) % vocab).collect();
+    let prompt: Vec<u32> = (0..prompt_len as u32)
+        .map(|i| (i * 31 + 7) % vocab)
+        .collect();
     let step = |tokens: &[u32],
                 cached: usize,
                 kv: &mut KvCache|
@@ -135,7 +156,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             args.repeat
         );
     }
-    let context = 128;
+    let context = args.context;
     step(&prompt[..context], 0, &mut kv)?;
     let mut total = Duration::ZERO;
     for i in 0..args.decode {
@@ -149,7 +170,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         args.decode as f64 / total.as_secs_f64()
     );
     if args.batch > 0 {
-        batched_decode(&model, &prompt, args.batch, args.decode)?;
+        batched_decode(&model, &prompt, args.batch, args.decode, layout)?;
     }
     Ok(())
 }
@@ -161,11 +182,12 @@ fn batched_decode(
     prompt: &[u32],
     n: usize,
     steps: usize,
+    layout: metrum_engine::kv_cache::KvCacheLayout,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let device = model.device();
     let context = 320;
     let per_seq = (context + steps + 1).div_ceil(BLOCK_SIZE);
-    let mut kv = KvCache::new(model.kv_cache_layout(BLOCK_SIZE), n * per_seq, device)?;
+    let mut kv = KvCache::new(layout, n * per_seq, device)?;
     let tables: Vec<Vec<u32>> = (0..n)
         .map(|s| (0..per_seq).map(|b| (b * n + s) as u32).collect())
         .collect();

@@ -1,10 +1,51 @@
 //! The paged KV cache tensors: per layer one key and one value tensor
 //! `[num_blocks, block_size, num_kv_heads, head_dim]` on the model's device. The scheduler owns
-//! which block belongs to whom (block ids are plain data); this module only owns the memory.
+//! which block belongs to whom (block ids are plain data); this module only owns the memory,
+//! and the choice of what it stores ([`resolve_kv_dtype`]).
 
 use candle_core::{DType, Device, Tensor};
 
+use crate::config::KvCacheDtype;
 use crate::model::ModelError;
+
+/// The dtype the KV cache stores for `choice` (`--kv-cache-dtype`), next to activations of
+/// `activation` dtype on `device`; an error for a pair no kernel runs.
+pub fn resolve_kv_dtype(
+    choice: KvCacheDtype,
+    activation: DType,
+    device: &Device,
+) -> Result<DType, ModelError> {
+    let kv = match choice {
+        KvCacheDtype::Auto => activation,
+        KvCacheDtype::F32 => DType::F32,
+        KvCacheDtype::F16 => DType::F16,
+    };
+    check_kv_dtype(kv, activation, device)?;
+    Ok(kv)
+}
+
+/// Whether the kernels run a `kv` cache next to `activation`s on `device`: on CPU any of f32,
+/// f16, bf16 (values are converted when written and read); on CUDA only the activation dtype,
+/// since its kernels read and write the cache in the activations' type.
+pub fn check_kv_dtype(kv: DType, activation: DType, device: &Device) -> Result<(), ModelError> {
+    let lower = |d: DType| format!("{d:?}").to_lowercase();
+    if !matches!(kv, DType::F32 | DType::F16 | DType::BF16) {
+        return Err(ModelError::KvCache(format!(
+            "dtype {} unsupported, expected f32, f16 or bf16",
+            lower(kv)
+        )));
+    }
+    if !device.is_cpu() && kv != activation {
+        return Err(ModelError::KvCache(format!(
+            "a {} KV cache next to {} activations runs on CPU only: CUDA's kernels keep the \
+             cache in the activation dtype; use --kv-cache-dtype auto, or --dtype {}",
+            lower(kv),
+            lower(activation),
+            lower(kv)
+        )));
+    }
+    Ok(())
+}
 
 /// The shape of a KV cache, without the memory: what sizing decisions need.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -13,7 +54,8 @@ pub struct KvCacheLayout {
     pub block_size: usize,
     pub num_kv_heads: usize,
     pub head_dim: usize,
-    /// f32 on CPU; bf16 or f16 on CUDA. Must equal the model's activation dtype.
+    /// What the cache stores ([`resolve_kv_dtype`]): f16 or f32 on CPU, whatever the
+    /// activations are; on CUDA the activation dtype (bf16 or f16).
     pub dtype: DType,
 }
 

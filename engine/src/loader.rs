@@ -9,7 +9,7 @@ use crate::config::{DeviceSpec, EngineConfig, KvCacheSize};
 use crate::engine_loop::Engine;
 use crate::executor::ModelExecutor;
 use crate::handle::{EngineHandle, EngineStatus, ModelInfo, Shared, StatsSnapshot, SubmitError};
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{KvCache, resolve_kv_dtype};
 use crate::model::{DecoderModel, resolve_dtype};
 use crate::source::{ModelFiles, resolve_model};
 use crate::text::TextCodec;
@@ -93,12 +93,15 @@ fn load(config: &EngineConfig, policy: Policy, shared: Arc<Shared>) -> Result<En
         DeviceSpec::Cuda(n) => open_cuda(n)?,
     };
     let dtype = resolve_dtype(&config.dtype, &device).map_err(|e| e.to_string())?;
+    // Checked before the weights load: a KV dtype CUDA cannot run fails at once.
+    let kv_dtype =
+        resolve_kv_dtype(config.kv_cache_dtype, dtype, &device).map_err(|e| e.to_string())?;
     let started = std::time::Instant::now();
     let model = DecoderModel::load(&files, &device, dtype).map_err(|e| e.to_string())?;
     let tokenizer = Tokenizer::from_model_files(&files).map_err(|e| e.to_string())?;
     let chat_template =
         ChatTemplate::from_model_files(&files, &tokenizer).map_err(|e| e.to_string())?;
-    let layout = model.kv_cache_layout(config.block_size);
+    let layout = model.kv_cache_layout_in(config.block_size, kv_dtype);
     let num_blocks = kv_blocks(&config.kv_cache, layout.bytes_per_block(), &device)?;
     let kv = KvCache::new(layout, num_blocks, &device).map_err(|e| e.to_string())?;
     let model_len = model
@@ -143,7 +146,7 @@ fn load(config: &EngineConfig, policy: Policy, shared: Arc<Shared>) -> Result<En
             .unwrap_or_else(|| default_served_name(config, &files)),
         source,
         architecture: model.config().family().model_type().into(),
-        dtype: format!("{dtype:?}").to_lowercase(),
+        dtype: lowercase_dtype(dtype),
         device: match config.device {
             DeviceSpec::Cpu => "cpu".into(),
             DeviceSpec::Cuda(n) => format!("cuda:{n}"),
@@ -159,6 +162,7 @@ fn load(config: &EngineConfig, policy: Policy, shared: Arc<Shared>) -> Result<En
             "block_size": sched_config.block_size,
             "num_kv_blocks": num_blocks,
             "kv_cache_bytes": kv.total_bytes(),
+            "kv_cache_dtype": lowercase_dtype(kv_dtype),
             "max_model_len": max_model_len,
             "enable_prefix_caching": sched_config.enable_prefix_caching,
             "max_waiting_requests": config.max_waiting_requests,
@@ -169,7 +173,8 @@ fn load(config: &EngineConfig, policy: Policy, shared: Arc<Shared>) -> Result<En
     };
     tracing::info!(
         model = %info.served_model_name, device = %info.device, dtype = %info.dtype,
-        kv_blocks = num_blocks, load_s = started.elapsed().as_secs_f64(), "model loaded"
+        kv_cache_dtype = lowercase_dtype(kv_dtype), kv_blocks = num_blocks,
+        kv_cache_bytes = kv.total_bytes(), load_s = started.elapsed().as_secs_f64(), "model loaded"
     );
     let _ = shared.info.set(info);
     let codec = Arc::new(TextCodec {
@@ -186,6 +191,10 @@ fn load(config: &EngineConfig, policy: Policy, shared: Arc<Shared>) -> Result<En
         config.max_waiting_requests,
         config.seed,
     ))
+}
+
+fn lowercase_dtype(dtype: candle_core::DType) -> String {
+    format!("{dtype:?}").to_lowercase()
 }
 
 fn open_cuda(ordinal: usize) -> Result<Device, String> {

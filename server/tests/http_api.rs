@@ -262,3 +262,38 @@ async fn operational_endpoints_describe_the_server(model: TestModel) {
     assert_eq!(resp.status(), 200);
     server.stop().await;
 }
+
+/// `--kv-cache-dtype f16` on CPU: the same KV memory holds twice the blocks of f32, `/version`
+/// says what the cache stores, and requests are served from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f16_kv_cache_holds_twice_the_blocks_and_serves() {
+    use metrum_engine::config::{KvCacheDtype, KvCacheSize};
+    let mut blocks = Vec::new();
+    for dtype in [KvCacheDtype::F32, KvCacheDtype::F16] {
+        let mut model = common::tiny_model();
+        model.config.kv_cache = KvCacheSize::Bytes(4 << 20);
+        model.config.kv_cache_dtype = dtype;
+        let server = TestServer::start(model).await;
+        let (status, version) = server.get_text("/version").await;
+        assert_eq!(status, 200);
+        let version: Value = serde_json::from_str(&version).unwrap();
+        let stored = if dtype == KvCacheDtype::F16 {
+            "f16"
+        } else {
+            "f32"
+        };
+        assert_eq!(version["scheduler"]["kv_cache_dtype"], stored, "{version}");
+        assert_eq!(
+            version["engine_config"]["kv_cache_dtype"], stored,
+            "{version}"
+        );
+        blocks.push(version["scheduler"]["num_kv_blocks"].as_u64().unwrap());
+        let (status, body) = server
+            .post_json("/v1/completions", &completion_body("Hello there", 8))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["usage"]["completion_tokens"], 8, "{body}");
+        server.stop().await;
+    }
+    assert_eq!(blocks[1], 2 * blocks[0], "f32 then f16 blocks: {blocks:?}");
+}

@@ -175,7 +175,8 @@ impl DecoderModel {
                 self.max_positions()
             )));
         }
-        let expected = self.kv_cache_layout(meta.block_size);
+        crate::kv_cache::check_kv_dtype(kv.layout().dtype, self.dtype, &self.device)?;
+        let expected = self.kv_cache_layout_in(meta.block_size, kv.layout().dtype);
         if *kv.layout() != expected {
             return Err(ModelError::KvCache(format!(
                 "cache layout {:?} does not fit this model and batch, expected {expected:?}",

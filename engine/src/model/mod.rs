@@ -161,14 +161,21 @@ impl DecoderModel {
         self.rope.cos.dims()[0]
     }
 
-    /// The KV cache shape this model needs at `block_size` (its dtype is the model's).
+    /// The KV cache shape this model needs at `block_size`, stored in the activation dtype
+    /// (exact: what references and tests compare against).
     pub fn kv_cache_layout(&self, block_size: usize) -> KvCacheLayout {
+        self.kv_cache_layout_in(block_size, self.dtype)
+    }
+
+    /// The KV cache shape this model needs at `block_size`, stored as `kv_dtype` (see
+    /// [`crate::kv_cache::resolve_kv_dtype`]).
+    pub fn kv_cache_layout_in(&self, block_size: usize, kv_dtype: DType) -> KvCacheLayout {
         KvCacheLayout {
             num_layers: self.config.num_layers,
             block_size,
             num_kv_heads: self.config.num_kv_heads,
             head_dim: self.config.head_dim,
-            dtype: self.dtype,
+            dtype: kv_dtype,
         }
     }
 

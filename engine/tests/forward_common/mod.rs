@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use metrum_engine::kv_cache::KvCache;
 use metrum_engine::model::{DecoderModel, ForwardBatch, SequenceChunk};
 use rand::{Rng, SeedableRng, rngs::StdRng};
@@ -79,15 +79,28 @@ impl BlockPool {
     }
 }
 
-/// Runs every plan to completion through `model.forward`, one mixed batch per step.
+/// Runs every plan to completion through `model.forward`, one mixed batch per step, with the
+/// KV cache in the activation dtype.
 pub fn run_batched(
     model: &DecoderModel,
     plans: &[SeqPlan],
     block_size: usize,
     num_blocks: usize,
 ) -> Vec<SeqRecord> {
+    run_batched_in(model, plans, block_size, num_blocks, model.dtype())
+}
+
+/// [`run_batched`] with the KV cache stored as `kv_dtype`.
+pub fn run_batched_in(
+    model: &DecoderModel,
+    plans: &[SeqPlan],
+    block_size: usize,
+    num_blocks: usize,
+    kv_dtype: DType,
+) -> Vec<SeqRecord> {
     let device = model.device().clone();
-    let mut kv = KvCache::new(model.kv_cache_layout(block_size), num_blocks, &device).unwrap();
+    let layout = model.kv_cache_layout_in(block_size, kv_dtype);
+    let mut kv = KvCache::new(layout, num_blocks, &device).unwrap();
     let mut pool = BlockPool::new(num_blocks);
     let mut tables: Vec<Vec<u32>> = vec![Vec::new(); plans.len()];
     let mut tokens: Vec<Vec<u32>> = plans.iter().map(|p| p.prompt.clone()).collect();

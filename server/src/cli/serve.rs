@@ -4,7 +4,7 @@
 use super::units::{parse_bytes, parse_duration};
 use crate::ServerOptions;
 use anyhow::Context;
-use metrum_engine::config::{DeviceSpec, EngineConfig, KvCacheSize};
+use metrum_engine::config::{DeviceSpec, EngineConfig, KvCacheDtype, KvCacheSize};
 use metrum_metrics::SloConfig;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -81,6 +81,10 @@ pub struct ServeArgs {
     /// Weight and activation dtype; auto = f32 on CPU, bf16 on CUDA.
     #[arg(long, default_value = "auto", value_parser = ["auto", "f32", "f16", "bf16"])]
     pub dtype: String,
+    /// What the KV cache stores; auto = the activation dtype; f16 on CPU halves the cache's bytes
+    /// (faster decode at long context, but not exact: see docs/operations.md).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "f32", "f16"])]
+    pub kv_cache_dtype: String,
     /// Seed for requests that bring none.
     #[arg(long)]
     pub seed: Option<u64>,
@@ -181,6 +185,10 @@ impl ServeArgs {
             served_model_name: self.served_model_name.clone(),
             device: self.device.clone(),
             dtype: self.dtype.clone(),
+            kv_cache_dtype: self
+                .kv_cache_dtype
+                .parse::<KvCacheDtype>()
+                .map_err(anyhow::Error::msg)?,
             max_model_len: self.max_model_len,
             block_size: self.block_size.unwrap_or(defaults.block_size),
             kv_cache,
@@ -310,6 +318,8 @@ mod tests {
             "cuda:1",
             "--dtype",
             "bf16",
+            "--kv-cache-dtype",
+            "f32",
             "--seed",
             "7",
             "--threads",
@@ -339,6 +349,7 @@ mod tests {
         assert_eq!(cfg.scheduling_policy, "deadline");
         assert!(!cfg.enable_prefix_caching);
         assert_eq!(cfg.device, DeviceSpec::Cuda(1));
+        assert_eq!(cfg.kv_cache_dtype, KvCacheDtype::F32);
         assert_eq!(
             (cfg.seed, cfg.threads, cfg.max_waiting_requests),
             (7, Some(2), 3)
@@ -356,6 +367,7 @@ mod tests {
     fn bad_values_are_rejected() {
         assert!(Cli::try_parse_from(["metrum", "serve", "--device", "tpu"]).is_err());
         assert!(Cli::try_parse_from(["metrum", "serve", "--dtype", "f8"]).is_err());
+        assert!(Cli::try_parse_from(["metrum", "serve", "--kv-cache-dtype", "q8"]).is_err());
         assert!(Cli::try_parse_from(["metrum", "serve", "--scheduling-policy", "x"]).is_err());
         let a = parse(&["metrum", "serve", "--gpu-memory-utilization", "1.5"]);
         assert!(a.engine_config().is_err());
