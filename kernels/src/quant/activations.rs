@@ -150,7 +150,14 @@ impl RawParts {
                         let q = std::slice::from_raw_parts_mut(self.qs.add(at * 256), 256);
                         let bsums = std::slice::from_raw_parts_mut(self.bsums.add(at * 16), 16);
                         let b32 = std::slice::from_raw_parts_mut(self.bsums32.add(at * 8), 8);
-                        *self.d.add(at) = quantize_q8k(&x[at * 256..at * 256 + 256], q, bsums);
+                        let src = &x[at * 256..at * 256 + 256];
+                        *self.d.add(at) = match isa {
+                            #[cfg(target_arch = "x86_64")]
+                            Isa::Avx512Vnni => super::avx512_k::quantize_q8k(src, q, bsums),
+                            #[cfg(target_arch = "x86_64")]
+                            Isa::Avx2 => quantize_q8k_avx2(src, q, bsums),
+                            _ => quantize_q8k(src, q, bsums),
+                        };
                         for (j, s) in b32.iter_mut().enumerate() {
                             *s = bsums[2 * j] + bsums[2 * j + 1];
                         }
@@ -168,6 +175,9 @@ impl RawParts {
                     #[cfg(target_arch = "x86_64")]
                     // SAFETY: `Isa::Avx512Vnni` is only used on CPUs that have AVX-512.
                     Isa::Avx512Vnni => unsafe { super::avx512::quantize_block(src, q) },
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: `Isa::Avx2` is only used on CPUs that have AVX2 (and SSE4.1).
+                    Isa::Avx2 => unsafe { quantize_block_avx2(src, q) },
                     _ => quantize_block(src, q),
                 };
                 unsafe {
@@ -181,7 +191,23 @@ impl RawParts {
     }
 }
 
+/// [`quantize_block`] compiled for AVX2 machines: SSE4.1 turns `round_ties_even` into one
+/// `roundps` instead of a libm call per value (baseline x86-64 has no rounding instruction).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,sse4.1")]
+unsafe fn quantize_block_avx2(x: &[f32], q: &mut [i8]) -> (f32, f32) {
+    quantize_block(x, q)
+}
+
+/// [`quantize_q8k`] compiled for AVX2 machines, as [`quantize_block_avx2`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,sse4.1")]
+pub(crate) unsafe fn quantize_q8k_avx2(x: &[f32], q: &mut [i8], bsums: &mut [i16]) -> f32 {
+    quantize_q8k(x, q, bsums)
+}
+
 /// Quantizes 32 values into `q`; returns `(d, d·Σq)`.
+#[inline]
 pub(crate) fn quantize_block(x: &[f32], q: &mut [i8]) -> (f32, f32) {
     let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
     let d = amax / 127.0;
@@ -199,6 +225,7 @@ pub(crate) fn quantize_block(x: &[f32], q: &mut [i8]) -> (f32, f32) {
 /// ggml's `quantize_row_q8_K_ref` for one super-block of 256 values: the value of largest
 /// magnitude maps to −127 (so `d` carries its sign), levels round to nearest-even (ggml's
 /// `nearest_int`), and `bsums` gets Σq per 16 values. Returns `d` (f32, not rounded).
+#[inline]
 pub(crate) fn quantize_q8k(x: &[f32], q: &mut [i8], bsums: &mut [i16]) -> f32 {
     let (mut amax, mut max) = (0f32, 0f32);
     for &v in x {
@@ -227,4 +254,105 @@ pub(crate) fn quantize_q8k(x: &[f32], q: &mut [i8], bsums: &mut [i16]) -> f32 {
 /// logits comparable with llama.cpp's and candle's on the same file.
 pub(crate) fn round_scale(d: f32) -> f32 {
     half::f16::from_f32(d).to_f32()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    /// Super-blocks that reach every branch: random magnitudes over 8 decades, a negative
+    /// and a positive extreme, repeated extremes (the first one's sign wins), exact ties
+    /// (x.5 levels), all zeros, and a NaN.
+    fn blocks() -> Vec<Vec<f32>> {
+        let mut rng = StdRng::seed_from_u64(16);
+        let mut out = Vec::new();
+        for decade in -4..4 {
+            let scale = 10f32.powi(decade);
+            out.push(
+                (0..256)
+                    .map(|_| rng.random_range(-1.0..1.0) * scale)
+                    .collect(),
+            );
+        }
+        let mut ties: Vec<f32> = (0..256).map(|i| (i as f32 - 128.0) * 0.5).collect();
+        ties[7] = -127.0; // levels land on exact halves of 1.0
+        out.push(ties);
+        let mut repeated = vec![0.25f32; 256];
+        repeated[3] = -3.0;
+        repeated[200] = 3.0;
+        out.push(repeated);
+        out.push(vec![0.0; 256]);
+        let mut nan = out[3].clone();
+        nan[10] = f32::NAN;
+        out.push(nan);
+        out
+    }
+
+    /// One ISA's Q8_K quantizer over a fixed block: `(levels, sums) -> d`.
+    type Q8kFn<'a> = dyn Fn(&mut [i8], &mut [i16]) -> f32 + 'a;
+
+    #[test]
+    fn every_isa_quantizes_q8k_bit_for_bit_as_the_scalar_reference() {
+        for (i, x) in blocks().iter().enumerate() {
+            let (mut q0, mut s0) = ([0i8; 256], [0i16; 16]);
+            let d0 = quantize_q8k(x, &mut q0, &mut s0);
+            #[cfg(target_arch = "x86_64")]
+            {
+                let mut paths: Vec<(&str, Box<Q8kFn>)> = Vec::new();
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                    && std::arch::is_x86_feature_detected!("sse4.1")
+                {
+                    // SAFETY: the features were just detected.
+                    paths.push((
+                        "avx2",
+                        Box::new(|q, s| unsafe { quantize_q8k_avx2(x, q, s) }),
+                    ));
+                }
+                if std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+                {
+                    paths.push((
+                        "avx512",
+                        // SAFETY: the features were just detected.
+                        Box::new(|q, s| unsafe { super::super::avx512_k::quantize_q8k(x, q, s) }),
+                    ));
+                }
+                for (name, f) in paths {
+                    let (mut q1, mut s1) = ([0i8; 256], [0i16; 16]);
+                    let d1 = f(&mut q1, &mut s1);
+                    assert_eq!(d0.to_bits(), d1.to_bits(), "block {i}, {name}: d");
+                    assert_eq!(q0, q1, "block {i}, {name}: levels");
+                    assert_eq!(s0, s1, "block {i}, {name}: sums");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_isa_quantizes_q8_1_bit_for_bit_as_the_scalar_reference() {
+        for (i, x) in blocks().iter().enumerate() {
+            for block in x.chunks_exact(32) {
+                let mut q0 = [0i8; 32];
+                let r0 = quantize_block(block, &mut q0);
+                #[cfg(target_arch = "x86_64")]
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                    && std::arch::is_x86_feature_detected!("sse4.1")
+                    && !block.iter().any(|v| v.is_nan())
+                {
+                    let mut q1 = [0i8; 32];
+                    // SAFETY: the features were just detected.
+                    let r1 = unsafe { quantize_block_avx2(block, &mut q1) };
+                    assert_eq!(
+                        (r0.0.to_bits(), r0.1.to_bits(), q0),
+                        (r1.0.to_bits(), r1.1.to_bits(), q1),
+                        "block {i}"
+                    );
+                }
+            }
+        }
+    }
 }
