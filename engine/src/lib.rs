@@ -38,5 +38,5 @@ pub use handle::{
     EngineHandle, EngineRequest, EngineStatus, ModelInfo, RequestStream, StreamEvent, SubmitError,
     TokenLogprob,
 };
-pub use loader::spawn;
+pub use loader::{LoadError, spawn};
 pub use text::TextCodec;

@@ -4,31 +4,57 @@
 //! Loading happens on the engine thread itself, so [`spawn`] returns at once and the HTTP
 //! server can answer `/health` with 503 while the model loads.
 
-use crate::chat_template::ChatTemplate;
+use crate::chat_template::{ChatTemplate, ChatTemplateError};
 use crate::config::{DeviceSpec, EngineConfig, KvCacheSize};
 use crate::engine_loop::Engine;
 use crate::executor::ModelExecutor;
 use crate::handle::{EngineHandle, EngineStatus, ModelInfo, Shared, StatsSnapshot, SubmitError};
 use crate::kv_cache::{KvCache, resolve_kv_dtype};
-use crate::model::{DecoderModel, resolve_dtype};
-use crate::source::{ModelFiles, resolve_model};
+use crate::model::{DecoderModel, ModelError, resolve_dtype};
+use crate::source::{ModelFiles, SourceError, resolve_model};
 use crate::text::TextCodec;
-use crate::tokenizer::Tokenizer;
+use crate::tokenizer::{Tokenizer, TokenizerError};
 use candle_core::Device;
-use metrum_metrics::MetricsRegistry;
-use metrum_scheduler::{DeadlineSlo, Policy, PrefillTimeModel, Scheduler, SchedulerConfig};
+use metrum_metrics::{MetricsError, MetricsRegistry};
+use metrum_scheduler::{
+    ConfigError, DeadlineSlo, Policy, PrefillTimeModel, Scheduler, SchedulerConfig,
+};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock, RwLock};
 use tokio::sync::mpsc;
 
+/// Why an engine could not start or load its model. `Display` is the message users see (the
+/// CLI's error, `/health`'s failure, a request's 503); it never shows a `Debug` dump.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Scheduler(#[from] ConfigError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error(transparent)]
+    ChatTemplate(#[from] ChatTemplateError),
+    /// The device cannot be opened or sized (no CUDA build, no driver, a GPU-only flag on CPU).
+    #[error("{0}")]
+    Device(String),
+    #[error("the KV cache budget holds no block (one block is {bytes_per_block} bytes)")]
+    NoKvBlock { bytes_per_block: usize },
+    #[error("--max-model-len {requested} exceeds the model's context length {model_len}")]
+    MaxModelLen { requested: usize, model_len: usize },
+    #[error("cannot start the engine thread: {0}")]
+    Thread(std::io::Error),
+}
+
 /// Starts the engine thread. Fails only on configuration errors found before loading
 /// (bad policy name, bad SLO); load failures show up as [`EngineStatus::Failed`].
-pub fn spawn(config: EngineConfig) -> Result<EngineHandle, String> {
-    let policy: Policy = config
-        .scheduling_policy
-        .parse()
-        .map_err(|e| format!("{e:?}"))?;
-    let metrics = MetricsRegistry::new(config.slo).map_err(|e| e.to_string())?;
+pub fn spawn(config: EngineConfig) -> Result<EngineHandle, LoadError> {
+    let policy: Policy = config.scheduling_policy.parse()?;
+    let metrics = MetricsRegistry::new(config.slo)?;
     let shared = Arc::new(Shared {
         status: RwLock::new(EngineStatus::Loading),
         stats: Default::default(),
@@ -51,7 +77,8 @@ pub fn spawn(config: EngineConfig) -> Result<EngineHandle, String> {
                     *s = EngineStatus::Failed("engine stopped".into());
                 }
             }
-            Err(message) => {
+            Err(error) => {
+                let message = error.to_string();
                 tracing::error!(%message, "model failed to load");
                 if let Ok(mut s) = thread_shared.status.write() {
                     *s = EngineStatus::Failed(message.clone());
@@ -65,7 +92,7 @@ pub fn spawn(config: EngineConfig) -> Result<EngineHandle, String> {
                 }
             }
         })
-        .map_err(|e| format!("cannot start the engine thread: {e}"))?;
+        .map_err(LoadError::Thread)?;
     Ok(EngineHandle {
         commands: tx,
         shared,
@@ -74,7 +101,7 @@ pub fn spawn(config: EngineConfig) -> Result<EngineHandle, String> {
 
 /// Loads everything and returns the engine ready to run. Publishes the model info and the
 /// text codec as soon as they exist.
-fn load(config: &EngineConfig, policy: Policy, shared: Arc<Shared>) -> Result<Engine, String> {
+fn load(config: &EngineConfig, policy: Policy, shared: Arc<Shared>) -> Result<Engine, LoadError> {
     if let Some(n) = config.threads {
         // candle's CPU ops run on rayon's global pool, Metrum's quantized matmul on its own.
         let _ = rayon::ThreadPoolBuilder::new()
@@ -87,32 +114,31 @@ fn load(config: &EngineConfig, policy: Policy, shared: Arc<Shared>) -> Result<En
             );
         }
     }
-    let files = resolve_model(config.model.as_deref()).map_err(|e| e.to_string())?;
+    let files = resolve_model(config.model.as_deref())?;
     let device = match config.device {
         DeviceSpec::Cpu => Device::Cpu,
         DeviceSpec::Cuda(n) => open_cuda(n)?,
     };
-    let dtype = resolve_dtype(&config.dtype, &device).map_err(|e| e.to_string())?;
+    let dtype = resolve_dtype(&config.dtype, &device)?;
     // Checked before the weights load: a KV dtype CUDA cannot run fails at once.
-    let kv_dtype =
-        resolve_kv_dtype(config.kv_cache_dtype, dtype, &device).map_err(|e| e.to_string())?;
+    let kv_dtype = resolve_kv_dtype(config.kv_cache_dtype, dtype, &device)?;
     let started = std::time::Instant::now();
-    let model = DecoderModel::load(&files, &device, dtype).map_err(|e| e.to_string())?;
-    let tokenizer = Tokenizer::from_model_files(&files).map_err(|e| e.to_string())?;
-    let chat_template =
-        ChatTemplate::from_model_files(&files, &tokenizer).map_err(|e| e.to_string())?;
+    let model = DecoderModel::load(&files, &device, dtype)?;
+    let tokenizer = Tokenizer::from_model_files(&files)?;
+    let chat_template = ChatTemplate::from_model_files(&files, &tokenizer)?;
     let layout = model.kv_cache_layout_in(config.block_size, kv_dtype);
     let num_blocks = kv_blocks(&config.kv_cache, layout.bytes_per_block(), &device)?;
-    let kv = KvCache::new(layout, num_blocks, &device).map_err(|e| e.to_string())?;
+    let kv = KvCache::new(layout, num_blocks, &device)?;
     let model_len = model
         .config()
         .max_position_embeddings
         .min(model.max_positions());
     let max_model_len = match config.max_model_len {
-        Some(n) if n > model_len => {
-            return Err(format!(
-                "--max-model-len {n} exceeds the model's context length {model_len}"
-            ));
+        Some(requested) if requested > model_len => {
+            return Err(LoadError::MaxModelLen {
+                requested,
+                model_len,
+            });
         }
         Some(n) => n,
         None => model_len,
@@ -137,7 +163,7 @@ fn load(config: &EngineConfig, policy: Policy, shared: Arc<Shared>) -> Result<En
             },
         },
     };
-    let scheduler = Scheduler::new(sched_config.clone()).map_err(|e| format!("{e:?}"))?;
+    let scheduler = Scheduler::new(sched_config.clone())?;
     let source = describe_source(&files);
     let info = ModelInfo {
         served_model_name: config
@@ -197,22 +223,31 @@ fn lowercase_dtype(dtype: candle_core::DType) -> String {
     format!("{dtype:?}").to_lowercase()
 }
 
-fn open_cuda(ordinal: usize) -> Result<Device, String> {
+fn open_cuda(ordinal: usize) -> Result<Device, LoadError> {
     if !cfg!(feature = "cuda") {
-        return Err("this metrum was built without CUDA; rebuild with `--features cuda` or use --device cpu".into());
+        return Err(LoadError::Device(
+            "this metrum was built without CUDA; rebuild with `--features cuda` or use --device cpu"
+                .into(),
+        ));
     }
     // cudarc can panic instead of erroring when the driver library is missing entirely.
     match std::panic::catch_unwind(|| Device::new_cuda(ordinal)) {
         Ok(Ok(d)) => Ok(d),
-        Ok(Err(e)) => Err(format!("cannot open cuda:{ordinal}: {e}")),
-        Err(_) => Err(format!(
+        Ok(Err(e)) => Err(LoadError::Device(format!(
+            "cannot open cuda:{ordinal}: {e}"
+        ))),
+        Err(_) => Err(LoadError::Device(format!(
             "cannot open cuda:{ordinal}: the CUDA driver library could not be loaded"
-        )),
+        ))),
     }
 }
 
 /// Number of KV blocks for the configured budget.
-fn kv_blocks(size: &KvCacheSize, bytes_per_block: usize, device: &Device) -> Result<usize, String> {
+fn kv_blocks(
+    size: &KvCacheSize,
+    bytes_per_block: usize,
+    device: &Device,
+) -> Result<usize, LoadError> {
     let blocks = match *size {
         KvCacheSize::Blocks(n) => n,
         KvCacheSize::Bytes(b) => (b / bytes_per_block as u64) as usize,
@@ -224,29 +259,31 @@ fn kv_blocks(size: &KvCacheSize, bytes_per_block: usize, device: &Device) -> Res
         }
     };
     if blocks == 0 {
-        return Err(format!(
-            "the KV cache budget holds no block (one block is {bytes_per_block} bytes)"
-        ));
+        return Err(LoadError::NoKvBlock { bytes_per_block });
     }
     Ok(blocks)
 }
 
 #[cfg(feature = "cuda")]
-fn gpu_memory(device: &Device) -> Result<(u64, u64), String> {
+fn gpu_memory(device: &Device) -> Result<(u64, u64), LoadError> {
     if !device.is_cuda() {
-        return Err(
+        return Err(LoadError::Device(
             "--gpu-memory-utilization needs --device cuda; use --kv-cache-memory on CPU".into(),
-        );
+        ));
     }
-    device.synchronize().map_err(|e| e.to_string())?;
+    let failed = |e: &dyn std::fmt::Display| LoadError::Device(format!("cannot size the GPU: {e}"));
+    device.synchronize().map_err(|e| failed(&e))?;
     let (free, total) = candle_core::cuda_backend::cudarc::driver::result::mem_get_info()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| failed(&e))?;
     Ok((free as u64, total as u64))
 }
 
 #[cfg(not(feature = "cuda"))]
-fn gpu_memory(_device: &Device) -> Result<(u64, u64), String> {
-    Err("--gpu-memory-utilization needs a CUDA build and --device cuda; use --kv-cache-memory on CPU".into())
+fn gpu_memory(_device: &Device) -> Result<(u64, u64), LoadError> {
+    Err(LoadError::Device(
+        "--gpu-memory-utilization needs a CUDA build and --device cuda; use --kv-cache-memory on CPU"
+            .into(),
+    ))
 }
 
 fn describe_source(files: &ModelFiles) -> String {
@@ -267,4 +304,53 @@ fn default_served_name(config: &EngineConfig, files: &ModelFiles) -> String {
 /// Snapshot helper for callers that only need numbers.
 pub fn stats(handle: &EngineHandle) -> StatsSnapshot {
     handle.stats()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_policy_is_a_message_not_a_debug_dump() {
+        let config = EngineConfig {
+            scheduling_policy: "fastest".into(),
+            ..EngineConfig::default()
+        };
+        let err = spawn(config)
+            .err()
+            .expect("an unknown policy must not start");
+        assert!(
+            matches!(err, LoadError::Scheduler(ConfigError::UnknownPolicy(_))),
+            "{err:?}"
+        );
+        let message = err.to_string();
+        assert!(
+            message.contains("fastest") && !message.contains("UnknownPolicy"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_load_failure_reaches_the_status_as_its_message() {
+        let config = EngineConfig {
+            model: Some("synthetic:tiny".into()),
+            max_model_len: Some(1 << 30),
+            ..EngineConfig::default()
+        };
+        let engine = spawn(config).expect("the configuration itself is valid");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let failed = loop {
+            match engine.status() {
+                EngineStatus::Failed(message) => break message,
+                EngineStatus::Loading if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                other => panic!("expected a load failure, got {other:?}"),
+            }
+        };
+        assert!(
+            failed.starts_with("--max-model-len 1073741824 exceeds the model's context length"),
+            "{failed}"
+        );
+    }
 }
