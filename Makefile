@@ -20,7 +20,7 @@ model: build
 serve: model
 	$(METRUM) serve $(ARGS)
 
-test: model test-cpu test-api test-openai test-cuda test-soak test-fuzz
+test: model test-cpu test-api test-openai test-router test-cuda test-soak test-fuzz
 
 test-cpu:
 	$(CARGO) test --release --workspace
@@ -56,6 +56,13 @@ test-api: build
 .PHONY: test-openai
 test-openai: model
 	bash scripts/openai-client.sh
+
+# Issue 18: three synthetic:tiny replicas behind SMG (pinned, in a venv under target/):
+# load-aware spread, cache-aware prefix routing, bench through the router, a replica killed
+# mid-run. ~20 s here (2 cores, load ~2).
+.PHONY: test-router
+test-router: build
+	bash scripts/router-e2e.sh
 
 cuda-toolchain:
 	bash scripts/install-cuda-toolchain.sh $(CUDA_DIR)
