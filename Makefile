@@ -20,7 +20,7 @@ model: build
 serve: model
 	$(METRUM) serve $(ARGS)
 
-test: model test-cpu test-api test-openai test-router test-cuda test-soak test-fuzz
+test: model test-cpu test-api test-openai test-scale-out test-cuda test-soak test-fuzz
 
 test-cpu:
 	$(CARGO) test --release --workspace
@@ -59,10 +59,11 @@ test-openai: model
 
 # Issue 18: three synthetic:tiny replicas behind SMG (pinned, in a venv under target/):
 # load-aware spread, cache-aware prefix routing, bench through the router, a replica killed
-# mid-run. ~20 s here (2 cores, load ~2).
-.PHONY: test-router
-test-router: build
+# mid-run (~25 s); then every deploy/kubernetes overlay rendered and validated offline (~10 s).
+.PHONY: test-scale-out
+test-scale-out: build
 	bash scripts/router-e2e.sh
+	bash scripts/k8s-check.sh
 
 cuda-toolchain:
 	bash scripts/install-cuda-toolchain.sh $(CUDA_DIR)

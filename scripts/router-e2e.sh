@@ -8,7 +8,7 @@
 #      cache;
 #   4. `metrum bench --url <router>` reports that it measured through a router (R9);
 #   5. a replica killed mid-run: every request is answered or counted as failed (none dropped).
-# `make test` runs it (test-router). Env: METRUM (binary, default target/release/metrum).
+# `make test` runs it (test-scale-out). Env: METRUM (binary, default target/release/metrum).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
