@@ -80,11 +80,12 @@ fn main() {
             "seed {seed}, load x{load}:\n\n{}",
             markdown_class_table(&rows)
         );
-        let scarce = spec
+        // Scarce: fewer eligible replicas than the most flexible class has.
+        let most = spec
             .classes
             .iter()
             .map(|c| c.replicas.len())
-            .min()
+            .max()
             .unwrap_or(0);
         for class in &spec.classes {
             let ll = find(&rows, RoutingPolicy::LeastLoaded, &class.name);
@@ -92,10 +93,10 @@ fn main() {
             println!(
                 "{:<13} ({}): mean scheduling delay least-loaded/IRS = {:.2}x, P99 IRS/least-loaded = {:.2}x",
                 class.name,
-                if class.replicas.len() == scarce {
+                if class.replicas.len() < most {
                     "scarce"
                 } else {
-                    "other"
+                    "flexible"
                 },
                 ll.scheduling_delay_mean_s / irs.scheduling_delay_mean_s,
                 irs.scheduling_delay_p99_s / ll.scheduling_delay_p99_s,
