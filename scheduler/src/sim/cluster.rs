@@ -85,6 +85,52 @@ pub struct ClusterSpec {
     pub cost: StepCostModel,
 }
 
+impl ClusterSpec {
+    /// The workload of docs/results/routing.md: 4 replicas; a scarce long-context class only
+    /// replica 0 serves, an adapter class on replicas 0-1, a general class on all four; every
+    /// rate times `load`. Scheduler and step cost: `metrum simulate`'s defaults.
+    pub fn intersecting_example(
+        load: f64,
+        num_requests: usize,
+        seed: u64,
+        cost: StepCostModel,
+    ) -> ClusterSpec {
+        let class =
+            |name: &str, replicas: &[usize], rate: f64, prompt, output, prefix| EligibilityClass {
+                name: name.to_string(),
+                replicas: replicas.iter().map(|&r| ReplicaId(r)).collect(),
+                rate_per_s: rate * load,
+                lengths: Lengths::Uniform { prompt, output },
+                shared_prefix_len: prefix,
+            };
+        ClusterSpec {
+            num_replicas: 4,
+            classes: vec![
+                class("long-context", &[0], 1.0, (1500, 3000), (50, 150), 0),
+                class("adapter", &[0, 1], 8.0, (200, 800), (50, 150), 64),
+                class("general", &[0, 1, 2, 3], 20.0, (100, 600), (50, 150), 32),
+            ],
+            num_requests,
+            seed,
+            cost,
+            config: SchedulerConfig {
+                max_num_seqs: 64,
+                max_num_batched_tokens: 512,
+                block_size: 16,
+                num_blocks: 4096,
+                max_model_len: 4096,
+                enable_prefix_caching: true,
+                policy: Policy::Fcfs,
+                slo: crate::DeadlineSlo {
+                    tbt_slo: Nanos::from_millis(30),
+                    ttft_slack: Nanos::from_millis(300),
+                    ..crate::DeadlineSlo::default()
+                },
+            },
+        }
+    }
+}
+
 /// One class's outcome under one routing policy.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClassReport {
@@ -354,6 +400,36 @@ fn class_reports(
             }
         })
         .collect()
+}
+
+/// Per class, IRS against least-loaded in the terms of the target: the mean scheduling
+/// delay ratio (above 1: IRS waits less) and the P99 ratio (below 1.10: not raised by >10%).
+/// Scarce = fewer eligible replicas than the most flexible class. Empty unless `rows` has both.
+pub fn irs_vs_least_loaded(spec: &ClusterSpec, rows: &[ClassReport]) -> String {
+    let most = spec
+        .classes
+        .iter()
+        .map(|c| c.replicas.len())
+        .max()
+        .unwrap_or(0);
+    let find = |policy, name: &str| rows.iter().find(|r| r.policy == policy && r.class == name);
+    let mut out = String::new();
+    for class in &spec.classes {
+        let (Some(ll), Some(irs)) = (
+            find(RoutingPolicy::LeastLoaded, &class.name),
+            find(RoutingPolicy::Irs, &class.name),
+        ) else {
+            continue;
+        };
+        out.push_str(&format!(
+            "{:<13} ({}): mean scheduling delay least-loaded/IRS = {:.2}x, P99 IRS/least-loaded = {:.2}x\n",
+            class.name,
+            if class.replicas.len() < most { "scarce" } else { "flexible" },
+            ll.scheduling_delay_mean_s / irs.scheduling_delay_mean_s,
+            irs.scheduling_delay_p99_s / ll.scheduling_delay_p99_s,
+        ));
+    }
+    out
 }
 
 /// One markdown table, a row per (policy, class).

@@ -27,8 +27,8 @@ pub mod sweep;
 pub mod workload;
 
 pub use cluster::{
-    ClassReport, ClusterSpec, EligibilityClass, ReplicaId, RoutingPolicy, markdown_class_table,
-    simulate_cluster,
+    ClassReport, ClusterSpec, EligibilityClass, ReplicaId, RoutingPolicy, irs_vs_least_loaded,
+    markdown_class_table, simulate_cluster,
 };
 pub use cost_fit::{StepCostFit, StepSample, fit_step_cost};
 pub use executor::{Execution, FakeExecutor, FakeTokens, StepCostModel};
