@@ -20,7 +20,7 @@ model: build
 serve: model
 	$(METRUM) serve $(ARGS)
 
-test: model test-cpu test-api test-openai test-cuda test-soak test-fuzz
+test: model test-cpu test-api test-openai test-scale-out test-cuda test-soak test-fuzz
 
 test-cpu:
 	$(CARGO) test --release --workspace
@@ -58,6 +58,14 @@ test-api: build
 .PHONY: test-openai
 test-openai: model
 	bash scripts/openai-client.sh
+
+# Issue 18: three synthetic:tiny replicas behind SMG (pinned, in a venv under target/):
+# load-aware spread, cache-aware prefix routing, bench through the router, a replica killed
+# mid-run (~25 s); then every deploy/kubernetes overlay rendered and validated offline (~10 s).
+.PHONY: test-scale-out
+test-scale-out: build
+	bash scripts/router-e2e.sh
+	bash scripts/k8s-check.sh
 
 cuda-toolchain:
 	bash scripts/install-cuda-toolchain.sh $(CUDA_DIR)

@@ -12,6 +12,11 @@ use metrum_core::time::MonotonicClock;
 use serde_json::{Value, json};
 use std::time::Duration;
 
+/// The response header in which SMG (SGLang's model gateway, also vllm-router's parent) names
+/// the replica it routed the request to. Its presence is how a run knows it went through a
+/// router: no flag to forget, and the per-replica split comes for free.
+pub const ROUTED_WORKER_HEADER: &str = "x-smg-routed-worker-id";
+
 /// What one request needs to be sent.
 #[derive(Clone, Debug)]
 pub struct CompletionCall {
@@ -89,6 +94,11 @@ pub async fn stream_completion(
         }
         Ok(Ok(r)) => r,
     };
+    record.routed_to = response
+        .headers()
+        .get(ROUTED_WORKER_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let status = response.status();
     if !status.is_success() {
         let body = tokio::time::timeout_at(deadline, response.text()).await;

@@ -146,6 +146,12 @@ pub async fn run_at(
         _ => Some(settings.qps),
     };
     let executed = execute(session, plan.clone(), settings.show_progress).await;
+    let router = config::RouterInfo::from_routes(
+        executed
+            .requests
+            .iter()
+            .map(|r| r.outcome.record.routed_to.as_deref()),
+    );
     let results = assemble(executed.requests, &session.tokenizer).await;
     let machine = MachineInfo::detect();
     let summary = summary::build(SummaryInputs {
@@ -185,6 +191,7 @@ pub async fn run_at(
         },
         machine,
         short_outputs,
+        router,
     });
     let lines: Vec<RequestLine> = results
         .iter()

@@ -41,6 +41,9 @@ pub struct StreamRecord {
     pub done: bool,
     /// The first error the stream reported (an `error` object or an unparsable chunk).
     pub error: Option<String>,
+    /// The replica a router in front says it sent the request to
+    /// ([`crate::client::ROUTED_WORKER_HEADER`]); `None` when no router said so.
+    pub routed_to: Option<String>,
 }
 
 impl StreamRecord {

@@ -62,6 +62,8 @@ pub struct ServerOptions {
     /// `--reasoning-parser`: chat replies split into `reasoning_content` and `content`, and
     /// constraints applied after the reasoning block (`api::reasoning`); `None` = off.
     pub reasoning_parser: Option<api::reasoning::ReasoningParser>,
+    /// `/metrics` also shows the vLLM-named aliases routers read (off: `--no-vllm-metrics`).
+    pub vllm_metric_aliases: bool,
 }
 
 impl Default for ServerOptions {
@@ -76,6 +78,7 @@ impl Default for ServerOptions {
             limits: limits::RequestLimits::default(),
             tool_call_parser: None,
             reasoning_parser: None,
+            vllm_metric_aliases: true,
         }
     }
 }

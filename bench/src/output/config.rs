@@ -24,6 +24,43 @@ pub struct TargetInfo {
     pub temperature: f64,
     pub logit_bias: Option<std::collections::BTreeMap<String, f64>>,
     pub request_timeout_s: f64,
+    /// Set when responses named the replica a router sent them to; absent in older files.
+    #[serde(default)]
+    pub router: Option<RouterInfo>,
+}
+
+/// The run went through a router: which header said so, and how many requests each replica
+/// answered (requests without the header are counted under `""`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RouterInfo {
+    pub header: String,
+    pub requests_per_replica: std::collections::BTreeMap<String, usize>,
+}
+
+impl RouterInfo {
+    /// `None` unless at least one response carried the router's header.
+    pub fn from_routes<'a>(routes: impl Iterator<Item = Option<&'a str>>) -> Option<RouterInfo> {
+        let mut per_replica = std::collections::BTreeMap::new();
+        let mut routed = false;
+        for route in routes {
+            routed |= route.is_some();
+            *per_replica
+                .entry(route.unwrap_or_default().to_string())
+                .or_insert(0) += 1;
+        }
+        routed.then(|| RouterInfo {
+            header: crate::client::ROUTED_WORKER_HEADER.to_string(),
+            requests_per_replica: per_replica,
+        })
+    }
+
+    /// Replicas that answered at least one request.
+    pub fn replicas(&self) -> usize {
+        self.requests_per_replica
+            .keys()
+            .filter(|k| !k.is_empty())
+            .count()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -93,6 +130,7 @@ pub struct ConfigInputs<'a> {
     pub slo: SloParams,
     pub machine: MachineInfo,
     pub short_outputs: usize,
+    pub router: Option<RouterInfo>,
 }
 
 pub fn build(i: ConfigInputs<'_>) -> RunConfig {
@@ -120,6 +158,7 @@ pub fn build(i: ConfigInputs<'_>) -> RunConfig {
             temperature: s.temperature,
             logit_bias: s.logit_bias.clone(),
             request_timeout_s: s.request_timeout.as_secs_f64(),
+            router: i.router,
         },
         workload: WorkloadInfo {
             spec: i.plan.workload.to_string(),
@@ -141,5 +180,29 @@ pub fn build(i: ConfigInputs<'_>) -> RunConfig {
         slo: i.slo,
         machine: i.machine,
         metrum_bench_version: env!("CARGO_PKG_VERSION").to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RouterInfo;
+
+    #[test]
+    fn a_router_is_seen_only_when_a_response_names_a_replica() {
+        assert_eq!(RouterInfo::from_routes([None, None].into_iter()), None);
+        let routes = [
+            Some("http://a:1"),
+            None,
+            Some("http://b:2"),
+            Some("http://a:1"),
+        ];
+        let router = RouterInfo::from_routes(routes.into_iter()).unwrap();
+        assert_eq!(router.replicas(), 2);
+        assert_eq!(router.requests_per_replica["http://a:1"], 2);
+        assert_eq!(router.requests_per_replica["http://b:2"], 1);
+        assert_eq!(
+            router.requests_per_replica[""], 1,
+            "unnamed requests are still counted"
+        );
     }
 }

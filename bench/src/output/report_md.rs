@@ -1,7 +1,7 @@
 //! `report.md`: the summary in prose and tables, and the anti-pattern checklist R1-R16 of
 //! spec (d) answered for this run (met, not met, or not applicable, and why).
 
-use super::config::RunConfig;
+use super::config::{RouterInfo, RunConfig};
 use super::summary::BenchSummary;
 use metrum_metrics::{DistributionSummary, RunSummary};
 use std::fmt::Write;
@@ -76,7 +76,7 @@ fn checklist(s: &BenchSummary, c: &RunConfig) -> Vec<Item> {
         item("R6 open-loop arrivals", "met", format!("{} arrivals scheduled ahead from seed {}, never skipped or delayed by slow requests; a single load point (use `metrum bench capacity` to sweep)", c.workload.arrival, c.workload.seed)),
         item("R7 client-side streaming timing, server timestamps, client not the bottleneck", if bias { "not met" } else if s.server_reports > 0 { "met" } else { "partly met" }, format!("client timestamps every chunk on a monotonic clock; server timings on {}/{} requests; P99 send lag {} ms, client CPU {} cores{}", s.server_reports, s.requests_sent, ms(lg.send_lag_s.p99), num(lg.cpu_cores_used, 2), if bias { " (see warnings)" } else { "" })),
         item("R8 ≥ 1000 requests, warm-up excluded, fixed seed, repeats", if counts.completed >= 1000 && s.warmup_excluded > 0 { "met" } else { "not met" }, format!("{} completed, {} excluded as warm-up, seed {}; one repeat (capacity runs 3 seeds near the boundary)", counts.completed, s.warmup_excluded, c.workload.seed)),
-        item("R9 hardware, software, every flag reported", "met", format!("config.json: machine, target /version ({}), every knob of the run", if c.target.version.is_some() { "present" } else { "the target has none" })),
+        item("R9 hardware, software, every flag reported", "met", format!("config.json: machine, target /version ({}), every knob of the run; {}", if c.target.version.is_some() { "present" } else { "the target has none" }, router_note(c.target.router.as_ref()))),
         item("R10 capacity reported", "not applicable", "a single-QPS run; `metrum bench capacity` reports max QPS under the SLO".into()),
         item("R11 distributions, not only averages", "met", "TBT P50/P90/P99/max, the per-request max stall and the fluidity-index distribution are reported beside TPOT".into()),
         item("R12 prompt-length-dependent TTFT deadline", if prefill_zero { "not met" } else { "met" }, if prefill_zero { format!("no --slo-file: D_p = S = {} s for every prompt length", s.slo.ttft_slack_s) } else { "D_p(P) = prefill(P) + S from the --slo-file prefill model".into() }),
@@ -85,6 +85,34 @@ fn checklist(s: &BenchSummary, c: &RunConfig) -> Vec<Item> {
         item("R15 failures counted, never dropped", "met", format!("{} launched: {} completed, {} failed, {} aborted; failed requests are in requests.jsonl and charged in deadline metrics", counts.launched, counts.completed, counts.failed, counts.aborted)),
         item("R16 bursty emission judged with deadlines", "met", format!("TBT includes burst zeros, the inter-delivery gaps are reported beside it, and fluidity/fluid TGR are deadline based; bursts {}", if bursts { "were observed" } else { "were not observed" })),
     ]
+}
+
+/// Whether the run measured one server or a router in front of several (R9: what was measured).
+fn router_note(router: Option<&RouterInfo>) -> String {
+    let Some(router) = router else {
+        return format!(
+            "measured the target directly (no response named a replica in `{}`)",
+            crate::client::ROUTED_WORKER_HEADER
+        );
+    };
+    let split = router
+        .requests_per_replica
+        .iter()
+        .map(|(replica, n)| {
+            let name = if replica.is_empty() {
+                "(no header)"
+            } else {
+                replica
+            };
+            format!("{name}: {n}")
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "measured through a router (`{}` named the replica): {} replicas answered; requests per replica: {split}",
+        router.header,
+        router.replicas()
+    )
 }
 
 pub fn render(s: &BenchSummary, c: &RunConfig) -> String {

@@ -7,6 +7,7 @@
 //! `&self`, so one `Arc<MetricsRegistry>` serves both.
 
 use super::buckets;
+use super::vllm_aliases::{CacheConfigInfo, append_aliases};
 use crate::fluidity::{DeadlineTally, Phase};
 use crate::live::{FinishedRequest, LiveTracker, LiveUpdate, TokenUpdate};
 use crate::report::RequestTimingReport;
@@ -375,8 +376,26 @@ impl MetricsRegistry {
 
     /// Every metric in the Prometheus text exposition format.
     pub fn render(&self) -> Result<String, MetricsError> {
+        self.render_for_routers(None, false)
+    }
+
+    /// [`render`](Self::render) plus `metrum_cache_config_info` when the cache's shape is
+    /// known and, with `vllm_aliases`, the vLLM-named copies routers read
+    /// ([`super::vllm_aliases`]).
+    pub fn render_for_routers(
+        &self,
+        cache: Option<CacheConfigInfo>,
+        vllm_aliases: bool,
+    ) -> Result<String, MetricsError> {
+        let mut families = self.registry.gather();
+        if let Some(cache) = cache {
+            families.extend(cache.families()?);
+        }
+        if vllm_aliases {
+            append_aliases(&mut families);
+        }
         let mut buffer = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut buffer)?;
+        TextEncoder::new().encode(&families, &mut buffer)?;
         Ok(String::from_utf8(buffer)?)
     }
 }

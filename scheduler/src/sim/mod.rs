@@ -14,8 +14,10 @@
 //! | [`workload`] | [`PoissonWorkload`], [`Lengths`], [`LengthTrace`] (CSV), [`Workload`] |
 //! | [`run`] | [`Simulation`] (step by step, with optional invariant checks), [`simulate`], [`profile_prefill_model`] |
 //! | [`report`] | [`SimReport`], [`RequestOutcome`], [`markdown_table`], [`percentile`] |
+//! | [`cluster`] | [`simulate_cluster`]: N replicas with eligibility classes behind a router (round-robin, least-loaded, prefix-affinity, IRS) |
 //! | [`sweep`] | [`find_knee`] (capacity bisection), [`SeedSummary`] / [`markdown_sweep_table`] (multi-seed rows) |
 
+pub mod cluster;
 pub mod cost_fit;
 pub mod executor;
 pub mod prng;
@@ -24,6 +26,10 @@ pub mod run;
 pub mod sweep;
 pub mod workload;
 
+pub use cluster::{
+    ClassReport, ClusterSpec, EligibilityClass, ReplicaId, RoutingPolicy, irs_vs_least_loaded,
+    markdown_class_table, simulate_cluster,
+};
 pub use cost_fit::{StepCostFit, StepSample, fit_step_cost};
 pub use executor::{Execution, FakeExecutor, FakeTokens, StepCostModel};
 pub use prng::SplitMix64;

@@ -118,6 +118,12 @@ impl Simulation {
         &self.outcomes
     }
 
+    /// Adds a request after construction, for a router feeding replicas online
+    /// ([`super::cluster`]). Submit in arrival order, at or before the request's arrival.
+    pub fn submit(&mut self, request: SimRequest) {
+        self.pending.push_back(request);
+    }
+
     /// Whether every request arrived and ended.
     pub fn is_done(&self) -> bool {
         self.pending.is_empty() && !self.scheduler.has_unfinished()

@@ -1,4 +1,5 @@
-//! `GET /metrics`: the engine's Prometheus registry in the text exposition format.
+//! `GET /metrics`: the engine's Prometheus registry in the text exposition format, plus the
+//! vLLM-named aliases routers read unless `--no-vllm-metrics`.
 
 use super::{AppState, RequestContext};
 use crate::error::{ApiError, ErrorBody};
@@ -6,6 +7,7 @@ use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
+use metrum_metrics::prometheus::CacheConfigInfo;
 
 #[utoipa::path(
     get,
@@ -20,10 +22,15 @@ pub async fn render(
     State(state): State<AppState>,
     Extension(ctx): Extension<RequestContext>,
 ) -> Result<Response, ApiError> {
+    // The cache's shape is known once the model is loaded.
+    let cache = state.engine.model_info().map(|info| CacheConfigInfo {
+        block_size: info.block_size,
+        num_gpu_blocks: info.num_kv_blocks,
+    });
     let text = state
         .engine
         .metrics()
-        .render()
+        .render_for_routers(cache, state.vllm_metric_aliases)
         .map_err(|e| ApiError::internal(&ctx.id, format!("cannot render metrics: {e}")))?;
     let mut response = text.into_response();
     response.headers_mut().insert(

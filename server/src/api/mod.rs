@@ -69,6 +69,8 @@ pub struct AppState {
     pub tool_format: Option<tools::parsers::ToolFormat>,
     /// `--reasoning-parser`; `None` = replies are never split.
     pub reasoning_parser: Option<reasoning::ReasoningParser>,
+    /// `/metrics` adds the vLLM-named aliases (`ServerOptions::vllm_metric_aliases`).
+    pub vllm_metric_aliases: bool,
 }
 
 impl AppState {
@@ -110,6 +112,7 @@ pub fn router(engine: EngineHandle, options: &ServerOptions) -> Router {
         grammars: Arc::default(),
         tool_format: options.tool_call_parser,
         reasoning_parser: options.reasoning_parser,
+        vllm_metric_aliases: options.vllm_metric_aliases,
     };
     let mut v1 = Router::new()
         .route("/v1/completions", post(completions::create))

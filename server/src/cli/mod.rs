@@ -14,6 +14,7 @@ pub mod profile_prefill;
 pub mod profile_step;
 pub mod serve;
 pub mod simulate;
+pub mod simulate_routing;
 pub mod units;
 
 use clap::{Parser, Subcommand};
@@ -48,6 +49,8 @@ pub enum Command {
     Logits(gpu_check::LogitsArgs),
     /// Replay a workload through the scheduler with a fake executor, once per policy.
     Simulate(simulate::SimulateArgs),
+    /// Replicas behind a router over intersecting eligibility classes (Venn/IRS), simulated.
+    SimulateRouting(simulate_routing::SimulateRoutingArgs),
     /// Time the real engine's step over batch shapes and fit the simulator's cost model.
     ProfileStep(profile_step::ProfileStepArgs),
     /// Measure min TTFT per prompt length on a server, fit prefill(P), write the SLO file.
@@ -64,6 +67,7 @@ impl Command {
             Command::GpuCheck(args) => args.run(),
             Command::Logits(args) => args.run(),
             Command::Simulate(args) => args.run(),
+            Command::SimulateRouting(args) => args.run(),
             Command::ProfileStep(args) => args.run(),
             Command::ProfilePrefill(args) => args.run(),
         }

@@ -134,6 +134,10 @@ pub struct ServeArgs {
     /// Log lines as human-readable text or as JSON objects.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Leave the vLLM-named metric aliases (`vllm:num_requests_waiting`, ...) off `/metrics`;
+    /// routers such as the Inference Extension's EPP and SMG read those names.
+    #[arg(long)]
+    pub no_vllm_metrics: bool,
 }
 
 impl ServeArgs {
@@ -242,6 +246,7 @@ impl ServeArgs {
             },
             tool_call_parser: self.tool_call_parser,
             reasoning_parser: self.reasoning_parser,
+            vllm_metric_aliases: !self.no_vllm_metrics,
         })
     }
 
