@@ -25,7 +25,8 @@ test: model test-cpu test-api test-openai test-scale-out test-cuda test-soak tes
 test-cpu:
 	$(CARGO) test --release --workspace
 
-# Issue 9: a 3-minute soak on synthetic:tiny (capacity measured, then bench + chaos traffic at
+# Issue 9: a 2-minute soak on synthetic:tiny (3 until 2026-12-04: CI's cold run must stay
+# under 45 minutes) (capacity measured, then bench + chaos traffic at
 # ~80% of it); scripts/soak.sh without --model soaks the default model for 30 minutes. The
 # capacity search starts near the knee (55-90 QPS here) and stops after 5 probes: the soak
 # needs the knee within ~25%, and each probe costs ~19 s of CI. CI soaks at --fraction 0.5
@@ -34,7 +35,7 @@ test-cpu:
 # here at P99 TTFT 1.7 s; shared CI machines slow down mid-run, and the soak checks leaks and
 # accounting, which need load, not the knee.
 test-soak:
-	rm -rf target/soak-ci && bash scripts/soak.sh --minutes 3 --model synthetic:tiny \
+	rm -rf target/soak-ci && bash scripts/soak.sh --minutes 2 --model synthetic:tiny \
 	  --start-qps 32 --probe-seconds 15 --ttft-slack 0.5 --fraction 0.5 --out target/soak-ci \
 	  --capacity-args "--slo deadline --tbt-slo 0.2 --miss-rate-slo 0.1 --repeats 1 \
 	    --granularity-pct 10 --max-iterations 5"
