@@ -26,6 +26,7 @@
 //! | `step_budget` | the deadline policy's time budget of one step (marginal chunk costs) |
 //! | [`deadline`] | spec (b) token deadlines: [`DeadlineSlo`], [`DeadlineTracker`], [`PrefillTimeModel`] |
 //! | [`stats`] | [`SchedulerStats`] |
+//! | [`routing`] | [`routing::Router`]: which replica serves a request (round-robin, least-loaded, prefix affinity, Venn's IRS); shared by `sim::cluster` and `metrum route` |
 //! | [`sim`] | fake executor with a step-cost model, Poisson / trace workloads, policy simulation |
 //!
 //! Lifecycle (the [`metrum_core::RequestStatus`] enum): `Waiting → Running → Finished(reason)`,
@@ -39,6 +40,7 @@ pub mod kv_cache_manager;
 pub mod output;
 pub mod prefix_cache;
 pub mod request;
+pub mod routing;
 pub mod scheduler;
 pub mod sim;
 pub mod stats;

@@ -13,15 +13,10 @@ use super::report::{RequestOutcome, percentile};
 use super::run::{SimError, Simulation};
 use super::workload::{Lengths, PoissonWorkload, SimRequest, Workload};
 use super::{FakeExecutor, StepCostModel};
+use crate::routing::prefix_hash;
+pub use crate::routing::{ClassId, ReplicaId, Router, RoutingPolicy};
 use crate::{Policy, SchedulerConfig};
 use metrum_core::{Nanos, RequestId};
-use std::fmt;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ReplicaId(pub usize);
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ClassId(pub usize);
 
 /// A class of requests and the replicas that can serve it.
 #[derive(Clone, Debug, PartialEq)]
@@ -32,45 +27,6 @@ pub struct EligibilityClass {
     pub lengths: Lengths,
     /// Every prompt of the class starts with the same this-many tokens (its system prompt).
     pub shared_prefix_len: usize,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RoutingPolicy {
-    RoundRobin,
-    LeastLoaded,
-    /// The replica a hash of the prompt's first block picks, unless it is overloaded
-    /// (SMG cache_aware's balance rule), then least-loaded.
-    PrefixAffinity,
-    /// Contention-aware (Venn's IRS).
-    Irs,
-}
-
-impl RoutingPolicy {
-    pub const ALL: [RoutingPolicy; 4] = [
-        RoutingPolicy::RoundRobin,
-        RoutingPolicy::LeastLoaded,
-        RoutingPolicy::PrefixAffinity,
-        RoutingPolicy::Irs,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            RoutingPolicy::RoundRobin => "round-robin",
-            RoutingPolicy::LeastLoaded => "least-loaded",
-            RoutingPolicy::PrefixAffinity => "prefix-affinity",
-            RoutingPolicy::Irs => "irs",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<RoutingPolicy> {
-        Self::ALL.into_iter().find(|p| p.name() == s)
-    }
-}
-
-impl fmt::Display for RoutingPolicy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
 }
 
 /// The cluster and its offered load.
@@ -217,66 +173,6 @@ fn scarcity(spec: &ClusterSpec, c: ClassId) -> usize {
     spec.classes[c.0].replicas.len()
 }
 
-/// The router's choice for `request` of class `class`.
-struct Router<'a> {
-    spec: &'a ClusterSpec,
-    policy: RoutingPolicy,
-    next_round_robin: Vec<usize>,
-}
-
-impl Router<'_> {
-    fn route(&mut self, class: ClassId, request: &SimRequest, replicas: &[Replica]) -> ReplicaId {
-        let eligible = &self.spec.classes[class.0].replicas;
-        let least_loaded = |cost: &dyn Fn(ReplicaId) -> f64| {
-            *eligible
-                .iter()
-                .min_by(|a, b| cost(**a).total_cmp(&cost(**b)).then(a.cmp(b)))
-                .expect("every class has a replica")
-        };
-        let load = |r: ReplicaId| replicas[r.0].load() as f64;
-        match self.policy {
-            RoutingPolicy::RoundRobin => {
-                let next = &mut self.next_round_robin[class.0];
-                let r = eligible[*next % eligible.len()];
-                *next += 1;
-                r
-            }
-            RoutingPolicy::LeastLoaded => least_loaded(&load),
-            RoutingPolicy::PrefixAffinity => {
-                // FNV-1a over the first 16 tokens (one KV block): same prefix, same replica.
-                let hash = request
-                    .prompt
-                    .iter()
-                    .take(16)
-                    .fold(0xcbf2_9ce4_8422_2325_u64, |h, &t| {
-                        (h ^ u64::from(t)).wrapping_mul(0x0000_0100_0000_01b3)
-                    });
-                let sticky = eligible[(hash % eligible.len() as u64) as usize];
-                let min = load(least_loaded(&load));
-                if load(sticky) > 1.5 * min + 8.0 {
-                    least_loaded(&load)
-                } else {
-                    sticky
-                }
-            }
-            RoutingPolicy::Irs => {
-                // A replica that scarcer classes depend on costs its load times (1 + how many
-                // of them): a flexible request takes it only when that lowers the summed
-                // delay, i.e. when the replicas only it can use are much busier.
-                let mine = scarcity(self.spec, class);
-                let dependents = |r: ReplicaId| {
-                    self.spec
-                        .classes
-                        .iter()
-                        .filter(|k| k.replicas.len() < mine && k.replicas.contains(&r))
-                        .count() as f64
-                };
-                least_loaded(&|r| (load(r) + 1.0) * (1.0 + dependents(r)))
-            }
-        }
-    }
-}
-
 /// IRS's order inside a replica: scarcest class first, then smallest demand (prompt + output).
 fn irs_priority(spec: &ClusterSpec, class: ClassId, request: &SimRequest) -> i32 {
     let demand = (request.prompt.len() + request.max_tokens).min(99_999);
@@ -305,16 +201,16 @@ pub fn simulate_cluster(
             })
         })
         .collect::<Result<Vec<_>, SimError>>()?;
-    let mut router = Router {
-        spec,
+    let mut router = Router::new(
         policy,
-        next_round_robin: vec![0; spec.classes.len()],
-    };
+        spec.classes.iter().map(|c| c.replicas.clone()).collect(),
+    );
     for (request, &class) in workload.requests.iter().zip(&workload.class_of) {
         for r in &mut replicas {
             r.advance_to(request.arrival)?;
         }
-        let target = router.route(class, request, &replicas);
+        let prefix = prefix_hash(request.prompt.iter().map(|&t| u64::from(t)));
+        let target = router.route(class, prefix, |r| replicas[r.0].load() as f64);
         let mut request = request.clone();
         if policy == RoutingPolicy::Irs {
             request.priority = irs_priority(spec, class, &request);
@@ -541,13 +437,5 @@ mod tests {
             irs[0].scheduling_delay_mean_s,
             ll[0].scheduling_delay_mean_s
         );
-    }
-
-    #[test]
-    fn policy_names_round_trip() {
-        for p in RoutingPolicy::ALL {
-            assert_eq!(RoutingPolicy::parse(p.name()), Some(p));
-        }
-        assert_eq!(RoutingPolicy::parse("nope"), None);
     }
 }
