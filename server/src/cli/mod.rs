@@ -12,6 +12,7 @@ pub mod generate;
 pub mod gpu_check;
 pub mod profile_prefill;
 pub mod profile_step;
+pub mod route;
 pub mod serve;
 pub mod simulate;
 pub mod simulate_routing;
@@ -51,6 +52,9 @@ pub enum Command {
     Simulate(simulate::SimulateArgs),
     /// Replicas behind a router over intersecting eligibility classes (Venn/IRS), simulated.
     SimulateRouting(simulate_routing::SimulateRoutingArgs),
+    /// Route requests over replicas by eligibility class (round-robin, least-loaded, prefix
+    /// affinity, IRS), reading each replica's vLLM-named load gauges.
+    Route(route::RouteArgs),
     /// Time the real engine's step over batch shapes and fit the simulator's cost model.
     ProfileStep(profile_step::ProfileStepArgs),
     /// Measure min TTFT per prompt length on a server, fit prefill(P), write the SLO file.
@@ -68,6 +72,7 @@ impl Command {
             Command::Logits(args) => args.run(),
             Command::Simulate(args) => args.run(),
             Command::SimulateRouting(args) => args.run(),
+            Command::Route(args) => args.run(),
             Command::ProfileStep(args) => args.run(),
             Command::ProfilePrefill(args) => args.run(),
         }
