@@ -430,7 +430,11 @@ fn check_moe_family(name: &str, family: Family) {
     check_model(&format!("{name} (safetensors)"), &hf, &reference, EXACT);
     let gguf = load_gguf(&dir);
     assert_eq!(gguf.config().family(), family);
-    assert_eq!(gguf.config().moe, hf.config().moe, "{name}: GGUF and HF expert configs");
+    assert_eq!(
+        gguf.config().moe,
+        hf.config().moe,
+        "{name}: GGUF and HF expert configs"
+    );
     check_model(&format!("{name} (GGUF)"), &gguf, &reference, EXACT);
     check_quantized(name, &dir, &reference);
 }
