@@ -43,6 +43,12 @@ fn fixture_dir(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/families/{name}"))
 }
 
+/// The mixture-of-experts fixtures (`scripts/make_moe_fixtures.py`): same reference format,
+/// GGUF written by the script itself, no tokenizer.
+fn moe_fixture_dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/moe/{name}"))
+}
+
 /// One prompt of `reference.json` with transformers' outputs.
 struct RefPrompt {
     ids: Vec<u32>,
@@ -410,4 +416,35 @@ fn phi3_matches_transformers() {
 #[test]
 fn phi4_mini_matches_transformers() {
     check_family("phi4mini", Family::Phi3);
+}
+
+/// A mixture of experts from safetensors and from its GGUF (stacked experts) against
+/// transformers, token by token and in mixed varlen batches (each step's tokens are routed
+/// to different experts: the fixture's reference.json lists them), then quantized.
+fn check_moe_family(name: &str, family: Family) {
+    let dir = moe_fixture_dir(name);
+    let reference = load_reference(&dir);
+    let hf = load_hf(&dir);
+    assert_eq!(hf.config().family(), family);
+    assert!(hf.config().moe.is_some(), "{name}: loaded without experts");
+    check_model(&format!("{name} (safetensors)"), &hf, &reference, EXACT);
+    let gguf = load_gguf(&dir);
+    assert_eq!(gguf.config().family(), family);
+    assert_eq!(
+        gguf.config().moe,
+        hf.config().moe,
+        "{name}: GGUF and HF expert configs"
+    );
+    check_model(&format!("{name} (GGUF)"), &gguf, &reference, EXACT);
+    check_quantized(name, &dir, &reference);
+}
+
+#[test]
+fn mixtral_matches_transformers() {
+    check_moe_family("mixtral", Family::Mixtral);
+}
+
+#[test]
+fn qwen3_moe_matches_transformers() {
+    check_moe_family("qwen3moe", Family::Qwen3Moe);
 }

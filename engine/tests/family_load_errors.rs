@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use candle_core::quantized::{QTensor, gguf_file};
 use candle_core::{DType, Device};
 use metrum_engine::model::{DecoderModel, ModelError};
 use serde_json::{Value, json};
@@ -189,4 +190,104 @@ fn a_missing_family_tensor_is_named() {
         err.to_string()
             .contains("model.layers.1.self_attn.k_proj.bias")
     );
+}
+
+/// The mixture-of-experts fixtures (`tests/fixtures/moe/`) through the same helpers.
+const MIXTRAL: &str = "../moe/mixtral";
+const QWEN3_MOE: &str = "../moe/qwen3moe";
+
+#[test]
+fn expert_fields_are_checked_and_named() {
+    for family in [MIXTRAL, QWEN3_MOE] {
+        load_edited(family, |_| {}).unwrap_or_else(|e| panic!("{family}: {e}"));
+    }
+    let too_many = load_edited(MIXTRAL, |c| c["num_experts_per_tok"] = json!(5));
+    fails_naming(too_many, &["num_experts_per_tok", "5", "4 experts"]);
+    let inconsistent = load_edited(QWEN3_MOE, |c| {
+        c["num_experts"] = json!(8);
+        c["num_local_experts"] = json!(16);
+    });
+    fails_naming(inconsistent, &["num_experts", "num_local_experts"]);
+    let no_count = load_edited(MIXTRAL, |c| {
+        c.as_object_mut().unwrap().remove("num_local_experts");
+    });
+    fails_naming(no_count, &["num_local_experts", "missing"]);
+    let no_width = load_edited(QWEN3_MOE, |c| {
+        c.as_object_mut().unwrap().remove("moe_intermediate_size");
+    });
+    fails_naming(no_width, &["moe_intermediate_size"]);
+    let bad_step = load_edited(QWEN3_MOE, |c| c["decoder_sparse_step"] = json!(0));
+    fails_naming(bad_step, &["decoder_sparse_step"]);
+    let bad_layer = load_edited(QWEN3_MOE, |c| c["mlp_only_layers"] = json!([7]));
+    fails_naming(bad_layer, &["mlp_only_layers", "layer 7"]);
+    // More experts declared than the checkpoint holds: the router's shape says so.
+    let more = load_edited(MIXTRAL, |c| c["num_local_experts"] = json!(6));
+    fails_naming(more, &["block_sparse_moe.gate.weight", "[4, 64]", "[6, 64]"]);
+}
+
+#[test]
+fn a_dense_layer_of_qwen3_moe_needs_its_mlp() {
+    // mlp_only_layers makes layer 1 dense: the checkpoint has experts there, not mlp.gate_proj.
+    let dense = load_edited(QWEN3_MOE, |c| c["mlp_only_layers"] = json!([1]));
+    fails_naming(dense, &["model.layers.1.mlp.gate_proj.weight"]);
+}
+
+/// Rewrites the Mixtral fixture's GGUF with `edit` applied to its metadata and without the
+/// tensor `drop`, and loads it.
+fn load_edited_gguf(
+    edit: impl FnOnce(&mut std::collections::HashMap<String, gguf_file::Value>),
+    drop: Option<&str>,
+) -> Result<DecoderModel, ModelError> {
+    let src = fixture(MIXTRAL).join("model.gguf");
+    let mut file = std::fs::File::open(&src).unwrap();
+    let mut content = gguf_file::Content::read(&mut file).unwrap();
+    let names: Vec<String> = content.tensor_infos.keys().cloned().collect();
+    let tensors: Vec<(String, QTensor)> = names
+        .into_iter()
+        .filter(|n| Some(n.as_str()) != drop)
+        .map(|n| {
+            let t = content.tensor(&mut file, &n, &Device::Cpu).unwrap();
+            (n, t)
+        })
+        .collect();
+    edit(&mut content.metadata);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("edited.gguf");
+    let metadata: Vec<(&str, &gguf_file::Value)> = content
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
+    let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    gguf_file::write(&mut std::fs::File::create(&path).unwrap(), &metadata, &refs).unwrap();
+    DecoderModel::load_gguf(&path, &Device::Cpu, DType::F32)
+}
+
+#[test]
+fn gguf_expert_keys_and_tensors_are_checked_and_named() {
+    load_edited_gguf(|_| {}, None).unwrap();
+    let too_many = load_edited_gguf(
+        |m| {
+            m.insert("llama.expert_used_count".into(), gguf_file::Value::U32(9));
+        },
+        None,
+    );
+    fails_naming(too_many, &["llama.expert_used_count", "9"]);
+    // The metadata says 8 experts, the stacked tensors hold 4.
+    let inconsistent = load_edited_gguf(
+        |m| {
+            m.insert("llama.expert_count".into(), gguf_file::Value::U32(8));
+        },
+        None,
+    );
+    fails_naming(inconsistent, &["ffn_gate_inp.weight", "[8, 64]"]);
+    let missing = load_edited_gguf(|_| {}, Some("blk.1.ffn_up_exps.weight"));
+    fails_naming(missing, &["blk.1.ffn_up_exps.weight"]);
+    let no_used = load_edited_gguf(
+        |m| {
+            m.remove("llama.expert_used_count");
+        },
+        None,
+    );
+    fails_naming(no_used, &["llama.expert_used_count", "missing"]);
 }

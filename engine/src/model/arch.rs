@@ -20,14 +20,20 @@ pub enum Family {
     Gemma2,
     Gemma3,
     Phi3,
+    /// Mistral's mixture of experts (8 experts, 2 per token); GGUF `llama` with experts.
+    Mixtral,
+    /// Qwen3's attention with a mixture of many small experts.
+    Qwen3Moe,
 }
 
 impl Family {
-    pub const ALL: [Family; 7] = [
+    pub const ALL: [Family; 9] = [
         Family::Llama,
         Family::Mistral,
+        Family::Mixtral,
         Family::Qwen2,
         Family::Qwen3,
+        Family::Qwen3Moe,
         Family::Gemma2,
         Family::Gemma3,
         Family::Phi3,
@@ -43,6 +49,8 @@ impl Family {
             Family::Gemma2 => "Gemma2ForCausalLM",
             Family::Gemma3 => "Gemma3ForCausalLM",
             Family::Phi3 => "Phi3ForCausalLM",
+            Family::Mixtral => "MixtralForCausalLM",
+            Family::Qwen3Moe => "Qwen3MoeForCausalLM",
         }
     }
 
@@ -56,14 +64,18 @@ impl Family {
             Family::Gemma2 => "gemma2",
             Family::Gemma3 => "gemma3_text",
             Family::Phi3 => "phi3",
+            Family::Mixtral => "mixtral",
+            Family::Qwen3Moe => "qwen3_moe",
         }
     }
 
-    /// The GGUF `general.architecture` llama.cpp writes for this family. Mistral has none
-    /// of its own: llama.cpp converts it as `llama`.
+    /// The GGUF `general.architecture` llama.cpp writes for this family. Mistral and Mixtral
+    /// have none of their own: llama.cpp converts them as `llama` (Mixtral with
+    /// `llama.expert_count`, which the llama mapping reads).
     pub fn gguf_architecture(self) -> &'static str {
         match self {
-            Family::Llama | Family::Mistral => "llama",
+            Family::Llama | Family::Mistral | Family::Mixtral => "llama",
+            Family::Qwen3Moe => "qwen3moe",
             Family::Qwen2 => "qwen2",
             Family::Qwen3 => "qwen3",
             Family::Gemma2 => "gemma2",
@@ -91,7 +103,7 @@ impl Family {
     pub fn from_gguf(architecture: &str) -> Option<Family> {
         Family::ALL
             .into_iter()
-            .filter(|f| *f != Family::Mistral)
+            .filter(|f| !matches!(f, Family::Mistral | Family::Mixtral))
             .find(|f| f.gguf_architecture() == architecture)
     }
 
@@ -198,6 +210,7 @@ mod tests {
         }
         assert_eq!(Family::from_gguf("llama"), Some(Family::Llama));
         assert_eq!(Family::from_gguf("gemma3"), Some(Family::Gemma3));
+        assert_eq!(Family::from_gguf("qwen3moe"), Some(Family::Qwen3Moe));
         assert_eq!(Family::from_gguf("falcon"), None);
         let archs = vec!["Gemma3ForConditionalGeneration".to_string()];
         assert_eq!(Family::from_hf(Some(&archs), Some("gemma3")), None);

@@ -1,6 +1,7 @@
 //! The hyperparameters of a decoder model, whatever file and family they came from.
 
 use crate::model::arch::{ArchSpec, Family};
+use crate::model::moe::MoeConfig;
 use crate::model::rope::RopeScaling;
 use metrum_kernels::RopeStyle;
 
@@ -37,6 +38,8 @@ pub struct ModelConfig {
     /// The attention score scale; `None` = `1 / sqrt(head_dim)` (Gemma sets its own through
     /// `query_pre_attn_scalar`).
     pub attn_scale: Option<f32>,
+    /// Mixture-of-experts shape (Mixtral, Qwen3-MoE); `None` = every layer has a dense MLP.
+    pub moe: Option<MoeConfig>,
 }
 
 impl ModelConfig {
@@ -78,12 +81,21 @@ impl ModelConfig {
     pub fn num_parameters(&self) -> usize {
         let attn = self.hidden_size * (self.q_size() + 2 * self.kv_size())
             + self.q_size() * self.hidden_size;
-        let mlp = 3 * self.hidden_size * self.intermediate_size;
+        let dense_mlp = 3 * self.hidden_size * self.intermediate_size;
         let norms = if self.arch.sandwich_norms { 4 } else { 2 };
-        let per_layer = attn + mlp + norms * self.hidden_size;
+        let mlps: usize = (0..self.num_layers)
+            .map(|layer| match &self.moe {
+                Some(m) if m.is_sparse(layer) => {
+                    m.num_experts
+                        * (3 * self.hidden_size * m.expert_intermediate_size + self.hidden_size)
+                }
+                _ => dense_mlp,
+            })
+            .sum();
+        let per_layer = attn + norms * self.hidden_size;
         let embed = self.vocab_size * self.hidden_size;
         let head = if self.tie_word_embeddings { 0 } else { embed };
-        self.num_layers * per_layer + embed + head + self.hidden_size
+        self.num_layers * per_layer + mlps + embed + head + self.hidden_size
     }
 
     /// Checks the relations the forward pass relies on. The error is `(field, reason)` so the
@@ -174,6 +186,9 @@ impl ModelConfig {
                     long.len()
                 ),
             ));
+        }
+        if let Some(moe) = &self.moe {
+            moe.validate()?;
         }
         Ok(())
     }

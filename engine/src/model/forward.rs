@@ -14,7 +14,6 @@ use candle_core::{DType, Tensor};
 use metrum_kernels::AttentionParams;
 
 use crate::kv_cache::KvCache;
-use crate::model::arch::Activation;
 use crate::model::{DecoderModel, ForwardBatch, LayerWeights, ModelError, Result, RopeTables};
 
 impl DecoderModel {
@@ -47,7 +46,7 @@ impl DecoderModel {
                 attn = metrum_kernels::rms_norm(&attn, norm, eps)?;
             }
             let (normed, res) = metrum_kernels::add_rms_norm(&attn, &res, &layer.mlp_norm, eps)?;
-            hidden = self.mlp(layer, &normed)?;
+            hidden = layer.ffn.forward(&normed, self.config.arch.activation)?;
             if let Some(norm) = &layer.post_mlp_norm {
                 hidden = metrum_kernels::rms_norm(&hidden, norm, eps)?;
             }
@@ -146,15 +145,6 @@ impl DecoderModel {
             &params,
         )?;
         Ok(layer.o_proj.forward(&out.reshape((tokens, c.q_size()))?)?)
-    }
-
-    fn mlp(&self, layer: &LayerWeights, x: &Tensor) -> Result<Tensor> {
-        let [gate, up] = layer.gate_up.forward(x)?;
-        let act = match self.config.arch.activation {
-            Activation::SiluMul => metrum_kernels::silu_mul(&gate, &up)?,
-            Activation::GeluTanhMul => metrum_kernels::gelu_tanh_mul(&gate, &up)?,
-        };
-        Ok(layer.down.forward(&act)?)
     }
 
     /// Everything the kernels would index unchecked, checked on the host from the batch's

@@ -16,8 +16,9 @@ use metrum_kernels::RopeStyle;
 use crate::model::arch::{ArchSpec, Family};
 use crate::model::family::{self, ConfigIssue};
 use crate::model::linear::{Embedding, Linear, SplitLinear, cpu_quant_type, linear_from_ggml};
+use crate::model::moe::{FeedForward, GatedMlp, MoeBlock};
 use crate::model::{
-    DecoderModel, LayerWeights, ModelConfig, ModelError, ModelParts, Result, RopeScaling,
+    DecoderModel, LayerWeights, ModelConfig, ModelError, ModelParts, MoeConfig, Result, RopeScaling,
 };
 
 /// Largest `context_length × rotary_dim` accepted: 1 GiB of f32 RoPE tables (2^19 for
@@ -187,6 +188,7 @@ impl GgufReader {
             tie_word_embeddings: !self.content.tensor_infos.contains_key("output.weight"),
             layer_windows: Vec::new(),
             attn_scale: None,
+            moe: None,
         })
     }
 
@@ -360,9 +362,23 @@ impl GgufReader {
         cols: usize,
         dtype: DType,
     ) -> Result<SplitLinear<N>> {
-        let mut groups: Vec<(GgmlDType, Vec<u8>, Vec<usize>)> = Vec::new();
+        let mut blocks = Vec::with_capacity(N);
         for (name, rows) in parts {
             let (ggml, data) = self.raw(name, &[rows, cols])?;
+            blocks.push((ggml, data, rows));
+        }
+        self.stack(blocks, cols, dtype)
+    }
+
+    /// [`GgufReader::split_linear`] over blocks already read: `(type, bytes, rows)` each.
+    fn stack<const N: usize>(
+        &self,
+        parts: Vec<(GgmlDType, Vec<u8>, usize)>,
+        cols: usize,
+        dtype: DType,
+    ) -> Result<SplitLinear<N>> {
+        let mut groups: Vec<(GgmlDType, Vec<u8>, Vec<usize>)> = Vec::new();
+        for (ggml, data, rows) in parts {
             match groups.last_mut() {
                 Some((g, bytes, widths)) if *g == ggml => {
                     bytes.extend_from_slice(&data);
@@ -378,6 +394,42 @@ impl GgufReader {
             linears.push((linear, widths));
         }
         Ok(SplitLinear::new(linears)?)
+    }
+
+    /// One sparse layer: the router `ffn_gate_inp` and the experts stacked in the 3-D
+    /// `ffn_{gate,up,down}_exps` (`[experts, rows, cols]`, each expert's blocks contiguous),
+    /// cut into one matrix per expert so they stay quantized and run on the usual kernels.
+    fn experts(
+        &mut self,
+        c: &ModelConfig,
+        moe: &MoeConfig,
+        layer: usize,
+        dtype: DType,
+    ) -> Result<MoeBlock> {
+        let (h, ff, n) = (c.hidden_size, moe.expert_intermediate_size, moe.num_experts);
+        let name = |suffix: &str| format!("blk.{layer}.{suffix}.weight");
+        let router = self.linear(&name("ffn_gate_inp"), n, h, dtype)?;
+        let per_expert = |(ggml, data): (GgmlDType, Vec<u8>)| -> Vec<(GgmlDType, Vec<u8>)> {
+            let size = data.len() / n;
+            data.chunks_exact(size)
+                .map(|c| (ggml, c.to_vec()))
+                .collect()
+        };
+        let gates = per_expert(self.raw(&name("ffn_gate_exps"), &[n, ff, h])?);
+        let ups = per_expert(self.raw(&name("ffn_up_exps"), &[n, ff, h])?);
+        let downs = per_expert(self.raw(&name("ffn_down_exps"), &[n, h, ff])?);
+        let mut experts = Vec::with_capacity(n);
+        for ((gate, up), (down_type, down)) in gates.into_iter().zip(ups).zip(downs) {
+            let gate_up = self.stack(vec![(gate.0, gate.1, ff), (up.0, up.1, ff)], h, dtype)?;
+            let down = linear_from_ggml(down_type, &down, h, ff, &self.device, dtype)?;
+            experts.push(GatedMlp { gate_up, down });
+        }
+        Ok(MoeBlock {
+            router,
+            experts,
+            experts_per_token: moe.experts_per_token,
+            renormalize: moe.renormalize,
+        })
     }
 
     /// The token embedding and the output head, which share one copy of the weights when tied.
@@ -454,12 +506,21 @@ impl GgufReader {
             } else {
                 None
             };
-            let gate_up = if fused {
-                let linear = self.linear(&name("ffn_up"), 2 * ff, h, dtype)?;
-                SplitLinear::new(vec![(linear, vec![ff, ff])])?
-            } else {
-                let (gn, un) = (name("ffn_gate"), name("ffn_up"));
-                self.split_linear([(&gn, ff), (&un, ff)], h, dtype)?
+            let ffn = match &c.moe {
+                Some(moe) if moe.is_sparse(i) => {
+                    FeedForward::Experts(self.experts(c, moe, i, dtype)?)
+                }
+                _ => {
+                    let gate_up = if fused {
+                        let linear = self.linear(&name("ffn_up"), 2 * ff, h, dtype)?;
+                        SplitLinear::new(vec![(linear, vec![ff, ff])])?
+                    } else {
+                        let (gn, un) = (name("ffn_gate"), name("ffn_up"));
+                        self.split_linear([(&gn, ff), (&un, ff)], h, dtype)?
+                    };
+                    let down = self.linear(&name("ffn_down"), h, ff, dtype)?;
+                    FeedForward::Dense(GatedMlp { gate_up, down })
+                }
             };
             let sandwich = |me: &mut Self, suffix: &str| -> Result<Option<Tensor>> {
                 Ok(if arch.sandwich_norms {
@@ -476,8 +537,7 @@ impl GgufReader {
                 o_proj: self.linear(&name("attn_output"), h, q, dtype)?,
                 post_attn_norm: sandwich(self, "post_attention_norm")?,
                 mlp_norm: self.norm(&name("ffn_norm"), h, dtype)?,
-                gate_up,
-                down: self.linear(&name("ffn_down"), h, ff, dtype)?,
+                ffn,
                 post_mlp_norm: sandwich(self, "post_ffw_norm")?,
             });
         }
@@ -493,7 +553,14 @@ impl GgufReader {
 /// The tensors each layer of `c` has in a GGUF file (a lower bound for the size check).
 fn tensors_per_layer(c: &ModelConfig) -> usize {
     let a = &c.arch;
-    let projections = if c.family().fused_projections() { 4 } else { 7 };
+    // A sparse layer has the router and three stacked expert tensors instead of three.
+    let projections = if c.family().fused_projections() {
+        4
+    } else if c.moe.is_some() {
+        8
+    } else {
+        7
+    };
     2 + projections
         + if a.qkv_bias { 3 } else { 0 }
         + if a.qk_norm { 2 } else { 0 }
@@ -576,6 +643,17 @@ impl GgufMeta<'_> {
             Some(other) => Err(ConfigIssue::new(
                 self.key(suffix),
                 format!("expected an array of booleans, got {other:?}"),
+            )),
+        }
+    }
+
+    pub fn bool_opt(&self, suffix: &str) -> std::result::Result<Option<bool>, ConfigIssue> {
+        match self.value(suffix) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(other) => Err(ConfigIssue::new(
+                self.key(suffix),
+                format!("expected a boolean, got {other:?}"),
             )),
         }
     }

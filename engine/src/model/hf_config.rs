@@ -203,6 +203,7 @@ fn shared_fields(hf: &HfConfig, family: Family) -> std::result::Result<ModelConf
         tie_word_embeddings: hf.tie_word_embeddings.unwrap_or(false),
         layer_windows: Vec::new(),
         attn_scale: None,
+        moe: None,
     })
 }
 

@@ -16,6 +16,7 @@
 //! | `batch` | [`ForwardBatch`], [`SequenceChunk`]: one step's flat batch |
 //! | `forward` | [`DecoderModel::forward`] |
 //! | `linear`, `rope` | quantized/dense projections; RoPE frequencies and tables |
+//! | `moe` | the feed-forward block: dense gated MLP or mixture of experts (router, grouped experts) |
 //! | `error` | [`ModelError`] |
 //!
 //! ## Adding a family
@@ -40,6 +41,7 @@ mod gguf;
 mod gguf_header;
 mod hf_config;
 mod linear;
+mod moe;
 mod rope;
 mod safetensors;
 mod synthetic;
@@ -48,6 +50,7 @@ pub use arch::{Activation, ArchSpec, Family};
 pub use batch::{ForwardBatch, SequenceChunk};
 pub use config::ModelConfig;
 pub use error::{ModelError, Result};
+pub use moe::MoeConfig;
 pub use rope::{RopeScaling, inverse_frequencies};
 pub use synthetic::{SYNTHETIC_MODELS, synthetic_config};
 
@@ -58,6 +61,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::kv_cache::KvCacheLayout;
 use crate::source::ModelFiles;
 use linear::{Embedding, Linear, SplitLinear};
+use moe::FeedForward;
 
 /// Weights of one decoder layer. The optional parts are there exactly when the config's
 /// [`ArchSpec`] flag asks for them (the loaders guarantee it).
@@ -75,9 +79,8 @@ pub(crate) struct LayerWeights {
     pub post_attn_norm: Option<Tensor>,
     /// The norm before the MLP.
     pub mlp_norm: Tensor,
-    /// gate, up.
-    pub gate_up: SplitLinear<2>,
-    pub down: Linear,
+    /// The dense MLP, or the experts where [`ModelConfig::moe`] makes the layer sparse.
+    pub ffn: FeedForward,
     /// Norm of the MLP output before the residual add (`sandwich_norms`).
     pub post_mlp_norm: Option<Tensor>,
 }
@@ -230,7 +233,9 @@ fn check_parts(config: &ModelConfig, parts: &ModelParts) -> Result<()> {
         let ok = layer.qkv_bias.is_some() == arch.qkv_bias
             && layer.qk_norm.is_some() == arch.qk_norm
             && layer.post_attn_norm.is_some() == arch.sandwich_norms
-            && layer.post_mlp_norm.is_some() == arch.sandwich_norms;
+            && layer.post_mlp_norm.is_some() == arch.sandwich_norms
+            && matches!(layer.ffn, FeedForward::Experts(_))
+                == config.moe.as_ref().is_some_and(|m| m.is_sparse(i));
         if !ok {
             return Err(ModelError::Assembly(format!(
                 "layer {i}'s weights do not match the {} architecture flags",

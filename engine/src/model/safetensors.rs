@@ -9,9 +9,13 @@ use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value as Json;
 
+use crate::model::arch::Family;
 use crate::model::hf_config::read_config;
 use crate::model::linear::{Embedding, Linear, SplitLinear};
-use crate::model::{DecoderModel, LayerWeights, ModelConfig, ModelError, ModelParts, Result};
+use crate::model::moe::{FeedForward, GatedMlp, MoeBlock};
+use crate::model::{
+    DecoderModel, LayerWeights, ModelConfig, ModelError, ModelParts, MoeConfig, Result,
+};
 
 pub(crate) fn load(
     config_path: &Path,
@@ -139,12 +143,24 @@ impl Shards {
                 let wv = get(&name("self_attn.v_proj"), &[kv, h])?;
                 Tensor::cat(&[wq, wk, wv], 0)?
             };
-            let wgu = if family.fused_projections() {
-                get(&name("mlp.gate_up_proj"), &[2 * ff, h])?
-            } else {
-                let wg = get(&name("mlp.gate_proj"), &[ff, h])?;
-                let wu = get(&name("mlp.up_proj"), &[ff, h])?;
-                Tensor::cat(&[wg, wu], 0)?
+            let ffn = match &c.moe {
+                Some(moe) if moe.is_sparse(i) => FeedForward::Experts(self.experts(
+                    c,
+                    moe,
+                    &format!("model.layers.{i}"),
+                    device,
+                    dtype,
+                )?),
+                _ => {
+                    let gate_up = if family.fused_projections() {
+                        get(&name("mlp.gate_up_proj"), &[2 * ff, h])?
+                    } else {
+                        let wg = get(&name("mlp.gate_proj"), &[ff, h])?;
+                        let wu = get(&name("mlp.up_proj"), &[ff, h])?;
+                        Tensor::cat(&[wg, wu], 0)?
+                    };
+                    FeedForward::Dense(dense_mlp(gate_up, get(&name("mlp.down_proj"), &[h, ff])?)?)
+                }
             };
             let qkv_bias = if arch.qkv_bias {
                 Some([bias("q_proj", q)?, bias("k_proj", kv)?, bias("v_proj", kv)?])
@@ -176,8 +192,7 @@ impl Shards {
                 o_proj: Linear::Dense(get(&name("self_attn.o_proj"), &[h, q])?),
                 post_attn_norm,
                 mlp_norm,
-                gate_up: SplitLinear::new(vec![(Linear::Dense(wgu), vec![ff, ff])])?,
-                down: Linear::Dense(get(&name("mlp.down_proj"), &[h, ff])?),
+                ffn,
                 post_mlp_norm,
             });
         }
@@ -186,6 +201,73 @@ impl Shards {
             layers,
             final_norm: norm("model.norm.weight", h)?,
             lm_head,
+        })
+    }
+}
+
+/// A gated MLP from its stacked `[2·ff, in]` gate/up and `[out, ff]` down matrices.
+fn dense_mlp(gate_up: Tensor, down: Tensor) -> Result<GatedMlp> {
+    let ff = down.dim(1)?;
+    Ok(GatedMlp {
+        gate_up: SplitLinear::new(vec![(Linear::Dense(gate_up), vec![ff, ff])])?,
+        down: Linear::Dense(down),
+    })
+}
+
+/// transformers' (and the checkpoints') names of one sparse layer's parts under
+/// `model.layers.N.`: the block, and each expert's gate, up and down projections.
+struct ExpertNames {
+    block: &'static str,
+    gate: &'static str,
+    up: &'static str,
+    down: &'static str,
+}
+
+fn expert_names(family: Family) -> ExpertNames {
+    match family {
+        Family::Mixtral => ExpertNames {
+            block: "block_sparse_moe",
+            gate: "w1",
+            up: "w3",
+            down: "w2",
+        },
+        _ => ExpertNames {
+            block: "mlp",
+            gate: "gate_proj",
+            up: "up_proj",
+            down: "down_proj",
+        },
+    }
+}
+
+impl Shards {
+    /// One sparse layer under `layer` (`model.layers.N`): the router `gate` and every expert.
+    fn experts(
+        &self,
+        c: &ModelConfig,
+        moe: &MoeConfig,
+        layer: &str,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<MoeBlock> {
+        let (h, ff) = (c.hidden_size, moe.expert_intermediate_size);
+        let names = expert_names(c.family());
+        let block = format!("{layer}.{}", names.block);
+        let get = |name: String, dims: &[usize]| self.get(&name, dims, device, dtype);
+        let router = get(format!("{block}.gate.weight"), &[moe.num_experts, h])?;
+        let mut experts = Vec::with_capacity(moe.num_experts);
+        for e in 0..moe.num_experts {
+            let part = |p: &str| format!("{block}.experts.{e}.{p}.weight");
+            let gate = get(part(names.gate), &[ff, h])?;
+            let up = get(part(names.up), &[ff, h])?;
+            let down = get(part(names.down), &[h, ff])?;
+            experts.push(dense_mlp(Tensor::cat(&[gate, up], 0)?, down)?);
+        }
+        Ok(MoeBlock {
+            router: Linear::Dense(router),
+            experts,
+            experts_per_token: moe.experts_per_token,
+            renormalize: moe.renormalize,
         })
     }
 }

@@ -13,6 +13,7 @@ use rayon::prelude::*;
 
 use crate::model::arch::{Activation, ArchSpec, Family};
 use crate::model::linear::{Embedding, Linear, SplitLinear};
+use crate::model::moe::{FeedForward, GatedMlp};
 use crate::model::{
     DecoderModel, LayerWeights, ModelConfig, ModelError, ModelParts, Result, RopeScaling,
 };
@@ -60,6 +61,7 @@ pub fn synthetic_config(name: &str) -> Result<ModelConfig> {
         rope_local_theta: None,
         layer_windows: Vec::new(),
         attn_scale: None,
+        moe: None,
     };
     let qwen2_5_0_5b = ModelConfig {
         vocab_size: 151_936,
@@ -222,11 +224,13 @@ pub(crate) fn build(name: &str, device: &Device, dtype: DType, seed: u64) -> Res
             )])?,
             o_proj: Linear::Dense(rng.normal(&[h, q], out_std, dtype)?),
             mlp_norm: ones.clone(),
-            gate_up: SplitLinear::new(vec![(
-                Linear::Dense(rng.normal(&[2 * ff, h], INIT_STD, dtype)?),
-                vec![ff, ff],
-            )])?,
-            down: Linear::Dense(rng.normal(&[h, ff], out_std, dtype)?),
+            ffn: FeedForward::Dense(GatedMlp {
+                gate_up: SplitLinear::new(vec![(
+                    Linear::Dense(rng.normal(&[2 * ff, h], INIT_STD, dtype)?),
+                    vec![ff, ff],
+                )])?,
+                down: Linear::Dense(rng.normal(&[h, ff], out_std, dtype)?),
+            }),
         });
     }
     let parts = ModelParts {

@@ -354,7 +354,8 @@ pub fn dequantize_gguf(src: &Path, dst: &Path) {
 /// (vectors and norms stay f32, as llama.cpp's quantizer keeps them), same metadata.
 pub fn quantize_gguf(src: &Path, dst: &Path, ty: GgmlDType) {
     rewrite_gguf(src, dst, |dims| match dims {
-        [_, cols] if cols % ty.block_size() == 0 => ty,
+        // 3-D: a mixture of experts' stacked expert matrices.
+        [_, cols] | [_, _, cols] if cols % ty.block_size() == 0 => ty,
         _ => GgmlDType::F32,
     });
 }

@@ -1,6 +1,7 @@
 //! Llama and Mistral: the baseline decoder. Mistral adds a sliding window on every layer when
 //! its config sets `sliding_window` (v0.1; later versions set it to null). llama.cpp converts
-//! both as GGUF `llama`, with q/k rows permuted for interleaved RoPE.
+//! both as GGUF `llama`, with q/k rows permuted for interleaved RoPE; a `llama` file with
+//! `llama.expert_count` is Mixtral (its expert fields are read by `moe`).
 
 use metrum_kernels::RopeStyle;
 
@@ -20,18 +21,16 @@ pub(super) fn from_hf(hf: &HfConfig, mut c: ModelConfig) -> MapResult {
             ));
         }
     }
-    if c.family() == Family::Mistral {
+    if matches!(c.family(), Family::Mistral | Family::Mixtral) {
         c.layer_windows = uniform_windows(c.num_layers, hf.sliding_window);
     }
     Ok(c)
 }
 
 pub(super) fn from_gguf(meta: &GgufMeta, mut c: ModelConfig) -> MapResult {
-    if meta.usize_opt("expert_count")?.unwrap_or(0) > 1 {
-        return Err(ConfigIssue::new(
-            meta.key("expert_count"),
-            "mixture-of-experts llama is not supported",
-        ));
+    if super::moe::is_mixtral(meta)? {
+        c.arch.family = Family::Mixtral;
+        c.moe = Some(super::moe::gguf_experts(meta, &c)?);
     }
     if c.rotary_dim() != c.head_dim {
         return Err(ConfigIssue::new(

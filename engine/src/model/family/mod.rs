@@ -10,9 +10,11 @@
 //! | `qwen` | Qwen2 / Qwen2.5, Qwen3 (dense) |
 //! | `gemma` | Gemma 2, Gemma 3 (text) |
 //! | `phi3` | Phi-3, Phi-3.5, Phi-4-mini |
+//! | `moe` | the expert fields of Mixtral and Qwen3-MoE (their attention is Llama's / Qwen3's) |
 
 mod gemma;
 mod llama;
+mod moe;
 mod phi3;
 mod qwen;
 
@@ -45,6 +47,8 @@ pub(crate) fn from_hf(family: Family, hf: &HfConfig, base: ModelConfig) -> MapRe
     match family {
         Family::Llama | Family::Mistral => llama::from_hf(hf, base),
         Family::Qwen2 | Family::Qwen3 => qwen::from_hf(hf, base),
+        Family::Mixtral => moe::mixtral_from_hf(hf, base),
+        Family::Qwen3Moe => moe::qwen3_moe_from_hf(hf, base),
         Family::Gemma2 | Family::Gemma3 => gemma::from_hf(hf, base),
         Family::Phi3 => phi3::from_hf(hf, base),
     }
@@ -53,8 +57,9 @@ pub(crate) fn from_hf(family: Family, hf: &HfConfig, base: ModelConfig) -> MapRe
 /// The family's reading of GGUF metadata over the shared fields in `base`.
 pub(crate) fn from_gguf(family: Family, meta: &GgufMeta, base: ModelConfig) -> MapResult {
     match family {
-        Family::Llama | Family::Mistral => llama::from_gguf(meta, base),
+        Family::Llama | Family::Mistral | Family::Mixtral => llama::from_gguf(meta, base),
         Family::Qwen2 | Family::Qwen3 => qwen::from_gguf(meta, base),
+        Family::Qwen3Moe => moe::qwen3_moe_from_gguf(meta, base),
         Family::Gemma2 | Family::Gemma3 => gemma::from_gguf(meta, base),
         Family::Phi3 => phi3::from_gguf(meta, base),
     }
