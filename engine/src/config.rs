@@ -84,8 +84,11 @@ pub struct EngineConfig {
     pub max_num_batched_tokens: usize,
     pub max_waiting_requests: usize,
     pub enable_prefix_caching: bool,
-    /// `fcfs`, `priority` or `deadline`.
+    /// `fcfs`, `priority`, `deadline` or `deadline-srpt`.
     pub scheduling_policy: String,
+    /// Admission control: refuse (or queue best-effort) requests predicted to miss their
+    /// first-token deadline (`--admission`). Needs a prefill model (`--slo-file`).
+    pub admission: metrum_scheduler::Admission,
     /// Seed for requests that bring none (so a whole run is reproducible).
     pub seed: u64,
     /// CPU threads for the forward pass; `None` = all cores.
@@ -109,6 +112,7 @@ impl Default for EngineConfig {
             max_waiting_requests: 1024,
             enable_prefix_caching: true,
             scheduling_policy: "fcfs".into(),
+            admission: metrum_scheduler::Admission::Off,
             seed: 0,
             threads: None,
             slo: metrum_metrics::SloConfig::default(),

@@ -14,10 +14,12 @@
 //! | [`workload`] | [`PoissonWorkload`], [`Lengths`], [`LengthTrace`] (CSV), [`Workload`] |
 //! | [`run`] | [`Simulation`] (step by step, with optional invariant checks), [`simulate`], [`profile_prefill_model`] |
 //! | [`report`] | [`SimReport`], [`RequestOutcome`], [`markdown_table`], [`percentile`] |
+//! | [`grid`] | issue 19's grid: cost models × SLOs × knee multiples, fcfs vs deadline vs deadline-srpt (+ admission) |
 //! | [`sweep`] | [`find_knee`] (capacity bisection), [`SeedSummary`] / [`markdown_sweep_table`] (multi-seed rows) |
 
 pub mod cost_fit;
 pub mod executor;
+pub mod grid;
 pub mod prng;
 pub mod report;
 pub mod run;
