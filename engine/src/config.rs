@@ -88,12 +88,21 @@ pub struct EngineConfig {
     pub scheduling_policy: String,
     /// Admission control: refuse (or queue best-effort) requests predicted to miss their
     /// first-token deadline (`--admission`). Needs a prefill model (`--slo-file`).
+    #[serde(serialize_with = "serialize_admission")]
     pub admission: metrum_scheduler::Admission,
     /// Seed for requests that bring none (so a whole run is reproducible).
     pub seed: u64,
     /// CPU threads for the forward pass; `None` = all cores.
     pub threads: Option<usize>,
     pub slo: metrum_metrics::SloConfig,
+}
+
+/// As its `--admission` spelling (the scheduler crate has no serde).
+fn serialize_admission<S: serde::Serializer>(
+    admission: &metrum_scheduler::Admission,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(admission.as_str())
 }
 
 impl Default for EngineConfig {
