@@ -110,11 +110,7 @@ pub fn srpt_waiting_bound(slo: &DeadlineSlo, prompt_tokens: usize, ttft_deadline
 /// server's SLO, `bound = S + (SRPT_WEIGHT − 1)·prefill(P)`.
 /// Best-effort requests are outside this bound: they wait for every other request.
 fn srpt_rank(slo: &DeadlineSlo, req: &Request) -> i128 {
-    let work_left = i128::from(
-        slo.prefill
-            .predict(req.num_uncomputed_tokens().max(1))
-            .0,
-    );
+    let work_left = i128::from(slo.prefill.predict(req.num_uncomputed_tokens().max(1)).0);
     let rank = if req.deadline.tokens_seen() == 0 {
         slack_rank(slo, req) + (SRPT_WEIGHT - 1) * work_left
     } else {
@@ -130,6 +126,7 @@ fn srpt_rank(slo: &DeadlineSlo, req: &Request) -> i128 {
 /// The deadline-srpt rank a request had when it arrived: nothing computed, whole prompt left.
 fn arrival_rank(slo: &DeadlineSlo, req: &Request) -> i128 {
     let prefill = i128::from(slo.prefill.predict(req.num_prompt_tokens().max(1)).0);
-    i128::from(req.arrival.0) + i128::from(req.deadline.prefill_deadline().0)
+    i128::from(req.arrival.0)
+        + i128::from(req.deadline.prefill_deadline().0)
         + (SRPT_WEIGHT - 2) * prefill
 }

@@ -34,10 +34,7 @@ async fn post_with_headers(
     body: &Value,
     headers: &[(&str, &str)],
 ) -> reqwest::Response {
-    let mut request = server
-        .client
-        .post(server.url("/v1/completions"))
-        .json(body);
+    let mut request = server.client.post(server.url("/v1/completions")).json(body);
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
@@ -69,7 +66,10 @@ async fn invalid_slo_headers_and_fields_are_400() {
     let ok = post_with_headers(
         &server,
         &body,
-        &[("x-llm-d-slo-ttft-ms", "5000"), ("x-llm-d-slo-tpot-ms", "200")],
+        &[
+            ("x-llm-d-slo-ttft-ms", "5000"),
+            ("x-llm-d-slo-tpot-ms", "200"),
+        ],
     )
     .await;
     assert_eq!(ok.status(), 200, "valid SLO headers are accepted");
@@ -85,7 +85,12 @@ async fn a_request_predicted_to_miss_its_ttft_is_refused_with_429_and_counted() 
     let refused = post_with_headers(&server, &body, &[("x-llm-d-slo-ttft-ms", "1")]).await;
     assert_eq!(refused.status(), 429);
     assert_eq!(
-        refused.headers().get("retry-after").unwrap().to_str().unwrap(),
+        refused
+            .headers()
+            .get("retry-after")
+            .unwrap()
+            .to_str()
+            .unwrap(),
         "1"
     );
     let error: Value = refused.json().await.unwrap();

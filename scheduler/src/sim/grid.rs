@@ -14,8 +14,9 @@ use crate::deadline::DeadlineSlo;
 use std::fmt::Write;
 
 /// The policies compared in every cell.
-pub const VARIANTS: [(Policy, Admission); 4] = [
+pub const VARIANTS: [(Policy, Admission); 5] = [
     (Policy::Fcfs, Admission::Off),
+    (Policy::Fcfs, Admission::Refuse),
     (Policy::Deadline, Admission::Off),
     (Policy::DeadlineSrpt, Admission::Off),
     (Policy::DeadlineSrpt, Admission::Refuse),

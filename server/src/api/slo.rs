@@ -64,7 +64,10 @@ pub fn request_slo(
     tpot_field: Option<u64>,
 ) -> Result<RequestSlo, ApiError> {
     let pick = |field: Option<u64>, header: &Option<String>, name: &str| {
-        let header = header.as_deref().map(|h| parse_header(name, h)).transpose()?;
+        let header = header
+            .as_deref()
+            .map(|h| parse_header(name, h))
+            .transpose()?;
         Ok::<_, ApiError>(field.or(header).map(Nanos::from_millis))
     };
     Ok(RequestSlo {
