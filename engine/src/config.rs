@@ -84,13 +84,25 @@ pub struct EngineConfig {
     pub max_num_batched_tokens: usize,
     pub max_waiting_requests: usize,
     pub enable_prefix_caching: bool,
-    /// `fcfs`, `priority` or `deadline`.
+    /// `fcfs`, `priority`, `deadline` or `deadline-srpt`.
     pub scheduling_policy: String,
+    /// Admission control: refuse (or queue best-effort) requests predicted to miss their
+    /// first-token deadline (`--admission`). Needs a prefill model (`--slo-file`).
+    #[serde(serialize_with = "serialize_admission")]
+    pub admission: metrum_scheduler::Admission,
     /// Seed for requests that bring none (so a whole run is reproducible).
     pub seed: u64,
     /// CPU threads for the forward pass; `None` = all cores.
     pub threads: Option<usize>,
     pub slo: metrum_metrics::SloConfig,
+}
+
+/// As its `--admission` spelling (the scheduler crate has no serde).
+fn serialize_admission<S: serde::Serializer>(
+    admission: &metrum_scheduler::Admission,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(admission.as_str())
 }
 
 impl Default for EngineConfig {
@@ -109,6 +121,7 @@ impl Default for EngineConfig {
             max_waiting_requests: 1024,
             enable_prefix_caching: true,
             scheduling_policy: "fcfs".into(),
+            admission: metrum_scheduler::Admission::Off,
             seed: 0,
             threads: None,
             slo: metrum_metrics::SloConfig::default(),

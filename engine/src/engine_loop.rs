@@ -31,7 +31,7 @@ use crate::text::TextCodec;
 use metrum_core::time::MonotonicClock;
 use metrum_core::{EventKind, FinishReason, Nanos, RequestId};
 use metrum_metrics::RequestShape;
-use metrum_scheduler::{NewRequest, Scheduler};
+use metrum_scheduler::{AdmissionError, NewRequest, Scheduler};
 use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -280,6 +280,7 @@ impl Engine {
         }
         let waiting = self.scheduler.num_waiting();
         if waiting >= self.max_waiting_requests {
+            self.shared.metrics.record_refusal("queue_full");
             return Err(SubmitError::Overloaded {
                 waiting,
                 limit: self.max_waiting_requests,
@@ -301,10 +302,20 @@ impl Engine {
             eos.clone(),
             arrival,
         )
-        .with_priority(request.priority);
-        self.scheduler
-            .add_request(new)
-            .map_err(|e| SubmitError::Invalid(e.to_string()))?;
+        .with_priority(request.priority)
+        .with_slo(request.slo);
+        self.scheduler.add_request(new).map_err(|e| match e {
+            AdmissionError::PredictedMiss {
+                retry_after_secs, ..
+            } => {
+                self.shared.metrics.record_refusal("predicted_miss");
+                SubmitError::PredictedMiss {
+                    message: e.to_string(),
+                    retry_after_secs,
+                }
+            }
+            e => SubmitError::Invalid(e.to_string()),
+        })?;
         let fallback_seed = self.seed ^ id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let sampler = SequenceSampler::new(params, &request.prompt_tokens, fallback_seed)
             .with_eos_token_ids(&eos);

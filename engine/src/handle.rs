@@ -23,6 +23,9 @@ pub struct EngineRequest {
     pub priority: i32,
     /// When the request reached the server; scheduling delay and TTFT count from here.
     pub arrival: std::time::Instant,
+    /// The request's own deadlines (llm-d's `x-llm-d-slo-*` headers or the `metrum.slo`
+    /// field); unset parts fall back to the server's SLO.
+    pub slo: metrum_scheduler::RequestSlo,
     /// Structured outputs: this request's own grammar matcher, compiled off the engine thread
     /// (`structured::GrammarCompiler`); `None` = unconstrained.
     pub constraint: Option<crate::structured::GrammarMatcher>,
@@ -67,6 +70,13 @@ pub enum SubmitError {
     /// More than `max_waiting_requests` are queued. HTTP 429.
     #[error("server overloaded: {waiting} requests waiting (limit {limit})")]
     Overloaded { waiting: usize, limit: usize },
+    /// Admission control predicts the first token past its deadline. HTTP 429 with
+    /// `Retry-After: retry_after_secs`.
+    #[error("{message}")]
+    PredictedMiss {
+        message: String,
+        retry_after_secs: u64,
+    },
     /// The model is still loading, or the server is draining. HTTP 503.
     #[error("{0}")]
     Unavailable(String),

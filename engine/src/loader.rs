@@ -153,6 +153,7 @@ fn load(config: &EngineConfig, policy: Policy, shared: Arc<Shared>) -> Result<En
         max_model_len,
         enable_prefix_caching: config.enable_prefix_caching,
         policy,
+        admission: config.admission,
         slo: DeadlineSlo {
             tbt_slo: slo.tbt_slo(),
             ttft_slack: slo.ttft_slack(),
@@ -183,6 +184,7 @@ fn load(config: &EngineConfig, policy: Policy, shared: Arc<Shared>) -> Result<En
         block_size: config.block_size,
         scheduler: serde_json::json!({
             "scheduling_policy": policy.as_str(),
+            "admission": config.admission.as_str(),
             "max_num_seqs": sched_config.max_num_seqs,
             "max_num_batched_tokens": sched_config.max_num_batched_tokens,
             "block_size": sched_config.block_size,

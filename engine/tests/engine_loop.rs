@@ -36,6 +36,7 @@ fn request(prompt: Vec<u32>, max_tokens: usize) -> EngineRequest {
         },
         priority: 0,
         arrival: Instant::now(),
+        slo: Default::default(),
         constraint: None,
     }
 }

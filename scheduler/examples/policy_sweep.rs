@@ -39,6 +39,7 @@ fn base_config() -> SchedulerConfig {
             ttft_slack: Nanos::from_millis(300),
             ..DeadlineSlo::default()
         },
+        admission: Default::default(),
     }
 }
 

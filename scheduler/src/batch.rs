@@ -15,7 +15,6 @@
 //! - the preemption victim is the lower-ranked running request with the least KV to rebuild,
 //!   not the one with the most slack (see [`crate::policy`] for why).
 
-use crate::config::Policy;
 use crate::kv_cache_manager::{AllocStatus, ComputedBlocks};
 use crate::output::{ChunkKind, ScheduledRequest, SchedulerOutput};
 use crate::policy::{PolicyKey, policy_key};
@@ -92,9 +91,10 @@ impl Scheduler {
         }
 
         let mut prefill_budget = plan.budget_left;
-        let mut clock = match self.config.policy {
-            Policy::Deadline => self.deadline_step_budget(&plan, now),
-            Policy::Fcfs | Policy::Priority => None,
+        let mut clock = if self.config.policy.is_deadline_aware() {
+            self.deadline_step_budget(&plan, now)
+        } else {
+            None
         };
 
         for &id in &order {
@@ -209,14 +209,15 @@ impl Scheduler {
             .running_keys
             .iter()
             .filter(|(_, r)| *r != id && self.uncomputed(*r).is_some() && !plan.contains(*r));
-        let victim = match self.config.policy {
-            Policy::Fcfs | Policy::Priority => candidates.rfind(|(key, _)| *key > own),
-            Policy::Deadline => candidates.min_by_key(|(key, r)| {
+        let victim = if self.config.policy.is_deadline_aware() {
+            candidates.min_by_key(|(key, r)| {
                 (
                     self.requests[r].num_computed_tokens,
                     std::cmp::Reverse(*key),
                 )
-            }),
+            })
+        } else {
+            candidates.rfind(|(key, _)| *key > own)
         };
         victim.map(|&(_, r)| r)
     }

@@ -1,7 +1,8 @@
 //! Scheduler configuration: the knobs of `metrum serve` that decide who runs, with defaults
 //! sized for a CPU server running a small model.
 
-use crate::deadline::DeadlineSlo;
+use crate::admission::Admission;
+use crate::deadline::{DeadlineSlo, PrefillTimeModel};
 use std::fmt;
 use std::str::FromStr;
 
@@ -18,10 +19,21 @@ pub enum Policy {
     /// Least slack first: by the next token deadline of spec (b) minus the predicted work left
     /// before that token. A request about to miss outranks one with slack.
     Deadline,
+    /// `deadline-srpt`: least slack combined with the work left. Before its first token a
+    /// request ranks by its deadline plus a multiple of its remaining prefill (shortest
+    /// remaining prefill first among equal deadlines), a preempted request never ranks later
+    /// than it did on arrival, and waiting is bounded ([`crate::policy`] states the bound).
+    /// A separate variant so `deadline` keeps its measured behaviour.
+    DeadlineSrpt,
 }
 
 impl Policy {
-    pub const ALL: [Policy; 3] = [Policy::Fcfs, Policy::Priority, Policy::Deadline];
+    pub const ALL: [Policy; 4] = [
+        Policy::Fcfs,
+        Policy::Priority,
+        Policy::Deadline,
+        Policy::DeadlineSrpt,
+    ];
 
     /// The `--scheduling-policy` spelling.
     pub fn as_str(self) -> &'static str {
@@ -29,7 +41,14 @@ impl Policy {
             Policy::Fcfs => "fcfs",
             Policy::Priority => "priority",
             Policy::Deadline => "deadline",
+            Policy::DeadlineSrpt => "deadline-srpt",
         }
+    }
+
+    /// Whether steps are capped in time for the decodes' deadlines (`step_budget`) and the
+    /// preemption victim is the cheapest to rebuild.
+    pub fn is_deadline_aware(self) -> bool {
+        matches!(self, Policy::Deadline | Policy::DeadlineSrpt)
     }
 }
 
@@ -79,6 +98,8 @@ pub struct SchedulerConfig {
     /// Token deadlines: used to rank requests under [`Policy::Deadline`], and by the simulator
     /// to grade every policy.
     pub slo: DeadlineSlo,
+    /// What to do with a request predicted to miss its first-token deadline (`--admission`).
+    pub admission: Admission,
 }
 
 impl Default for SchedulerConfig {
@@ -92,6 +113,7 @@ impl Default for SchedulerConfig {
             enable_prefix_caching: true,
             policy: Policy::Fcfs,
             slo: DeadlineSlo::default(),
+            admission: Admission::Off,
         }
     }
 }
@@ -115,6 +137,8 @@ pub enum ConfigError {
     UnknownPolicy(String),
     ZeroTbtSlo,
     PrefillModelNotFinite,
+    /// Admission control predicts with the prefill model; without one every prediction is 0.
+    AdmissionWithoutPrefillModel,
 }
 
 impl fmt::Display for ConfigError {
@@ -134,12 +158,17 @@ impl fmt::Display for ConfigError {
             }
             ConfigError::UnknownPolicy(s) => write!(
                 f,
-                "unknown --scheduling-policy '{s}': expected fcfs, priority or deadline"
+                "unknown --scheduling-policy '{s}': expected fcfs, priority, deadline or deadline-srpt"
             ),
             ConfigError::ZeroTbtSlo => write!(f, "--tbt-slo must be positive"),
             ConfigError::PrefillModelNotFinite => {
                 write!(f, "the prefill-time model has a non-finite coefficient")
             }
+            ConfigError::AdmissionWithoutPrefillModel => write!(
+                f,
+                "--admission needs a prefill-time model to predict first tokens: pass \
+                 --slo-file (from `metrum profile-prefill`)"
+            ),
         }
     }
 }
@@ -175,6 +204,9 @@ impl SchedulerConfig {
         }
         if !self.slo.prefill.is_finite() {
             return Err(ConfigError::PrefillModelNotFinite);
+        }
+        if self.admission != Admission::Off && self.slo.prefill == PrefillTimeModel::ZERO {
+            return Err(ConfigError::AdmissionWithoutPrefillModel);
         }
         Ok(())
     }

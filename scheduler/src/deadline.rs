@@ -88,12 +88,41 @@ impl DeadlineSlo {
 
     /// A fresh tracker for a request of `prompt_tokens` tokens that arrived at `arrival`.
     pub fn tracker(&self, prompt_tokens: usize, arrival: Nanos) -> DeadlineTracker {
+        self.tracker_for(prompt_tokens, arrival, RequestSlo::SERVER)
+    }
+
+    /// A fresh tracker with the request's own targets where it set them (llm-d's
+    /// `x-llm-d-slo-ttft-ms` replaces `D_p(P)`, `x-llm-d-slo-tpot-ms` replaces `D_d`).
+    pub fn tracker_for(
+        &self,
+        prompt_tokens: usize,
+        arrival: Nanos,
+        own: RequestSlo,
+    ) -> DeadlineTracker {
         DeadlineTracker::new(
             arrival,
-            self.prefill_deadline(prompt_tokens),
-            self.decode_deadline(),
+            own.ttft
+                .unwrap_or_else(|| self.prefill_deadline(prompt_tokens)),
+            own.tpot.unwrap_or_else(|| self.decode_deadline()),
         )
     }
+}
+
+/// A request's own latency targets; `None` = the server's [`DeadlineSlo`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RequestSlo {
+    /// Time to first token, from arrival (the whole `D_p`, not a slack on top of a prediction).
+    pub ttft: Option<Nanos>,
+    /// Time per output token after the first (`D_d`). Positive.
+    pub tpot: Option<Nanos>,
+}
+
+impl RequestSlo {
+    /// No override: the server's SLO applies.
+    pub const SERVER: RequestSlo = RequestSlo {
+        ttft: None,
+        tpot: None,
+    };
 }
 
 /// The streaming state of spec (b) for one request: slack, met and missed deadlines.
@@ -186,6 +215,11 @@ impl DeadlineTracker {
             self.slack = Nanos::ZERO;
             m
         }
+    }
+
+    /// `D_p`: the first token's deadline budget, from arrival.
+    pub fn prefill_deadline(&self) -> Nanos {
+        self.prefill_deadline
     }
 
     pub fn tokens_seen(&self) -> u64 {

@@ -14,6 +14,7 @@
 //! | module | what lives there |
 //! | --- | --- |
 //! | [`config`] | [`SchedulerConfig`] (+ defaults for CPU), [`Policy`], [`ConfigError`] |
+//! | [`admission`] | [`Admission`]: refuse (or queue best-effort) a request predicted to miss its first token |
 //! | [`request`] | [`NewRequest`], [`AdmissionError`]; the private per-request state machine |
 //! | [`scheduler`] | [`Scheduler`]: admission, `finish` / `abort`, stats, events, invariant audit |
 //! | `batch` | `Scheduler::schedule`: budgeted batch formation and recompute preemption |
@@ -22,9 +23,9 @@
 //! | [`kv_cache_manager`] | [`KvCacheManager`]: per-request block tables, [`AllocStatus`], prefix lookups |
 //! | [`block_pool`] | [`BlockPool`]: ref counts, the LRU free queue (index-linked list), cache map |
 //! | [`prefix_cache`] | [`BlockKey`] / [`PrefixId`]: exact content addressing of full blocks |
-//! | `policy`, `queue` | the per-policy ordering key and the waiting queue |
+//! | [`policy`], `queue` | the per-policy ordering key ([`policy::srpt_waiting_bound`]) and the waiting queue |
 //! | `step_budget` | the deadline policy's time budget of one step (marginal chunk costs) |
-//! | [`deadline`] | spec (b) token deadlines: [`DeadlineSlo`], [`DeadlineTracker`], [`PrefillTimeModel`] |
+//! | [`deadline`] | spec (b) token deadlines: [`DeadlineSlo`], [`DeadlineTracker`], [`PrefillTimeModel`], per-request [`RequestSlo`] |
 //! | [`stats`] | [`SchedulerStats`] |
 //! | [`routing`] | [`routing::Router`]: which replica serves a request (round-robin, least-loaded, prefix affinity, Venn's IRS); shared by `sim::cluster` and `metrum route` |
 //! | [`sim`] | fake executor with a step-cost model, Poisson / trace workloads, policy simulation |
@@ -33,6 +34,7 @@
 //! `Running → Preempted → Running` on recompute preemption, and `abort` from any live state.
 //! Finished requests are removed at once; their stats come back in [`FinishedRequest`].
 
+pub mod admission;
 pub mod block_pool;
 pub mod config;
 pub mod deadline;
@@ -46,14 +48,15 @@ pub mod sim;
 pub mod stats;
 
 mod batch;
-mod policy;
+pub mod policy;
 mod queue;
 mod step_budget;
 mod update;
 
+pub use admission::Admission;
 pub use block_pool::BlockPool;
 pub use config::{ConfigError, Policy, SchedulerConfig};
-pub use deadline::{DeadlineSlo, DeadlineTracker, PrefillTimeModel};
+pub use deadline::{DeadlineSlo, DeadlineTracker, PrefillTimeModel, RequestSlo};
 pub use kv_cache_manager::{AllocStatus, ComputedBlocks, KvCacheManager};
 pub use output::{
     ChunkKind, FinishedRequest, RequestStats, ScheduledRequest, SchedulerOutput, StepResult,

@@ -30,6 +30,11 @@ impl WaitingQueue {
         self.set.len()
     }
 
+    /// In order, with keys (admission control sums the work ranked ahead of a newcomer).
+    pub fn iter_keyed(&self) -> impl Iterator<Item = (PolicyKey, RequestId)> + '_ {
+        self.set.iter().copied()
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = RequestId> + '_ {
         self.set.iter().map(|&(_, id)| id)
     }

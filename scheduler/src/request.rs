@@ -1,7 +1,7 @@
 //! Requests: what the engine hands in ([`NewRequest`]), why one can be refused
 //! ([`AdmissionError`]), and the scheduler's private per-request state.
 
-use crate::deadline::DeadlineTracker;
+use crate::deadline::{DeadlineTracker, RequestSlo};
 use crate::policy::PolicyKey;
 use metrum_core::{FinishReason, Nanos, RequestId, RequestStatus, SamplingParams};
 use std::fmt;
@@ -27,6 +27,8 @@ pub struct NewRequest {
     /// Extra ids that end the request (`stop_token_ids`), honoured even with `ignore_eos`.
     pub stop_token_ids: Vec<u32>,
     pub ignore_eos: bool,
+    /// The request's own deadlines (`priority`'s SLO siblings); default: the server's.
+    pub slo: RequestSlo,
 }
 
 impl NewRequest {
@@ -42,6 +44,7 @@ impl NewRequest {
             eos_token_ids: Vec::new(),
             stop_token_ids: Vec::new(),
             ignore_eos: false,
+            slo: RequestSlo::SERVER,
         }
     }
 
@@ -65,6 +68,11 @@ impl NewRequest {
 
     pub fn with_priority(mut self, priority: i32) -> Self {
         self.priority = priority;
+        self
+    }
+
+    pub fn with_slo(mut self, slo: RequestSlo) -> Self {
+        self.slo = slo;
         self
     }
 }
@@ -92,6 +100,21 @@ pub enum AdmissionError {
         needed_tokens: usize,
         capacity_tokens: usize,
     },
+    /// Admission control (`--admission refuse`): with the queue ahead of it, the first token
+    /// is predicted after its deadline. Not a malformed request: the server answers 429 with
+    /// `Retry-After: retry_after_secs`.
+    PredictedMiss {
+        predicted_ttft: Nanos,
+        ttft_deadline: Nanos,
+        retry_after_secs: u64,
+    },
+}
+
+impl AdmissionError {
+    /// Whether the request was fine but the server is too busy for it now (retry later).
+    pub fn is_overload(&self) -> bool {
+        matches!(self, AdmissionError::PredictedMiss { .. })
+    }
 }
 
 impl fmt::Display for AdmissionError {
@@ -124,6 +147,17 @@ impl fmt::Display for AdmissionError {
                 f,
                 "the request needs KV for {needed_tokens} tokens but the cache holds \
                  {capacity_tokens}"
+            ),
+            AdmissionError::PredictedMiss {
+                predicted_ttft,
+                ttft_deadline,
+                retry_after_secs,
+            } => write!(
+                f,
+                "server overloaded: the first token is predicted after {} ms, past this \
+                 request's time-to-first-token deadline of {} ms; retry in {retry_after_secs} s",
+                predicted_ttft.0 / 1_000_000,
+                ttft_deadline.0 / 1_000_000
             ),
         }
     }
@@ -161,6 +195,9 @@ pub(crate) struct Request {
     /// Prompt tokens served from the prefix cache at first admission.
     pub num_cached_tokens: usize,
     pub deadline: DeadlineTracker,
+    /// Admitted although predicted to miss (`--admission best-effort`): ranks after every
+    /// request that was not.
+    pub best_effort: bool,
 }
 
 impl Request {
@@ -187,6 +224,7 @@ impl Request {
             num_restarts: 0,
             num_cached_tokens: 0,
             deadline,
+            best_effort: false,
         }
     }
 

@@ -2,6 +2,7 @@
 //! invariant audit). Batch formation ([`Scheduler::schedule`]) is in `batch.rs`, applying
 //! results ([`Scheduler::update`]) in `update.rs`.
 
+use crate::admission::Admission;
 use crate::config::{ConfigError, SchedulerConfig};
 use crate::kv_cache_manager::KvCacheManager;
 use crate::output::{FinishedRequest, RequestStats};
@@ -36,6 +37,10 @@ pub struct Scheduler {
     /// The last step whose results `update` applied.
     pub(crate) applied_step: u64,
     pub(crate) num_preemptions: u64,
+    /// Requests refused by admission control (`--admission refuse`).
+    num_refused_predicted_miss: u64,
+    /// Requests queued best-effort by admission control (`--admission best-effort`).
+    num_best_effort: u64,
 }
 
 impl Scheduler {
@@ -57,6 +62,8 @@ impl Scheduler {
             step: 0,
             applied_step: 0,
             num_preemptions: 0,
+            num_refused_predicted_miss: 0,
+            num_best_effort: 0,
         })
     }
 
@@ -65,15 +72,36 @@ impl Scheduler {
     }
 
     /// Queues a request, or refuses it with the reason if it can never run (too long for the
-    /// context or for the whole KV cache) or is malformed. A refused request leaves no trace.
+    /// context or for the whole KV cache) or is malformed, or (admission control) its first
+    /// token is predicted after its deadline. A refused request leaves no trace but a count in
+    /// [`SchedulerStats::num_refused_predicted_miss`].
     pub fn add_request(&mut self, req: NewRequest) -> Result<(), AdmissionError> {
         self.check_admission(&req)?;
         let seq = self.next_seq;
-        self.next_seq += 1;
         let (id, arrival) = (req.id, req.arrival);
-        let tracker = self.config.slo.tracker(req.prompt.len(), arrival);
+        let tracker = self
+            .config
+            .slo
+            .tracker_for(req.prompt.len(), arrival, req.slo);
         let mut request = Request::new(req, seq, tracker);
-        let key = policy_key(self.config.policy, &self.config.slo, &request);
+        let mut key = policy_key(self.config.policy, &self.config.slo, &request);
+        if self.config.admission != Admission::Off {
+            let forecast = self.forecast_first_token(&request, key);
+            if forecast.misses() {
+                if self.config.admission == Admission::Refuse {
+                    self.num_refused_predicted_miss += 1;
+                    return Err(AdmissionError::PredictedMiss {
+                        predicted_ttft: forecast.predicted_ttft,
+                        ttft_deadline: forecast.ttft_deadline,
+                        retry_after_secs: forecast.retry_after_secs(),
+                    });
+                }
+                self.num_best_effort += 1;
+                request.best_effort = true;
+                key = policy_key(self.config.policy, &self.config.slo, &request);
+            }
+        }
+        self.next_seq += 1;
         request.queue_key = Some(key);
         self.waiting.push(key, id);
         self.requests.insert(id, request);
@@ -237,6 +265,8 @@ impl Scheduler {
             prefix_cache_hits: self.kv.prefix_cache_hits(),
             num_preemptions: self.num_preemptions,
             num_steps: self.step,
+            num_refused_predicted_miss: self.num_refused_predicted_miss,
+            num_best_effort: self.num_best_effort,
         }
     }
 

@@ -23,4 +23,8 @@ pub struct SchedulerStats {
     pub num_preemptions: u64,
     /// Steps scheduled since start.
     pub num_steps: u64,
+    /// Requests refused since start because their first token was predicted late.
+    pub num_refused_predicted_miss: u64,
+    /// Requests queued best-effort since start (predicted late, `--admission best-effort`).
+    pub num_best_effort: u64,
 }

@@ -12,6 +12,19 @@
 use crate::deadline::PrefillTimeModel;
 use metrum_core::Nanos;
 
+/// What growing a sequence from `start` to `start + tokens` computed tokens adds to a step:
+/// `b·n + c·((s+n)² − s²)` (the step's `a` is paid once, by the caller). Admission control
+/// predicts with the same costs.
+pub(crate) fn marginal_cost(model: &PrefillTimeModel, start: usize, tokens: usize) -> Nanos {
+    let (s, e) = (start as f64, (start + tokens) as f64);
+    let secs = model.b_s_per_token * (e - s) + model.c_s_per_token2 * (e * e - s * s);
+    if secs.is_finite() && secs > 0.0 {
+        Nanos::from_secs_f64(secs)
+    } else {
+        Nanos::ZERO
+    }
+}
+
 #[derive(Clone, Debug)]
 pub(crate) struct StepTimeBudget {
     model: PrefillTimeModel,
@@ -49,13 +62,7 @@ impl StepTimeBudget {
 
     /// Predicted cost of computing tokens `start..start + tokens` of one sequence.
     pub fn chunk_cost(&self, start: usize, tokens: usize) -> Nanos {
-        let (s, e) = (start as f64, (start + tokens) as f64);
-        let secs = self.model.b_s_per_token * (e - s) + self.model.c_s_per_token2 * (e * e - s * s);
-        if secs.is_finite() && secs > 0.0 {
-            Nanos::from_secs_f64(secs)
-        } else {
-            Nanos::ZERO
-        }
+        marginal_cost(&self.model, start, tokens)
     }
 
     /// The largest chunk of at most `wanted` tokens from position `start` that still fits

@@ -6,11 +6,14 @@ mod common;
 
 use common::*;
 use metrum_core::{EventKind, FinishReason, Nanos, RequestId};
+use metrum_scheduler::admission::FORECAST_MARGIN;
+use metrum_scheduler::policy::srpt_waiting_bound;
 use metrum_scheduler::sim::{
     Aborts, FakeExecutor, Lengths, PoissonWorkload, Simulation, StepCostModel,
 };
 use metrum_scheduler::{
-    AdmissionError, DeadlineSlo, NewRequest, Policy, PrefillTimeModel, Scheduler, SchedulerConfig,
+    Admission, AdmissionError, DeadlineSlo, NewRequest, Policy, PrefillTimeModel, Scheduler,
+    SchedulerConfig,
 };
 use proptest::prelude::*;
 use std::collections::HashMap;
@@ -19,7 +22,16 @@ fn policy() -> impl Strategy<Value = Policy> {
     prop_oneof![
         Just(Policy::Fcfs),
         Just(Policy::Priority),
-        Just(Policy::Deadline)
+        Just(Policy::Deadline),
+        Just(Policy::DeadlineSrpt)
+    ]
+}
+
+fn admission() -> impl Strategy<Value = Admission> {
+    prop_oneof![
+        Just(Admission::Off),
+        Just(Admission::Refuse),
+        Just(Admission::BestEffort)
     ]
 }
 
@@ -52,6 +64,7 @@ proptest! {
         n in 1usize..40,
         rate in 5.0f64..500.0,
         policy in policy(),
+        admission in admission(),
         enable_prefix_caching in any::<bool>(),
         num_blocks in 6usize..48,
         budget in 4usize..48,
@@ -78,6 +91,7 @@ proptest! {
             enable_prefix_caching,
             policy,
             slo: slo(),
+            admission,
         };
         let mut sim = Simulation::new(&workload, config.clone(), FakeExecutor::new(cost()))
             .unwrap()
@@ -97,6 +111,14 @@ proptest! {
                 Some(AdmissionError::ExceedsKvCapacity { .. }) => {
                     prop_assert!(r.prompt.len() + r.max_tokens - 1 > num_blocks * 4)
                 }
+                Some(AdmissionError::PredictedMiss { predicted_ttft, ttft_deadline, .. }) => {
+                    prop_assert_eq!(admission, Admission::Refuse);
+                    prop_assert!(
+                        predicted_ttft.as_secs_f64() * FORECAST_MARGIN
+                            > ttft_deadline.as_secs_f64()
+                    );
+                    prop_assert!(o.first_scheduled.is_none() && o.token_times.is_empty());
+                }
                 Some(other) => prop_assert!(false, "unexpected rejection {other}"),
                 None => {
                     prop_assert_eq!(o.times_finished, 1);
@@ -105,6 +127,67 @@ proptest! {
                         prop_assert!(o.token_times.windows(2).all(|w| w[0] < w[1]));
                         prop_assert!(o.first_scheduled.is_some_and(|s| s >= r.arrival));
                     }
+                }
+            }
+        }
+        let refused = sim
+            .outcomes()
+            .iter()
+            .filter(|o| matches!(o.rejected, Some(AdmissionError::PredictedMiss { .. })))
+            .count() as u64;
+        let stats = sim.scheduler().stats();
+        prop_assert_eq!(stats.num_refused_predicted_miss, refused);
+        if admission != Admission::BestEffort {
+            prop_assert_eq!(stats.num_best_effort, 0);
+        }
+        assert_scheduler_empty(sim.scheduler());
+    }
+
+    /// deadline-srpt never lets a fresh request that arrived more than the waiting bound after
+    /// another be admitted before it (bounded waiting: no starvation).
+    #[test]
+    fn deadline_srpt_waits_at_most_its_bound(
+        seed in any::<u64>(),
+        n in 2usize..60,
+        rate in 20.0f64..2000.0,
+        num_blocks in 12usize..48,
+    ) {
+        let workload = PoissonWorkload::new(
+            seed,
+            rate,
+            n,
+            Lengths::Uniform { prompt: (1, 40), output: (1, 12) },
+        )
+        .generate();
+        let config = SchedulerConfig {
+            max_num_seqs: 4,
+            max_num_batched_tokens: 16,
+            block_size: 4,
+            num_blocks,
+            max_model_len: 56,
+            policy: Policy::DeadlineSrpt,
+            slo: slo(),
+            ..SchedulerConfig::default()
+        };
+        let slo = config.slo;
+        let mut sim = Simulation::new(&workload, config, FakeExecutor::new(cost()))
+            .unwrap()
+            .with_checks();
+        while sim.step().map_err(|e| TestCaseError::fail(e.to_string()))? {}
+        let started: Vec<(Nanos, usize, Nanos)> = sim
+            .outcomes()
+            .iter()
+            .filter_map(|o| Some((o.arrival, o.num_prompt_tokens, o.first_scheduled?)))
+            .collect();
+        for &(arrival, prompt, first) in &started {
+            let bound = srpt_waiting_bound(&slo, prompt, slo.prefill_deadline(prompt));
+            for &(other_arrival, _, other_first) in &started {
+                if other_arrival > arrival + bound {
+                    prop_assert!(
+                        other_first >= first,
+                        "a request arriving {:?} after another was admitted first",
+                        other_arrival.saturating_sub(arrival)
+                    );
                 }
             }
         }

@@ -32,6 +32,7 @@ fn sim_config(policy: Policy) -> SchedulerConfig {
             tbt_slo: ms(50),
             ..DeadlineSlo::default()
         },
+        admission: Default::default(),
     }
 }
 
@@ -129,6 +130,6 @@ fn the_repository_traces_parse_and_drive_a_run() {
         .collect();
     assert!(reports.iter().all(|r| r.num_completed == 50));
     let table = markdown_table(&reports);
-    assert_eq!(table.lines().count(), 2 + 3);
+    assert_eq!(table.lines().count(), 2 + Policy::ALL.len());
     assert!(table.contains("| deadline |"));
 }

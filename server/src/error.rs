@@ -100,6 +100,13 @@ impl ApiError {
                 message: err.to_string(),
                 retry_after_secs: 1,
             },
+            SubmitError::PredictedMiss {
+                message,
+                retry_after_secs,
+            } => ApiError::Overloaded {
+                message,
+                retry_after_secs,
+            },
             SubmitError::Unavailable(message) => ApiError::Unavailable(message),
             SubmitError::EngineDead(_) => ApiError::internal(request_id, err.to_string()),
         }

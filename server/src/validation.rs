@@ -28,6 +28,9 @@ pub struct GenerationPlan {
     pub requested_max_tokens: Option<usize>,
     pub n: usize,
     pub priority: i32,
+    /// `slo_ttft_ms` / `slo_tpot_ms`, range-checked; merged with the headers at submit.
+    pub slo_ttft_ms: Option<u64>,
+    pub slo_tpot_ms: Option<u64>,
     pub stream: bool,
     pub include_usage: bool,
     pub user: Option<String>,
@@ -140,6 +143,8 @@ pub fn plan(
         requested_max_tokens: requested_max_tokens.map(|m| m as usize),
         n: n as usize,
         priority: fields.priority.unwrap_or(0),
+        slo_ttft_ms: crate::api::slo::check_field("slo_ttft_ms", fields.slo_ttft_ms)?,
+        slo_tpot_ms: crate::api::slo::check_field("slo_tpot_ms", fields.slo_tpot_ms)?,
         stream: fields.stream.unwrap_or(false),
         include_usage: fields
             .stream_options

@@ -59,6 +59,7 @@ pub struct MetricsRegistry {
     deadline_misses: IntCounterVec,
     deadlines: IntCounter,
     requests: IntCounterVec,
+    refused: IntCounterVec,
     preemptions: IntCounter,
     prompt_tokens: IntCounter,
     generation_tokens: IntCounter,
@@ -70,6 +71,9 @@ pub struct MetricsRegistry {
     kv_cache_usage: Gauge,
     deadlines_overdue: IntGauge,
 }
+
+/// The `reason` labels of `metrum_requests_refused_total`.
+pub const REFUSAL_REASONS: [&str; 2] = ["predicted_miss", "queue_full"];
 
 fn secs(n: Nanos) -> f64 {
     n.as_secs_f64()
@@ -116,6 +120,21 @@ impl MetricsRegistry {
         )?;
         for reason in FINISH_REASONS {
             requests.with_label_values(&[reason.as_str()]);
+        }
+        let refused = register(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "metrum_requests_refused_total",
+                    "Requests refused with HTTP 429 before entering the queue, by reason: \
+                     predicted_miss (admission control: first token predicted past its \
+                     deadline) or queue_full (--max-waiting-requests).",
+                ),
+                &["reason"],
+            )?,
+        )?;
+        for reason in REFUSAL_REASONS {
+            refused.with_label_values(&[reason]);
         }
         let slo_info = register(
             &r,
@@ -202,6 +221,7 @@ impl MetricsRegistry {
                 "Token deadlines met plus missed; miss rate = misses / this.",
             )?,
             requests,
+            refused,
             preemptions: counter("metrum_preemptions_total", "Recompute preemptions.")?,
             prompt_tokens: counter(
                 "metrum_prompt_tokens_total",
@@ -335,6 +355,11 @@ impl MetricsRegistry {
     }
 
     /// One engine step took `duration` and processed `tokens` tokens.
+    /// A request refused before it entered the queue; `reason` is one of [`REFUSAL_REASONS`].
+    pub fn record_refusal(&self, reason: &str) {
+        self.refused.with_label_values(&[reason]).inc();
+    }
+
     pub fn observe_iteration(&self, duration: Nanos, tokens: u32) {
         self.iteration_duration.observe(secs(duration));
         self.iteration_tokens.observe(f64::from(tokens));

@@ -15,11 +15,13 @@
 //! | [`run`] | [`Simulation`] (step by step, with optional invariant checks), [`simulate`], [`profile_prefill_model`] |
 //! | [`report`] | [`SimReport`], [`RequestOutcome`], [`markdown_table`], [`percentile`] |
 //! | [`cluster`] | [`simulate_cluster`]: N replicas with eligibility classes behind a router (round-robin, least-loaded, prefix-affinity, IRS) |
+//! | [`grid`] | issue 19's grid: cost models × SLOs × knee multiples, fcfs vs deadline vs deadline-srpt (+ admission) |
 //! | [`sweep`] | [`find_knee`] (capacity bisection), [`SeedSummary`] / [`markdown_sweep_table`] (multi-seed rows) |
 
 pub mod cluster;
 pub mod cost_fit;
 pub mod executor;
+pub mod grid;
 pub mod prng;
 pub mod report;
 pub mod run;

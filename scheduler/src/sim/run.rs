@@ -345,6 +345,7 @@ pub fn profile_prefill_model(
         };
         let config = SchedulerConfig {
             enable_prefix_caching: false,
+            admission: crate::Admission::Off,
             ..config.clone()
         };
         let mut sim = Simulation::new(&workload, config, executor)?;

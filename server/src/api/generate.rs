@@ -62,6 +62,7 @@ pub async fn submit(
     constraint: Option<super::structured::RequestConstraint>,
 ) -> Result<Batch, ApiError> {
     let prompt_tokens = prompts.iter().map(Vec::len).sum();
+    let slo = super::slo::request_slo(&ctx.slo_headers, plan.slo_ttft_ms, plan.slo_tpot_ms)?;
     let mut requests = Vec::with_capacity(prompts.len() * plan.n);
     for prompt in prompts {
         let params = resolve_max_tokens(plan, prompt.len(), limits)?;
@@ -81,6 +82,7 @@ pub async fn submit(
                 params,
                 priority: plan.priority,
                 arrival,
+                slo,
                 constraint: matcher,
             });
         }

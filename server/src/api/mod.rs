@@ -30,6 +30,7 @@ pub mod models;
 pub mod openapi;
 pub mod reasoning;
 pub mod schemas;
+pub mod slo;
 pub mod structured;
 pub mod text;
 pub mod tokenize;
@@ -98,6 +99,8 @@ impl AppState {
 #[derive(Clone, Debug)]
 pub struct RequestContext {
     pub id: String,
+    /// llm-d's per-request SLO headers, checked by the generation routes ([`slo`]).
+    pub slo_headers: slo::SloHeaders,
 }
 
 /// Builds the router: `/v1` routes behind the optional API key, operational routes open.
@@ -182,9 +185,11 @@ async fn assign_request_id(mut request: Request, next: Next) -> Response {
         .filter(|v| !v.is_empty() && v.len() <= 128)
         .map(str::to_string)
         .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
-    request
-        .extensions_mut()
-        .insert(RequestContext { id: id.clone() });
+    let slo_headers = slo::SloHeaders::from_headers(request.headers());
+    request.extensions_mut().insert(RequestContext {
+        id: id.clone(),
+        slo_headers,
+    });
     let mut response = next.run(request).await;
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", value);

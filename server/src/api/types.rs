@@ -62,6 +62,14 @@ pub struct SamplingFields {
     /// Lower is more important (vLLM); only the priority policy reads it.
     #[schema(minimum = -2147483648_i64, maximum = 2147483647_i64)]
     pub priority: Option<i32>,
+    /// Metrum extension: this request's time-to-first-token deadline in ms (llm-d's
+    /// `x-llm-d-slo-ttft-ms` header says the same; this field wins). Feeds the deadline
+    /// policies, admission control and the deadline metrics.
+    #[schema(minimum = 1, maximum = 3600000)]
+    pub slo_ttft_ms: Option<u64>,
+    /// Metrum extension: this request's per-output-token deadline in ms (`x-llm-d-slo-tpot-ms`).
+    #[schema(minimum = 1, maximum = 3600000)]
+    pub slo_tpot_ms: Option<u64>,
     /// Carried into logs only.
     pub user: Option<String>,
     /// `true`: the answer is a `text/event-stream` of chunks ending in `data: [DONE]`.

@@ -94,6 +94,7 @@ impl GenerateArgs {
             params,
             priority: 0,
             arrival: Instant::now(),
+            slo: Default::default(),
             constraint: None,
         };
         let mut stream = engine

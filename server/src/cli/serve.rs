@@ -17,6 +17,9 @@ pub enum SchedulingPolicy {
     Priority,
     /// Earliest token deadline first (from --tbt-slo / --ttft-slack).
     Deadline,
+    /// Least slack plus remaining prefill (shortest first among equal deadlines), with a
+    /// bounded wait; see docs/operations.md.
+    DeadlineSrpt,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -66,6 +69,11 @@ pub struct ServeArgs {
     /// Which waiting request runs next (default fcfs).
     #[arg(long, value_enum)]
     pub scheduling_policy: Option<SchedulingPolicy>,
+    /// Admission control: `refuse` answers 429 (with Retry-After) to a request whose first
+    /// token is predicted past its deadline, `best-effort` queues it last; `off` (default)
+    /// admits everything that fits. Needs --slo-file.
+    #[arg(long)]
+    pub admission: Option<metrum_scheduler::Admission>,
     /// Reuse KV blocks of shared prompt prefixes (on by default).
     #[arg(long, overrides_with = "no_enable_prefix_caching")]
     pub enable_prefix_caching: bool,
@@ -173,6 +181,7 @@ impl ServeArgs {
             Some(SchedulingPolicy::Fcfs) => "fcfs".into(),
             Some(SchedulingPolicy::Priority) => "priority".into(),
             Some(SchedulingPolicy::Deadline) => "deadline".into(),
+            Some(SchedulingPolicy::DeadlineSrpt) => "deadline-srpt".into(),
         };
         for (name, value) in [
             ("--max-num-seqs", self.max_num_seqs),
@@ -205,6 +214,7 @@ impl ServeArgs {
                 .unwrap_or(defaults.max_waiting_requests),
             enable_prefix_caching: self.prefix_caching(),
             scheduling_policy: policy,
+            admission: self.admission.unwrap_or_default(),
             seed: self.seed.unwrap_or(defaults.seed),
             threads: self.threads,
             slo: self.slo_config()?,

@@ -200,6 +200,7 @@ impl SimulateArgs {
                 ttft_slack: Nanos(self.ttft_slack.as_nanos().try_into().unwrap_or(u64::MAX)),
                 prefill: PrefillTimeModel::ZERO,
             },
+            admission: Default::default(),
         };
         config.validate()?;
         let slo_source = match &self.slo_file {
