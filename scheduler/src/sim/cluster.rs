@@ -82,6 +82,7 @@ impl ClusterSpec {
                     ttft_slack: Nanos::from_millis(300),
                     ..crate::DeadlineSlo::default()
                 },
+                admission: crate::admission::Admission::Off,
             },
         }
     }
