@@ -388,6 +388,7 @@ mod tests {
                 enable_prefix_caching: true,
                 policy: Policy::Fcfs,
                 slo: DeadlineSlo::default(),
+                admission: crate::admission::Admission::Off,
             },
             cost: StepCostModel {
                 base: Nanos::from_millis(5),
