@@ -91,6 +91,8 @@ pub struct EngineConfig {
     /// CPU threads for the forward pass; `None` = all cores.
     pub threads: Option<usize>,
     pub slo: metrum_metrics::SloConfig,
+    /// `--speculative-config`, validated; `None` = no speculative decoding.
+    pub speculative: Option<crate::speculative::SpeculativeConfig>,
 }
 
 impl Default for EngineConfig {
@@ -112,6 +114,7 @@ impl Default for EngineConfig {
             seed: 0,
             threads: None,
             slo: metrum_metrics::SloConfig::default(),
+            speculative: None,
         }
     }
 }

@@ -37,6 +37,7 @@ fn request(prompt: Vec<u32>, max_tokens: usize) -> EngineRequest {
         priority: 0,
         arrival: Instant::now(),
         constraint: None,
+        speculative: true,
     }
 }
 

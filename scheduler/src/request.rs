@@ -161,6 +161,9 @@ pub(crate) struct Request {
     /// Prompt tokens served from the prefix cache at first admission.
     pub num_cached_tokens: usize,
     pub deadline: DeadlineTracker,
+    /// Speculative decoding: tokens proposed for the next decode step, verified there. They
+    /// are taken by `schedule` (and dropped if the request does not decode in that step).
+    pub draft_tokens: Vec<u32>,
 }
 
 impl Request {
@@ -187,6 +190,7 @@ impl Request {
             num_restarts: 0,
             num_cached_tokens: 0,
             deadline,
+            draft_tokens: Vec::new(),
         }
     }
 

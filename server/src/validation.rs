@@ -28,6 +28,8 @@ pub struct GenerationPlan {
     pub requested_max_tokens: Option<usize>,
     pub n: usize,
     pub priority: i32,
+    /// The body's `speculative` (default true).
+    pub speculative: bool,
     pub stream: bool,
     pub include_usage: bool,
     pub user: Option<String>,
@@ -140,6 +142,7 @@ pub fn plan(
         requested_max_tokens: requested_max_tokens.map(|m| m as usize),
         n: n as usize,
         priority: fields.priority.unwrap_or(0),
+        speculative: fields.speculative.unwrap_or(true),
         stream: fields.stream.unwrap_or(false),
         include_usage: fields
             .stream_options

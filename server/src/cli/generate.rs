@@ -95,6 +95,7 @@ impl GenerateArgs {
             priority: 0,
             arrival: Instant::now(),
             constraint: None,
+            speculative: true,
         };
         let mut stream = engine
             .submit_blocking(request)

@@ -85,6 +85,10 @@ pub struct ServeArgs {
     /// (faster decode at long context, but not exact: see docs/operations.md).
     #[arg(long, default_value = "auto", value_parser = ["auto", "f32", "f16"])]
     pub kv_cache_dtype: String,
+    /// Speculative decoding, vLLM's JSON, e.g. '{"method":"ngram","num_speculative_tokens":4,
+    /// "prompt_lookup_min":1,"prompt_lookup_max":3}' (see docs/speculative.md).
+    #[arg(long)]
+    pub speculative_config: Option<String>,
     /// Seed for requests that bring none.
     #[arg(long)]
     pub seed: Option<u64>,
@@ -204,6 +208,12 @@ impl ServeArgs {
             seed: self.seed.unwrap_or(defaults.seed),
             threads: self.threads,
             slo: self.slo_config()?,
+            speculative: self
+                .speculative_config
+                .as_deref()
+                .map(metrum_engine::speculative::SpeculativeConfig::parse)
+                .transpose()
+                .map_err(anyhow::Error::msg)?,
         })
     }
 
