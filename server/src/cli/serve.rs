@@ -386,4 +386,37 @@ mod tests {
         let a = parse(&["metrum", "serve", "--slo-file", "/nonexistent/slo.json"]);
         assert!(a.engine_config().is_err());
     }
+
+    #[test]
+    fn speculative_config_is_parsed_and_bad_ones_name_the_field() {
+        let ok = r#"{"method":"ngram","num_speculative_tokens":3,"prompt_lookup_max":4}"#;
+        let a = parse(&["metrum", "serve", "--speculative-config", ok]);
+        let spec = a.engine_config().unwrap().speculative.unwrap();
+        assert_eq!(spec.num_speculative_tokens, 3);
+        for (json, field) in [
+            (
+                r#"{"method":"ngram","num_speculative_tokens":0}"#,
+                "num_speculative_tokens",
+            ),
+            (
+                r#"{"method":"ngram","num_speculative_tokens":99}"#,
+                "num_speculative_tokens",
+            ),
+            (
+                r#"{"method":"draft_model","model":"x","num_speculative_tokens":2}"#,
+                "method",
+            ),
+        ] {
+            let a = parse(&["metrum", "serve", "--speculative-config", json]);
+            let err = a.engine_config().unwrap_err().to_string();
+            assert!(err.contains(&format!("`{field}`")), "{json}: {err}");
+        }
+        assert!(
+            parse(&["metrum", "serve"])
+                .engine_config()
+                .unwrap()
+                .speculative
+                .is_none()
+        );
+    }
 }
