@@ -133,7 +133,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             tokens,
             num_cached: cached,
             block_table: &table,
-            compute_logits: true,
+            num_logits: 1,
         };
         let batch = ForwardBatch::from_chunks(BLOCK_SIZE, &[chunk], &device)?;
         let logits = model.forward(&batch, kv)?;
@@ -205,7 +205,7 @@ fn batched_decode(
             tokens: &prompt[..context],
             num_cached: 0,
             block_table: table,
-            compute_logits: true,
+            num_logits: 1,
         };
         run(&[chunk], &mut kv)?;
     }
@@ -218,7 +218,7 @@ fn batched_decode(
                 tokens: &prompt[(context + i + s) % prompt.len()..][..1],
                 num_cached: context + i,
                 block_table: table,
-                compute_logits: true,
+                num_logits: 1,
             })
             .collect();
         total += run(&chunks, &mut kv)?;
@@ -258,7 +258,7 @@ fn mixed_batch_logits(model: &DecoderModel) -> Result<Vec<Vec<f32>>, Box<dyn std
                 },
                 num_cached: cached,
                 block_table: &tables[i],
-                compute_logits: true,
+                num_logits: 1,
             })
             .collect();
         let batch = ForwardBatch::from_chunks(BLOCK_SIZE, &chunks, device)?;

@@ -95,6 +95,8 @@ pub struct EngineConfig {
     /// CPU threads for the forward pass; `None` = all cores.
     pub threads: Option<usize>,
     pub slo: metrum_metrics::SloConfig,
+    /// `--speculative-config`, validated; `None` = no speculative decoding.
+    pub speculative: Option<crate::speculative::SpeculativeConfig>,
 }
 
 /// As its `--admission` spelling (the scheduler crate has no serde).
@@ -125,6 +127,7 @@ impl Default for EngineConfig {
             seed: 0,
             threads: None,
             slo: metrum_metrics::SloConfig::default(),
+            speculative: None,
         }
     }
 }

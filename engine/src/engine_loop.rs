@@ -26,6 +26,7 @@ use crate::executor::{Executor, LogitsRows};
 use crate::handle::{EngineRequest, EngineStatus, Shared, StreamEvent, SubmitError, TokenLogprob};
 use crate::model::SequenceChunk;
 use crate::sampling::{SampledToken, SequenceSampler};
+use crate::speculative::{self, SpeculationStats, SpeculativeConfig, rejection};
 use crate::structured::GrammarState;
 use crate::text::TextCodec;
 use metrum_core::time::MonotonicClock;
@@ -85,6 +86,14 @@ struct Live {
     grammar: Option<GrammarState>,
     /// The request ignores EOS: a finished grammar does not end it either.
     ignore_eos: bool,
+    /// Speculative decoding state, when this request speculates (see `speculative`).
+    speculation: Option<Speculation>,
+}
+
+/// A speculating request's known tokens (to look drafts up in) and its acceptance counts.
+struct Speculation {
+    tokens: Vec<u32>,
+    stats: SpeculationStats,
 }
 
 /// The loaded pieces the loop drives.
@@ -100,6 +109,9 @@ pub(crate) struct Engine {
     draining: bool,
     /// Prefix-cache (queries, hits) already reported to metrics.
     prefix_seen: (u64, u64),
+    /// `--speculative-config`; `None` = no speculation.
+    speculative: Option<SpeculativeConfig>,
+
     /// A fault the next forward pass will suffer (test builds only).
     #[cfg(feature = "fault-injection")]
     armed_fault: Option<crate::executor::Fault>,
@@ -125,9 +137,16 @@ impl Engine {
             live: HashMap::new(),
             draining: false,
             prefix_seen: (0, 0),
+            speculative: None,
             #[cfg(feature = "fault-injection")]
             armed_fault: None,
         }
+    }
+
+    /// Serves with speculative decoding as `config` says (`None`: without).
+    pub fn with_speculation(mut self, config: Option<SpeculativeConfig>) -> Engine {
+        self.speculative = config;
+        self
     }
 
     /// Runs until `Shutdown`, or until every handle is gone and nothing is in flight. After a
@@ -320,6 +339,12 @@ impl Engine {
         let sampler = SequenceSampler::new(params, &request.prompt_tokens, fallback_seed)
             .with_eos_token_ids(&eos);
         let text = TextStream::new(&request.prompt_tokens, true, params.stop.iter().cloned());
+        let speculation =
+            (self.speculative.is_some() && request.speculative && request.constraint.is_none())
+                .then(|| Speculation {
+                    tokens: request.prompt_tokens.clone(),
+                    stats: SpeculationStats::default(),
+                });
         self.live.insert(
             id,
             Live {
@@ -335,6 +360,7 @@ impl Engine {
                 stopped: false,
                 grammar: request.constraint.take().map(GrammarState::new),
                 ignore_eos: params.ignore_eos,
+                speculation,
             },
         );
         self.flush_events();
@@ -365,7 +391,7 @@ impl Engine {
                 tokens: &s.token_ids,
                 num_cached: s.start_position,
                 block_table: table,
-                compute_logits: s.samples,
+                num_logits: s.num_logits(),
             })
             .collect();
         let batch_tokens: usize = chunks.iter().map(|c| c.tokens.len()).sum();
@@ -378,38 +404,67 @@ impl Engine {
         let mut logits = self
             .forward_with_masks(&chunks, &samplers)
             .map_err(|message| format!("forward pass failed: {message}"))?;
-        let mut sampled: Vec<(RequestId, SampledToken)> = Vec::with_capacity(samplers.len());
-        for (row, id) in samplers.iter().enumerate() {
-            let Some(live) = self.live.get_mut(id) else {
+        let mut sampled: Vec<(RequestId, Vec<SampledToken>)> = Vec::with_capacity(samplers.len());
+        let mut step_spec = SpeculationStats::default();
+        let mut first_row = 0;
+        for s in plan.scheduled.iter().filter(|s| s.samples) {
+            let rows = first_row;
+            first_row += s.num_logits();
+            let Some(live) = self.live.get_mut(&s.id) else {
                 continue;
             };
-            let row = logits.row_mut(row);
             let Some(grammar) = live.grammar.as_mut() else {
-                sampled.push((*id, live.sampler.sample(row)));
+                let drafts = s.draft_tokens();
+                let tokens =
+                    rejection::verify(drafts, |i| live.sampler.sample(logits.row_mut(rows + i)));
+                if let Some(spec) = &mut live.speculation {
+                    let accepted = rejection::num_accepted(tokens.len(), drafts.len());
+                    spec.stats.record(drafts.len(), accepted);
+                    step_spec.record(drafts.len(), accepted);
+                }
+                sampled.push((s.id, tokens));
                 continue;
             };
-            match crate::structured::sample(&mut live.sampler, grammar, row) {
-                Ok(token) => sampled.push((*id, token)),
+            match crate::structured::sample(&mut live.sampler, grammar, logits.row_mut(rows)) {
+                Ok(token) => sampled.push((s.id, vec![token])),
                 Err(message) => {
                     // Only this request ends: its missing token makes the scheduler finish it
                     // with reason `error` in `update`, and the client gets the message.
-                    tracing::warn!(request = %id, %message, "constrained request failed");
+                    tracing::warn!(request = %s.id, %message, "constrained request failed");
                     live.stopped = true;
                     let _ = live.events.send(StreamEvent::Error { message });
                 }
             }
         }
         let now = self.clock.now();
-        let tokens: Vec<(RequestId, u32)> = sampled.iter().map(|(id, t)| (*id, t.token)).collect();
-        if let Err(e) = self.scheduler.update(&plan, &tokens, now) {
-            // A stale or doubly applied plan is an engine bug; fail loudly but keep serving.
-            tracing::error!(error = ?e, "scheduler rejected a step update");
-        }
-        for (id, tok) in sampled {
-            self.emit_token(id, tok, now);
+        let tokens: Vec<(RequestId, Vec<u32>)> = sampled
+            .iter()
+            .map(|(id, t)| (*id, t.iter().map(|t| t.token).collect()))
+            .collect();
+        let appended = match self.scheduler.update_multi(&plan, &tokens, now) {
+            Ok(result) => result.appended,
+            Err(e) => {
+                // A stale or doubly applied plan is an engine bug; fail loudly but keep serving.
+                tracing::error!(error = ?e, "scheduler rejected a step update");
+                Vec::new()
+            }
+        };
+        for (id, mut toks) in sampled {
+            // The scheduler keeps the tokens up to the first stop (EOS, stop id, length).
+            toks.truncate(appended.iter().filter(|(a, _)| *a == id).count());
+            if !toks.is_empty() {
+                self.emit_tokens(id, toks, now);
+                self.propose_drafts(id);
+            }
         }
         self.flush_events();
         let metrics = &self.shared.metrics;
+        metrics.observe_speculation(
+            step_spec.num_drafts,
+            step_spec.num_draft_tokens,
+            step_spec.num_accepted_tokens,
+            &step_spec.accepted_per_position,
+        );
         metrics.observe_iteration(now.saturating_sub(started), batch_tokens as u32);
         self.publish_stats();
         Ok(())
@@ -451,39 +506,65 @@ impl Engine {
         })
     }
 
-    /// Streams one sampled token's text; a stop string finishes the request here.
-    fn emit_token(&mut self, id: RequestId, tok: SampledToken, now: Nanos) {
+    /// Speculative decoding: looks up drafts for `id`'s next step among its known tokens and
+    /// hands them to the scheduler (which verifies them if there is room).
+    fn propose_drafts(&mut self, id: RequestId) {
+        let Some(config) = &self.speculative else {
+            return;
+        };
+        let Some(live) = self.live.get(&id) else {
+            return;
+        };
+        let Some(spec) = live.speculation.as_ref().filter(|_| !live.stopped) else {
+            return;
+        };
+        let drafts = speculative::propose(config, &spec.tokens, config.num_speculative_tokens);
+        self.scheduler.set_draft_tokens(id, drafts);
+    }
+
+    /// Streams the tokens one request got in this step as one delivery (one `Delta`, so one
+    /// SSE chunk, however many tokens speculation accepted). A stop string finishes the
+    /// request at the token that completes it; the step's later tokens are dropped.
+    fn emit_tokens(&mut self, id: RequestId, toks: Vec<SampledToken>, now: Nanos) {
         let Some(live) = self.live.get_mut(&id) else {
             return;
         };
         if live.stopped {
             return;
         }
-        live.completion_tokens += 1;
-        let logprobs = match live.logprobs {
-            Some(_) => vec![TokenLogprob {
-                token: tok.token,
-                logprob: tok.logprob,
-                top: tok.top_logprobs,
-            }],
-            None => Vec::new(),
-        };
-        let outcome = live.text.push(&self.codec.tokenizer, tok.token);
-        let (mut text, stop) = match outcome {
-            Ok(StopOutcome::Continue(text)) => (text, false),
-            Ok(StopOutcome::Stop { text, .. }) => (text, true),
-            Err(e) => (
-                format!(
-                    "\u{FFFD}{}",
+        let (mut tokens, mut text, mut logprobs) = (Vec::new(), String::new(), Vec::new());
+        let mut stop = false;
+        for tok in toks {
+            live.completion_tokens += 1;
+            tokens.push(tok.token);
+            if let Some(spec) = &mut live.speculation {
+                spec.tokens.push(tok.token);
+            }
+            let outcome = live.text.push(&self.codec.tokenizer, tok.token);
+            match outcome {
+                Ok(StopOutcome::Continue(t)) => text.push_str(&t),
+                Ok(StopOutcome::Stop { text: t, .. }) => {
+                    text.push_str(&t);
+                    stop = true;
+                }
+                Err(e) => {
+                    text.push('\u{FFFD}');
                     if cfg!(debug_assertions) {
-                        e.to_string()
-                    } else {
-                        String::new()
+                        text.push_str(&e.to_string());
                     }
-                ),
-                false,
-            ),
-        };
+                }
+            }
+            if live.logprobs.is_some() {
+                logprobs.push(TokenLogprob {
+                    token: tok.token,
+                    logprob: tok.logprob,
+                    top: tok.top_logprobs,
+                });
+            }
+            if stop {
+                break;
+            }
+        }
         // A completed grammar ends the request here (text held back for a possible stop
         // string is released: that stop string can no longer complete).
         let grammar_done =
@@ -495,7 +576,7 @@ impl Engine {
             text.push_str(&tail);
         }
         let _ = live.events.send(StreamEvent::Delta {
-            tokens: vec![tok.token],
+            tokens,
             text,
             logprobs,
         });
@@ -578,6 +659,7 @@ impl Engine {
                             prompt_tokens: live.shape.prompt_tokens as usize,
                             completion_tokens: live.completion_tokens,
                             timing: Box::new(timing),
+                            speculation: live.speculation.take().map(|s| s.stats),
                         });
                     }
                 }

@@ -25,8 +25,8 @@ impl LogitsRows {
 }
 
 pub trait Executor: Send {
-    /// One forward over every chunk; returns a logits row for each chunk with
-    /// `compute_logits`, in chunk order.
+    /// One forward over every chunk; returns `num_logits` rows per chunk (its last tokens, in
+    /// position order), chunks in order.
     fn execute(&mut self, chunks: &[SequenceChunk<'_>]) -> Result<LogitsRows, String>;
 }
 
@@ -56,8 +56,8 @@ impl Executor for ModelExecutor {
     }
 }
 
-/// A deterministic stand-in for a model: every sampling row puts all mass on
-/// `(last input token + 1) % vocab`. Used by the engine-loop tests.
+/// A deterministic stand-in for a model: every logits row puts all mass on
+/// `(its input token + 1) % vocab`. Used by the engine-loop tests.
 pub struct FakeExecutor {
     pub vocab: usize,
     /// Steps executed so far (tests assert on batching behaviour with it).
@@ -71,11 +71,17 @@ impl Executor for FakeExecutor {
             data: Vec::new(),
             vocab: self.vocab,
         };
-        for c in chunks.iter().filter(|c| c.compute_logits) {
-            let last = *c.tokens.last().ok_or("empty chunk")? as usize;
-            let mut row = vec![-10.0f32; self.vocab];
-            row[(last + 1) % self.vocab] = 10.0;
-            out.data.extend_from_slice(&row);
+        for c in chunks {
+            let first_row = c
+                .tokens
+                .len()
+                .checked_sub(c.num_logits)
+                .ok_or("short chunk")?;
+            for &input in &c.tokens[first_row..] {
+                let mut row = vec![-10.0f32; self.vocab];
+                row[(input as usize + 1) % self.vocab] = 10.0;
+                out.data.extend_from_slice(&row);
+            }
         }
         Ok(out)
     }

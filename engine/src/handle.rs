@@ -29,6 +29,9 @@ pub struct EngineRequest {
     /// Structured outputs: this request's own grammar matcher, compiled off the engine thread
     /// (`structured::GrammarCompiler`); `None` = unconstrained.
     pub constraint: Option<crate::structured::GrammarMatcher>,
+    /// Whether this request may use speculative decoding when the server has it on (the
+    /// body's `speculative`, default true); see `speculative` for who speculates.
+    pub speculative: bool,
 }
 
 /// One logprob entry of a generated token.
@@ -56,6 +59,8 @@ pub enum StreamEvent {
         completion_tokens: usize,
         /// Per-request timing (the `metrum` object of responses).
         timing: Box<metrum_metrics::RequestTimingReport>,
+        /// This request's speculative-decoding counts; `None` when it did not speculate.
+        speculation: Option<crate::speculative::SpeculationStats>,
     },
     /// The engine failed while running this request (it is finished with reason `error`).
     Error { message: String },

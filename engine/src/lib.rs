@@ -16,6 +16,7 @@
 //! | [`detokenize`] | incremental, UTF-8-safe detokenization and stop strings |
 //! | [`diag`] | device checks: logits CPU vs device, step timings vs hardware limits (for `metrum gpu-check`) |
 //! | [`structured`] | structured outputs: grammars (JSON schema, regex, choice, Lark) via llguidance, token masks |
+//! | [`speculative`] | speculative decoding: `--speculative-config`, n-gram drafts, exact verification, counts |
 //! | [`sampling`] | logits processors (penalties, bias, temperature, top-k/p, min-p), seeded sampling, logprobs |
 pub mod chat_template;
 pub mod config;
@@ -29,6 +30,7 @@ pub mod loader;
 pub mod model;
 pub mod sampling;
 pub mod source;
+pub mod speculative;
 pub mod structured;
 pub mod text;
 pub mod tokenizer;

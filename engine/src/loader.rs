@@ -218,7 +218,8 @@ fn load(config: &EngineConfig, policy: Policy, shared: Arc<Shared>) -> Result<En
         shared,
         config.max_waiting_requests,
         config.seed,
-    ))
+    )
+    .with_speculation(config.speculative.clone()))
 }
 
 fn lowercase_dtype(dtype: candle_core::DType) -> String {

@@ -38,6 +38,7 @@ fn request(prompt: Vec<u32>, max_tokens: usize) -> EngineRequest {
         arrival: Instant::now(),
         slo: Default::default(),
         constraint: None,
+        speculative: true,
     }
 }
 

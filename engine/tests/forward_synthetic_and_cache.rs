@@ -20,7 +20,7 @@ fn one_step_logits(model: &DecoderModel, tokens: &[u32]) -> Vec<f32> {
         tokens,
         num_cached: 0,
         block_table: &table,
-        compute_logits: true,
+        num_logits: 1,
     };
     let batch = ForwardBatch::from_chunks(16, &[chunk], &Device::Cpu).unwrap();
     let logits = model.forward(&batch, &mut kv).unwrap();
@@ -167,7 +167,7 @@ fn bad_batches_are_errors_not_panics() {
         tokens,
         num_cached,
         block_table: table,
-        compute_logits: true,
+        num_logits: 1,
     };
     let run = |chunks: &[SequenceChunk], kv: &mut KvCache| {
         ForwardBatch::from_chunks(16, chunks, &cpu).and_then(|b| model.forward(&b, kv))
@@ -203,13 +203,13 @@ fn logits_only_for_selected_rows_in_their_order() {
             tokens: &a,
             num_cached: 0,
             block_table: &[9, 2, 14],
-            compute_logits: false,
+            num_logits: 0,
         },
         SequenceChunk {
             tokens: &b,
             num_cached: 0,
             block_table: &[5],
-            compute_logits: true,
+            num_logits: 1,
         },
     ];
     let batch = ForwardBatch::from_chunks(4, &chunks, &cpu).unwrap();

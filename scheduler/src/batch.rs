@@ -29,6 +29,8 @@ struct Planned {
     num_cached_tokens: usize,
     /// Admitted from the waiting queue in this step.
     admitted: bool,
+    /// Draft tokens verified in this decode (the last of its `num_tokens`).
+    drafts: Vec<u32>,
 }
 
 /// The step under construction.
@@ -59,6 +61,7 @@ impl Plan {
             num_tokens,
             num_cached_tokens,
             admitted,
+            drafts: Vec::new(),
         });
     }
 }
@@ -84,8 +87,22 @@ impl Scheduler {
         };
         let order: Vec<RequestId> = plan.running_keys.iter().map(|&(_, id)| id).collect();
 
+        // Every decode gets its one token; drafts only take the budget those leave.
+        let mut decodes_left = order
+            .iter()
+            .filter(|&&id| self.uncomputed(id) == Some(1))
+            .count();
         for &id in &order {
-            if self.uncomputed(id) == Some(1) {
+            let drafts = match self.requests.get_mut(&id) {
+                Some(req) => std::mem::take(&mut req.draft_tokens),
+                None => continue,
+            };
+            if self.uncomputed(id) != Some(1) {
+                continue;
+            }
+            let draft_budget = plan.budget_left.saturating_sub(decodes_left);
+            decodes_left -= 1;
+            if !self.schedule_with_drafts(id, drafts, draft_budget, &mut plan) {
                 self.schedule_running(id, 1, WhenNoVictim::PreemptSelf, &mut plan, now);
             }
         }
@@ -194,6 +211,39 @@ impl Scheduler {
         }
     }
 
+    /// Speculative decoding: schedules decode `id` with its draft tokens (as many as the token
+    /// budget, `max_tokens` and the context allow) if their KV slots are free without
+    /// preempting anyone: drafts are a bet, never worth another request's KV. Returns false
+    /// (nothing planned) when there are no drafts to verify; the plain decode then follows.
+    fn schedule_with_drafts(
+        &mut self,
+        id: RequestId,
+        mut drafts: Vec<u32>,
+        draft_budget: usize,
+        plan: &mut Plan,
+    ) -> bool {
+        let req = &self.requests[&id];
+        // Accepting all k drafts appends k + 1 tokens.
+        let room_in_output = req.max_tokens.saturating_sub(req.num_output_tokens() + 1);
+        let room_in_context = self
+            .config
+            .max_model_len
+            .saturating_sub(req.num_tokens() + 1);
+        drafts.truncate(room_in_output.min(room_in_context).min(draft_budget));
+        if drafts.is_empty() {
+            return false;
+        }
+        let total = req.num_computed_tokens + 1 + drafts.len();
+        if self.kv.allocate_slots(id, &ComputedBlocks::none(), total) != AllocStatus::Ok {
+            return false;
+        }
+        plan.add(id, 1 + drafts.len(), 0, false);
+        if let Some(planned) = plan.planned.last_mut() {
+            planned.drafts = drafts;
+        }
+        true
+    }
+
     /// The running request outside this step's batch to preempt so that `id` fits.
     ///
     /// - fcfs, priority: the lowest-ranked, if it ranks below `id`.
@@ -232,6 +282,7 @@ impl Scheduler {
             .get_mut(&id)
             .expect("preempted request is live");
         req.num_computed_tokens = 0;
+        req.draft_tokens.clear(); // proposed for KV it no longer has
         req.transition(RequestStatus::Preempted);
         req.preempted_at = Some(now);
         req.num_preemptions += 1;
@@ -336,6 +387,9 @@ impl Scheduler {
             let start = req.num_computed_tokens;
             let end = start + p.num_tokens;
             let is_decode = req.num_uncomputed_tokens() == 1 && req.num_output_tokens() > 0;
+            let known_end = end - p.drafts.len();
+            let mut token_ids = req.tokens()[start..known_end].to_vec();
+            token_ids.extend_from_slice(&p.drafts);
             let kind = if is_decode && !p.admitted {
                 ChunkKind::Decode
             } else if req.num_preemptions == 0 {
@@ -345,12 +399,13 @@ impl Scheduler {
             };
             scheduled.push(ScheduledRequest {
                 id: p.id,
-                token_ids: req.tokens()[start..end].to_vec(),
+                token_ids,
                 start_position: start,
                 block_table: self.kv.block_table(p.id).unwrap_or_default().to_vec(),
-                samples: end == req.num_tokens(),
+                samples: known_end == req.num_tokens(),
                 kind,
                 num_cached_tokens: p.num_cached_tokens,
+                num_draft_tokens: p.drafts.len(),
             });
             req.num_computed_tokens = end;
         }

@@ -230,6 +230,27 @@ impl KvCacheManager {
         }
     }
 
+    /// Shrinks `id`'s block table to what `num_tokens` tokens need, freeing the blocks past it:
+    /// speculative decoding allocated them for draft tokens that were rejected. Their KV was
+    /// never valid, so none of them may stay registered in the prefix cache (none is: only
+    /// blocks within the computed tokens are ever cached, and the count is rolled back first).
+    pub fn truncate(&mut self, id: RequestId, num_tokens: usize) {
+        let keep = self.blocks_for(num_tokens);
+        let Some(table) = self.tables.get_mut(&id) else {
+            return;
+        };
+        if table.blocks.len() <= keep {
+            return;
+        }
+        debug_assert!(
+            table.prefixes.len() <= keep,
+            "a rejected draft block was cached"
+        );
+        table.prefixes.truncate(keep);
+        let dropped = table.blocks.split_off(keep);
+        self.pool.free(&dropped);
+    }
+
     /// Releases `id`'s blocks (cached ones stay cached until evicted). No-op if it holds none.
     pub fn free(&mut self, id: RequestId) {
         if let Some(table) = self.tables.remove(&id) {

@@ -11,7 +11,7 @@ pub enum ChunkKind {
     Prefill,
     /// A chunk of prompt + earlier outputs, recomputing KV a preemption dropped.
     Recompute,
-    /// One token: the last sampled one.
+    /// The last sampled token, followed by any draft tokens to verify (speculative decoding).
     Decode,
 }
 
@@ -35,11 +35,31 @@ pub struct ScheduledRequest {
     /// Tokens served by the prefix cache when this request was admitted this step
     /// (`start_position` already skips them); 0 otherwise.
     pub num_cached_tokens: usize,
+    /// Speculative decoding: the last `num_draft_tokens` of `token_ids` are draft tokens (not
+    /// yet known to be right) proposed with [`crate::Scheduler::set_draft_tokens`]. A decode
+    /// with drafts needs a logits row per position and may get up to `1 + num_draft_tokens`
+    /// tokens back in `update`; 0 for every other chunk.
+    pub num_draft_tokens: usize,
 }
 
 impl ScheduledRequest {
     pub fn num_tokens(&self) -> usize {
         self.token_ids.len()
+    }
+
+    /// Logits rows the executor must return for this request: one per draft position plus
+    /// one after the last draft when it samples, none otherwise.
+    pub fn num_logits(&self) -> usize {
+        if self.samples {
+            1 + self.num_draft_tokens
+        } else {
+            0
+        }
+    }
+
+    /// The draft tokens this step verifies (empty without speculation).
+    pub fn draft_tokens(&self) -> &[u32] {
+        &self.token_ids[self.token_ids.len() - self.num_draft_tokens..]
     }
 
     /// Context length after this step: the KV the last token of the chunk attends to.
@@ -129,8 +149,9 @@ pub struct FinishedRequest {
 /// What [`crate::Scheduler::update`] did with a step's results.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StepResult {
-    /// Sampled tokens appended, in batch order: exactly the tokens to stream to clients.
-    /// Tokens for requests that did not sample this step, or no longer exist, are not here.
+    /// Sampled tokens appended, in batch order: exactly the tokens to stream to clients. A
+    /// request verifying drafts may have several, in order. Tokens for requests that did not
+    /// sample this step, or no longer exist, are not here.
     pub appended: Vec<(RequestId, u32)>,
     /// Requests that ended in this update. A request that was due a token but got none from
     /// the executor ends with [`FinishReason::Error`].

@@ -198,6 +198,9 @@ pub(crate) struct Request {
     /// Admitted although predicted to miss (`--admission best-effort`): ranks after every
     /// request that was not.
     pub best_effort: bool,
+    /// Speculative decoding: tokens proposed for the next decode step, verified there. They
+    /// are taken by `schedule` (and dropped if the request does not decode in that step).
+    pub draft_tokens: Vec<u32>,
 }
 
 impl Request {
@@ -225,6 +228,7 @@ impl Request {
             num_cached_tokens: 0,
             deadline,
             best_effort: false,
+            draft_tokens: Vec::new(),
         }
     }
 

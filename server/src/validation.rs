@@ -31,6 +31,8 @@ pub struct GenerationPlan {
     /// `slo_ttft_ms` / `slo_tpot_ms`, range-checked; merged with the headers at submit.
     pub slo_ttft_ms: Option<u64>,
     pub slo_tpot_ms: Option<u64>,
+    /// The body's `speculative` (default true).
+    pub speculative: bool,
     pub stream: bool,
     pub include_usage: bool,
     pub user: Option<String>,
@@ -145,6 +147,7 @@ pub fn plan(
         priority: fields.priority.unwrap_or(0),
         slo_ttft_ms: crate::api::slo::check_field("slo_ttft_ms", fields.slo_ttft_ms)?,
         slo_tpot_ms: crate::api::slo::check_field("slo_tpot_ms", fields.slo_tpot_ms)?,
+        speculative: fields.speculative.unwrap_or(true),
         stream: fields.stream.unwrap_or(false),
         include_usage: fields
             .stream_options

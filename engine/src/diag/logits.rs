@@ -37,7 +37,7 @@ pub fn compare_devices(a: &DecoderModel, b: &DecoderModel, block_size: usize) ->
                     tokens: &prompts[s][done[s]..ends[s]],
                     num_cached: done[s],
                     block_table: &tables[s],
-                    compute_logits: ends[s] == prompts[s].len() || step == 0,
+                    num_logits: usize::from(ends[s] == prompts[s].len() || step == 0),
                 })
                 .collect();
             let batch = ForwardBatch::from_chunks(block_size, &chunks, m.device())
@@ -54,7 +54,7 @@ pub fn compare_devices(a: &DecoderModel, b: &DecoderModel, block_size: usize) ->
                 tokens: &decode_tokens[s],
                 num_cached: done[s],
                 block_table: &tables[s],
-                compute_logits: true,
+                num_logits: 1,
             })
             .collect();
         let batch = ForwardBatch::from_chunks(block_size, &chunks, m.device())
@@ -115,7 +115,7 @@ pub fn greedy_trace(
         tokens: prompt,
         num_cached: 0,
         block_table: &table,
-        compute_logits: true,
+        num_logits: 1,
     }];
     let batch =
         ForwardBatch::from_chunks(block_size, &chunk, device).map_err(candle_core::Error::wrap)?;
@@ -131,7 +131,7 @@ pub fn greedy_trace(
             tokens: &tok,
             num_cached: pos,
             block_table: &table,
-            compute_logits: true,
+            num_logits: 1,
         }];
         let batch = ForwardBatch::from_chunks(block_size, &chunk, device)
             .map_err(candle_core::Error::wrap)?;

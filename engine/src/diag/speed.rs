@@ -48,7 +48,7 @@ pub fn decode_step_time(
                 tokens: &toks,
                 num_cached: filled,
                 block_table: table,
-                compute_logits: true,
+                num_logits: 1,
             }];
             let b =
                 ForwardBatch::from_chunks(bs, &chunk, &device).map_err(candle_core::Error::wrap)?;
@@ -62,7 +62,7 @@ pub fn decode_step_time(
             tokens: &toks[s],
             num_cached: context,
             block_table: &tables[s],
-            compute_logits: true,
+            num_logits: 1,
         })
         .collect();
     let fb = ForwardBatch::from_chunks(bs, &chunks, &device).map_err(candle_core::Error::wrap)?;
@@ -118,7 +118,7 @@ pub fn prefill_throughput(m: &DecoderModel, chunk: usize, iters: usize) -> Resul
         tokens: &toks,
         num_cached: 0,
         block_table: &table,
-        compute_logits: true,
+        num_logits: 1,
     }];
     let fb = ForwardBatch::from_chunks(bs, &c, &device).map_err(candle_core::Error::wrap)?;
     m.forward(&fb, &mut kv).map_err(candle_core::Error::wrap)?;

@@ -15,9 +15,11 @@ pub struct SequenceChunk<'a> {
     pub num_cached: usize,
     /// Physical blocks of the whole sequence, in order; must cover `num_cached + tokens.len()`.
     pub block_table: &'a [u32],
-    /// Whether to return logits for the chunk's last token (decodes, and the chunk that
-    /// completes a prompt; not the earlier chunks of a split prompt).
-    pub compute_logits: bool,
+    /// How many of the chunk's last tokens get a logits row: 1 for a decode or the chunk that
+    /// completes a prompt, 0 for the earlier chunks of a split prompt, and `1 + k` for a
+    /// speculative verification step (the last sampled token and `k` draft tokens), whose rows
+    /// score every draft position.
+    pub num_logits: usize,
 }
 
 /// The flat batch the forward pass runs: token ids `[T]`, their attention layout, and which of
@@ -63,7 +65,7 @@ impl ForwardBatch {
     }
 
     /// Builds the batch from per-sequence chunks; logits rows are the last token of each chunk
-    /// with `compute_logits`, in chunk order.
+    /// `num_logits` last tokens of each chunk, in chunk order.
     pub fn from_chunks(
         block_size: usize,
         chunks: &[SequenceChunk<'_>],
@@ -76,10 +78,16 @@ impl ForwardBatch {
             if chunk.tokens.is_empty() {
                 return Err(ModelError::BadBatch(format!("sequence {i} has no tokens")));
             }
-            tokens.extend_from_slice(chunk.tokens);
-            if chunk.compute_logits {
-                rows.push(tokens.len() as u32 - 1);
+            if chunk.num_logits > chunk.tokens.len() {
+                return Err(ModelError::BadBatch(format!(
+                    "sequence {i} asks for {} logits rows but has {} tokens",
+                    chunk.num_logits,
+                    chunk.tokens.len()
+                )));
             }
+            tokens.extend_from_slice(chunk.tokens);
+            let end = tokens.len() as u32;
+            rows.extend(end - chunk.num_logits as u32..end);
             let seq_len = chunk.num_cached + chunk.tokens.len();
             seqs.push((chunk.tokens.len(), seq_len, chunk.block_table.to_vec()));
         }

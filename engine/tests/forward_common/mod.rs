@@ -132,7 +132,7 @@ pub fn run_batched_in(
                 tokens: &tokens[i][cached[i]..cached[i] + len],
                 num_cached: cached[i],
                 block_table: &tables[i],
-                compute_logits: logits,
+                num_logits: usize::from(logits),
             })
             .collect();
         let batch = ForwardBatch::from_chunks(block_size, &chunks, &device).unwrap();

@@ -65,6 +65,11 @@ pub struct MetricsRegistry {
     generation_tokens: IntCounter,
     prefix_cache_queries: IntCounter,
     prefix_cache_hits: IntCounter,
+    spec_drafts: IntCounter,
+    spec_draft_tokens: IntCounter,
+    spec_accepted_tokens: IntCounter,
+    spec_accepted_per_pos: IntCounterVec,
+    spec_mean_acceptance_length: Gauge,
     rejected_events: IntCounter,
     running: IntGauge,
     waiting: IntGauge,
@@ -108,6 +113,17 @@ impl MetricsRegistry {
         for phase in [Phase::Ttft, Phase::Decode] {
             deadline_misses.with_label_values(&[phase.as_str()]);
         }
+        let spec_accepted_per_pos = register(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "metrum_spec_decode_num_accepted_tokens_per_pos_total",
+                    "Draft tokens accepted, by position in the draft (0-based), as vLLM's \
+                     vllm:spec_decode_num_accepted_tokens_per_pos.",
+                ),
+                &["position"],
+            )?,
+        )?;
         let requests = register(
             &r,
             IntCounterVec::new(
@@ -238,6 +254,27 @@ impl MetricsRegistry {
             prefix_cache_hits: counter(
                 "metrum_prefix_cache_hits_total",
                 "Prompt tokens found in the prefix cache.",
+            )?,
+            spec_drafts: counter(
+                "metrum_spec_decode_num_drafts_total",
+                "Speculative verification steps with at least one draft token (per request).",
+            )?,
+            spec_draft_tokens: counter(
+                "metrum_spec_decode_num_draft_tokens_total",
+                "Draft tokens proposed and verified.",
+            )?,
+            spec_accepted_tokens: counter(
+                "metrum_spec_decode_num_accepted_tokens_total",
+                "Draft tokens accepted (the target's own token after them not counted).",
+            )?,
+            spec_accepted_per_pos,
+            spec_mean_acceptance_length: register(
+                &r,
+                Gauge::new(
+                    "metrum_spec_decode_mean_acceptance_length",
+                    "Tokens delivered per verification step since start: 1 + accepted / drafts \
+                     (0 before any draft).",
+                )?,
             )?,
             rejected_events: counter(
                 "metrum_metrics_rejected_events_total",
@@ -370,6 +407,32 @@ impl MetricsRegistry {
         self.prefix_cache_queries.inc_by(queried_tokens);
         self.prefix_cache_hits
             .inc_by(hit_tokens.min(queried_tokens));
+    }
+
+    /// Speculative decoding since the last call: `drafts` verification steps with
+    /// `draft_tokens` drafts, of which `accepted` stood; `accepted_per_position[i]` of them at
+    /// draft position `i`.
+    pub fn observe_speculation(
+        &self,
+        drafts: u64,
+        draft_tokens: u64,
+        accepted: u64,
+        accepted_per_position: &[u64],
+    ) {
+        if drafts == 0 {
+            return;
+        }
+        self.spec_drafts.inc_by(drafts);
+        self.spec_draft_tokens.inc_by(draft_tokens);
+        self.spec_accepted_tokens.inc_by(accepted);
+        for (position, &n) in accepted_per_position.iter().enumerate() {
+            self.spec_accepted_per_pos
+                .with_label_values(&[&position.to_string()])
+                .inc_by(n);
+        }
+        let total = self.spec_drafts.get() as f64;
+        self.spec_mean_acceptance_length
+            .set(1.0 + self.spec_accepted_tokens.get() as f64 / total);
     }
 
     pub fn set_requests_running(&self, n: usize) {

@@ -84,6 +84,7 @@ pub async fn submit(
                 arrival,
                 slo,
                 constraint: matcher,
+                speculative: plan.speculative,
             });
         }
     }
@@ -169,8 +170,9 @@ pub async fn collect(
                 prompt_tokens,
                 completion_tokens,
                 timing,
+                speculation,
             } => {
-                let timing = timing_json(&timing);
+                let timing = timing_json(&timing, speculation.as_ref());
                 log_finished(
                     ctx,
                     choice,
@@ -293,8 +295,9 @@ impl<W: ChunkWriter> Relay<W> {
                     prompt_tokens,
                     completion_tokens,
                     timing,
+                    speculation,
                 } => {
-                    let timing = timing_json(&timing);
+                    let timing = timing_json(&timing, speculation.as_ref());
                     log_finished(
                         &self.ctx,
                         choice,
@@ -346,8 +349,26 @@ impl<W> Drop for Relay<W> {
     }
 }
 
-fn timing_json(timing: &metrum_metrics::RequestTimingReport) -> serde_json::Value {
-    serde_json::to_value(timing).unwrap_or(serde_json::Value::Null)
+/// The `metrum` object: the request's timing, plus `speculative` (its draft counts and mean
+/// acceptance length, vLLM's meanings) when it was served with speculative decoding.
+fn timing_json(
+    timing: &metrum_metrics::RequestTimingReport,
+    speculation: Option<&metrum_engine::speculative::SpeculationStats>,
+) -> serde_json::Value {
+    let mut value = serde_json::to_value(timing).unwrap_or(serde_json::Value::Null);
+    if let (Some(s), Some(object)) = (speculation, value.as_object_mut()) {
+        object.insert(
+            "speculative".into(),
+            serde_json::json!({
+                "num_drafts": s.num_drafts,
+                "num_draft_tokens": s.num_draft_tokens,
+                "num_accepted_tokens": s.num_accepted_tokens,
+                "num_accepted_tokens_per_pos": s.accepted_per_position,
+                "mean_acceptance_length": s.mean_acceptance_length(),
+            }),
+        );
+    }
+    value
 }
 
 /// Per-choice completion under the HTTP request id. Debug level: the engine thread already

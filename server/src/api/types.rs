@@ -59,6 +59,9 @@ pub struct SamplingFields {
     /// Choices per prompt (at most 128).
     #[schema(minimum = 1, maximum = 128)]
     pub n: Option<u64>,
+    /// Metrum's extension: `false` serves this request without speculative decoding when the
+    /// server runs with `--speculative-config` (default true; no effect otherwise).
+    pub speculative: Option<bool>,
     /// Lower is more important (vLLM); only the priority policy reads it.
     #[schema(minimum = -2147483648_i64, maximum = 2147483647_i64)]
     pub priority: Option<i32>,

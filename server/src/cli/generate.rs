@@ -96,6 +96,7 @@ impl GenerateArgs {
             arrival: Instant::now(),
             slo: Default::default(),
             constraint: None,
+            speculative: true,
         };
         let mut stream = engine
             .submit_blocking(request)

@@ -309,7 +309,7 @@ fn fill_prefix(exec: &mut ModelExecutor, len: usize, vocab: u32) -> Result<()> {
             tokens: &tokens[start..end],
             num_cached: start,
             block_table: &table,
-            compute_logits: false,
+            num_logits: 0,
         }];
         exec.execute(&chunk).map_err(anyhow::Error::msg)?;
     }
@@ -356,7 +356,7 @@ impl Prepared {
                 tokens: &self.tokens[i],
                 num_cached: self.starts[i],
                 block_table: &self.tables[i],
-                compute_logits: true,
+                num_logits: 1,
             })
             .collect()
     }

@@ -93,6 +93,10 @@ pub struct ServeArgs {
     /// (faster decode at long context, but not exact: see docs/operations.md).
     #[arg(long, default_value = "auto", value_parser = ["auto", "f32", "f16"])]
     pub kv_cache_dtype: String,
+    /// Speculative decoding, vLLM's JSON, e.g. '{"method":"ngram","num_speculative_tokens":4,
+    /// "prompt_lookup_min":1,"prompt_lookup_max":3}' (see docs/speculative.md).
+    #[arg(long)]
+    pub speculative_config: Option<String>,
     /// Seed for requests that bring none.
     #[arg(long)]
     pub seed: Option<u64>,
@@ -218,6 +222,12 @@ impl ServeArgs {
             seed: self.seed.unwrap_or(defaults.seed),
             threads: self.threads,
             slo: self.slo_config()?,
+            speculative: self
+                .speculative_config
+                .as_deref()
+                .map(metrum_engine::speculative::SpeculativeConfig::parse)
+                .transpose()
+                .map_err(anyhow::Error::msg)?,
         })
     }
 
@@ -390,5 +400,38 @@ mod tests {
         assert!(a.engine_config().is_err());
         let a = parse(&["metrum", "serve", "--slo-file", "/nonexistent/slo.json"]);
         assert!(a.engine_config().is_err());
+    }
+
+    #[test]
+    fn speculative_config_is_parsed_and_bad_ones_name_the_field() {
+        let ok = r#"{"method":"ngram","num_speculative_tokens":3,"prompt_lookup_max":4}"#;
+        let a = parse(&["metrum", "serve", "--speculative-config", ok]);
+        let spec = a.engine_config().unwrap().speculative.unwrap();
+        assert_eq!(spec.num_speculative_tokens, 3);
+        for (json, field) in [
+            (
+                r#"{"method":"ngram","num_speculative_tokens":0}"#,
+                "num_speculative_tokens",
+            ),
+            (
+                r#"{"method":"ngram","num_speculative_tokens":99}"#,
+                "num_speculative_tokens",
+            ),
+            (
+                r#"{"method":"draft_model","model":"x","num_speculative_tokens":2}"#,
+                "method",
+            ),
+        ] {
+            let a = parse(&["metrum", "serve", "--speculative-config", json]);
+            let err = a.engine_config().unwrap_err().to_string();
+            assert!(err.contains(&format!("`{field}`")), "{json}: {err}");
+        }
+        assert!(
+            parse(&["metrum", "serve"])
+                .engine_config()
+                .unwrap()
+                .speculative
+                .is_none()
+        );
     }
 }
