@@ -45,6 +45,7 @@ fn request(prompt: Vec<u32>, params: SamplingParams) -> EngineRequest {
         arrival: Instant::now(),
         constraint: None,
         speculative: true,
+        slo: Default::default(),
     }
 }
 
