@@ -222,7 +222,10 @@ fn expert_fields_are_checked_and_named() {
     fails_naming(bad_layer, &["mlp_only_layers", "layer 7"]);
     // More experts declared than the checkpoint holds: the router's shape says so.
     let more = load_edited(MIXTRAL, |c| c["num_local_experts"] = json!(6));
-    fails_naming(more, &["block_sparse_moe.gate.weight", "[4, 64]", "[6, 64]"]);
+    fails_naming(
+        more,
+        &["block_sparse_moe.gate.weight", "[4, 64]", "[6, 64]"],
+    );
 }
 
 #[test]

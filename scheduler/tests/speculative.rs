@@ -50,7 +50,9 @@ proptest! {
     fn random_acceptance_keeps_outputs_exact_and_leaks_nothing(
         seed in 1u64..u64::MAX,
         n in 1usize..10,
-        num_blocks in 8usize..40,
+        // At least 9 blocks of 4: one request (prompt ≤ 14 + max_tokens ≤ 20 = 34 tokens) must
+        // fit the cache alone, or admission refuses it (ExceedsKvCapacity) before any drafting.
+        num_blocks in 9usize..40,
         budget in 6usize..40,
         max_num_seqs in 1usize..6,
         prefix_caching in any::<bool>(),
