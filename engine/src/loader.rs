@@ -274,10 +274,12 @@ fn gpu_memory(device: &Device) -> Result<(u64, u64), LoadError> {
             "--gpu-memory-utilization needs --device cuda; use --kv-cache-memory on CPU".into(),
         ));
     }
-    let failed = |e: &dyn std::fmt::Display| LoadError::Device(format!("cannot size the GPU: {e}"));
-    device.synchronize().map_err(|e| failed(&e))?;
-    let (free, total) = candle_core::cuda_backend::cudarc::driver::result::mem_get_info()
-        .map_err(|e| failed(&e))?;
+    fn failed(e: impl std::fmt::Display) -> LoadError {
+        LoadError::Device(format!("cannot size the GPU: {e}"))
+    }
+    device.synchronize().map_err(failed)?;
+    let (free, total) =
+        candle_core::cuda_backend::cudarc::driver::result::mem_get_info().map_err(failed)?;
     Ok((free as u64, total as u64))
 }
 
