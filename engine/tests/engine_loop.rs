@@ -1,10 +1,13 @@
 //! The engine thread end to end on the tiny safetensors fixture: batching, determinism, abort
 //! and block accounting, through the same handle the HTTP server uses.
 
+mod engine_common;
+
+use engine_common::{spawn_ready, wait_idle};
 use metrum_core::{FinishReason, SamplingParams};
 use metrum_engine::model::fixture::write_tiny_llama_fixture;
 use metrum_engine::{
-    EngineConfig, EngineHandle, EngineRequest, EngineStatus, KvCacheSize, StreamEvent, SubmitError,
+    EngineConfig, EngineHandle, EngineRequest, KvCacheSize, StreamEvent, SubmitError,
 };
 use std::time::{Duration, Instant};
 
@@ -17,14 +20,7 @@ fn start(dir: &std::path::Path, blocks: usize) -> EngineHandle {
         block_size: 8,
         ..EngineConfig::default()
     };
-    let handle = metrum_engine::spawn(config).expect("engine starts");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while handle.status() == EngineStatus::Loading {
-        assert!(Instant::now() < deadline, "model did not load");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(handle.status(), EngineStatus::Ready);
-    handle
+    spawn_ready(config)
 }
 
 fn request(prompt: Vec<u32>, max_tokens: usize) -> EngineRequest {
@@ -67,18 +63,6 @@ fn collect(mut stream: metrum_engine::RequestStream) -> (Vec<u32>, String, Optio
     (tokens, text, None)
 }
 
-fn wait_idle(handle: &EngineHandle) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let s = handle.stats();
-        if s.running == 0 && s.waiting == 0 && s.free_blocks == s.total_blocks {
-            return;
-        }
-        assert!(Instant::now() < deadline, "engine did not go idle: {s:?}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 #[test]
 fn batched_greedy_equals_alone_and_blocks_come_back() {
     let dir = tempfile::tempdir().unwrap();
@@ -109,7 +93,7 @@ fn batched_greedy_equals_alone_and_blocks_come_back() {
         );
         assert_eq!(a.1, b.1);
     }
-    wait_idle(&handle);
+    wait_idle(&handle, Duration::from_secs(10));
     let text = handle.metrics().render().unwrap();
     assert!(
         text.contains("metrum_requests_total{finish_reason=\"length\"} 12"),
@@ -132,7 +116,7 @@ fn dropping_a_stream_aborts_and_frees_blocks() {
         }
     }
     drop(stream);
-    wait_idle(&handle);
+    wait_idle(&handle, Duration::from_secs(10));
     let text = handle.metrics().render().unwrap();
     assert!(
         text.contains("metrum_requests_total{finish_reason=\"abort\"} 1"),
@@ -214,7 +198,7 @@ fn constrained_requests_match_and_survive_preemption() {
         assert_eq!(a.2, Some(FinishReason::Stop), "{:?}", a.1);
         assert_eq!(a.1, b.1, "the same output alone and under preemption");
     }
-    wait_idle(&handle);
+    wait_idle(&handle, Duration::from_secs(10));
     let text = handle.metrics().render().unwrap();
     let preemptions = text
         .lines()

@@ -3,12 +3,13 @@
 //! batches, under KV pressure (preemption) and with an abort in flight; sampled outputs have
 //! the target's distribution (a chi-squared test).
 
+mod engine_common;
+
+use engine_common::{spawn_ready, wait_idle};
 use metrum_core::{FinishReason, SamplingParams};
 use metrum_engine::model::fixture::write_tiny_llama_fixture;
 use metrum_engine::speculative::SpeculativeConfig;
-use metrum_engine::{
-    EngineConfig, EngineHandle, EngineRequest, EngineStatus, KvCacheSize, StreamEvent,
-};
+use metrum_engine::{EngineConfig, EngineHandle, EngineRequest, KvCacheSize, StreamEvent};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -27,14 +28,7 @@ fn start(dir: &std::path::Path, blocks: usize, speculative: bool) -> EngineHandl
         }),
         ..EngineConfig::default()
     };
-    let handle = metrum_engine::spawn(config).expect("engine starts");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while handle.status() == EngineStatus::Loading {
-        assert!(Instant::now() < deadline, "model did not load");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(handle.status(), EngineStatus::Ready);
-    handle
+    spawn_ready(config)
 }
 
 fn request(prompt: Vec<u32>, params: SamplingParams) -> EngineRequest {
@@ -115,18 +109,6 @@ fn run_all(
         .collect()
 }
 
-fn wait_idle(handle: &EngineHandle) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let s = handle.stats();
-        if s.running == 0 && s.waiting == 0 && s.free_blocks == s.total_blocks {
-            return;
-        }
-        assert!(Instant::now() < deadline, "engine did not go idle: {s:?}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 #[test]
 fn greedy_with_speculation_equals_without_in_batches_preemption_and_aborts() {
     let dir = tempfile::tempdir().unwrap();
@@ -156,8 +138,8 @@ fn greedy_with_speculation_equals_without_in_batches_preemption_and_aborts() {
                 assert_eq!(w.0, g.0, "request {i} after an abort");
             }
         }
-        wait_idle(&spec);
-        wait_idle(&plain);
+        wait_idle(&spec, Duration::from_secs(20));
+        wait_idle(&plain, Duration::from_secs(20));
     }
 }
 
