@@ -104,6 +104,7 @@ pub async fn stream_completion(
         let body = tokio::time::timeout_at(deadline, response.text()).await;
         let body = body.ok().and_then(Result::ok).unwrap_or_default();
         record.fail(format!("HTTP {status}: {}", clip(body.trim())));
+        record.http_status = Some(status.as_u16());
         return CallOutcome {
             record,
             ended: clock.now(),

@@ -38,8 +38,13 @@ impl BenchOutcome {
         } else {
             String::new()
         };
+        // Refusals (429) are failures too (R15); name them, they are admission control's work.
+        let refused = match s.refused {
+            0 => String::new(),
+            n => format!(", {n} of them refused with 429"),
+        };
         let mut out = format!(
-            "{} requests{summarized} ({} completed, {} failed) in {:.1} s -> {}\n  \
+            "{} requests{summarized} ({} completed, {} failed{refused}) in {:.1} s -> {}\n  \
              TTFT P50/P99 {}/{} ms (requests), TBT P50/P99 {}/{} ms (tokens), fluidity P50 {}, \
              service miss rate {}, {:.1} output tok/s",
             s.requests_sent,

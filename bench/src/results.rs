@@ -10,6 +10,10 @@ use metrum_core::{FinishReason, Nanos, RequestId};
 use metrum_metrics::{RequestShape, RequestTimeline, RequestTimingReport, TimelineBuilder};
 use serde_json::Value;
 
+/// HTTP 429 Too Many Requests: what Metrum (and vLLM, TGI) answer when they will not take a
+/// request now.
+pub const REFUSED_STATUS: u16 = 429;
+
 /// One request, ready for the metrics.
 #[derive(Clone, Debug)]
 pub struct RequestResult {
@@ -19,6 +23,9 @@ pub struct RequestResult {
     pub timeline: RequestTimeline,
     /// `None` for a request that produced tokens and ended normally.
     pub error: Option<String>,
+    /// The server refused it before it started (HTTP 429: admission control or a full
+    /// queue). Also failed (`error` is set): a refusal is never dropped from the metrics (R15).
+    pub refused: bool,
     pub token_source: Option<TokenSource>,
     pub server_timing: Option<Value>,
     pub server_timeline: Option<RequestTimeline>,
@@ -48,6 +55,7 @@ pub async fn assemble(sent: Vec<SentRequest>, tokenizer: &TextTokenizer) -> Vec<
         let shape = RequestShape {
             prompt_tokens,
             max_tokens: Some(s.max_tokens),
+            slo: metrum_core::RequestSlo::SERVER,
         };
         let mut builder = TimelineBuilder::new(RequestId(s.id), s.arrival, shape);
         for d in &accounted.deliveries {
@@ -80,6 +88,7 @@ pub async fn assemble(sent: Vec<SentRequest>, tokenizer: &TextTokenizer) -> Vec<
             max_tokens: s.max_tokens,
             timeline: builder.build(),
             error,
+            refused: record.http_status == Some(REFUSED_STATUS),
             token_source: (!record.chunks.is_empty()).then_some(accounted.source),
             server_timing: record.server_timing.clone(),
             server_timeline,
@@ -101,6 +110,7 @@ pub fn server_timeline(
     let shape = RequestShape {
         prompt_tokens: report.prompt_tokens,
         max_tokens: Some(max_tokens),
+        slo: metrum_core::RequestSlo::SERVER,
     };
     let mut builder = TimelineBuilder::new(RequestId(id), arrival, shape);
     if let Some(s) = report.scheduled_ms {
@@ -133,6 +143,7 @@ mod tests {
             RequestShape {
                 prompt_tokens: 4,
                 max_tokens: Some(3),
+                slo: metrum_core::RequestSlo::SERVER,
             },
         );
         b.scheduled(Nanos::from_millis(1005)).unwrap();

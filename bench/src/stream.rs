@@ -41,6 +41,8 @@ pub struct StreamRecord {
     pub done: bool,
     /// The first error the stream reported (an `error` object or an unparsable chunk).
     pub error: Option<String>,
+    /// The HTTP status of a response that was not a success (the stream never started).
+    pub http_status: Option<u16>,
     /// The replica a router in front says it sent the request to
     /// ([`crate::client::ROUTED_WORKER_HEADER`]); `None` when no router said so.
     pub routed_to: Option<String>,

@@ -271,6 +271,7 @@ async fn failed_timed_out_and_empty_requests_are_kept_and_counted() {
             ("script:hang", 5),
             ("script:zero", 5),
             ("script:error", 5),
+            ("script:429", 5),
         ],
     );
     let outcome = run_bench(run_args(&[
@@ -281,7 +282,7 @@ async fn failed_timed_out_and_empty_requests_are_kept_and_counted() {
         "--arrival",
         "constant",
         "--num-requests",
-        "6",
+        "7",
         "--workload",
         &workload,
         "--request-timeout",
@@ -293,7 +294,7 @@ async fn failed_timed_out_and_empty_requests_are_kept_and_counted() {
     .await
     .expect("run");
     let lines = lines(&out);
-    assert_eq!(lines.len(), 6, "every request has a line");
+    assert_eq!(lines.len(), 7, "every request has a line");
     let error = |i: usize| lines[i].error.clone().unwrap_or_default();
     assert_eq!(lines[0].error, None);
     assert!(error(1).contains("HTTP 500"), "{}", error(1));
@@ -305,6 +306,7 @@ async fn failed_timed_out_and_empty_requests_are_kept_and_counted() {
         error(4)
     );
     assert!(error(5).contains("scripted engine failure"), "{}", error(5));
+    assert!(error(6).contains("HTTP 429"), "{}", error(6));
     // A failed request is charged every token it still owed (max_tokens = 5).
     assert_eq!(
         (
@@ -320,13 +322,22 @@ async fn failed_timed_out_and_empty_requests_are_kept_and_counted() {
     let counts = outcome.summary.client.requests;
     assert_eq!(
         (counts.launched, counts.completed, counts.failed),
-        (6, 1, 5)
+        (7, 1, 6)
     );
-    assert!((outcome.summary.client.error_rate.unwrap() - 5.0 / 6.0).abs() < 1e-12);
+    // Only the 429 counts as refused (the 500 is a failure, not a refusal); it is failed too.
+    assert_eq!(outcome.summary.refused, 1);
+    assert!((outcome.summary.client.error_rate.unwrap() - 6.0 / 7.0).abs() < 1e-12);
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(
-        report.contains("6 launched: 1 completed, 5 failed"),
+        report.contains("7 launched: 1 completed, 6 failed (1 refused with 429)"),
         "{report}"
+    );
+    assert!(
+        outcome
+            .headline()
+            .contains("6 failed, 1 of them refused with 429"),
+        "{}",
+        outcome.headline()
     );
     let _ = std::fs::remove_dir_all(out);
 }

@@ -8,7 +8,7 @@
 //! | [`ids`] | newtypes: [`RequestId`], [`BlockId`], [`TokenId`] |
 //! | [`time`] | [`Nanos`]: monotonic time as integer nanoseconds since an engine epoch |
 //! | [`sampling`] | [`SamplingParams`] and its validation |
-//! | [`request`] | [`FinishReason`] and [`RequestStatus`], the request lifecycle enum |
+//! | [`request`] | [`FinishReason`] and [`RequestStatus`], the request lifecycle enum; [`RequestSlo`], a request's own latency targets |
 //! | [`events`] | [`EngineEvent`]: what the scheduler/engine emit, with timestamps |
 //!
 //! Time is never read from a clock here: whoever owns the clock passes [`Nanos`] in. That keeps
@@ -22,6 +22,6 @@ pub mod time;
 
 pub use events::{EngineEvent, EventKind};
 pub use ids::{BlockId, RequestId, TokenId};
-pub use request::{FinishReason, RequestStatus};
+pub use request::{FinishReason, RequestSlo, RequestStatus};
 pub use sampling::{SamplingError, SamplingParams};
 pub use time::Nanos;

@@ -355,6 +355,7 @@ impl Engine {
                 shape: RequestShape {
                     prompt_tokens: request.prompt_tokens.len() as u32,
                     max_tokens: Some(params.max_tokens as u32),
+                    slo: request.slo,
                 },
                 completion_tokens: 0,
                 stopped: false,
@@ -610,6 +611,7 @@ impl Engine {
                 .unwrap_or(RequestShape {
                     prompt_tokens: 0,
                     max_tokens: None,
+                    slo: metrum_core::RequestSlo::SERVER,
                 });
             let report = match self.shared.metrics.observe_event(&ev, shape) {
                 Ok(r) => r,

@@ -286,11 +286,8 @@ impl RequestTimeline {
 
     /// The request's fluidity-index under `slo` (first token judged against `D_p(P)`).
     pub fn fluidity_index(&self, slo: &crate::SloConfig) -> Option<f64> {
-        self.deadline_tally(
-            slo.deadlines_for(self.prompt_tokens()),
-            FirstToken::Deadline,
-        )
-        .fluidity_index()
+        self.deadline_tally(slo.deadlines_for(self.shape()), FirstToken::Deadline)
+            .fluidity_index()
     }
 
     /// The smallest `D_d` (to 0.1 ms, Etalon's bisection over (0, 1e10 s]) whose miss rate is

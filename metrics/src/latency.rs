@@ -131,6 +131,7 @@ mod tests {
     const SHAPE: RequestShape = RequestShape {
         prompt_tokens: 8,
         max_tokens: None,
+        slo: metrum_core::RequestSlo::SERVER,
     };
 
     #[test]

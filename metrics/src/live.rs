@@ -103,7 +103,7 @@ impl LiveTracker {
                 return Err(TimelineError::DuplicateArrival { request: id });
             }
             let builder = TimelineBuilder::from_queued(event, shape)?;
-            let params = self.slo.deadlines_for(shape.prompt_tokens);
+            let params = self.slo.deadlines_for(shape);
             self.requests.insert(
                 id,
                 InFlight {
@@ -213,6 +213,7 @@ mod tests {
     const SHAPE: RequestShape = RequestShape {
         prompt_tokens: 16,
         max_tokens: Some(10),
+        slo: metrum_core::RequestSlo::SERVER,
     };
 
     fn slo() -> SloConfig {

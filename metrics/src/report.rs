@@ -57,7 +57,7 @@ impl RequestTimingReport {
     pub fn new(timeline: &RequestTimeline, tally: DeadlineTally, slo: &SloConfig) -> Self {
         let arrival = timeline.arrival();
         let since_arrival = |t: Nanos| ms(t - arrival);
-        let params = slo.deadlines_for(timeline.prompt_tokens());
+        let params = slo.deadlines_for(timeline.shape());
         RequestTimingReport {
             arrival_ns: arrival.0,
             scheduled_ms: timeline.first_scheduled().map(since_arrival),
@@ -84,7 +84,7 @@ impl RequestTimingReport {
 
     /// The report computed offline from a timeline (the load generator's view).
     pub fn from_timeline(timeline: &RequestTimeline, slo: &SloConfig) -> Self {
-        let params = slo.deadlines_for(timeline.prompt_tokens());
+        let params = slo.deadlines_for(timeline.shape());
         let tally = timeline.deadline_tally(params, crate::FirstToken::Deadline);
         Self::new(timeline, tally, slo)
     }
@@ -101,6 +101,7 @@ mod tests {
         let shape = RequestShape {
             prompt_tokens: 3,
             max_tokens: None,
+            slo: metrum_core::RequestSlo::SERVER,
         };
         let mut b = TimelineBuilder::new(RequestId(4), Nanos::from_millis(1000), shape);
         b.scheduled(Nanos::from_millis(1002)).unwrap();

@@ -3,6 +3,7 @@
 
 use crate::fluidity::DeadlineParams;
 use crate::prefill_model::{PrefillModel, PrefillModelError, SloFile};
+use crate::timeline::RequestShape;
 use metrum_core::Nanos;
 use serde::Serialize;
 
@@ -101,15 +102,22 @@ impl SloConfig {
         self.prefill_model.predict(prompt_tokens) + self.ttft_slack
     }
 
-    /// The deadlines of a request with `prompt_tokens` prompt tokens.
-    pub fn deadlines_for(&self, prompt_tokens: u32) -> DeadlineParams {
-        DeadlineParams::from_validated(self.prefill_deadline(prompt_tokens), self.tbt_slo)
+    /// The deadlines of a request: `D_p(P)` and `D_d` from this SLO, each replaced by the
+    /// request's own target where it set one (`shape.slo`). The one place both are decided,
+    /// so live counters, reports and the bench all judge a request by the same deadlines.
+    pub fn deadlines_for(&self, shape: RequestShape) -> DeadlineParams {
+        let prefill =
+            (shape.slo.ttft).unwrap_or_else(|| self.prefill_deadline(shape.prompt_tokens));
+        // A zero TPOT target is refused where it enters (the API); clamp rather than panic.
+        let decode = shape.slo.tpot.map_or(self.tbt_slo, |t| t.max(Nanos(1)));
+        DeadlineParams::from_validated(prefill, decode)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use metrum_core::RequestSlo;
 
     #[test]
     fn defaults_are_etalons_and_flags_are_validated() {
@@ -137,6 +145,38 @@ mod tests {
         let slo = SloConfig::from_secs(0.05, 0.3, Some(&file)).unwrap();
         // 0.2 + 1e-9 * 1000² = 0.201 s, plus 0.3 s slack.
         assert_eq!(slo.prefill_deadline(1000), Nanos::from_millis(501));
-        assert_eq!(slo.deadlines_for(1000).decode(), Nanos::from_millis(50));
+        let shape = RequestShape {
+            prompt_tokens: 1000,
+            max_tokens: None,
+            slo: RequestSlo::SERVER,
+        };
+        let server = slo.deadlines_for(shape);
+        assert_eq!(server.prefill(), Nanos::from_millis(501));
+        assert_eq!(server.decode(), Nanos::from_millis(50));
+        // A request's own targets replace each half independently.
+        let own_ttft = RequestSlo {
+            ttft: Some(Nanos::from_millis(80)),
+            tpot: None,
+        };
+        let d = slo.deadlines_for(RequestShape {
+            slo: own_ttft,
+            ..shape
+        });
+        assert_eq!(
+            (d.prefill(), d.decode()),
+            (Nanos::from_millis(80), Nanos::from_millis(50))
+        );
+        let own_tpot = RequestSlo {
+            ttft: None,
+            tpot: Some(Nanos::from_millis(7)),
+        };
+        let d = slo.deadlines_for(RequestShape {
+            slo: own_tpot,
+            ..shape
+        });
+        assert_eq!(
+            (d.prefill(), d.decode()),
+            (Nanos::from_millis(501), Nanos::from_millis(7))
+        );
     }
 }

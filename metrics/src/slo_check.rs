@@ -97,7 +97,7 @@ impl CapacitySlo {
                 request_quantile,
             } => {
                 let rates = per_request(1.0, &|t| {
-                    let params = slo.deadlines_for(t.prompt_tokens());
+                    let params = slo.deadlines_for(t.shape());
                     t.deadline_tally(params, FirstToken::Deadline).miss_rate()
                 });
                 vec![SloCheck::new(

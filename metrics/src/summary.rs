@@ -29,8 +29,7 @@ pub struct ServiceMissRate {
 pub fn service_miss_rate(timelines: &[RequestTimeline], slo: &SloConfig) -> ServiceMissRate {
     let mut deadlines = DeadlineTally::default();
     for t in timelines {
-        deadlines
-            .merge(t.deadline_tally(slo.deadlines_for(t.prompt_tokens()), FirstToken::Deadline));
+        deadlines.merge(t.deadline_tally(slo.deadlines_for(t.shape()), FirstToken::Deadline));
     }
     ServiceMissRate {
         deadlines,

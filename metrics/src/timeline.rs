@@ -6,7 +6,9 @@
 //! trust its invariants: times never decrease, nothing follows the finish, and tokens are only
 //! delivered while the request is not preempted.
 
-use metrum_core::{EngineEvent, EventKind, FinishReason, Nanos, RequestId, RequestStatus};
+use metrum_core::{
+    EngineEvent, EventKind, FinishReason, Nanos, RequestId, RequestSlo, RequestStatus,
+};
 use serde::{Deserialize, Serialize};
 
 /// What the metrics need to know about a request besides its events.
@@ -17,6 +19,10 @@ pub struct RequestShape {
     /// The request's `max_tokens`. A failed request ([`RequestTimeline::is_failed`]) is
     /// charged a miss for every token it still owed (spec (a), corner cases: failed requests).
     pub max_tokens: Option<u32>,
+    /// The request's own latency targets, where it set them; they replace the server's
+    /// `D_p(P)` / `D_d` for this request's deadlines.
+    #[serde(default)]
+    pub slo: RequestSlo,
 }
 
 /// `count` tokens that became visible together at `at` (one step, or one network chunk).
@@ -371,6 +377,7 @@ mod tests {
     const SHAPE: RequestShape = RequestShape {
         prompt_tokens: 10,
         max_tokens: Some(4),
+        slo: metrum_core::RequestSlo::SERVER,
     };
 
     fn ms(v: u64) -> Nanos {

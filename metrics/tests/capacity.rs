@@ -130,6 +130,7 @@ fn request(
     let shape = RequestShape {
         prompt_tokens: 10,
         max_tokens: Some(gaps_ms.len() as u32 + 1),
+        slo: metrum_core::RequestSlo::SERVER,
     };
     let mut b = TimelineBuilder::new(RequestId(id), Nanos::ZERO, shape);
     b.scheduled(Nanos::from_millis(1)).unwrap();

@@ -60,6 +60,7 @@ fn feed(reg: &MetricsRegistry) {
     let shape = RequestShape {
         prompt_tokens: 12,
         max_tokens: Some(5),
+        slo: metrum_core::RequestSlo::SERVER,
     };
     let events = [
         event(1, 0, EventKind::Queued),
@@ -200,6 +201,7 @@ fn a_stall_is_visible_before_the_late_token_arrives() {
     let shape = RequestShape {
         prompt_tokens: 1,
         max_tokens: None,
+        slo: metrum_core::RequestSlo::SERVER,
     };
     reg.observe_event(&event(5, 0, EventKind::Queued), shape)
         .unwrap();
@@ -218,6 +220,7 @@ fn an_impossible_event_is_counted_and_rejected() {
     let shape = RequestShape {
         prompt_tokens: 1,
         max_tokens: None,
+        slo: metrum_core::RequestSlo::SERVER,
     };
     assert!(
         reg.observe_event(&event(6, 0, EventKind::Tokens { count: 1 }), shape)

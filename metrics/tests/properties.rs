@@ -73,6 +73,7 @@ fn case() -> impl Strategy<Value = Case> {
                 shape: RequestShape {
                     prompt_tokens,
                     max_tokens,
+                    slo: metrum_core::RequestSlo::SERVER,
                 },
                 arrival,
                 schedule_after,
@@ -177,7 +178,7 @@ proptest! {
     #[test]
     fn offline_tally_matches_the_reference_algorithm(c in case(), slo in slo()) {
         let t = timeline(1, &c);
-        let params = slo.deadlines_for(c.shape.prompt_tokens);
+        let params = slo.deadlines_for(c.shape);
         for (first, ignore) in [(FirstToken::Deadline, false), (FirstToken::Ignore, true)] {
             let (mut missed, mut total) =
                 reference(&itts_ns(&t), params.prefill().0, params.decode().0, ignore);
@@ -221,7 +222,7 @@ proptest! {
         prop_assert_eq!(live.in_flight(), 0);
         let offline = timeline(1, &c);
         prop_assert_eq!(&done.timeline, &offline);
-        let expected = offline.deadline_tally(slo.deadlines_for(c.shape.prompt_tokens), FirstToken::Deadline);
+        let expected = offline.deadline_tally(slo.deadlines_for(c.shape), FirstToken::Deadline);
         prop_assert_eq!(done.deadlines, expected);
         prop_assert_eq!(streamed, expected);
         prop_assert_eq!(tbts, offline.time_between_tokens());
@@ -298,7 +299,7 @@ proptest! {
         let timelines: Vec<_> = cases.iter().enumerate().map(|(i, c)| timeline(i as u64, c)).collect();
         let (mut missed, mut total) = (0u64, 0u64);
         for t in &timelines {
-            let tally = t.deadline_tally(slo.deadlines_for(t.prompt_tokens()), FirstToken::Deadline);
+            let tally = t.deadline_tally(slo.deadlines_for(t.shape()), FirstToken::Deadline);
             missed += tally.missed();
             total += tally.total();
         }

@@ -16,6 +16,7 @@ fn from_itts(id: u64, itts_ms: &[u64]) -> RequestTimeline {
     let shape = RequestShape {
         prompt_tokens: 100,
         max_tokens: None,
+        slo: metrum_core::RequestSlo::SERVER,
     };
     let mut b = TimelineBuilder::new(RequestId(id), Nanos::ZERO, shape);
     let mut now = 0;
@@ -47,7 +48,7 @@ fn example_slo() -> SloConfig {
 fn tally(itts_ms: &[u64]) -> DeadlineTally {
     let t = from_itts(1, itts_ms);
     let slo = example_slo();
-    let params = slo.deadlines_for(t.prompt_tokens());
+    let params = slo.deadlines_for(t.shape());
     assert_eq!(params, DeadlineParams::new(ms(500), ms(50)).unwrap());
     t.deadline_tally(params, FirstToken::Deadline)
 }
@@ -166,6 +167,7 @@ fn run_summary_labels_populations_and_counts_failures() {
     let shape = RequestShape {
         prompt_tokens: 100,
         max_tokens: Some(4),
+        slo: metrum_core::RequestSlo::SERVER,
     };
     let mut failed = TimelineBuilder::new(RequestId(9), Nanos::ZERO, shape);
     failed.scheduled(ms(5)).unwrap();

@@ -8,7 +8,7 @@
 //! All deadline arithmetic is in integer nanoseconds: in float seconds,
 //! `floor((0.700 − 0.500) / 0.050)` is 3, not 4.
 
-use metrum_core::Nanos;
+use metrum_core::{Nanos, RequestSlo};
 
 /// Predicted prefill time of a prompt of `P` tokens run alone: `a + b·P + c·P²` seconds.
 ///
@@ -106,23 +106,6 @@ impl DeadlineSlo {
             own.tpot.unwrap_or_else(|| self.decode_deadline()),
         )
     }
-}
-
-/// A request's own latency targets; `None` = the server's [`DeadlineSlo`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RequestSlo {
-    /// Time to first token, from arrival (the whole `D_p`, not a slack on top of a prediction).
-    pub ttft: Option<Nanos>,
-    /// Time per output token after the first (`D_d`). Positive.
-    pub tpot: Option<Nanos>,
-}
-
-impl RequestSlo {
-    /// No override: the server's SLO applies.
-    pub const SERVER: RequestSlo = RequestSlo {
-        ttft: None,
-        tpot: None,
-    };
 }
 
 /// The streaming state of spec (b) for one request: slack, met and missed deadlines.

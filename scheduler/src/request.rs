@@ -1,9 +1,9 @@
 //! Requests: what the engine hands in ([`NewRequest`]), why one can be refused
 //! ([`AdmissionError`]), and the scheduler's private per-request state.
 
-use crate::deadline::{DeadlineTracker, RequestSlo};
+use crate::deadline::DeadlineTracker;
 use crate::policy::PolicyKey;
-use metrum_core::{FinishReason, Nanos, RequestId, RequestStatus, SamplingParams};
+use metrum_core::{FinishReason, Nanos, RequestId, RequestSlo, RequestStatus, SamplingParams};
 use std::fmt;
 
 /// A request as the engine submits it: tokenized prompt and the stop conditions the scheduler

@@ -45,6 +45,14 @@ fn the_ranking_holds_on_the_reference_server() {
         let light = result.row(0.5, policy, admission).unwrap();
         assert_eq!(light.refused_fraction, 0.0, "{policy} {admission}");
         assert!(light.miss_p99 <= fcfs(0.5).miss_p99 + 1e-9);
+        // Where nothing is refused, reordering must not cost waiting: the mean scheduling
+        // delay stays within 10% of FCFS's (plus 1 ms for a near-zero base).
+        let fcfs_delay = fcfs(0.5).sched_delay_mean_ms;
+        assert!(
+            light.sched_delay_mean_ms <= 1.1 * fcfs_delay + 1.0,
+            "{policy} {admission}: mean scheduling delay {} ms vs fcfs {fcfs_delay} ms",
+            light.sched_delay_mean_ms
+        );
     }
     let (f, r) = (fcfs(1.25), refuse(1.25));
     assert!(

@@ -358,7 +358,7 @@ fn bench_run_serve_writes_every_file_and_the_numbers_agree() {
     }
     assert!(
         report.contains(&format!(
-            "{} completed, {failed} failed, 0 aborted",
+            "{} completed, {failed} failed (0 refused with 429), 0 aborted",
             NUM_REQUESTS - failed
         )),
         "{report}"

@@ -119,3 +119,51 @@ async fn a_request_predicted_to_miss_its_ttft_is_refused_with_429_and_counted() 
     assert_eq!(refusals("queue_full"), Some(0.0), "{metrics}");
     server.stop().await;
 }
+
+/// The live deadline counters judge each request by its own targets where it set them: the
+/// server's SLO here cannot be met (`D_p` = 0, `D_d` = 1 ns), a request with generous targets
+/// of its own misses nothing, on /metrics and in its `metrum` report alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadline_counters_use_the_request_s_own_slo() {
+    let mut model = tiny_model();
+    model.config.slo = SloConfig::new(Nanos(1), Nanos::ZERO, PrefillModel::ZERO).unwrap();
+    let server = TestServer::start(model).await;
+    let mut body = completion_body("the quick brown fox", 4);
+    body["ignore_eos"] = true.into();
+    let misses = |metrics: &str, phase: &str| {
+        metric_value(
+            metrics,
+            &format!("metrum_deadline_misses_total{{phase=\"{phase}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+
+    let own = [
+        ("x-llm-d-slo-ttft-ms", "60000"),
+        ("x-llm-d-slo-tpot-ms", "60000"),
+    ];
+    let response = post_with_headers(&server, &body, &own).await;
+    assert_eq!(response.status(), 200);
+    let whole: Value = response.json().await.unwrap();
+    let report = &whole["metrum"];
+    assert_eq!(report["ttft_deadline_ms"], 60000.0, "{whole}");
+    assert_eq!(report["tbt_deadline_ms"], 60000.0, "{whole}");
+    assert_eq!(report["deadline_misses"], 0, "{whole}");
+    assert_eq!(report["deadlines_total"], 4, "{whole}");
+    let (_, metrics) = server.get_text("/metrics").await;
+    assert_eq!(misses(&metrics, "ttft"), 0.0, "{metrics}");
+    assert_eq!(misses(&metrics, "decode"), 0.0, "{metrics}");
+
+    // The same request under the server's impossible SLO misses every deadline (a late token
+    // closes every 1 ns deadline that passed, so misses are many per token).
+    let (status, whole) = server.post_json("/v1/completions", &body).await;
+    assert_eq!(status, 200, "{whole}");
+    assert!(
+        whole["metrum"]["deadline_misses"].as_u64().unwrap() >= 4,
+        "{whole}"
+    );
+    let (_, metrics) = server.get_text("/metrics").await;
+    assert!(misses(&metrics, "ttft") >= 1.0, "{metrics}");
+    assert!(misses(&metrics, "decode") >= 3.0, "{metrics}");
+    server.stop().await;
+}

@@ -34,7 +34,7 @@ impl RequestLine {
     /// `run_start` is the run clock reading of offset 0.
     pub fn new(r: &RequestResult, slo: &SloConfig, run_start: Nanos) -> Self {
         let t = &r.timeline;
-        let tally = t.deadline_tally(slo.deadlines_for(t.prompt_tokens()), FirstToken::Deadline);
+        let tally = t.deadline_tally(slo.deadlines_for(t.shape()), FirstToken::Deadline);
         RequestLine {
             id: r.id,
             prompt_tokens: t.prompt_tokens(),

@@ -82,7 +82,7 @@ fn checklist(s: &BenchSummary, c: &RunConfig) -> Vec<Item> {
         item("R12 prompt-length-dependent TTFT deadline", if prefill_zero { "not met" } else { "met" }, if prefill_zero { format!("no --slo-file: D_p = S = {} s for every prompt length", s.slo.ttft_slack_s) } else { "D_p(P) = prefill(P) + S from the --slo-file prefill model".into() }),
         item("R13 percentiles say what they are over", "met", "every table states tokens, requests or deliveries".into()),
         item("R14 scheduling delay apart from prefill", if s.server.is_some() { "met" } else { "not met" }, if s.server.is_some() { "from the server's timing objects".into() } else { "the target sent no timings and a client cannot observe scheduling".into() }),
-        item("R15 failures counted, never dropped", "met", format!("{} launched: {} completed, {} failed, {} aborted; failed requests are in requests.jsonl and charged in deadline metrics", counts.launched, counts.completed, counts.failed, counts.aborted)),
+        item("R15 failures counted, never dropped", "met", format!("{} launched: {} completed, {} failed ({} refused with 429), {} aborted; failed and refused requests are in requests.jsonl and charged in deadline metrics", counts.launched, counts.completed, counts.failed, s.refused, counts.aborted)),
         item("R16 bursty emission judged with deadlines", "met", format!("TBT includes burst zeros, the inter-delivery gaps are reported beside it, and fluidity/fluid TGR are deadline based; bursts {}", if bursts { "were observed" } else { "were not observed" })),
     ]
 }
@@ -123,7 +123,7 @@ pub fn render(s: &BenchSummary, c: &RunConfig) -> String {
     let _ = writeln!(
         out,
         "{} requests of workload `{}` were sent to `{}` (model `{}`) with {} arrivals at {} QPS (seed {}). \
-         {} were summarized after a {} s warm-up. {} completed, {} failed, {} aborted. \
+         {} were summarized after a {} s warm-up. {} completed, {} failed ({} refused with 429), {} aborted. \
          Machine: {}.\n",
         s.requests_sent,
         c.workload.spec,
@@ -136,6 +136,7 @@ pub fn render(s: &BenchSummary, c: &RunConfig) -> String {
         c.workload.warmup_s,
         counts.completed,
         counts.failed,
+        s.refused,
         counts.aborted,
         c.machine.describe()
     );

@@ -46,6 +46,10 @@ pub struct BenchSummary {
     /// Sent after the warm-up, the ones every statistic below is over.
     pub requests_summarized: usize,
     pub warmup_excluded: usize,
+    /// Of the summarized requests, those the server refused with HTTP 429 (admission control
+    /// or a full queue). They are counted as failed in `client.requests` too (R15).
+    #[serde(default)]
+    pub refused: usize,
     pub offered_qps: Option<f64>,
     pub slo: SloParams,
     /// User-perceived, timed by this client from each request's scheduled arrival.
@@ -136,6 +140,10 @@ pub fn build(inputs: SummaryInputs<'_>) -> BenchSummary {
         requests_sent: results.len(),
         requests_summarized: steady.len(),
         warmup_excluded: results.len() - steady.len(),
+        refused: results
+            .iter()
+            .filter(|r| r.refused && kept.contains(&r.timeline.id()))
+            .count(),
         offered_qps: inputs.offered_qps,
         slo: SloParams {
             tbt_slo_s: inputs.slo.tbt_slo().as_secs_f64(),

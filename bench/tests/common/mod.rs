@@ -64,6 +64,8 @@ pub enum Script {
     Zero,
     /// An `error` object in the middle of the stream.
     ErrorChunk,
+    /// 429 + Retry-After, as a server's admission control answers.
+    Refused,
 }
 
 impl Script {
@@ -75,6 +77,7 @@ impl Script {
             "hang" => Some(Script::Hang),
             "zero" => Some(Script::Zero),
             "error" => Some(Script::ErrorChunk),
+            "429" => Some(Script::Refused),
             _ => None,
         }
     }
@@ -217,6 +220,7 @@ fn stream(
         let shape = RequestShape {
             prompt_tokens,
             max_tokens: None,
+            slo: metrum_core::RequestSlo::SERVER,
         };
         let mut timeline = TimelineBuilder::new(RequestId(id), arrival, shape);
         let _ = timeline.scheduled(arrival);
@@ -285,6 +289,12 @@ async fn completions(State(s): State<Arc<Shared>>, Json(body): Json<Value>) -> R
             StatusCode::GATEWAY_TIMEOUT.into_response()
         }
         Some(Script::Zero) => stream(s.clone(), prompt_tokens, Vec::new(), false),
+        Some(Script::Refused) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, "1")],
+            Json(json!({"error": {"message": "predicted to miss", "type": "rate_limit_error"}})),
+        )
+            .into_response(),
         Some(Script::ErrorChunk) => {
             let body = format!(
                 "{}{}",

@@ -1,0 +1,63 @@
+#!/bin/bash
+# Issue 17, the speculative-decoding case study (spec/metrics.md, "Speculative-decoding case
+# study"): the same workload served with n-gram speculation off and on, at three loads (light,
+# the knee, past it), on a workload where prompt lookup can help (arXiv summarization: the
+# output restates the input) and one where it should not (ShareGPT). `metrum bench` reports TPOT
+# beside TBT over tokens (with the zero gaps of multi-token deliveries), the inter-delivery gaps
+# (without them), fluidity, fluid TGR, deadline misses and miss rate vs target TBT; `bench
+# compare` overlays the CDFs; the server's /metrics gives the acceptance length.
+#
+# Knee: `metrum bench capacity` under the deadline SLO, speculation off and on, per workload.
+# Usage: scripts/bench-speculative.sh   (env: N requests per run, CAP_N per capacity probe,
+# WORKLOADS, SPEC, LENGTH_SCALE). Record `uptime`: a busy machine moves the real numbers.
+set -u
+BIN=${BIN:-target/release/metrum}
+OUT=${OUT:-target/bench-speculative}
+PORT=${PORT:-18979}
+N=${N:-120}
+CAP_N=${CAP_N:-40}
+SEED=${SEED:-1}
+WORKLOADS=${WORKLOADS:-"arxiv sharegpt"}
+LENGTH_SCALE=${LENGTH_SCALE:-0.1}
+SPEC=${SPEC:-'{"method":"ngram","num_speculative_tokens":4,"prompt_lookup_min":2,"prompt_lookup_max":4}'}
+SERVE_FLAGS=${SERVE_FLAGS:-"--threads 2 --max-model-len 2048"}
+SLO_FLAGS="--tbt-slo 0.05 --ttft-slack 1"
+mkdir -p "$OUT"
+uptime | tee "$OUT/load-start.txt"
+[ -f "$OUT/slo.json" ] || $BIN profile-prefill --serve "$SERVE_FLAGS" --max-exp 10 --out "$OUT/slo.json"
+WL_FLAGS() { echo "--workload trace:$1 --length-scale $LENGTH_SCALE --seed $SEED"; }
+serve_flags() { # $1 = off|on
+  if [ "$1" = on ]; then echo "$SERVE_FLAGS --slo-file $OUT/slo.json --speculative-config $SPEC"
+  else echo "$SERVE_FLAGS --slo-file $OUT/slo.json"; fi
+}
+
+for wl in $WORKLOADS; do
+  for spec in off on; do
+    cap=$OUT/$wl/capacity-$spec
+    [ -f "$cap/capacity.json" ] || $BIN bench capacity --serve "$(serve_flags $spec)" \
+      $(WL_FLAGS "$wl") --num-requests "$CAP_N" --slo deadline --slo-file "$OUT/slo.json" \
+      $SLO_FLAGS --max-iterations 8 --out "$cap" | tail -1 | tee "$OUT/$wl/capacity-$spec.txt"
+  done
+  KNEE=$(python3 -c "import json; print(json.load(open('$OUT/$wl/capacity-off/capacity.json'))['result']['max_qps_under_slo'])")
+  echo "$wl: knee (speculation off) $KNEE req/s" | tee "$OUT/$wl/knee.txt"
+  for factor in 0.5 1 1.5; do
+    qps=$(python3 -c "print(round($KNEE * $factor, 3))")
+    for spec in off on; do
+      dir=$OUT/$wl/$factor-$spec
+      rm -rf "$dir"; mkdir -p "$dir"
+      uptime > "$dir/load-before.txt"
+      $BIN serve --port "$PORT" $(serve_flags $spec) > "$dir/server.log" 2>&1 &
+      pid=$!
+      for _ in $(seq 1 600); do curl -sf "localhost:$PORT/health" >/dev/null && break; sleep 0.5; done
+      $BIN bench run --url "http://127.0.0.1:$PORT" $(WL_FLAGS "$wl") --num-requests "$N" \
+        --qps "$qps" --slo-file "$OUT/slo.json" $SLO_FLAGS --warmup 10 --no-progress \
+        --out "$dir/bench" > "$dir/bench.txt" 2>&1
+      curl -s "localhost:$PORT/metrics" | grep -E '^metrum_spec_decode' > "$dir/spec_metrics.txt"
+      uptime > "$dir/load-after.txt"
+      kill "$pid"; wait "$pid" 2>/dev/null
+    done
+  done
+  $BIN bench compare $OUT/$wl/*-off/bench $OUT/$wl/*-on/bench --out "$OUT/$wl/compare" \
+    > "$OUT/$wl/compare.txt" 2>&1
+done
+uptime | tee "$OUT/load-end.txt"
