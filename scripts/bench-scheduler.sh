@@ -11,6 +11,11 @@
 #
 # Usage: KNEE=<req/s> scripts/bench-scheduler.sh   (omit KNEE to search it first)
 # Record `uptime` with the numbers; the machine's load changes the real (not the simulated) ones.
+# Session 8 learned two things the hard way: (1) capacity probes of bench's default 16 requests
+# never build a queue, so they found a "knee" of 2.11 req/s where 1000 requests at that rate
+# queued without bound (TTFT P50 299 s; the real knee is about half); probes here are CAP_N
+# (default 300) requests. (2) Other builds on the machine, even at nice 19, made prefill and
+# decode ~2-3x slower: run this on a quiet machine only (about 2 h at >= 1000 requests).
 set -u
 BIN=${BIN:-target/release/metrum}
 OUT=${OUT:-target/bench-scheduler}
@@ -27,8 +32,9 @@ uptime | tee "$OUT/load-start.txt"
 if [ -z "${KNEE:-}" ]; then
   $BIN bench capacity --serve "$SERVE_FLAGS --slo-file $OUT/slo.json --scheduling-policy fcfs" \
     --slo deadline --slo-file "$OUT/slo.json" --tbt-slo 0.1 --ttft-slack 1 --seed "$SEED" \
+    --num-requests "${CAP_N:-300}" \
     --out "$OUT/capacity" | tee "$OUT/capacity.txt"
-  KNEE=$(python3 -c "import json; print(json.load(open('$OUT/capacity/capacity.json'))['capacity_qps'])")
+  KNEE=$(python3 -c "import json; print(json.load(open('$OUT/capacity/capacity.json'))['result']['max_qps_under_slo'])")
 fi
 echo "FCFS knee: $KNEE req/s" | tee "$OUT/knee.txt"
 
