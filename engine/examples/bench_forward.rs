@@ -2,12 +2,15 @@
 //!
 //! `cargo run --release -p metrum-engine --example bench_forward -- [MODEL] [--device cpu|cuda]
 //! [--dtype auto|f32|f16|bf16] [--decode N] [--repeat N] [--threads N] [--prefill on|off]
-//! [--batch N] [--kv-cache-dtype auto|f32|f16] [--context N]`; MODEL is anything `--model` takes
-//! (a .gguf, a directory, `synthetic:NAME`); the default is the cached default model.
+//! [--batch N] [--kv-cache-dtype auto|f32|f16] [--context N] [--verify K]`; MODEL is anything
+//! `--model` takes (a .gguf, a directory, `synthetic:NAME`); the default is the cached
+//! default model.
 //! The single-stream decode runs from `--context` tokens (default 128) on; `--kv-cache-dtype`
 //! picks what the KV cache stores as `metrum serve` does (auto: the activation dtype).
 //! `--batch N` also times decode steps of N sequences at context 320 (the middle of the
 //! 16-stream benchmark's 256 + 128), the step that 16 concurrent streams repeat.
+//! `--verify K` times speculative decoding's verification step (1 + K tokens, a logits row
+//! each) against the decode step: their ratio is the break-even acceptance length.
 //! `--compare-cpu` first runs one mixed batch (chunked prefills and decodes) on the device and
 //! on the CPU in f32 and prints how far the logits are apart (not for synthetic models on a
 //! GPU, whose random weights come from the device's generator).
@@ -33,6 +36,8 @@ struct Args {
     batch: usize,
     kv_cache_dtype: KvCacheDtype,
     context: usize,
+    /// `K` of a speculative verification step to time (0 = none).
+    verify: usize,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -47,6 +52,7 @@ fn parse_args() -> Result<Args, String> {
         batch: 0,
         kv_cache_dtype: KvCacheDtype::Auto,
         context: 128,
+        verify: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -69,6 +75,7 @@ fn parse_args() -> Result<Args, String> {
             "--context" => {
                 args.context = value("--context")?.parse().map_err(|e| format!("{e}"))?
             }
+            "--verify" => args.verify = value("--verify")?.parse().map_err(|e| format!("{e}"))?,
             "--repeat" => args.repeat = value("--repeat")?.parse().map_err(|e| format!("{e}"))?,
             other if !other.starts_with("--") => args.model = Some(other.to_string()),
             other => return Err(format!("unknown flag {other}")),
@@ -115,7 +122,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         layout.blocks_for_bytes(1 << 30)
     );
     let prompt_len = args.context.max(512);
-    let max_tokens = prompt_len + args.decode + 1;
+    let max_tokens = prompt_len + args.decode + args.verify + 1;
     let blocks = max_tokens.div_ceil(BLOCK_SIZE);
     let mut kv = KvCache::new(layout, blocks, &device)?;
     // Every other block id, reversed: a scattered table like a busy server's.
@@ -124,16 +131,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let prompt: Vec<u32> = (0..prompt_len as u32)
         .map(|i| (i * 31 + 7) % vocab)
         .collect();
-    let step = |tokens: &[u32],
-                cached: usize,
-                kv: &mut KvCache|
+    // `num_logits`: 1 for prefill and decode; K + 1 for a verification step, which needs a
+    // logits row per draft position (the LM head's share of its cost).
+    let step_with = |tokens: &[u32],
+                     cached: usize,
+                     num_logits: usize,
+                     kv: &mut KvCache|
      -> Result<Duration, Box<dyn std::error::Error>> {
         let t0 = Instant::now();
         let chunk = SequenceChunk {
             tokens,
             num_cached: cached,
             block_table: &table,
-            num_logits: 1,
+            num_logits,
         };
         let batch = ForwardBatch::from_chunks(BLOCK_SIZE, &[chunk], &device)?;
         let logits = model.forward(&batch, kv)?;
@@ -141,6 +151,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         drop(logits);
         Ok(t0.elapsed())
     };
+    let step = |tokens: &[u32], cached: usize, kv: &mut KvCache| step_with(tokens, cached, 1, kv);
     // Warm-up: first calls allocate and (on CUDA) load kernels.
     step(&prompt[..16], 0, &mut kv)?;
     let lens: &[usize] = if args.prefill { &[128, 512] } else { &[] };
@@ -169,6 +180,30 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         total.as_secs_f64() * 1e3 / args.decode as f64,
         args.decode as f64 / total.as_secs_f64()
     );
+    if args.verify > 0 {
+        // Speculative decoding's verification step: the last token and K drafts as one chunk
+        // over the same contexts as the decode above (the KV written there is overwritten).
+        // It pays for itself when a step delivers more than `t_verify / t_decode` tokens on
+        // average (accepted drafts + 1): that ratio is the break-even acceptance length.
+        let k = args.verify;
+        let mut verify_total = Duration::ZERO;
+        for i in 0..args.decode {
+            let start = (context + i) % (prompt.len() - k);
+            verify_total += step_with(&prompt[start..start + k + 1], context + i, k + 1, &mut kv)?;
+        }
+        let t_decode = total.as_secs_f64() / args.decode as f64;
+        let t_verify = verify_total.as_secs_f64() / args.decode as f64;
+        println!(
+            "verify (1 stream, K = {k}, {} rows, context {context}..{}): {:.2} ms/step = {:.2}x a \
+             decode step; break-even acceptance length {:.2} tokens/step (of at most {})",
+            k + 1,
+            context + args.decode,
+            t_verify * 1e3,
+            t_verify / t_decode,
+            t_verify / t_decode,
+            k + 1
+        );
+    }
     if args.batch > 0 {
         batched_decode(&model, &prompt, args.batch, args.decode, layout)?;
     }
