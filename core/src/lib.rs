@@ -10,6 +10,7 @@
 //! | [`sampling`] | [`SamplingParams`] and its validation |
 //! | [`request`] | [`FinishReason`] and [`RequestStatus`], the request lifecycle enum; [`RequestSlo`], a request's own latency targets |
 //! | [`events`] | [`EngineEvent`]: what the scheduler/engine emit, with timestamps |
+//! | [`stats`] | [`quantile`], the one percentile rule (numpy's linear) of server, simulator and bench |
 //!
 //! Time is never read from a clock here: whoever owns the clock passes [`Nanos`] in. That keeps
 //! the scheduler deterministic and lets metrics be computed offline on recorded timelines.
@@ -18,10 +19,12 @@ pub mod events;
 pub mod ids;
 pub mod request;
 pub mod sampling;
+pub mod stats;
 pub mod time;
 
 pub use events::{EngineEvent, EventKind};
 pub use ids::{BlockId, RequestId, TokenId};
-pub use request::{FinishReason, RequestSlo, RequestStatus};
+pub use request::{DEFAULT_TBT_SLO, DEFAULT_TTFT_SLACK, FinishReason, RequestSlo, RequestStatus};
 pub use sampling::{SamplingError, SamplingParams};
+pub use stats::quantile;
 pub use time::Nanos;

@@ -37,6 +37,11 @@ impl fmt::Display for FinishReason {
     }
 }
 
+/// Etalon's default decode deadline `tbt_slo` (`D_d`): 30 ms. Scheduler and metrics share it.
+pub const DEFAULT_TBT_SLO: Nanos = Nanos(30_000_000);
+/// Etalon's default `ttft_slack_slo` (`S`): 300 ms.
+pub const DEFAULT_TTFT_SLACK: Nanos = Nanos(300_000_000);
+
 /// A request's own latency targets (llm-d's `x-llm-d-slo-ttft-ms` / `x-llm-d-slo-tpot-ms`,
 /// or the body's `slo_ttft_ms` / `slo_tpot_ms`); `None` = the server's SLO. The scheduler
 /// ranks by them and the metrics count deadline misses against them, so both read this one

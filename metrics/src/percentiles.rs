@@ -1,8 +1,8 @@
 //! Percentiles that say what they are over (spec (d) R13): a token-level P99 TBT is not a
 //! request-level guarantee, so every [`Distribution`] carries its [`Population`].
 //!
-//! Quantiles interpolate linearly between order statistics, as `numpy.quantile` does by
-//! default (the method Etalon uses), so numbers compare directly with Etalon's.
+//! Quantiles are [`metrum_core::quantile`] (numpy's linear interpolation, Etalon's method), the
+//! one rule the simulator uses too.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -29,23 +29,7 @@ impl Population {
     }
 }
 
-/// The `q` quantile of an ascending, NaN-free slice; `None` if empty or `q` is outside [0, 1].
-pub fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
-    if sorted.is_empty() || !(0.0..=1.0).contains(&q) {
-        return None;
-    }
-    let position = q * (sorted.len() - 1) as f64;
-    let lower = position.floor() as usize;
-    let upper = position.ceil() as usize;
-    let fraction = position - lower as f64;
-    let (lo, hi) = (sorted[lower], sorted[upper]);
-    // Written so an infinite neighbour with zero weight does not turn into NaN.
-    Some(if fraction == 0.0 || lo == hi {
-        lo
-    } else {
-        lo + (hi - lo) * fraction
-    })
-}
+pub use metrum_core::quantile;
 
 /// One labelled percentile, e.g. "P99 over tokens".
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]

@@ -7,10 +7,7 @@ use crate::timeline::RequestShape;
 use metrum_core::Nanos;
 use serde::Serialize;
 
-/// Etalon's default decode deadline `tbt_slo`: 30 ms.
-pub const DEFAULT_TBT_SLO: Nanos = Nanos(30_000_000);
-/// Etalon's default `ttft_slack_slo`: 300 ms.
-pub const DEFAULT_TTFT_SLACK: Nanos = Nanos(300_000_000);
+pub use metrum_core::{DEFAULT_TBT_SLO, DEFAULT_TTFT_SLACK};
 
 /// A value no deadline can be built from.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]

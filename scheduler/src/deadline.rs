@@ -47,10 +47,7 @@ impl PrefillTimeModel {
     }
 }
 
-/// Etalon's default decode deadline `tbt_slo`: 30 ms (the metrics crate uses the same).
-pub const DEFAULT_TBT_SLO: Nanos = Nanos(30_000_000);
-/// Etalon's default `ttft_slack_slo`: 300 ms.
-pub const DEFAULT_TTFT_SLACK: Nanos = Nanos(300_000_000);
+pub use metrum_core::{DEFAULT_TBT_SLO, DEFAULT_TTFT_SLACK};
 
 /// The service-level objective every token deadline derives from:
 /// `D_p(P) = prefill.predict(P) + ttft_slack` for the first token, `D_d = tbt_slo` after it.

@@ -52,17 +52,10 @@ impl RequestOutcome {
     }
 }
 
-/// Linear-interpolation percentile of sorted values, `q` in [0, 100]; NaN if empty.
+/// [`metrum_core::quantile`] with `q` in percent (clamped to [0, 100]) and NaN for no sample,
+/// the simulator's report convention.
 pub fn percentile(sorted: &[f64], q: f64) -> f64 {
-    match sorted.len() {
-        0 => f64::NAN,
-        1 => sorted[0],
-        n => {
-            let rank = (q.clamp(0.0, 100.0) / 100.0) * (n - 1) as f64;
-            let (lo, hi) = (rank.floor() as usize, rank.ceil() as usize);
-            sorted[lo] + (sorted[hi] - sorted[lo]) * (rank - lo as f64)
-        }
-    }
+    metrum_core::quantile(sorted, q.clamp(0.0, 100.0) / 100.0).unwrap_or(f64::NAN)
 }
 
 fn sorted(mut v: Vec<f64>) -> Vec<f64> {
