@@ -8,7 +8,8 @@
 //! | [`ids`] | newtypes: [`RequestId`], [`BlockId`], [`TokenId`] |
 //! | [`time`] | [`Nanos`]: monotonic time as integer nanoseconds since an engine epoch |
 //! | [`sampling`] | [`SamplingParams`] and its validation |
-//! | [`request`] | [`FinishReason`] and [`RequestStatus`], the request lifecycle enum; [`RequestSlo`], a request's own latency targets |
+//! | [`request`] | [`FinishReason`] and [`RequestStatus`], the request lifecycle enum |
+//! | [`slo`] | the SLO vocabulary of scheduler and metrics: defaults, [`RequestSlo`] (a request's own targets), [`PrefillModel`] |
 //! | [`events`] | [`EngineEvent`]: what the scheduler/engine emit, with timestamps |
 //! | [`stats`] | [`quantile`], the one percentile rule (numpy's linear) of server, simulator and bench |
 //!
@@ -19,12 +20,14 @@ pub mod events;
 pub mod ids;
 pub mod request;
 pub mod sampling;
+pub mod slo;
 pub mod stats;
 pub mod time;
 
 pub use events::{EngineEvent, EventKind};
 pub use ids::{BlockId, RequestId, TokenId};
-pub use request::{DEFAULT_TBT_SLO, DEFAULT_TTFT_SLACK, FinishReason, RequestSlo, RequestStatus};
+pub use request::{FinishReason, RequestStatus};
 pub use sampling::{SamplingError, SamplingParams};
+pub use slo::{DEFAULT_TBT_SLO, DEFAULT_TTFT_SLACK, PrefillModel, RequestSlo};
 pub use stats::quantile;
 pub use time::Nanos;

@@ -16,9 +16,7 @@ use crate::text::TextCodec;
 use crate::tokenizer::{Tokenizer, TokenizerError};
 use candle_core::Device;
 use metrum_metrics::{MetricsError, MetricsRegistry};
-use metrum_scheduler::{
-    ConfigError, DeadlineSlo, Policy, PrefillTimeModel, Scheduler, SchedulerConfig,
-};
+use metrum_scheduler::{ConfigError, DeadlineSlo, Policy, Scheduler, SchedulerConfig};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock, RwLock};
 use tokio::sync::mpsc;
@@ -144,7 +142,6 @@ fn load(config: &EngineConfig, policy: Policy, shared: Arc<Shared>) -> Result<En
         None => model_len,
     };
     let slo = &config.slo;
-    let pm = slo.prefill_model();
     let sched_config = SchedulerConfig {
         max_num_seqs: config.max_num_seqs,
         max_num_batched_tokens: config.max_num_batched_tokens,
@@ -157,11 +154,9 @@ fn load(config: &EngineConfig, policy: Policy, shared: Arc<Shared>) -> Result<En
         slo: DeadlineSlo {
             tbt_slo: slo.tbt_slo(),
             ttft_slack: slo.ttft_slack(),
-            prefill: PrefillTimeModel {
-                a_s: pm.a_s,
-                b_s_per_token: pm.b_s_per_token,
-                c_s_per_token2: pm.c_s_per_token2,
-            },
+            // One type (metrum_core::PrefillModel) on both sides: the scheduler ranks by the
+            // same prediction the metrics judge by.
+            prefill: slo.prefill_model(),
         },
     };
     let scheduler = Scheduler::new(sched_config.clone())?;

@@ -10,72 +10,17 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// Predicted prefill time in seconds: `a + b·P + c·P²`.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PrefillModel {
-    pub a_s: f64,
-    pub b_s_per_token: f64,
-    pub c_s_per_token2: f64,
-}
+pub use metrum_core::PrefillModel;
 
 /// Why a model could not be fitted or used.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum PrefillModelError {
-    #[error("prefill model coefficients must be finite, got a={a}, b={b}, c={c}")]
-    NotFinite { a: f64, b: f64, c: f64 },
+    #[error(transparent)]
+    NotFinite(#[from] metrum_core::slo::NotFinite),
     #[error("a quadratic fit needs at least 3 distinct prompt lengths, got {distinct}")]
     TooFewLengths { distinct: usize },
     #[error("the prompt lengths do not determine a quadratic (singular system)")]
     Singular,
-}
-
-impl PrefillModel {
-    /// No prefill allowance: `D_p = S`. Used until a profile is loaded.
-    pub const ZERO: PrefillModel = PrefillModel {
-        a_s: 0.0,
-        b_s_per_token: 0.0,
-        c_s_per_token2: 0.0,
-    };
-
-    pub fn new(
-        a_s: f64,
-        b_s_per_token: f64,
-        c_s_per_token2: f64,
-    ) -> Result<Self, PrefillModelError> {
-        let model = PrefillModel {
-            a_s,
-            b_s_per_token,
-            c_s_per_token2,
-        };
-        model.validate()?;
-        Ok(model)
-    }
-
-    pub fn validate(&self) -> Result<(), PrefillModelError> {
-        let (a, b, c) = (self.a_s, self.b_s_per_token, self.c_s_per_token2);
-        if a.is_finite() && b.is_finite() && c.is_finite() {
-            Ok(())
-        } else {
-            Err(PrefillModelError::NotFinite { a, b, c })
-        }
-    }
-
-    /// Predicted prefill time in seconds (may be negative for a poor fit far off its range).
-    pub fn predict_secs(&self, prompt_tokens: u32) -> f64 {
-        let p = f64::from(prompt_tokens);
-        self.a_s + self.b_s_per_token * p + self.c_s_per_token2 * p * p
-    }
-
-    /// Predicted prefill time rounded once to whole nanoseconds and clamped at zero, so all
-    /// deadline arithmetic downstream is exact integer arithmetic.
-    pub fn predict(&self, prompt_tokens: u32) -> Nanos {
-        let secs = self.predict_secs(prompt_tokens);
-        if secs.is_finite() && secs > 0.0 {
-            Nanos::from_secs_f64(secs)
-        } else {
-            Nanos::ZERO
-        }
-    }
 }
 
 /// One profiling measurement: a single request of `prompt_tokens` and its TTFT.
@@ -142,7 +87,7 @@ pub fn fit_prefill_model(samples: &[PrefillSample]) -> Result<PrefillFit, Prefil
         .map(|(&p, &ttft)| FitPoint {
             prompt_tokens: p,
             min_ttft_s: ttft.as_secs_f64(),
-            predicted_s: model.predict_secs(p),
+            predicted_s: model.predict_secs(p as usize),
         })
         .collect();
     let residuals = points.iter().map(|p| p.predicted_s - p.min_ttft_s);
@@ -240,7 +185,7 @@ impl SloFile {
                 expected: Self::FORMAT,
             });
         }
-        file.prefill_model.validate()?;
+        file.prefill_model.validate().map_err(PrefillModelError::from)?;
         Ok(file)
     }
 
@@ -277,9 +222,9 @@ mod tests {
         let mut samples = Vec::new();
         for exp in 8..=14 {
             let p = 1u32 << exp;
-            samples.push(sample(p, truth.predict_secs(p)));
+            samples.push(sample(p, truth.predict_secs(p as usize)));
             // A slower, contended repetition: the fit must use the minimum.
-            samples.push(sample(p, truth.predict_secs(p) * 1.7 + 0.05));
+            samples.push(sample(p, truth.predict_secs(p as usize) * 1.7 + 0.05));
         }
         let fit = fit_prefill_model(&samples).unwrap();
         assert!((fit.model.a_s - truth.a_s).abs() < 1e-7, "{fit:?}");
@@ -311,14 +256,6 @@ mod tests {
             Err(PrefillModelError::TooFewLengths { distinct: 2 })
         );
         assert!(PrefillModel::new(f64::NAN, 0.0, 0.0).is_err());
-    }
-
-    #[test]
-    fn predictions_are_whole_nanoseconds_and_never_negative() {
-        let m = PrefillModel::new(0.2, 0.0, 0.0).unwrap();
-        assert_eq!(m.predict(1000), Nanos::from_millis(200));
-        let negative = PrefillModel::new(-1.0, 0.0, 0.0).unwrap();
-        assert_eq!(negative.predict(10), Nanos::ZERO);
     }
 
     #[test]

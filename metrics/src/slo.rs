@@ -51,7 +51,7 @@ impl SloConfig {
         if tbt_slo == Nanos::ZERO {
             return Err(SloError::TbtSloNotPositive);
         }
-        prefill_model.validate()?;
+        prefill_model.validate().map_err(PrefillModelError::from)?;
         Ok(SloConfig {
             tbt_slo,
             ttft_slack,
@@ -96,7 +96,7 @@ impl SloConfig {
 
     /// `D_p(P) = predicted prefill(P) + S`, in whole nanoseconds.
     pub fn prefill_deadline(&self, prompt_tokens: u32) -> Nanos {
-        self.prefill_model.predict(prompt_tokens) + self.ttft_slack
+        self.prefill_model.predict(prompt_tokens as usize) + self.ttft_slack
     }
 
     /// The deadlines of a request: `D_p(P)` and `D_d` from this SLO, each replaced by the

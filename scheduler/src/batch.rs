@@ -421,7 +421,7 @@ impl Scheduler {
 
 #[cfg(test)]
 mod tests {
-    use crate::{DeadlineSlo, NewRequest, Policy, PrefillTimeModel, Scheduler, SchedulerConfig};
+    use crate::{DeadlineSlo, NewRequest, Policy, PrefillModel, Scheduler, SchedulerConfig};
     use metrum_core::{Nanos, RequestId};
 
     fn ms(v: u64) -> Nanos {
@@ -505,7 +505,7 @@ mod tests {
         let slo = DeadlineSlo {
             tbt_slo: ms(30),
             ttft_slack: ms(300),
-            prefill: PrefillTimeModel {
+            prefill: PrefillModel {
                 a_s: 0.0,
                 b_s_per_token: 0.0,
                 c_s_per_token2: 1e-6,

@@ -2,7 +2,7 @@
 //! sized for a CPU server running a small model.
 
 use crate::admission::Admission;
-use crate::deadline::{DeadlineSlo, PrefillTimeModel};
+use crate::deadline::{DeadlineSlo, PrefillModel};
 use std::fmt;
 use std::str::FromStr;
 
@@ -202,10 +202,10 @@ impl SchedulerConfig {
         if self.slo.tbt_slo.0 == 0 {
             return Err(ConfigError::ZeroTbtSlo);
         }
-        if !self.slo.prefill.is_finite() {
+        if self.slo.prefill.validate().is_err() {
             return Err(ConfigError::PrefillModelNotFinite);
         }
-        if self.admission != Admission::Off && self.slo.prefill == PrefillTimeModel::ZERO {
+        if self.admission != Admission::Off && self.slo.prefill == PrefillModel::ZERO {
             return Err(ConfigError::AdmissionWithoutPrefillModel);
         }
         Ok(())

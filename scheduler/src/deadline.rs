@@ -10,44 +10,7 @@
 
 use metrum_core::{Nanos, RequestSlo};
 
-/// Predicted prefill time of a prompt of `P` tokens run alone: `a + b·P + c·P²` seconds.
-///
-/// The same closed-form fit that `metrum profile-prefill` writes (spec (b) allows it in place of
-/// Etalon's random forest). The coefficients are floats; a prediction is rounded once to whole
-/// nanoseconds so everything downstream is exact.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct PrefillTimeModel {
-    pub a_s: f64,
-    pub b_s_per_token: f64,
-    pub c_s_per_token2: f64,
-}
-
-impl PrefillTimeModel {
-    /// No prefill allowance: `D_p = S`. The default until a profile is loaded.
-    pub const ZERO: PrefillTimeModel = PrefillTimeModel {
-        a_s: 0.0,
-        b_s_per_token: 0.0,
-        c_s_per_token2: 0.0,
-    };
-
-    pub fn is_finite(&self) -> bool {
-        self.a_s.is_finite() && self.b_s_per_token.is_finite() && self.c_s_per_token2.is_finite()
-    }
-
-    /// Predicted time to prefill `tokens` tokens, clamped at zero (a poor fit can go negative
-    /// far off its profiled range).
-    pub fn predict(&self, tokens: usize) -> Nanos {
-        let p = tokens as f64;
-        let secs = self.a_s + self.b_s_per_token * p + self.c_s_per_token2 * p * p;
-        if secs.is_finite() && secs > 0.0 {
-            Nanos::from_secs_f64(secs)
-        } else {
-            Nanos::ZERO
-        }
-    }
-}
-
-pub use metrum_core::{DEFAULT_TBT_SLO, DEFAULT_TTFT_SLACK};
+pub use metrum_core::{DEFAULT_TBT_SLO, DEFAULT_TTFT_SLACK, PrefillModel};
 
 /// The service-level objective every token deadline derives from:
 /// `D_p(P) = prefill.predict(P) + ttft_slack` for the first token, `D_d = tbt_slo` after it.
@@ -58,7 +21,7 @@ pub struct DeadlineSlo {
     /// `S`, the scheduling slack on top of the predicted prefill time (`--ttft-slack`).
     pub ttft_slack: Nanos,
     /// The prefill-time fit (`--slo-file`).
-    pub prefill: PrefillTimeModel,
+    pub prefill: PrefillModel,
 }
 
 impl Default for DeadlineSlo {
@@ -66,7 +29,7 @@ impl Default for DeadlineSlo {
         DeadlineSlo {
             tbt_slo: DEFAULT_TBT_SLO,
             ttft_slack: DEFAULT_TTFT_SLACK,
-            prefill: PrefillTimeModel::ZERO,
+            prefill: PrefillModel::ZERO,
         }
     }
 }
@@ -311,7 +274,7 @@ mod tests {
 
     #[test]
     fn prefill_model_predicts_and_clamps() {
-        let m = PrefillTimeModel {
+        let m = PrefillModel {
             a_s: 0.2,
             b_s_per_token: 0.0,
             c_s_per_token2: 1e-9,
@@ -322,9 +285,9 @@ mod tests {
             ..DeadlineSlo::default()
         };
         assert_eq!(slo.prefill_deadline(1000), ms(501));
-        let negative = PrefillTimeModel {
+        let negative = PrefillModel {
             a_s: -1.0,
-            ..PrefillTimeModel::ZERO
+            ..PrefillModel::ZERO
         };
         assert_eq!(negative.predict(10), Nanos::ZERO);
     }

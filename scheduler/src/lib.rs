@@ -25,7 +25,7 @@
 //! | [`prefix_cache`] | [`BlockKey`] / [`PrefixId`]: exact content addressing of full blocks |
 //! | [`policy`], `queue` | the per-policy ordering key ([`policy::srpt_waiting_bound`]) and the waiting queue |
 //! | `step_budget` | the deadline policy's time budget of one step (marginal chunk costs) |
-//! | [`deadline`] | spec (b) token deadlines: [`DeadlineSlo`], [`DeadlineTracker`], [`PrefillTimeModel`], per-request [`RequestSlo`] (defined in metrum-core, shared with the metrics) |
+//! | [`deadline`] | spec (b) token deadlines: [`DeadlineSlo`], [`DeadlineTracker`], [`PrefillModel`], per-request [`RequestSlo`] (both defined in metrum-core, shared with the metrics) |
 //! | [`stats`] | [`SchedulerStats`] |
 //! | [`routing`] | [`routing::Router`]: which replica serves a request (round-robin, least-loaded, prefix affinity, Venn's IRS); shared by `sim::cluster` and `metrum route` |
 //! | [`sim`] | fake executor with a step-cost model, Poisson / trace workloads, policy simulation |
@@ -56,7 +56,7 @@ mod update;
 pub use admission::Admission;
 pub use block_pool::BlockPool;
 pub use config::{ConfigError, Policy, SchedulerConfig};
-pub use deadline::{DeadlineSlo, DeadlineTracker, PrefillTimeModel};
+pub use deadline::{DeadlineSlo, DeadlineTracker, PrefillModel};
 pub use kv_cache_manager::{AllocStatus, ComputedBlocks, KvCacheManager};
 pub use metrum_core::RequestSlo;
 pub use output::{

@@ -9,13 +9,13 @@
 //! than a chunk from position 0 (which is all an earlier version of the cap assumed; it let
 //! late chunks overrun the decodes' deadlines).
 
-use crate::deadline::PrefillTimeModel;
+use crate::deadline::PrefillModel;
 use metrum_core::Nanos;
 
 /// What growing a sequence from `start` to `start + tokens` computed tokens adds to a step:
 /// `b·n + c·((s+n)² − s²)` (the step's `a` is paid once, by the caller). Admission control
 /// predicts with the same costs.
-pub(crate) fn marginal_cost(model: &PrefillTimeModel, start: usize, tokens: usize) -> Nanos {
+pub(crate) fn marginal_cost(model: &PrefillModel, start: usize, tokens: usize) -> Nanos {
     let (s, e) = (start as f64, (start + tokens) as f64);
     let secs = model.b_s_per_token * (e - s) + model.c_s_per_token2 * (e * e - s * s);
     if secs.is_finite() && secs > 0.0 {
@@ -27,7 +27,7 @@ pub(crate) fn marginal_cost(model: &PrefillTimeModel, start: usize, tokens: usiz
 
 #[derive(Clone, Debug)]
 pub(crate) struct StepTimeBudget {
-    model: PrefillTimeModel,
+    model: PrefillModel,
     /// Until the tightest deadline of a decode in the step.
     time_left: Nanos,
     /// Predicted time of what the step holds so far.
@@ -42,7 +42,7 @@ pub(crate) struct StepTimeBudget {
 impl StepTimeBudget {
     /// A step with the decodes already in it, given as `(start position, tokens)`.
     pub fn new(
-        model: PrefillTimeModel,
+        model: PrefillModel,
         time_left: Nanos,
         floor: usize,
         decodes: impl IntoIterator<Item = (usize, usize)>,
@@ -103,7 +103,7 @@ mod tests {
     #[test]
     fn late_chunks_pay_for_the_attention_over_their_cached_prefix() {
         // 1 ms per token plus 1 µs per token² of prompt.
-        let model = PrefillTimeModel {
+        let model = PrefillModel {
             a_s: 0.002,
             b_s_per_token: 1e-3,
             c_s_per_token2: 1e-6,
@@ -122,7 +122,7 @@ mod tests {
 
     #[test]
     fn the_first_chunk_keeps_its_floor_and_later_ones_do_not() {
-        let model = PrefillTimeModel {
+        let model = PrefillModel {
             a_s: 0.0,
             b_s_per_token: 1e-3,
             c_s_per_token2: 0.0,

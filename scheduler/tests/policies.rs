@@ -4,9 +4,7 @@ mod common;
 
 use common::*;
 use metrum_core::{Nanos, RequestId};
-use metrum_scheduler::{
-    DeadlineSlo, NewRequest, Policy, PrefillTimeModel, Scheduler, SchedulerConfig,
-};
+use metrum_scheduler::{DeadlineSlo, NewRequest, Policy, PrefillModel, Scheduler, SchedulerConfig};
 
 /// One request runs at a time and each takes one step, so the order of first schedules is the
 /// queue order.
@@ -44,7 +42,7 @@ fn linear_slo() -> DeadlineSlo {
     DeadlineSlo {
         tbt_slo: ms(30),
         ttft_slack: ms(300),
-        prefill: PrefillTimeModel {
+        prefill: PrefillModel {
             a_s: 0.0,
             b_s_per_token: 1e-3,
             c_s_per_token2: 0.0,

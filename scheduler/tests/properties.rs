@@ -12,7 +12,7 @@ use metrum_scheduler::sim::{
     Aborts, FakeExecutor, Lengths, PoissonWorkload, Simulation, StepCostModel,
 };
 use metrum_scheduler::{
-    Admission, AdmissionError, DeadlineSlo, NewRequest, Policy, PrefillTimeModel, Scheduler,
+    Admission, AdmissionError, DeadlineSlo, NewRequest, Policy, PrefillModel, Scheduler,
     SchedulerConfig,
 };
 use proptest::prelude::*;
@@ -47,7 +47,7 @@ fn slo() -> DeadlineSlo {
     DeadlineSlo {
         tbt_slo: ms(5),
         ttft_slack: ms(20),
-        prefill: PrefillTimeModel {
+        prefill: PrefillModel {
             a_s: 1e-3,
             b_s_per_token: 2e-5,
             c_s_per_token2: 0.0,

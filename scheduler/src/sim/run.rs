@@ -6,7 +6,7 @@ use super::executor::FakeExecutor;
 use super::report::{RequestOutcome, RunTotals, SimReport};
 use super::workload::{SimRequest, Workload};
 use crate::config::{ConfigError, SchedulerConfig};
-use crate::deadline::PrefillTimeModel;
+use crate::deadline::PrefillModel;
 use crate::output::{ChunkKind, UpdateError};
 use crate::request::NewRequest;
 use crate::scheduler::Scheduler;
@@ -329,7 +329,7 @@ pub fn profile_prefill_model(
     config: &SchedulerConfig,
     executor: FakeExecutor,
     lengths: &[usize],
-) -> Result<PrefillTimeModel, SimError> {
+) -> Result<PrefillModel, SimError> {
     let mut samples = Vec::new();
     for (i, &len) in lengths.iter().enumerate() {
         let request = SimRequest {
@@ -360,7 +360,7 @@ pub fn profile_prefill_model(
 }
 
 /// Least squares `y = a + b·x + c·x²` over at least three distinct `x`.
-fn fit_quadratic(samples: &[(f64, f64)]) -> Option<PrefillTimeModel> {
+fn fit_quadratic(samples: &[(f64, f64)]) -> Option<PrefillModel> {
     let mut distinct: Vec<f64> = samples.iter().map(|s| s.0).collect();
     distinct.sort_by(f64::total_cmp);
     distinct.dedup();
@@ -370,12 +370,12 @@ fn fit_quadratic(samples: &[(f64, f64)]) -> Option<PrefillTimeModel> {
     let rows: Vec<[f64; 3]> = samples.iter().map(|&(x, _)| [1.0, x, x * x]).collect();
     let y: Vec<f64> = samples.iter().map(|s| s.1).collect();
     let [a, b, c] = least_squares_3(&rows, &y)?;
-    let model = PrefillTimeModel {
+    let model = PrefillModel {
         a_s: a,
         b_s_per_token: b,
         c_s_per_token2: c,
     };
-    model.is_finite().then_some(model)
+    model.validate().is_ok().then_some(model)
 }
 
 #[cfg(test)]

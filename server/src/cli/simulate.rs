@@ -20,7 +20,7 @@ use metrum_scheduler::sim::{
     FakeExecutor, SeedSummary, SimReport, SimRequest, SplitMix64, StepCostModel, Workload,
     find_knee, markdown_sweep_table, markdown_table, profile_prefill_model, simulate,
 };
-use metrum_scheduler::{DeadlineSlo, Policy, PrefillTimeModel, SchedulerConfig};
+use metrum_scheduler::{DeadlineSlo, Policy, PrefillModel, SchedulerConfig};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -198,7 +198,7 @@ impl SimulateArgs {
             slo: DeadlineSlo {
                 tbt_slo: Nanos(self.tbt_slo.as_nanos().try_into().unwrap_or(u64::MAX)),
                 ttft_slack: Nanos(self.ttft_slack.as_nanos().try_into().unwrap_or(u64::MAX)),
-                prefill: PrefillTimeModel::ZERO,
+                prefill: PrefillModel::ZERO,
             },
             admission: Default::default(),
         };
@@ -208,7 +208,7 @@ impl SimulateArgs {
                 let file = metrum_metrics::SloFile::load(path)
                     .with_context(|| format!("cannot load --slo-file {}", path.display()))?;
                 let m = file.prefill_model;
-                config.slo.prefill = PrefillTimeModel {
+                config.slo.prefill = PrefillModel {
                     a_s: m.a_s,
                     b_s_per_token: m.b_s_per_token,
                     c_s_per_token2: m.c_s_per_token2,
