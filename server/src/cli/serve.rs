@@ -418,7 +418,11 @@ mod tests {
                 "num_speculative_tokens",
             ),
             (
-                r#"{"method":"draft_model","model":"x","num_speculative_tokens":2}"#,
+                r#"{"method":"draft_model","num_speculative_tokens":2}"#,
+                "model",
+            ),
+            (
+                r#"{"method":"eagle","num_speculative_tokens":2}"#,
                 "method",
             ),
         ] {
