@@ -8,10 +8,10 @@ mod engine_common;
 mod forward_common;
 
 use engine_common::{spawn_ready, wait_idle};
-use metrum_engine::EngineStatus;
-use metrum_engine::model::fixture::{FixtureOptions, write_llama_fixture};
 use metrum_core::{FinishReason, SamplingParams};
+use metrum_engine::EngineStatus;
 use metrum_engine::model::fixture::write_tiny_llama_fixture;
+use metrum_engine::model::fixture::{FixtureOptions, write_llama_fixture};
 use metrum_engine::speculative::SpeculativeConfig;
 use metrum_engine::{EngineConfig, EngineHandle, EngineRequest, KvCacheSize, StreamEvent};
 use std::collections::HashMap;
@@ -22,7 +22,11 @@ const NGRAM: &str =
 
 /// `model`: a directory or `None` for the default model; `speculative`: a
 /// `--speculative-config` JSON or `None` for none.
-fn config(model: Option<&std::path::Path>, blocks: usize, speculative: Option<&str>) -> EngineConfig {
+fn config(
+    model: Option<&std::path::Path>,
+    blocks: usize,
+    speculative: Option<&str>,
+) -> EngineConfig {
     EngineConfig {
         model: model.map(|m| m.display().to_string()),
         kv_cache: KvCacheSize::Blocks(blocks),
@@ -70,7 +74,12 @@ fn collect(mut stream: metrum_engine::RequestStream) -> Outcome {
             } => {
                 deliveries += usize::from(!t.is_empty());
                 tokens.extend(t);
-                gaps.extend(logprobs.iter().filter(|l| l.top.len() >= 2).map(|l| l.top[0].1 - l.top[1].1));
+                gaps.extend(
+                    logprobs
+                        .iter()
+                        .filter(|l| l.top.len() >= 2)
+                        .map(|l| l.top[0].1 - l.top[1].1),
+                );
             }
             StreamEvent::Finished {
                 reason,
@@ -202,7 +211,11 @@ fn greedy_with_a_draft_model_equals_without_in_batches_preemption_and_aborts() {
     let prompt = prompts().remove(0);
     let (tokens, deliveries, _, _) = run_prompts(&spec, vec![prompt], 21, None, None).remove(0);
     // 21 tokens: the prefill's one, then four verification steps of 4 drafts + 1.
-    assert_eq!((tokens.len(), deliveries), (21, 5), "self-drafting must accept every draft");
+    assert_eq!(
+        (tokens.len(), deliveries),
+        (21, 5),
+        "self-drafting must accept every draft"
+    );
 }
 
 /// The default model (SmolLM2-135M), both methods: the n-gram method and the model drafting
@@ -227,13 +240,15 @@ fn default_model_greedy_with_speculation_equals_without() {
         .map(|p| p.into_iter().map(|t| t * 37 % 49_000 + 100).collect())
         .collect();
     // 20 blocks of 4 tokens for four requests of up to 40 + 12 tokens: preemption.
-    let ngram_k1 =
-        r#"{"method":"ngram","num_speculative_tokens":1,"prompt_lookup_min":1,"prompt_lookup_max":3}"#;
+    let ngram_k1 = r#"{"method":"ngram","num_speculative_tokens":1,"prompt_lookup_min":1,"prompt_lookup_max":3}"#;
     let self_draft = draft_model_config(&path.display().to_string(), 1);
     for speculative in [ngram_k1, &self_draft] {
         let accepted = assert_greedy_identity(None, speculative, &prompts, 12, 20);
         if speculative == self_draft {
-            assert!(accepted, "the default model drafting for itself accepted nothing");
+            assert!(
+                accepted,
+                "the default model drafting for itself accepted nothing"
+            );
         }
     }
 }
@@ -251,10 +266,16 @@ fn an_unusable_draft_model_is_a_start_up_error_naming_model() {
     // The same shapes with an untied LM head: more parameters than the (tied) target.
     write_tiny_llama_fixture(untied.path(), 3).unwrap();
     for (draft, reason) in [
-        (untied.path().display().to_string(), "larger than the target"),
+        (
+            untied.path().display().to_string(),
+            "larger than the target",
+        ),
         // 256 logits, a byte tokenizer: another vocabulary.
         ("synthetic:tiny".to_string(), "vocabulary"),
-        ("/nonexistent/draft.gguf".to_string(), "/nonexistent/draft.gguf"),
+        (
+            "/nonexistent/draft.gguf".to_string(),
+            "/nonexistent/draft.gguf",
+        ),
     ] {
         let handle = metrum_engine::spawn(config(
             Some(target.path()),

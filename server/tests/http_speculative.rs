@@ -47,8 +47,14 @@ async fn draft_model_counts_reach_the_response_and_metrics() {
 
     let (_, metrics) = server.get_text("/metrics").await;
     assert_eq!(sample(&metrics, "metrum_spec_decode_num_drafts_total"), 3.0);
-    assert_eq!(sample(&metrics, "metrum_spec_decode_num_draft_tokens_total"), 12.0);
-    assert_eq!(sample(&metrics, "metrum_spec_decode_num_accepted_tokens_total"), 12.0);
+    assert_eq!(
+        sample(&metrics, "metrum_spec_decode_num_draft_tokens_total"),
+        12.0
+    );
+    assert_eq!(
+        sample(&metrics, "metrum_spec_decode_num_accepted_tokens_total"),
+        12.0
+    );
     assert_eq!(
         sample(
             &metrics,
@@ -56,17 +62,27 @@ async fn draft_model_counts_reach_the_response_and_metrics() {
         ),
         3.0
     );
-    assert_eq!(sample(&metrics, "metrum_spec_decode_mean_acceptance_length"), 5.0);
+    assert_eq!(
+        sample(&metrics, "metrum_spec_decode_mean_acceptance_length"),
+        5.0
+    );
 
     // Streamed: the same text, in one chunk per delivery (1 + 3), not one per token.
     let mut streamed = body.clone();
     streamed["stream"] = json!(true);
     let (chunks, done) = read_stream(server.post("/v1/completions", &streamed).await).await;
     assert!(done);
-    assert_eq!(stream_text(&chunks, 0), whole["choices"][0]["text"].as_str().unwrap());
+    assert_eq!(
+        stream_text(&chunks, 0),
+        whole["choices"][0]["text"].as_str().unwrap()
+    );
     let with_text = chunks
         .iter()
-        .filter(|c| c["choices"][0]["text"].as_str().is_some_and(|t| !t.is_empty()))
+        .filter(|c| {
+            c["choices"][0]["text"]
+                .as_str()
+                .is_some_and(|t| !t.is_empty())
+        })
         .count();
     assert!(with_text <= 4, "{with_text} text chunks for 4 deliveries");
 
@@ -75,7 +91,10 @@ async fn draft_model_counts_reach_the_response_and_metrics() {
     plain["speculative"] = json!(false);
     let (status, opted_out) = server.post_json("/v1/completions", &plain).await;
     assert_eq!(status, 200, "{opted_out}");
-    assert!(opted_out["metrum"].get("speculative").is_none(), "{opted_out}");
+    assert!(
+        opted_out["metrum"].get("speculative").is_none(),
+        "{opted_out}"
+    );
     assert_eq!(opted_out["choices"][0]["text"], whole["choices"][0]["text"]);
 
     let (_, version) = server.get_text("/version").await;

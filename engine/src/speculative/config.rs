@@ -211,7 +211,10 @@ mod tests {
             assert!(err.contains(&format!("`{field}`")), "{json}: {err}");
         }
         for (json, field) in [
-            (r#"{"method":"draft_model","num_speculative_tokens":2}"#, "model"),
+            (
+                r#"{"method":"draft_model","num_speculative_tokens":2}"#,
+                "model",
+            ),
             (
                 r#"{"method":"draft_model","model":"","num_speculative_tokens":2}"#,
                 "model",

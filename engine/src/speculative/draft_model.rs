@@ -46,10 +46,7 @@ pub fn load_draft(
     let files = resolve_model(Some(spec)).map_err(|e| failed(&e))?;
     let model = DecoderModel::load(&files, device, dtype).map_err(|e| failed(&e))?;
     let tokenizer = Tokenizer::from_model_files(&files).map_err(|e| failed(&e))?;
-    check_compatible(
-        (target.0.config(), target.1),
-        (model.config(), &tokenizer),
-    )?;
+    check_compatible((target.0.config(), target.1), (model.config(), &tokenizer))?;
     Ok((model, files))
 }
 
@@ -81,7 +78,8 @@ pub fn check_compatible(
             tt.bos_token_id()
         ));
     }
-    let differing = (0..tt.vocab_size() as u32).find(|&id| tt.token_to_piece(id) != dt.token_to_piece(id));
+    let differing =
+        (0..tt.vocab_size() as u32).find(|&id| tt.token_to_piece(id) != dt.token_to_piece(id));
     if let Some(id) = differing {
         return Err(format!(
             "{field}: token {id} is {:?} for the draft but {:?} for the target; a draft model \
@@ -219,9 +217,12 @@ impl DraftModelProposer {
         }
         for (row, &i) in active.iter().enumerate() {
             let r = &mut rounds[i];
-            let draft = argmax(logits.row_mut(row))
-                .ok_or("the draft model gave every token -inf")?;
-            let seq = self.sequences.get_mut(&r.id).ok_or("lost a draft sequence")?;
+            let draft =
+                argmax(logits.row_mut(row)).ok_or("the draft model gave every token -inf")?;
+            let seq = self
+                .sequences
+                .get_mut(&r.id)
+                .ok_or("lost a draft sequence")?;
             seq.computed.append(&mut r.feed);
             r.drafts.push(draft);
             r.feed.push(draft);
