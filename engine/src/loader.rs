@@ -189,6 +189,10 @@ fn load(config: &EngineConfig, policy: Policy, shared: Arc<Shared>) -> Result<En
     let draft_model = match (draft, draft_layout) {
         (Some((draft, draft_files)), Some(draft_layout)) => {
             let draft_kv = KvCache::new(draft_layout, num_blocks, &device)?;
+            let draft_len = draft
+                .config()
+                .max_position_embeddings
+                .min(draft.max_positions());
             let described = serde_json::json!({
                 "method": "draft_model",
                 "source": describe_source(&draft_files),
@@ -204,7 +208,7 @@ fn load(config: &EngineConfig, policy: Policy, shared: Arc<Shared>) -> Result<En
                 device: device.clone(),
             });
             Some((
-                DraftModelProposer::new(executor, num_blocks, config.block_size),
+                DraftModelProposer::new(executor, num_blocks, config.block_size, draft_len),
                 described,
             ))
         }

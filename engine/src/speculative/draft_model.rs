@@ -122,16 +122,26 @@ pub struct DraftModelProposer {
     executor: Box<dyn Executor>,
     pool: BlockPool,
     block_size: usize,
+    /// The draft model's context length: a request past it gets no drafts (the target's
+    /// `--max-model-len` may be longer than a small draft's context).
+    max_len: usize,
     sequences: HashMap<RequestId, DraftSequence>,
 }
 
 impl DraftModelProposer {
-    /// `executor` runs the draft model over a cache of `num_blocks` blocks of `block_size`.
-    pub fn new(executor: Box<dyn Executor>, num_blocks: usize, block_size: usize) -> Self {
+    /// `executor` runs the draft model, of context length `max_len`, over a cache of
+    /// `num_blocks` blocks of `block_size`.
+    pub fn new(
+        executor: Box<dyn Executor>,
+        num_blocks: usize,
+        block_size: usize,
+        max_len: usize,
+    ) -> Self {
         DraftModelProposer {
             executor,
             pool: BlockPool::new(num_blocks),
             block_size: block_size.max(1),
+            max_len,
             sequences: HashMap::new(),
         }
     }
@@ -145,7 +155,8 @@ impl DraftModelProposer {
     ) -> Result<Vec<(RequestId, Vec<u32>)>, String> {
         let mut rounds: Vec<Round> = Vec::with_capacity(requests.len());
         for &(id, tokens, wanted) in requests {
-            if wanted == 0 || tokens.is_empty() {
+            // Positions written: the tokens, then drafts 1..wanted-1 fed back in.
+            if wanted == 0 || tokens.is_empty() || tokens.len() + wanted - 1 > self.max_len {
                 continue;
             }
             let seq = self.sequences.entry(id).or_default();
@@ -164,7 +175,6 @@ impl DraftModelProposer {
                 self.pool.free(&seq.blocks[keep..]);
                 seq.blocks.truncate(keep);
             }
-            // Positions written: the tokens, then drafts 1..wanted-1 fed back in.
             let needed = (tokens.len() + wanted - 1).div_ceil(self.block_size);
             let missing = needed.saturating_sub(seq.blocks.len());
             match self.pool.allocate(missing) {
@@ -269,6 +279,7 @@ mod tests {
             }),
             blocks,
             4,
+            64,
         )
     }
 
@@ -302,6 +313,9 @@ mod tests {
             .propose(&[(RequestId(1), &long, 4), (RequestId(2), &short, 4)])
             .unwrap();
         assert_eq!(got, vec![(RequestId(2), vec![8, 9, 10, 11])]);
+        // Past the draft's context (64 positions): no drafts, no blocks taken.
+        let too_long: Vec<u32> = (0..62).collect();
+        assert_eq!(p.propose(&[(RequestId(3), &too_long, 4)]).unwrap(), vec![]);
         p.release(RequestId(1));
         p.release(RequestId(2));
         assert_eq!(p.num_used_blocks(), 0);
