@@ -26,7 +26,9 @@ use crate::executor::{Executor, LogitsRows};
 use crate::handle::{EngineRequest, EngineStatus, Shared, StreamEvent, SubmitError, TokenLogprob};
 use crate::model::SequenceChunk;
 use crate::sampling::{SampledToken, SequenceSampler};
-use crate::speculative::{self, SpeculationStats, SpeculativeConfig, rejection};
+use crate::speculative::{
+    self, DraftModelProposer, SpeculationStats, SpeculativeConfig, rejection,
+};
 use crate::structured::GrammarState;
 use crate::text::TextCodec;
 use metrum_core::time::MonotonicClock;
@@ -111,6 +113,8 @@ pub(crate) struct Engine {
     prefix_seen: (u64, u64),
     /// `--speculative-config`; `None` = no speculation.
     speculative: Option<SpeculativeConfig>,
+    /// The draft model and its KV cache, for `"method": "draft_model"`.
+    draft_model: Option<DraftModelProposer>,
 
     /// A fault the next forward pass will suffer (test builds only).
     #[cfg(feature = "fault-injection")]
@@ -138,6 +142,7 @@ impl Engine {
             draining: false,
             prefix_seen: (0, 0),
             speculative: None,
+            draft_model: None,
             #[cfg(feature = "fault-injection")]
             armed_fault: None,
         }
@@ -146,6 +151,12 @@ impl Engine {
     /// Serves with speculative decoding as `config` says (`None`: without).
     pub fn with_speculation(mut self, config: Option<SpeculativeConfig>) -> Engine {
         self.speculative = config;
+        self
+    }
+
+    /// Proposes drafts with this draft model (`"method": "draft_model"`).
+    pub fn with_draft_model(mut self, proposer: Option<DraftModelProposer>) -> Engine {
+        self.draft_model = proposer;
         self
     }
 
@@ -450,14 +461,16 @@ impl Engine {
                 Vec::new()
             }
         };
+        let mut delivered = Vec::with_capacity(sampled.len());
         for (id, mut toks) in sampled {
             // The scheduler keeps the tokens up to the first stop (EOS, stop id, length).
             toks.truncate(appended.iter().filter(|(a, _)| *a == id).count());
             if !toks.is_empty() {
                 self.emit_tokens(id, toks, now);
-                self.propose_drafts(id);
+                delivered.push(id);
             }
         }
+        self.propose_drafts(&delivered);
         self.flush_events();
         let metrics = &self.shared.metrics;
         metrics.observe_speculation(
@@ -507,20 +520,44 @@ impl Engine {
         })
     }
 
-    /// Speculative decoding: looks up drafts for `id`'s next step among its known tokens and
-    /// hands them to the scheduler (which verifies them if there is room).
-    fn propose_drafts(&mut self, id: RequestId) {
+    /// Speculative decoding: proposes drafts for the next step of each of `ids` (the requests
+    /// that just got tokens) and hands them to the scheduler, which verifies them if there is
+    /// room. N-gram lookup goes request by request; a draft model runs once for them all.
+    fn propose_drafts(&mut self, ids: &[RequestId]) {
         let Some(config) = &self.speculative else {
             return;
         };
-        let Some(live) = self.live.get(&id) else {
+        let k = config.num_speculative_tokens;
+        let asks: Vec<(RequestId, &[u32], usize)> = ids
+            .iter()
+            .filter_map(|id| {
+                let live = self.live.get(id).filter(|live| !live.stopped)?;
+                let spec = live.speculation.as_ref()?;
+                // A step verifying `d` drafts may emit `d + 1` tokens.
+                let room = live
+                    .shape
+                    .max_tokens
+                    .map_or(usize::MAX, |max| max as usize)
+                    .saturating_sub(live.completion_tokens + 1);
+                Some((*id, spec.tokens.as_slice(), k.min(room)))
+            })
+            .collect();
+        let Some(draft_model) = &mut self.draft_model else {
+            for (id, tokens, max_drafts) in asks {
+                let drafts = speculative::propose(config, tokens, max_drafts);
+                self.scheduler.set_draft_tokens(id, drafts);
+            }
             return;
         };
-        let Some(spec) = live.speculation.as_ref().filter(|_| !live.stopped) else {
-            return;
-        };
-        let drafts = speculative::propose(config, &spec.tokens, config.num_speculative_tokens);
-        self.scheduler.set_draft_tokens(id, drafts);
+        match draft_model.propose(&asks) {
+            Ok(proposals) => {
+                for (id, drafts) in proposals {
+                    self.scheduler.set_draft_tokens(id, drafts);
+                }
+            }
+            // Drafts are only guesses: without them the step is a plain decode, still exact.
+            Err(message) => tracing::warn!(%message, "the draft model failed; no drafts this step"),
+        }
     }
 
     /// Streams the tokens one request got in this step as one delivery (one `Delta`, so one
@@ -604,6 +641,11 @@ impl Engine {
     /// Feeds scheduler events to the metrics registry and closes finished streams.
     fn flush_events(&mut self) {
         for ev in self.scheduler.drain_events() {
+            if let (EventKind::Finished(_) | EventKind::Preempted, Some(draft_model)) =
+                (ev.kind, &mut self.draft_model)
+            {
+                draft_model.release(ev.request);
+            }
             let shape = self
                 .live
                 .get(&ev.request)

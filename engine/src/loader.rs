@@ -12,6 +12,8 @@ use crate::handle::{EngineHandle, EngineStatus, ModelInfo, Shared, StatsSnapshot
 use crate::kv_cache::{KvCache, resolve_kv_dtype};
 use crate::model::{DecoderModel, ModelError, resolve_dtype};
 use crate::source::{ModelFiles, SourceError, resolve_model};
+use crate::speculative::SpeculativeMethod;
+use crate::speculative::draft_model::{DraftModelProposer, load_draft};
 use crate::text::TextCodec;
 use crate::tokenizer::{Tokenizer, TokenizerError};
 use candle_core::Device;
@@ -44,6 +46,10 @@ pub enum LoadError {
     NoKvBlock { bytes_per_block: usize },
     #[error("--max-model-len {requested} exceeds the model's context length {model_len}")]
     MaxModelLen { requested: usize, model_len: usize },
+    /// `--speculative-config` names a draft model that cannot be loaded or cannot draft for
+    /// this target; the message names the field.
+    #[error("{0}")]
+    Speculative(String),
     #[error("cannot start the engine thread: {0}")]
     Thread(std::io::Error),
 }
@@ -124,8 +130,23 @@ fn load(config: &EngineConfig, policy: Policy, shared: Arc<Shared>) -> Result<En
     let model = DecoderModel::load(&files, &device, dtype)?;
     let tokenizer = Tokenizer::from_model_files(&files)?;
     let chat_template = ChatTemplate::from_model_files(&files, &tokenizer)?;
+    // Loaded before the KV cache is sized: its weights take memory first, its cache a share.
+    let draft = match config.speculative.as_ref().map(|s| &s.method) {
+        Some(SpeculativeMethod::DraftModel { model: spec }) => Some(
+            load_draft(spec, (&model, &tokenizer), &device, dtype)
+                .map_err(LoadError::Speculative)?,
+        ),
+        _ => None,
+    };
     let layout = model.kv_cache_layout_in(config.block_size, kv_dtype);
-    let num_blocks = kv_blocks(&config.kv_cache, layout.bytes_per_block(), &device)?;
+    let draft_layout = draft
+        .as_ref()
+        .map(|(d, _)| d.kv_cache_layout_in(config.block_size, kv_dtype));
+    // The draft's cache gets as many blocks as the target's (a draft token per target token),
+    // and the budget is split between them in proportion to their block sizes.
+    let bytes_per_token_slot =
+        layout.bytes_per_block() + draft_layout.map_or(0, |l| l.bytes_per_block());
+    let num_blocks = kv_blocks(&config.kv_cache, bytes_per_token_slot, &device)?;
     let kv = KvCache::new(layout, num_blocks, &device)?;
     let model_len = model
         .config()
@@ -160,6 +181,34 @@ fn load(config: &EngineConfig, policy: Policy, shared: Arc<Shared>) -> Result<En
         },
     };
     let scheduler = Scheduler::new(sched_config.clone())?;
+    let draft_model = match (draft, draft_layout) {
+        (Some((draft, draft_files)), Some(draft_layout)) => {
+            let draft_kv = KvCache::new(draft_layout, num_blocks, &device)?;
+            let draft_len = draft
+                .config()
+                .max_position_embeddings
+                .min(draft.max_positions());
+            let described = serde_json::json!({
+                "method": "draft_model",
+                "source": describe_source(&draft_files),
+                "architecture": draft.config().family().model_type(),
+                "parameters": draft.config().num_parameters(),
+                "target_parameters": model.config().num_parameters(),
+                "kv_cache_bytes": draft_kv.total_bytes(),
+            });
+            tracing::info!(draft = %described, "draft model loaded for speculative decoding");
+            let executor = Box::new(ModelExecutor {
+                model: draft,
+                kv: draft_kv,
+                device: device.clone(),
+            });
+            Some((
+                DraftModelProposer::new(executor, num_blocks, config.block_size, draft_len),
+                described,
+            ))
+        }
+        _ => None,
+    };
     let source = describe_source(&files);
     let info = ModelInfo {
         served_model_name: config
@@ -192,6 +241,10 @@ fn load(config: &EngineConfig, policy: Policy, shared: Arc<Shared>) -> Result<En
             "seed": config.seed,
             "threads": config.threads.unwrap_or_else(rayon::current_num_threads),
             "slo": config.slo,
+            "speculative": match &draft_model {
+                Some((_, described)) => described.clone(),
+                None => serde_json::to_value(&config.speculative).unwrap_or_default(),
+            },
         }),
     };
     tracing::info!(
@@ -214,7 +267,8 @@ fn load(config: &EngineConfig, policy: Policy, shared: Arc<Shared>) -> Result<En
         config.max_waiting_requests,
         config.seed,
     )
-    .with_speculation(config.speculative.clone()))
+    .with_speculation(config.speculative.clone())
+    .with_draft_model(draft_model.map(|(proposer, _)| proposer)))
 }
 
 fn lowercase_dtype(dtype: candle_core::DType) -> String {

@@ -74,6 +74,12 @@ use rand::{Rng, SeedableRng};
 use std::cell::RefCell;
 use truncation::{Truncation, apply_rule, draw, keep_rule, tempered_weights};
 
+/// The greedy pick of a raw logits row (lowest id on ties, NaN as `-inf`), with no processor
+/// applied: what a draft model proposes. Cleans the row in place; `None` if all are `-inf`.
+pub(crate) fn argmax(logits: &mut [f32]) -> Option<u32> {
+    clean_and_max(logits).map(|max| max.token)
+}
+
 /// Temperatures below this are greedy, as vLLM's `_SAMPLING_EPS`: dividing by a near-zero
 /// temperature is argmax anyway, only less exact.
 pub const GREEDY_TEMPERATURE_EPS: f32 = 1e-5;

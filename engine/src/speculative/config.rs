@@ -1,4 +1,6 @@
 //! `--speculative-config`: vLLM's JSON, validated at start-up with errors that name the field.
+//! A draft model's own checks (vocabulary and size against the target's) need both models
+//! loaded: `super::draft_model::check_compatible`.
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -18,6 +20,9 @@ pub enum SpeculativeMethod {
         prompt_lookup_min: usize,
         prompt_lookup_max: usize,
     },
+    /// A smaller model of the same tokenizer proposes greedily (`draft_model`); `model` is
+    /// any `--model` form, resolved and checked against the target when the engine loads.
+    DraftModel { model: String },
 }
 
 /// A validated speculative configuration.
@@ -42,7 +47,12 @@ impl SpeculativeConfig {
         let method = match fields.get("method") {
             Some(Value::String(m)) => m.as_str(),
             Some(_) => return Err("--speculative-config: `method` must be a string".into()),
-            None => return Err("--speculative-config: `method` is required (\"ngram\")".into()),
+            None => {
+                return Err(
+                    "--speculative-config: `method` is required (\"ngram\" or \"draft_model\")"
+                        .into(),
+                );
+            }
         };
         let allowed: &[&str] = match method {
             "ngram" => &[
@@ -51,14 +61,11 @@ impl SpeculativeConfig {
                 "prompt_lookup_min",
                 "prompt_lookup_max",
             ],
-            "draft_model" => {
-                return Err("--speculative-config: `method` \"draft_model\" is not \
-                            implemented yet; use \"ngram\""
-                    .into());
-            }
+            "draft_model" => &["method", "num_speculative_tokens", "model"],
             other => {
                 return Err(format!(
-                    "--speculative-config: unknown `method` {other:?} (supported: \"ngram\")"
+                    "--speculative-config: unknown `method` {other:?} (supported: \"ngram\", \
+                     \"draft_model\")"
                 ));
             }
         };
@@ -73,6 +80,26 @@ impl SpeculativeConfig {
             return Err(format!(
                 "--speculative-config: `num_speculative_tokens` must be in 1..={MAX_SPECULATIVE_TOKENS}, got {k}"
             ));
+        }
+        if method == "draft_model" {
+            let model = match fields.get("model") {
+                Some(Value::String(m)) if !m.trim().is_empty() => m.clone(),
+                Some(_) => {
+                    return Err("--speculative-config: `model` must be a non-empty string \
+                                (any --model form)"
+                        .into());
+                }
+                None => {
+                    return Err(
+                        "--speculative-config: `model` is required for method \"draft_model\""
+                            .into(),
+                    );
+                }
+            };
+            return Ok(SpeculativeConfig {
+                method: SpeculativeMethod::DraftModel { model },
+                num_speculative_tokens: k,
+            });
         }
         let (min, max) = match (
             count(&fields, "prompt_lookup_min")?,
@@ -132,6 +159,21 @@ mod tests {
     }
 
     #[test]
+    fn parses_vllms_draft_model_form() {
+        let c = SpeculativeConfig::parse(
+            r#"{"method":"draft_model","model":"synthetic:tiny","num_speculative_tokens":3}"#,
+        )
+        .unwrap();
+        assert_eq!(c.num_speculative_tokens, 3);
+        assert_eq!(
+            c.method,
+            SpeculativeMethod::DraftModel {
+                model: "synthetic:tiny".into()
+            }
+        );
+    }
+
+    #[test]
     fn errors_name_the_field() {
         for (json, field) in [
             (
@@ -163,6 +205,35 @@ mod tests {
             (
                 r#"{"method":"ngram","num_speculative_tokens":-1}"#,
                 "num_speculative_tokens",
+            ),
+        ] {
+            let err = SpeculativeConfig::parse(json).unwrap_err();
+            assert!(err.contains(&format!("`{field}`")), "{json}: {err}");
+        }
+        for (json, field) in [
+            (
+                r#"{"method":"draft_model","num_speculative_tokens":2}"#,
+                "model",
+            ),
+            (
+                r#"{"method":"draft_model","model":"","num_speculative_tokens":2}"#,
+                "model",
+            ),
+            (
+                r#"{"method":"draft_model","model":3,"num_speculative_tokens":2}"#,
+                "model",
+            ),
+            (
+                r#"{"method":"draft_model","model":"m","num_speculative_tokens":0}"#,
+                "num_speculative_tokens",
+            ),
+            (
+                r#"{"method":"draft_model","model":"m","num_speculative_tokens":17}"#,
+                "num_speculative_tokens",
+            ),
+            (
+                r#"{"method":"draft_model","model":"m","num_speculative_tokens":2,"prompt_lookup_max":3}"#,
+                "prompt_lookup_max",
             ),
         ] {
             let err = SpeculativeConfig::parse(json).unwrap_err();

@@ -5,6 +5,7 @@
 //! | --- | --- |
 //! | [`config`] | [`SpeculativeConfig`]: `--speculative-config` (vLLM's JSON), validated at start-up |
 //! | [`ngram`] | prompt lookup: drafts copied from where the latest n-gram occurred before |
+//! | [`draft_model`] | a smaller model of the same tokenizer drafts greedily, from its own paged KV cache |
 //! | [`rejection`] | verification: which drafts stand, with the output exactly the target's |
 //! | [`stats`] | [`SpeculationStats`]: drafts, draft tokens, accepted tokens (per position) |
 //!
@@ -23,15 +24,19 @@
 //! sampler from its own logits row, which is also where its logprobs come from.
 
 pub mod config;
+pub mod draft_model;
 pub mod ngram;
 pub mod rejection;
 pub mod stats;
 
 pub use config::{SpeculativeConfig, SpeculativeMethod};
+pub use draft_model::DraftModelProposer;
 pub use stats::SpeculationStats;
 
 /// Proposes up to `config.num_speculative_tokens` drafts to follow `tokens` (prompt, then
 /// outputs), or none. `max_drafts` caps it further (e.g. room left before `max_tokens`).
+/// Draft models propose for a whole batch at once instead ([`DraftModelProposer::propose`],
+/// which owns the model), so here they propose nothing.
 pub fn propose(config: &SpeculativeConfig, tokens: &[u32], max_drafts: usize) -> Vec<u32> {
     let k = config.num_speculative_tokens.min(max_drafts);
     match &config.method {
@@ -39,5 +44,6 @@ pub fn propose(config: &SpeculativeConfig, tokens: &[u32], max_drafts: usize) ->
             prompt_lookup_min,
             prompt_lookup_max,
         } => ngram::propose(tokens, *prompt_lookup_min, *prompt_lookup_max, k),
+        SpeculativeMethod::DraftModel { .. } => Vec::new(),
     }
 }

@@ -418,9 +418,10 @@ mod tests {
                 "num_speculative_tokens",
             ),
             (
-                r#"{"method":"draft_model","model":"x","num_speculative_tokens":2}"#,
-                "method",
+                r#"{"method":"draft_model","num_speculative_tokens":2}"#,
+                "model",
             ),
+            (r#"{"method":"eagle","num_speculative_tokens":2}"#, "method"),
         ] {
             let a = parse(&["metrum", "serve", "--speculative-config", json]);
             let err = a.engine_config().unwrap_err().to_string();
