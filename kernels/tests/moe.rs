@@ -41,10 +41,7 @@ fn known_values(device: &Device) -> Result<()> {
     let slots = Tensor::new(&[[0u32, 2], [1, 1]], device)?;
     let weights = Tensor::new(&[[0.25f32, 0.75], [0.5, 0.5]], device)?;
     let out = moe_combine(&y, &slots, &weights)?;
-    assert_eq!(
-        out.to_vec2::<f32>()?,
-        vec![vec![8.5, 3.5], vec![3.0, 4.0]]
-    );
+    assert_eq!(out.to_vec2::<f32>()?, vec![vec![8.5, 3.5], vec![3.0, 4.0]]);
     Ok(())
 }
 

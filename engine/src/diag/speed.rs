@@ -119,13 +119,21 @@ pub fn moe_step_bytes(
     context: usize,
 ) -> Option<MoeStepBytes> {
     let moe = config.moe.as_ref()?;
-    let (h, e, k) = (config.hidden_size, moe.num_experts as f64, moe.experts_per_token);
+    let (h, e, k) = (
+        config.hidden_size,
+        moe.num_experts as f64,
+        moe.experts_per_token,
+    );
     let expert_params = 3 * h * moe.expert_intermediate_size;
     let sparse_layers = (0..config.num_layers).filter(|&l| moe.is_sparse(l)).count();
     let all_experts = sparse_layers * moe.num_experts * expert_params;
     // An untied embedding table is not read, only the batch's rows of it.
     let embed = config.vocab_size * h;
-    let unread_embed = if config.tie_word_embeddings { 0 } else { embed - batch.min(config.vocab_size) * h };
+    let unread_embed = if config.tie_word_embeddings {
+        0
+    } else {
+        embed - batch.min(config.vocab_size) * h
+    };
     let other = config.num_parameters() - all_experts - unread_embed;
     let expected = e * (1.0 - (1.0 - k as f64 / e).powi(batch as i32));
     let experts = sparse_layers as f64 * expected * expert_params as f64;
@@ -213,7 +221,10 @@ mod tests {
         assert!(moe_step_bytes(&synthetic_config("tiny").unwrap(), 2, 1, 0).is_none());
         let one = moe_step_bytes(&config, 2, 1, 0).unwrap();
         // 48 layers · 8 experts · 3 · 2048 · 768 bf16 weights.
-        assert_eq!(one.active_expert_bytes_per_token, 48 * 8 * 3 * 2048 * 768 * 2);
+        assert_eq!(
+            one.active_expert_bytes_per_token,
+            48 * 8 * 3 * 2048 * 768 * 2
+        );
         assert!((one.expected_experts_per_layer - 8.0).abs() < 1e-9);
         // The published "A3B": about 3.3 B parameters read per token.
         let params = one.step_bytes as f64 / 2.0 / 1e9;

@@ -188,7 +188,10 @@ impl StackedExperts {
         let rows = metrum_kernels::ExpertRows::new(&rows_per_expert, permuted.device())?;
         let gate_up = metrum_kernels::moe_grouped_matmul(permuted, &self.gate_up, &rows)?;
         let width = self.down.dim(2)?;
-        let (gate, up) = (gate_up.narrow(1, 0, width)?, gate_up.narrow(1, width, width)?);
+        let (gate, up) = (
+            gate_up.narrow(1, 0, width)?,
+            gate_up.narrow(1, width, width)?,
+        );
         let act = match activation {
             Activation::SiluMul => metrum_kernels::silu_mul(&gate, &up)?,
             Activation::GeluTanhMul => metrum_kernels::gelu_tanh_mul(&gate, &up)?,
@@ -301,7 +304,10 @@ impl MoeBlock {
         let mut start = 0;
         for &(expert, rows) in &routing.groups {
             let expert_mlp = experts.get(expert).ok_or_else(|| {
-                ModelError::Assembly(format!("router picked expert {expert} of {}", experts.len()))
+                ModelError::Assembly(format!(
+                    "router picked expert {expert} of {}",
+                    experts.len()
+                ))
             })?;
             let input = permuted.narrow(0, start, rows)?;
             outputs.push(expert_mlp.forward(&input, activation)?);
@@ -377,8 +383,14 @@ mod tests {
             let b = stacked.forward(&x, Activation::SiluMul).unwrap();
             let diff = (a - &b).unwrap().abs().unwrap().max_all().unwrap();
             let scale = b.abs().unwrap().max_all().unwrap();
-            let (diff, scale) = (diff.to_scalar::<f32>().unwrap(), scale.to_scalar::<f32>().unwrap());
-            assert!(diff <= 1e-5 * scale.max(1.0), "{n} experts, k={k}: {diff} of {scale}");
+            let (diff, scale) = (
+                diff.to_scalar::<f32>().unwrap(),
+                scale.to_scalar::<f32>().unwrap(),
+            );
+            assert!(
+                diff <= 1e-5 * scale.max(1.0),
+                "{n} experts, k={k}: {diff} of {scale}"
+            );
         }
     }
 

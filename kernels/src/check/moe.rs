@@ -64,14 +64,22 @@ fn random_routing(rng: &mut impl Rng, case: &MoeCase) -> (Vec<u32>, Vec<usize>, 
 }
 
 /// Two rows: the grouped matmul and the combine of its (dtype-rounded) output.
-pub fn check_moe(device: &Device, dtype: DType, case: &MoeCase, seed: u64) -> Result<Vec<CheckRow>> {
+pub fn check_moe(
+    device: &Device,
+    dtype: DType,
+    case: &MoeCase,
+    seed: u64,
+) -> Result<Vec<CheckRow>> {
     let mut rng = seeded(seed);
     let (pair_tokens, rows_per_expert, slot_rows) = random_routing(&mut rng, case);
     let pairs = pair_tokens.len();
     let (x32, x) = random_pair(&mut rng, &[case.tokens, case.hidden], dtype, 1.0)?;
     let (w32, w) = random_pair(&mut rng, &[case.experts, case.out, case.hidden], dtype, 0.1)?;
     let token_index = Tensor::from_slice(&pair_tokens, pairs, &Device::Cpu)?;
-    let (x32, x) = (x32.index_select(&token_index, 0)?, x.index_select(&token_index, 0)?);
+    let (x32, x) = (
+        x32.index_select(&token_index, 0)?,
+        x.index_select(&token_index, 0)?,
+    );
     let rows = ExpertRows::new(&rows_per_expert, device)?;
     let y = moe_grouped_matmul(&x.to_device(device)?, &w.to_device(device)?, &rows)?;
     let mut reference = Vec::new();
@@ -100,7 +108,10 @@ pub fn check_moe(device: &Device, dtype: DType, case: &MoeCase, seed: u64) -> Re
     let slot_rows_t = Tensor::from_slice(&slot_rows, (case.tokens, case.k), device)?;
     let weights_t = Tensor::from_slice(&weights, (case.tokens, case.k), device)?;
     let combined = moe_combine(&y, &slot_rows_t, &weights_t)?;
-    let y_host = y.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+    let y_host = y
+        .to_device(&Device::Cpu)?
+        .to_dtype(DType::F32)?
+        .to_vec2::<f32>()?;
     let mut want = vec![0f32; case.tokens * case.out];
     for t in 0..case.tokens {
         for j in 0..case.k {
