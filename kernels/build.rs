@@ -15,6 +15,7 @@ const KERNELS: &[&str] = &[
     "norm",
     "rope",
     "activation",
+    "moe",
 ];
 
 fn main() {

@@ -8,7 +8,11 @@
 #
 #   scripts/compare-cpu-sizes.sh [OUT_DIR]        (default bench-out/cpu-sizes-<timestamp>)
 #
-# Knobs (environment): SHAPES ("1b 8b"), TYPES ("Q4_K_M Q8_0"), THREADS (nproc), REPEATS (3),
+# Shape `olmoe` (an OLMoE-1B-7B-shaped mixture of experts, issue 20) is run by
+# scripts/compare-cpu-moe.sh through this script.
+#
+# Knobs (environment): SHAPES ("1b 8b"; or olmoe), SOURCE_TYPE (f16: what make_cpu_ggufs.py writes
+# before llama-quantize; Q8_0 halves the disk), TYPES ("Q4_K_M Q8_0"), THREADS (nproc), REPEATS (3),
 # GGUF_DIR (target/cpu-ggufs: ~2 GB f16 + 1.5 GB quantized for 1B, ~15 + 13 GB for 8B; kept
 # between runs), RESULTS (docs/results/cpu-sizes.md; empty = don't write), LLAMA_VENV
 # (target/llamacpp-venv), STREAMS_8B (0: the 16-stream measure at 8B takes ~10 min per system
@@ -40,8 +44,15 @@ for shape in $SHAPES; do
   echo "== models: $shape ($TYPES)"
   "$LLAMA_VENV/bin/python" scripts/make_cpu_ggufs.py --shape "$shape" \
     --tokenizer-from "$DEFAULT_GGUF" --out "$GGUF_DIR" --quantize "$QUANTIZE" \
-    --types "$(echo "$TYPES" | tr ' ' ',')" --threads "$THREADS"
+    --types "$(echo "$TYPES" | tr ' ' ',')" --threads "$THREADS" --source-type "${SOURCE_TYPE:-f16}"
 done
+# The file make_cpu_ggufs.py wrote for a shape and type (its gguf_path).
+gguf_file() {
+  case $1 in
+    olmoe) echo "$GGUF_DIR/qwen3moe-$1-$2.gguf" ;;
+    *) echo "$GGUF_DIR/llama-$1-$2.gguf" ;;
+  esac
+}
 
 # The floor's denominator, measured now, with the servers' thread count (before and after the
 # runs: the machine's load can change it).
@@ -54,13 +65,13 @@ for shape in $SHAPES; do
     # Requests paced so that they never overlap at this size on 2 cores (decode at 8B Q8_0 is
     # ~1 tok/s: 64 tokens plus the prompt take ~70 s).
     case $shape in
-      1b) decode_tokens=128 pace=(DECODE_QPS=0.04 PREFILL_QPS=0.1 STREAMS=1) ;;
+      1b | olmoe) decode_tokens=128 pace=(DECODE_QPS=0.04 PREFILL_QPS=0.1 STREAMS=1) ;;
       *) decode_tokens=64 pace=(DECODE_QPS=0.01 PREFILL_QPS=0.01 STREAMS="${STREAMS_8B:-0}") ;;
     esac
     pace+=(DECODE_TOKENS="$decode_tokens")
     mkdir -p "$OUT/$shape-$type"
     echo "$decode_tokens" > "$OUT/$shape-$type/decode-tokens.txt" # the floor's mean context
-    env "${pace[@]}" GGUF="$GGUF_DIR/llama-$shape-$type.gguf" THREADS="$THREADS" \
+    env "${pace[@]}" GGUF="$(gguf_file "$shape" "$type")" THREADS="$THREADS" \
       REPEATS="$REPEATS" REQUESTS=2 CAPACITY=0 RESULTS= LLAMA_VENV="$LLAMA_VENV" \
       bash scripts/compare-cpu.sh "$OUT/$shape-$type" > "$OUT/$shape-$type.log" 2>&1 \
       || { echo "compare-cpu.sh failed for $shape $type:" >&2; tail "$OUT/$shape-$type.log" >&2; exit 1; }

@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # Runs every GPU check of Metrum's CUDA path on a GPU machine and writes one markdown report.
 #
-#   scripts/gpu-check.sh [--quick] [--bin PATH] [--out FILE]
+#   scripts/gpu-check.sh [--quick] [--moe-only] [--bin PATH] [--out FILE]
+#
+# --moe-only runs only section 5 (mixture-of-experts decode: a Qwen3-30B-A3B-shaped synthetic
+# model, 61 GB in bf16, at batch 1/8/32 against the bytes of its active experts over the H200's
+# 4.8 TB/s; MOE_MODEL / NOMINAL_GBPS override the model and the bandwidth). Dry run on CPU:
+#   target/release/metrum gpu-check --device cpu --moe-only --moe-model tiny-moe
 #
 # Needs: the release binary built with `make build-cuda` (carried as carry/metrum when the
 # machine has no Rust), the NVIDIA driver, CUDA 13 runtime libraries, and python3 with torch +
@@ -10,9 +15,11 @@ set -uo pipefail
 BIN=carry/metrum
 OUT_MD=${OUT:-.}/gpu.md
 QUICK=()
+MOE_ONLY=
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --quick) QUICK=(--quick); shift ;;
+    --moe-only) MOE_ONLY=1; shift ;;
     --bin) BIN=$2; shift 2 ;;
     --out) OUT_MD=$2; shift 2 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
@@ -44,6 +51,20 @@ status=0
   echo
 } > "$OUT_MD"
 ldd "$BIN" | grep -E 'cuda|cublas|curand|not found' >&2
+
+# Section 5: mixture-of-experts decode (the grouped CUDA MoE path, issue 20).
+moe_section() {
+  local moe_md="${OUT_MD%.md}-moe.md"
+  "$BIN" gpu-check --device cuda --moe-only --moe-model "${MOE_MODEL:-qwen3-30b-a3b}" \
+    --nominal-gbps "${NOMINAL_GBPS:-4800}" --out "$moe_md" >&2 || status=1
+  sed -n '/^## 5\./,$p' "$moe_md" >> "$OUT_MD" 2>/dev/null
+}
+if [[ -n $MOE_ONLY ]]; then
+  echo "== 5: mixture-of-experts decode" >&2
+  moe_section
+  cat "$OUT_MD"
+  exit $status
+fi
 
 echo "== 1, 2, 4: kernels, whole-model logits, speed" >&2
 # Written beside the report as it goes, so a run cut short keeps its finished rows.
@@ -87,6 +108,7 @@ SPEED_MD="${OUT_MD%.md}-speed.md"
 "$BIN" gpu-check --device cuda "${QUICK[@]}" --out "$SPEED_MD" >&2 || status=1
 # Only the speed section of the second run (its checks repeat section 1).
 sed -n '/^## 4\./,$p' "$SPEED_MD" >> "$OUT_MD" 2>/dev/null
+[[ ${#QUICK[@]} -eq 0 ]] && { echo "== 5: mixture-of-experts decode" >&2; moe_section; }
 
 cat "$OUT_MD"
 exit $status

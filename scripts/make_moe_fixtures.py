@@ -9,7 +9,11 @@ reference.safetensors: the logits of every prompt position and of every greedy s
 writes model.gguf (f32) with the `gguf` package under llama.cpp's names: `llama` with
 `llama.expert_count` for Mixtral (q/k rows permuted as llama.cpp's converter does), `qwen3moe`
 for Qwen3-MoE, the experts stacked in 3-D `ffn_{gate,up,down}_exps`, the router in
-`ffn_gate_inp`. No tokenizer: the prompts are token ids.
+`ffn_gate_inp`. The references' prompts are token ids; for serving over the API (server/tests/
+http_moe.rs) each fixture also carries a tiny SentencePiece-style tokenizer that fits the
+128-token vocabulary (see `tokenizer_vocab`): tokenizer.json + tokenizer_config.json (with a chat
+template: Mixtral's [INST] format, ChatML for Qwen3-MoE) and the same vocabulary as GGUF `llama`
+tokenizer metadata, so the GGUF is self-contained for Metrum and llama.cpp.
 
 The Qwen3-MoE fixture keeps transformers' default norm_topk_prob=false (its GGUF says so with
 `qwen3moe.expert_weights_norm = false`); Mixtral always renormalises. Both routers are large
@@ -17,7 +21,11 @@ enough that one step's tokens go to different experts.
 
 Run by hand (not in CI), with scripts/requirements-fixtures.txt installed:
     python3 scripts/make_moe_fixtures.py
-Deterministic for the pinned versions.
+Deterministic for the pinned versions. Adding the tokenizer to the committed fixtures without
+rebuilding them (no torch; needs only `gguf` and numpy, e.g. target/llamacpp-venv):
+    target/llamacpp-venv/bin/python scripts/make_moe_fixtures.py --tokenizer-only
+rewrites tokenizer.json, tokenizer_config.json and model.gguf from the committed
+model.safetensors + config.json; the weights, hence reference.*, stay as they are.
 """
 
 from __future__ import annotations
@@ -25,8 +33,10 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import struct
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_family_fixtures import (  # noqa: E402  (one home for the reference helpers)
@@ -73,12 +83,116 @@ def init_weights(model, seed: int) -> None:
             p.copy_(w)
 
 
+# ---- tokenizer: a SentencePiece-style vocabulary of exactly VOCAB pieces, shared by both fixtures.
+# ids 0-2 are <unk>/<s>/</s> (COMMON's bos/eos), then each family's chat markers (control), then
+# single characters and a few joined pieces (score = merge priority). No byte fallback: characters
+# outside the vocabulary become <unk>.
+SPECIALS = ["<unk>", "<s>", "</s>", "[INST]", "[/INST]", "<|im_start|>", "<|im_end|>"]
+CHARS = (["\u2581", "\n"] + [chr(c) for c in range(ord("a"), ord("z") + 1)]
+         + [chr(c) for c in range(ord("A"), ord("Z") + 1)] + [str(d) for d in range(10)]
+         + list(".,?!'\":;-()+=*/"))
+JOINED = ["\u2581t", "\u2581a", "\u2581w", "\u2581i", "\u2581s", "\u2581o", "\u2581c", "\u2581h",
+          "th", "he", "in", "er", "an", "re", "on", "at", "en", "is", "ou", "it", "es", "or",
+          "ar", "te", "ed", "nd", "ha", "to", "st", "ng", "\u2581th", "\u2581the", "\u2581is",
+          "\u2581wh", "\u2581what", "\u25812", "ll", "\u2581he", "\u2581hell", "\u2581hello",
+          "el", "lo"]
+TEMPLATES = {
+    # Mistral's v0.1 instruct format (the Mixtral-8x7B-Instruct template, system folded away).
+    "mixtral": ("{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}"
+                "{{ '[INST] ' + message['content'] + ' [/INST]' }}{% elif message['role'] == "
+                "'assistant' %}{{ message['content'] + eos_token }}{% endif %}{% endfor %}"),
+    # ChatML, as Qwen3's template renders a plain conversation.
+    "qwen3moe": ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + "
+                 "message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}"
+                 "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"),
+}
+
+
+def tokenizer_vocab() -> tuple[list[str], list[int], list[float]]:
+    """(pieces, GGUF token types, scores): 2 = unknown, 3 = control, 1 = normal."""
+    pieces = SPECIALS + CHARS + JOINED
+    assert len(pieces) == VOCAB and len(set(pieces)) == VOCAB, len(pieces)
+    types = [2] + [3] * (len(SPECIALS) - 1) + [1] * (len(CHARS) + len(JOINED))
+    scores = [0.0] * len(SPECIALS) + [-1000.0] * len(CHARS) + [-float(i) for i in range(len(JOINED))]
+    return pieces, types, scores
+
+
+def tokenizer_json() -> dict:
+    """The tokenizer.json Metrum builds from the GGUF metadata below (engine/src/tokenizer/gguf.rs,
+    spm_parts without a space prefix), so both serving paths tokenize alike."""
+    pieces, types, scores = tokenizer_vocab()
+    ids = {p: i for i, p in enumerate(pieces)}
+    merges = []  # every split of a joined piece into two pieces, best score first
+    for i, p in enumerate(pieces):
+        if types[i] != 1:
+            continue
+        for k in range(1, len(p)):
+            if p[:k] in ids and p[k:] in ids and types[ids[p[:k]]] == 1 and types[ids[p[k:]]] == 1:
+                merges.append((-scores[i], i, ids[p[:k]], ids[p[k:]]))
+    merges.sort()
+    added = [dict(id=i, content=p, single_word=False, lstrip=False, rstrip=False, normalized=False,
+                  special=True) for i, p in enumerate(pieces) if types[i] in (2, 3)]
+    return {
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
+        "normalizer": {"type": "Sequence", "normalizers": [
+            {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]},
+        "pre_tokenizer": None, "post_processor": None,
+        "decoder": {"type": "Sequence", "decoders": [
+            {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "},
+            {"type": "ByteFallback"}, {"type": "Fuse"}]},
+        "model": {"type": "BPE", "dropout": None, "unk_token": "<unk>",
+                  "continuing_subword_prefix": None, "end_of_word_suffix": None, "fuse_unk": True,
+                  "byte_fallback": False, "ignore_merges": False,
+                  "vocab": {p: i for i, p in enumerate(pieces)},
+                  "merges": [[pieces[a], pieces[b]] for _, _, a, b in merges]},
+    }
+
+
+def write_tokenizer_files(name: str, d: Path) -> None:
+    write_json(d / "tokenizer.json", tokenizer_json())
+    write_json(d / "tokenizer_config.json", dict(
+        bos_token="<s>", eos_token="</s>", unk_token="<unk>", add_bos_token=False,
+        add_eos_token=False, chat_template=TEMPLATES[name], model_max_length=256,
+        tokenizer_class="LlamaTokenizerFast"))
+
+
+def add_gguf_tokenizer(w, name: str) -> None:
+    pieces, types, scores = tokenizer_vocab()
+    w.add_tokenizer_model("llama")
+    w.add_token_list(pieces)
+    w.add_token_types(types)
+    w.add_token_scores(scores)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    w.add_add_bos_token(False)
+    w.add_add_eos_token(False)
+    w.add_add_space_prefix(False)
+    w.add_chat_template(TEMPLATES[name])
+
+
+def load_safetensors_f32(path: Path) -> dict:
+    """model.safetensors (all F32, as save_pretrained wrote it) without the safetensors package."""
+    import numpy as np
+
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    out = {}
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        assert info["dtype"] == "F32", (key, info["dtype"])
+        a, b = info["data_offsets"]
+        out[key] = np.frombuffer(raw[8 + n + a:8 + n + b], dtype="<f4").reshape(info["shape"])
+    return out
+
+
 def write_gguf(name: str, spec: dict, cfg, d: Path) -> None:
     import gguf
     import numpy as np
-    from safetensors.numpy import load_file
 
-    sd = load_file(str(d / "model.safetensors"))
+    sd = load_safetensors_f32(d / "model.safetensors")
     arch = spec["gguf_arch"]
     w = gguf.GGUFWriter(str(d / "model.gguf"), arch)
     w.add_context_length(cfg.max_position_embeddings)
@@ -89,7 +203,7 @@ def write_gguf(name: str, spec: dict, cfg, d: Path) -> None:
     w.add_head_count_kv(cfg.num_key_value_heads)
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
-    n_exp = cfg.num_local_experts if name == "mixtral" else cfg.num_experts
+    n_exp = getattr(cfg, "num_local_experts", None) or cfg.num_experts
     w.add_expert_count(n_exp)
     w.add_expert_used_count(cfg.num_experts_per_tok)
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
@@ -99,6 +213,7 @@ def write_gguf(name: str, spec: dict, cfg, d: Path) -> None:
         w.add_expert_feed_forward_length(cfg.moe_intermediate_size)
         w.add_bool(f"{arch}.expert_weights_norm", bool(cfg.norm_topk_prob))
     w.add_rope_dimension_count(head_dim)
+    add_gguf_tokenizer(w, name)
 
     def t(gname, arr):
         w.add_tensor(gname, np.ascontiguousarray(arr.astype(np.float32)))
@@ -177,6 +292,7 @@ def build(name: str, idx: int) -> dict:
         _, _, chosen = block.gate(normed.reshape(-1, cfg.hidden_size))
     safetensors.torch.save_file(tensors, str(d / "reference.safetensors"), metadata={"format": "pt"})
     write_gguf(name, spec, model.config, d)
+    write_tokenizer_files(name, d)
     ref = dict(family=name, architecture=spec["arch"], seed=seed, dtype="float32",
                attn_implementation="eager",
                versions=dict(transformers=transformers.__version__,
@@ -193,7 +309,20 @@ def build(name: str, idx: int) -> dict:
                 experts=ref["experts_hit_by_longest_prompt_embeddings_layer0"])
 
 
+def add_tokenizer_only() -> None:
+    """The tokenizer files and GGUF metadata for the committed fixtures, weights untouched."""
+    for name, spec in MODELS.items():
+        d = OUT / name
+        cfg = SimpleNamespace(**json.loads((d / "config.json").read_text()))
+        write_gguf(name, spec, cfg, d)
+        write_tokenizer_files(name, d)
+        print(json.dumps(dict(name=name, sizes={p.name: p.stat().st_size for p in sorted(d.iterdir())})))
+
+
 def main() -> None:
+    if "--tokenizer-only" in sys.argv[1:]:
+        add_tokenizer_only()
+        return
     import torch
 
     torch.set_num_threads(1)

@@ -41,6 +41,8 @@ fn presets_have_the_published_shapes() {
         ("qwen2.5-0.5b-as-llama", 151_936, 24, 896),
         ("gemma-2-2b", 256_000, 26, 2304),
         ("gemma-2-2b-as-llama", 256_000, 26, 2304),
+        ("qwen3-30b-a3b", 151_936, 48, 2048),
+        ("tiny-moe", 256, 2, 256),
     ];
     assert_eq!(SYNTHETIC_MODELS.len(), expect.len());
     for (name, vocab, layers, hidden) in expect {
@@ -56,6 +58,8 @@ fn presets_have_the_published_shapes() {
     assert!((billions("llama-3.2-1b") - 1.236).abs() < 0.01);
     assert!((billions("llama-3.2-3b") - 3.213).abs() < 0.01);
     assert!((billions("llama-3.1-8b") - 8.030).abs() < 0.01);
+    // Qwen3-30B-A3B's published 30.5 B (its q/k norms, 12k parameters, are not counted).
+    assert!((billions("qwen3-30b-a3b") - 30.53).abs() < 0.01);
     // Published sizes (Qwen2.5-0.5B's QKV biases, 28k parameters, are not counted).
     assert!((billions("qwen2.5-0.5b") - 0.494).abs() < 0.001);
     assert!((billions("gemma-2-2b") - 2.614).abs() < 0.001);

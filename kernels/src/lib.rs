@@ -9,6 +9,7 @@
 //! | [`metadata`] | [`AttentionMetadata`]: one varlen batch's sequence layout, block tables, slot mapping |
 //! | [`attention`] | [`paged_attention_with`] (and its [`AttentionParams`]: scale, sliding window, soft-cap), [`reshape_and_cache`]: the public entry points, dispatching by device |
 //! | [`ops`] | [`rms_norm`], [`add_rms_norm`], [`rope`] (both [`RopeStyle`]s), [`silu_mul`], [`gelu_tanh_mul`] |
+//! | [`moe`] | [`moe_grouped_matmul`] (one launch over all experts' rows, sorted by expert, with their [`ExpertRows`]) and [`moe_combine`] (the weighted sum back per token) |
 //! | [`quant`] | quantized matmul on the CPU (GGUF Q4_0/Q4_1/Q8_0/Q4_K/Q5_K/Q6_K): scalar reference, AVX2, AVX-512 VNNI |
 //! | [`threads`] | the spinning fork-join pool the CPU kernels run on (`--threads`) |
 //! | [`vmath`] | vectorizable `exp`, `tanh`, SiLU and softmax sums (libm's `expf` is a scalar call) |
@@ -37,6 +38,7 @@ mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 pub mod metadata;
+pub mod moe;
 pub mod ops;
 pub mod quant;
 pub mod threads;
@@ -47,6 +49,7 @@ pub use attention::{
     paged_attention_with, reshape_and_cache,
 };
 pub use metadata::{AttentionMetadata, PREFILL_TILE_TOKENS};
+pub use moe::{ExpertRows, moe_combine, moe_grouped_matmul};
 pub use ops::{RopeStyle, add_rms_norm, gelu_tanh_mul, rms_norm, rope, silu_mul};
 
 /// Every embedded PTX module as `(name, ptx)`, for validity checks (`ptxas`) without a GPU.

@@ -31,7 +31,7 @@ fn embedded_ptx_assembles_for_sm_90() {
     let dir = std::env::temp_dir().join(format!("metrum-ptx-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let modules = metrum_kernels::embedded_ptx();
-    assert_eq!(modules.len(), 6);
+    assert_eq!(modules.len(), 7);
     for (name, ptx) in modules {
         assert!(
             ptx.contains(".target sm_90"),
@@ -71,6 +71,8 @@ fn launched_kernels() -> Vec<(&'static str, String)> {
         names.push(("activation", format!("silu_mul_vec_{t}")));
         names.push(("activation", format!("gelu_tanh_mul_{t}")));
         names.push(("activation", format!("gelu_tanh_mul_vec_{t}")));
+        names.push(("moe", format!("moe_grouped_gemm_{t}")));
+        names.push(("moe", format!("moe_combine_{t}")));
     }
     for t in ["f16", "bf16"] {
         for d in [64, 128] {

@@ -6,4 +6,7 @@ mod logits;
 mod speed;
 
 pub use logits::{GreedyTrace, compare_devices, greedy_trace};
-pub use speed::{DecodeStepRow, PrefillRow, decode_step_time, gemm_tflops, prefill_throughput};
+pub use speed::{
+    DecodeStepRow, MoeStepBytes, PrefillRow, decode_step_time, gemm_tflops, moe_step_bytes,
+    prefill_throughput,
+};

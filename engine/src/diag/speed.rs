@@ -96,6 +96,56 @@ pub fn decode_step_time(
     })
 }
 
+/// What a mixture-of-experts decode step must read: the experts one token uses, and the whole
+/// step's bytes with the experts a batch is expected to touch.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct MoeStepBytes {
+    /// The `k` chosen experts of every sparse layer, for one token.
+    pub active_expert_bytes_per_token: u64,
+    /// Expected distinct experts per sparse layer for the batch, under uniform routing:
+    /// `E · (1 - (1 - k/E)^batch)`.
+    pub expected_experts_per_layer: f64,
+    /// Everything but the experts (attention, norms, routers, dense layers, the LM head, the
+    /// batch's embedding rows) + the expected experts + the K/V of `context` tokens per sequence.
+    pub step_bytes: u64,
+}
+
+/// The bytes of one decode step of a mixture-of-experts `config` at `batch` and `context`;
+/// `None` for a dense model.
+pub fn moe_step_bytes(
+    config: &crate::model::ModelConfig,
+    dtype_bytes: usize,
+    batch: usize,
+    context: usize,
+) -> Option<MoeStepBytes> {
+    let moe = config.moe.as_ref()?;
+    let (h, e, k) = (
+        config.hidden_size,
+        moe.num_experts as f64,
+        moe.experts_per_token,
+    );
+    let expert_params = 3 * h * moe.expert_intermediate_size;
+    let sparse_layers = (0..config.num_layers).filter(|&l| moe.is_sparse(l)).count();
+    let all_experts = sparse_layers * moe.num_experts * expert_params;
+    // An untied embedding table is not read, only the batch's rows of it.
+    let embed = config.vocab_size * h;
+    let unread_embed = if config.tie_word_embeddings {
+        0
+    } else {
+        embed - batch.min(config.vocab_size) * h
+    };
+    let other = config.num_parameters() - all_experts - unread_embed;
+    let expected = e * (1.0 - (1.0 - k as f64 / e).powi(batch as i32));
+    let experts = sparse_layers as f64 * expected * expert_params as f64;
+    let kv = 2 * config.num_layers * config.num_kv_heads * config.head_dim * context * batch;
+    Some(MoeStepBytes {
+        active_expert_bytes_per_token: (sparse_layers * k * expert_params * dtype_bytes) as u64,
+        expected_experts_per_layer: expected,
+        step_bytes: ((other + kv) as f64 * dtype_bytes as f64 + experts * dtype_bytes as f64)
+            as u64,
+    })
+}
+
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct PrefillRow {
     pub chunk: usize,
@@ -158,4 +208,29 @@ pub fn gemm_tflops(device: &Device, n: usize, iters: usize) -> Result<f64> {
     device.synchronize()?;
     let secs = t0.elapsed().as_secs_f64() / iters as f64;
     Ok(2.0 * (n as f64).powi(3) / secs / 1e12)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::synthetic_config;
+
+    #[test]
+    fn moe_bytes_of_qwen3_30b_a3b() {
+        let config = synthetic_config("qwen3-30b-a3b").unwrap();
+        assert!(moe_step_bytes(&synthetic_config("tiny").unwrap(), 2, 1, 0).is_none());
+        let one = moe_step_bytes(&config, 2, 1, 0).unwrap();
+        // 48 layers · 8 experts · 3 · 2048 · 768 bf16 weights.
+        assert_eq!(
+            one.active_expert_bytes_per_token,
+            48 * 8 * 3 * 2048 * 768 * 2
+        );
+        assert!((one.expected_experts_per_layer - 8.0).abs() < 1e-9);
+        // The published "A3B": about 3.3 B parameters read per token.
+        let params = one.step_bytes as f64 / 2.0 / 1e9;
+        assert!((3.0..3.6).contains(&params), "{params} B active parameters");
+        let wide = moe_step_bytes(&config, 2, 32, 0).unwrap();
+        assert!(wide.expected_experts_per_layer > 110.0 && wide.expected_experts_per_layer < 128.0);
+        assert!(wide.step_bytes > 5 * one.step_bytes);
+    }
 }

@@ -16,7 +16,7 @@ use metrum_kernels::RopeStyle;
 use crate::model::arch::{ArchSpec, Family};
 use crate::model::family::{self, ConfigIssue};
 use crate::model::linear::{Embedding, Linear, SplitLinear, cpu_quant_type, linear_from_ggml};
-use crate::model::moe::{FeedForward, GatedMlp, MoeBlock};
+use crate::model::moe::{Experts, FeedForward, GatedMlp, MoeBlock};
 use crate::model::{
     DecoderModel, LayerWeights, ModelConfig, ModelError, ModelParts, MoeConfig, Result, RopeScaling,
 };
@@ -426,7 +426,7 @@ impl GgufReader {
         }
         Ok(MoeBlock {
             router,
-            experts,
+            experts: Experts::for_device(experts, &self.device)?,
             experts_per_token: moe.experts_per_token,
             renormalize: moe.renormalize,
         })

@@ -91,6 +91,14 @@ impl Linear {
         Linear::Quantized(QMatMul::QTensor(weight))
     }
 
+    /// The weight matrix `[out, in]` when it is dense (f32/f16/bf16).
+    pub fn as_dense(&self) -> Option<&Tensor> {
+        match self {
+            Linear::Dense(w) => Some(w),
+            _ => None,
+        }
+    }
+
     /// `x: [T, in]` to `[T, out]` in `x`'s dtype.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
@@ -149,6 +157,14 @@ impl<const N: usize> SplitLinear<N> {
             candle_core::bail!("split projection yields {outputs} outputs, expected {N}");
         }
         Ok(SplitLinear { groups })
+    }
+
+    /// The one dense matrix all `N` outputs are stacked in, when there is exactly one.
+    pub fn as_single_dense(&self) -> Option<&Tensor> {
+        match self.groups.as_slice() {
+            [(linear, _)] => linear.as_dense(),
+            _ => None,
+        }
     }
 
     /// `x: [T, in]` to the `N` outputs `[T, width_i]`.

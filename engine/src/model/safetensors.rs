@@ -12,7 +12,7 @@ use serde_json::Value as Json;
 use crate::model::arch::Family;
 use crate::model::hf_config::read_config;
 use crate::model::linear::{Embedding, Linear, SplitLinear};
-use crate::model::moe::{FeedForward, GatedMlp, MoeBlock};
+use crate::model::moe::{Experts, FeedForward, GatedMlp, MoeBlock};
 use crate::model::{
     DecoderModel, LayerWeights, ModelConfig, ModelError, ModelParts, MoeConfig, Result,
 };
@@ -265,7 +265,7 @@ impl Shards {
         }
         Ok(MoeBlock {
             router: Linear::Dense(router),
-            experts,
+            experts: Experts::for_device(experts, device)?,
             experts_per_token: moe.experts_per_token,
             renormalize: moe.renormalize,
         })

@@ -3,7 +3,9 @@
 //! weights. `NAME-as-llama` presets keep a family's shapes but drop its differences, so the
 //! cost of those differences can be measured against a Llama of exactly equal size. Real presets keep
 //! their real vocabulary size so the LM head costs what it really costs; the byte-level
-//! tokenizer of synthetic models only ever produces the first 256 ids.
+//! tokenizer of synthetic models only ever produces the first 256 ids. `qwen3-30b-a3b` and
+//! `tiny-moe` are mixtures of experts (Qwen3-MoE layers: q/k norms, every layer sparse), for
+//! the MoE decode timings of `metrum gpu-check --moe` (the first is 30.5 B parameters: a GPU's).
 
 use candle_core::{DType, Device, Tensor};
 use metrum_kernels::RopeStyle;
@@ -13,7 +15,7 @@ use rayon::prelude::*;
 
 use crate::model::arch::{Activation, ArchSpec, Family};
 use crate::model::linear::{Embedding, Linear, SplitLinear};
-use crate::model::moe::{FeedForward, GatedMlp};
+use crate::model::moe::{Experts, FeedForward, GatedMlp, MoeBlock, MoeConfig};
 use crate::model::{
     DecoderModel, LayerWeights, ModelConfig, ModelError, ModelParts, Result, RopeScaling,
 };
@@ -29,6 +31,8 @@ pub const SYNTHETIC_MODELS: &[&str] = &[
     "qwen2.5-0.5b-as-llama",
     "gemma-2-2b",
     "gemma-2-2b-as-llama",
+    "qwen3-30b-a3b",
+    "tiny-moe",
 ];
 
 /// Standard deviation of every random projection and embedding (the usual llama init).
@@ -166,6 +170,51 @@ pub fn synthetic_config(name: &str) -> Result<ModelConfig> {
             ..gemma_2_2b
         },
         "gemma-2-2b-as-llama" => gemma_2_2b,
+        // Qwen/Qwen3-30B-A3B's config.json: 128 experts of width 768, top 8, renormalised.
+        "qwen3-30b-a3b" => ModelConfig {
+            vocab_size: 151_936,
+            hidden_size: 2048,
+            intermediate_size: 6144,
+            num_layers: 48,
+            num_heads: 32,
+            num_kv_heads: 4,
+            head_dim: 128,
+            rms_norm_eps: 1e-6,
+            rope_theta: 1_000_000.0,
+            max_position_embeddings: 40_960,
+            tie_word_embeddings: false,
+            arch: qwen3_moe_arch(),
+            moe: Some(MoeConfig {
+                num_experts: 128,
+                experts_per_token: 8,
+                expert_intermediate_size: 768,
+                renormalize: true,
+                dense_layers: Vec::new(),
+            }),
+            ..base
+        },
+        // The same layer kind at "tiny"'s size (a CPU dry run of the MoE timings).
+        "tiny-moe" => ModelConfig {
+            vocab_size: 256,
+            hidden_size: 256,
+            intermediate_size: 512,
+            num_layers: 2,
+            num_heads: 4,
+            num_kv_heads: 2,
+            head_dim: 64,
+            rope_theta: 10_000.0,
+            max_position_embeddings: 4096,
+            tie_word_embeddings: false,
+            arch: qwen3_moe_arch(),
+            moe: Some(MoeConfig {
+                num_experts: 16,
+                experts_per_token: 4,
+                expert_intermediate_size: 96,
+                renormalize: true,
+                dense_layers: Vec::new(),
+            }),
+            ..base
+        },
         _ => {
             return Err(ModelError::UnknownSynthetic {
                 name: name.to_string(),
@@ -175,12 +224,17 @@ pub fn synthetic_config(name: &str) -> Result<ModelConfig> {
     Ok(config)
 }
 
+fn qwen3_moe_arch() -> ArchSpec {
+    ArchSpec {
+        family: Family::Qwen3Moe,
+        qk_norm: true,
+        ..ArchSpec::llama()
+    }
+}
+
 pub(crate) fn build(name: &str, device: &Device, dtype: DType, seed: u64) -> Result<DecoderModel> {
     let config = synthetic_config(name)?;
-    let (h0, l0) = (config.hidden_size, config.num_layers);
-    let approx_params = config.vocab_size * h0 * 2
-        + l0 * (h0 * (config.q_size() + 2 * config.kv_size()) + config.q_size() * h0)
-        + l0 * 3 * h0 * config.intermediate_size;
+    let approx_params = config.num_parameters();
     let mut rng = RandomWeights::new(seed, device, approx_params <= HOST_DRAWN_MAX_PARAMS)?;
     let (h, q, kv, ff) = (
         config.hidden_size,
@@ -224,13 +278,26 @@ pub(crate) fn build(name: &str, device: &Device, dtype: DType, seed: u64) -> Res
             )])?,
             o_proj: Linear::Dense(rng.normal(&[h, q], out_std, dtype)?),
             mlp_norm: ones.clone(),
-            ffn: FeedForward::Dense(GatedMlp {
-                gate_up: SplitLinear::new(vec![(
-                    Linear::Dense(rng.normal(&[2 * ff, h], INIT_STD, dtype)?),
-                    vec![ff, ff],
-                )])?,
-                down: Linear::Dense(rng.normal(&[h, ff], out_std, dtype)?),
-            }),
+            ffn: match &config.moe {
+                None => FeedForward::Dense(random_mlp(&mut rng, h, ff, out_std, dtype)?),
+                Some(moe) => {
+                    let width = moe.expert_intermediate_size;
+                    let experts = (0..moe.num_experts)
+                        .map(|_| random_mlp(&mut rng, h, width, out_std, dtype))
+                        .collect::<Result<Vec<_>>>()?;
+                    FeedForward::Experts(MoeBlock {
+                        // Router logits of order 1, so tokens spread over the experts.
+                        router: Linear::Dense(rng.normal(
+                            &[moe.num_experts, h],
+                            1.0 / (h as f32).sqrt(),
+                            dtype,
+                        )?),
+                        experts: Experts::for_device(experts, device)?,
+                        experts_per_token: moe.experts_per_token,
+                        renormalize: moe.renormalize,
+                    })
+                }
+            },
         });
     }
     let parts = ModelParts {
@@ -240,6 +307,23 @@ pub(crate) fn build(name: &str, device: &Device, dtype: DType, seed: u64) -> Res
         lm_head: Linear::Dense(lm_head),
     };
     DecoderModel::from_parts(config, dtype, device, parts)
+}
+
+/// A random gated MLP `hidden -> width -> hidden`.
+fn random_mlp(
+    rng: &mut RandomWeights,
+    hidden: usize,
+    width: usize,
+    out_std: f32,
+    dtype: DType,
+) -> Result<GatedMlp> {
+    Ok(GatedMlp {
+        gate_up: SplitLinear::new(vec![(
+            Linear::Dense(rng.normal(&[2 * width, hidden], INIT_STD, dtype)?),
+            vec![width, width],
+        )])?,
+        down: Linear::Dense(rng.normal(&[hidden, width], out_std, dtype)?),
+    })
 }
 
 /// Seeded normal tensors. On CPU each 64K-element chunk has its own generator seeded from

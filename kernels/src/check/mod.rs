@@ -5,12 +5,13 @@
 //! compares the result (widened to f32) with an *independent* reference computed on the CPU:
 //! a naive dense causal (optionally windowed, soft-capped) attention for the paged attention,
 //! candle_nn's `rope`/`rope_i`, `rms_norm` and `silu` for the fused ops, the f64 scalar formula
-//! for `gelu_tanh_mul`, and a host-side scatter for `reshape_and_cache`.
+//! for `gelu_tanh_mul`, per-expert candle matmuls and an f64 pair loop for the MoE ops, and a host-side scatter for `reshape_and_cache`.
 //! On the CPU device this validates the oracle; on CUDA it validates the kernels.
 
 mod attention;
 mod bench;
 mod compute_peak;
+mod moe;
 mod ops;
 
 pub use attention::{AttentionCase, attention_cases, check_attention};
@@ -19,6 +20,7 @@ pub use bench::{
     cpu_read_bandwidth,
 };
 pub use compute_peak::cpu_int8_mac_peak;
+pub use moe::{MoeCase, check_moe, moe_cases};
 pub use ops::{
     NormCase, RopeCase, check_add_rms_norm, check_gelu_tanh_mul, check_rms_norm, check_rope,
     check_silu_mul, norm_cases, rope_cases,
@@ -82,6 +84,9 @@ pub fn run_kernel_checks(device: &Device, quick: bool) -> Result<Vec<CheckRow>> 
         }
         for (i, case) in rope_cases(quick).iter().enumerate() {
             rows.push(check_rope(device, dtype, case, 5000 + i as u64)?);
+        }
+        for (i, case) in moe_cases().iter().enumerate() {
+            rows.extend(check_moe(device, dtype, case, 7000 + i as u64)?);
         }
     }
     Ok(rows)

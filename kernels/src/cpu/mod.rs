@@ -11,6 +11,7 @@ mod fast_attention;
 #[cfg(target_arch = "x86_64")]
 mod fast_decode_avx512;
 mod kv_dtype;
+mod moe;
 mod norm;
 mod paged_attention;
 mod rope;
@@ -18,6 +19,7 @@ mod rope;
 pub(crate) use activation::{gelu_tanh_mul, silu_mul};
 pub(crate) use fast_attention::{Dims as FastDims, paged_attention_fast};
 pub(crate) use kv_dtype::narrow_f32_to_f16;
+pub(crate) use moe::{moe_combine, moe_grouped_matmul};
 pub(crate) use norm::{add_rms_norm, rms_norm};
 pub(crate) use paged_attention::{paged_attention, reshape_and_cache};
 pub(crate) use rope::rope;

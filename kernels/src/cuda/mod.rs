@@ -3,9 +3,11 @@
 //! first, and every driver error is returned as a candle error.
 
 mod attention;
+mod moe;
 mod ops;
 
 pub(crate) use attention::{paged_attention, reshape_and_cache};
+pub(crate) use moe::{moe_combine, moe_grouped_matmul};
 pub(crate) use ops::{gelu_tanh_mul, rms_norm, rope, silu_mul};
 
 use candle_core::cuda_backend::CudaDType;
@@ -16,7 +18,7 @@ use candle_core::{
 use half::{bf16, f16};
 
 /// Every embedded PTX module: (file stem under `csrc/`, PTX text).
-pub const MODULES: [(&str, &str); 6] = [
+pub const MODULES: [(&str, &str); 7] = [
     (
         "attention_decode",
         include_str!(concat!(env!("OUT_DIR"), "/attention_decode.ptx")),
@@ -35,6 +37,7 @@ pub const MODULES: [(&str, &str); 6] = [
         "activation",
         include_str!(concat!(env!("OUT_DIR"), "/activation.ptx")),
     ),
+    ("moe", include_str!(concat!(env!("OUT_DIR"), "/moe.ptx"))),
 ];
 
 /// Loads `func` from the embedded module `module` (once per device; candle caches modules).

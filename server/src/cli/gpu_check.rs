@@ -28,6 +28,15 @@ pub struct GpuCheckArgs {
     /// Where to write the markdown report (also printed).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Only the mixture-of-experts decode section (`scripts/gpu-check.sh --moe-only`).
+    #[arg(long)]
+    pub moe_only: bool,
+    /// Synthetic mixture-of-experts model for the MoE decode timings (`tiny-moe` for a dry run).
+    #[arg(long, default_value = "qwen3-30b-a3b")]
+    pub moe_model: String,
+    /// The device's nominal memory bandwidth in GB/s, the MoE floor's yardstick (H200: 4800).
+    #[arg(long, default_value_t = 4800.0)]
+    pub nominal_gbps: f64,
 }
 
 fn open(device: &str) -> Result<Device> {
@@ -60,6 +69,11 @@ impl GpuCheckArgs {
                 "cpu-only"
             }
         )?;
+        if self.moe_only {
+            self.moe_speed(&device, &mut md)?;
+            println!("{md}");
+            return self.save(&md);
+        }
 
         // 1. Kernels against the CPU reference.
         let t0 = std::time::Instant::now();
@@ -129,6 +143,8 @@ impl GpuCheckArgs {
             ("smollm2-135m", DType::F16),
             ("smollm2-135m", DType::F32),
             ("llama-3.2-1b", DType::BF16),
+            // The grouped MoE kernels on the device against one matmul per expert on the CPU.
+            ("tiny-moe", DType::F32),
         ] {
             let result =
                 DecoderModel::synthetic(name, &Device::Cpu, DType::F32, 1).and_then(|cpu| {
@@ -171,6 +187,62 @@ impl GpuCheckArgs {
             std::fs::write(out, md).with_context(|| format!("writing {}", out.display()))?;
         }
         eprintln!("{}", md.lines().last().unwrap_or(""));
+        Ok(())
+    }
+
+    /// Decode steps of a synthetic mixture of experts at batch 1/8/32 against the bytes they
+    /// must read: per token the `k` chosen experts of every layer; per step everything else once,
+    /// the experts the batch is expected to touch (uniform routing), and the K/V.
+    fn moe_speed(&self, device: &Device, md: &mut String) -> Result<()> {
+        let dtype = if device.is_cuda() {
+            DType::BF16
+        } else {
+            DType::F32
+        };
+        let copy_gbps = check::bench_copy_bandwidth(device)?;
+        let t0 = std::time::Instant::now();
+        let model = DecoderModel::synthetic(&self.moe_model, device, dtype, 0)?;
+        let cfg = model.config();
+        let Some(moe) = &cfg.moe else {
+            bail!("synthetic:{} is not a mixture of experts", self.moe_model);
+        };
+        let per_token = diag::moe_step_bytes(cfg, dtype.size_in_bytes(), 1, 0)
+            .context("MoE bytes")?
+            .active_expert_bytes_per_token;
+        writeln!(
+            md,
+            "\n## 5. Mixture-of-experts decode, synthetic:{} ({:.1} B params, {} experts, top {}, expert width {}, {dtype:?}, built in {:.0} s)\n\nActive-expert bytes per token: **{:.2} GB** (the k chosen experts of every layer). Step bytes = everything but the experts + the experts the batch is expected to touch (uniform routing) + K/V. Floors: step bytes over the nominal {:.0} GB/s and over this run's copy bandwidth {copy_gbps:.0} GB/s.\n\n| batch | context | step (ms) | tok/s | experts/layer (expected) | step GB | floor @nominal (ms) | nominal floor / step | floor @copy (ms) |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            self.moe_model,
+            cfg.num_parameters() as f64 / 1e9,
+            moe.num_experts,
+            moe.experts_per_token,
+            moe.expert_intermediate_size,
+            t0.elapsed().as_secs_f64(),
+            per_token as f64 / 1e9,
+            self.nominal_gbps,
+        )?;
+        let context = 512;
+        for batch in [1usize, 8, 32] {
+            let bytes = diag::moe_step_bytes(cfg, dtype.size_in_bytes(), batch, context)
+                .context("MoE bytes")?;
+            match diag::decode_step_time(&model, batch, context, copy_gbps, 10) {
+                Ok(r) => {
+                    let nominal_ms = bytes.step_bytes as f64 / (self.nominal_gbps * 1e9) * 1e3;
+                    writeln!(
+                        md,
+                        "| {batch} | {context} | {:.2} | {:.0} | {:.1} | {:.2} | {nominal_ms:.2} | {:.0}% | {:.2} |",
+                        r.step_ms,
+                        batch as f64 / r.step_ms * 1e3,
+                        bytes.expected_experts_per_layer,
+                        bytes.step_bytes as f64 / 1e9,
+                        100.0 * nominal_ms / r.step_ms,
+                        bytes.step_bytes as f64 / (copy_gbps * 1e9) * 1e3,
+                    )?
+                }
+                Err(e) => writeln!(md, "| {batch} | {context} | failed: {e} | | | | | | |")?,
+            }
+            self.save(md)?;
+        }
         Ok(())
     }
 
