@@ -33,6 +33,7 @@ serve_flags() { # $1 = off|on
 }
 
 for wl in $WORKLOADS; do
+  mkdir -p "$OUT/$wl"
   for spec in off ${CAP_ON:+on}; do
     cap=$OUT/$wl/capacity-$spec
     [ -f "$cap/capacity.json" ] || $BIN bench capacity --serve "$(serve_flags $spec)" \
@@ -41,6 +42,12 @@ for wl in $WORKLOADS; do
   done
   KNEE=$(python3 -c "import json; print(json.load(open('$OUT/$wl/capacity-off/capacity.json'))['result']['max_qps_under_slo'])")
   echo "$wl: knee (speculation off) $KNEE req/s" | tee "$OUT/$wl/knee.txt"
+  # No load met the SLO (session 8: arxiv at D_d 50 ms on 2 cores, where one 512-token step
+  # of chunked prefill alone outlasts the decode deadline): give KNEE_<workload> by hand.
+  override=KNEE_$wl; KNEE=${!override:-$KNEE}
+  if ! python3 -c "float('$KNEE')" 2>/dev/null; then
+    echo "$wl: no knee; set KNEE_$wl=<req/s> to run the loads" >&2; continue
+  fi
   for factor in 0.5 1 1.5; do
     qps=$(python3 -c "print(round($KNEE * $factor, 3))")
     for spec in off on; do
