@@ -185,7 +185,9 @@ impl SloFile {
                 expected: Self::FORMAT,
             });
         }
-        file.prefill_model.validate().map_err(PrefillModelError::from)?;
+        file.prefill_model
+            .validate()
+            .map_err(PrefillModelError::from)?;
         Ok(file)
     }
 
