@@ -8,23 +8,11 @@
 mod common;
 
 use common::{TestModel, TestServer};
-use metrum_engine::config::{EngineConfig, KvCacheSize};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../engine/tests/fixtures/families/{name}"))
-}
-
-fn model_at(path: &Path) -> TestModel {
-    TestModel::external(EngineConfig {
-        model: Some(path.to_string_lossy().into_owned()),
-        kv_cache: KvCacheSize::Blocks(128),
-        max_num_seqs: 8,
-        max_num_batched_tokens: 256,
-        threads: Some(1),
-        ..EngineConfig::default()
-    })
 }
 
 fn reference_chat(name: &str) -> Value {
@@ -44,7 +32,7 @@ async fn chat(server: &TestServer, messages: Value) -> (u16, Value) {
 
 /// Serves `name` from `path` and checks the chat prompt, the reported family and an answer.
 async fn serves(name: &str, path: &Path, model_type: &str) -> TestServer {
-    let server = TestServer::start(model_at(path)).await;
+    let server = TestServer::start(TestModel::fixture_at(path)).await;
     let example = reference_chat(name);
     let (status, body) = chat(&server, example["messages"].clone()).await;
     assert_eq!(status, 200, "{name} from {}: {body}", path.display());
@@ -89,7 +77,7 @@ async fn a_system_message_follows_the_models_own_template() {
         {"role": "system", "content": "Answer briefly."},
         {"role": "user", "content": "Hello"}
     ]);
-    let server = TestServer::start(model_at(&fixture("gemma2"))).await;
+    let server = TestServer::start(TestModel::fixture_at(&fixture("gemma2"))).await;
     let (status, body) = chat(&server, system.clone()).await;
     assert_eq!(status, 400, "{body}");
     let message = body["error"]["message"].as_str().unwrap();
@@ -103,7 +91,7 @@ async fn a_system_message_follows_the_models_own_template() {
     assert_eq!(status, 200);
     server.stop().await;
 
-    let server = TestServer::start(model_at(&fixture("gemma3"))).await;
+    let server = TestServer::start(TestModel::fixture_at(&fixture("gemma3"))).await;
     let user_only = json!([{"role": "user", "content": "Hello"}]);
     let (status, plain) = chat(&server, user_only).await;
     assert_eq!(status, 200, "{plain}");

@@ -9,23 +9,11 @@
 mod common;
 
 use common::{TestModel, TestServer};
-use metrum_engine::config::{EngineConfig, KvCacheSize};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../engine/tests/fixtures/moe/{name}"))
-}
-
-fn model_at(path: &Path) -> TestModel {
-    TestModel::external(EngineConfig {
-        model: Some(path.to_string_lossy().into_owned()),
-        kv_cache: KvCacheSize::Blocks(128),
-        max_num_seqs: 8,
-        max_num_batched_tokens: 256,
-        threads: Some(1),
-        ..EngineConfig::default()
-    })
 }
 
 fn reference(name: &str) -> Value {
@@ -57,7 +45,7 @@ struct Answers {
 
 /// Serves `path`, checks the family, the template rendering and transformers' greedy tokens.
 async fn serves(name: &str, path: &Path, architecture: &str, rendered: &str) -> Answers {
-    let server = TestServer::start(model_at(path)).await;
+    let server = TestServer::start(TestModel::fixture_at(path)).await;
     let what = format!("{name} from {}", path.display());
     let (status, version) = server.get_text("/version").await;
     assert_eq!(status, 200);

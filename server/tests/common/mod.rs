@@ -334,4 +334,17 @@ impl TestModel {
     pub fn external(config: EngineConfig) -> TestModel {
         TestModel { config, _dir: None }
     }
+
+    /// A committed model fixture (a safetensors directory or a GGUF file) with a small,
+    /// one-thread engine: what the family tests serve.
+    pub fn fixture_at(path: &std::path::Path) -> TestModel {
+        Self::external(EngineConfig {
+            model: Some(path.to_string_lossy().into_owned()),
+            kv_cache: KvCacheSize::Blocks(128),
+            max_num_seqs: 8,
+            max_num_batched_tokens: 256,
+            threads: Some(1),
+            ..EngineConfig::default()
+        })
+    }
 }
