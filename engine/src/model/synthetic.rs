@@ -93,21 +93,22 @@ pub fn synthetic_config(name: &str) -> Result<ModelConfig> {
         max_position_embeddings: 8192,
         ..base.clone()
     };
+    // Head dim 64: the smallest the CUDA attention kernel takes.
+    let tiny = ModelConfig {
+        vocab_size: 256,
+        hidden_size: 256,
+        intermediate_size: 512,
+        num_layers: 2,
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: 64,
+        rope_theta: 10_000.0,
+        max_position_embeddings: 4096,
+        tie_word_embeddings: false,
+        ..base.clone()
+    };
     let config = match name {
-        // Head dim 64: the smallest the CUDA attention kernel takes.
-        "tiny" | "tiny-llama" => ModelConfig {
-            vocab_size: 256,
-            hidden_size: 256,
-            intermediate_size: 512,
-            num_layers: 2,
-            num_heads: 4,
-            num_kv_heads: 2,
-            head_dim: 64,
-            rope_theta: 10_000.0,
-            max_position_embeddings: 4096,
-            tie_word_embeddings: false,
-            ..base
-        },
+        "tiny" | "tiny-llama" => tiny,
         "smollm2-135m" => ModelConfig {
             vocab_size: 49_152,
             hidden_size: 576,
@@ -195,16 +196,6 @@ pub fn synthetic_config(name: &str) -> Result<ModelConfig> {
         },
         // The same layer kind at "tiny"'s size (a CPU dry run of the MoE timings).
         "tiny-moe" => ModelConfig {
-            vocab_size: 256,
-            hidden_size: 256,
-            intermediate_size: 512,
-            num_layers: 2,
-            num_heads: 4,
-            num_kv_heads: 2,
-            head_dim: 64,
-            rope_theta: 10_000.0,
-            max_position_embeddings: 4096,
-            tie_word_embeddings: false,
             arch: qwen3_moe_arch(),
             moe: Some(MoeConfig {
                 num_experts: 16,
@@ -213,7 +204,7 @@ pub fn synthetic_config(name: &str) -> Result<ModelConfig> {
                 renormalize: true,
                 dense_layers: Vec::new(),
             }),
-            ..base
+            ..tiny
         },
         _ => {
             return Err(ModelError::UnknownSynthetic {
