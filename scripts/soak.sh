@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
-# Soak (issue 9): `metrum bench run` and a chaos client (metrum-soak traffic) hold a
+# Soak (issues 9, 22): `metrum bench run` and a chaos client (metrum-soak traffic) hold a
 # `metrum serve` at ~80% of its measured capacity for M minutes; the chaos mixes in cut
-# streams, malformed and oversized requests, bursts of aborts and requests that end exactly
-# at max_model_len.
+# streams, malformed and oversized requests, bursts of aborts, requests that end exactly
+# at max_model_len, and requests that must complete under a constraint: a json_schema
+# `response_format` (streamed and not; the text must parse with the schema's keys), `tools`
+# with `tool_choice: "required"` (the call's arguments must parse; left out, with the reason
+# logged and recorded, for a model without a chat template such as synthetic:tiny), and
+# streams with `speculative: false`.
+# The server drafts with n-gram speculation (K=2, prompt lookup 1..3) unless
+# --no-speculation; soak.json records the config, and drafts must have been made.
 # Then `metrum-soak check` asserts: the server is alive; once idle every KV block is free
 # (metrum_kv_cache_usage_ratio == 0, nothing running or waiting); its RSS grew at most
 # --rss-growth-mib after the warm-up; every request both clients sent is accounted for
@@ -12,8 +18,10 @@
 #   scripts/soak.sh [--minutes M] [--model SPEC] [--qps Q] [--out DIR]
 #                   [--serve-args "..."] [--rss-growth-mib N] [--fraction F]
 #                   [--start-qps Q0] [--probe-seconds S] [--ttft-slack S]
-#                   [--capacity-args "..."]
+#                   [--capacity-args "..."] [--no-speculation]
 #
+# --no-speculation: serve without speculative decoding (another config: this flag plus
+# --serve-args "--speculative-config ..."; soak.json then records none).
 # --minutes: soak length (default 30). --model: any `metrum serve --model` spec (default:
 # the default model; CI uses synthetic:tiny). --serve-args: more `metrum serve` flags (they
 # win over the soak's own). --qps: skip the capacity search and run the
@@ -56,6 +64,7 @@ CAPACITY_ARGS="--slo deadline --tbt-slo 0.2 --miss-rate-slo 0.1 --repeats 1 --gr
 RSS_GROWTH_MIB=64
 MAX_MODEL_LEN=512
 BODY_LIMIT=1048576
+SPECULATIVE_CONFIG='{"method":"ngram","num_speculative_tokens":2,"prompt_lookup_min":1,"prompt_lookup_max":3}'
 
 while (($#)); do
     case "$1" in
@@ -70,10 +79,15 @@ while (($#)); do
         --ttft-slack) TTFT_SLACK=$2; shift 2 ;;
         --fraction) FRACTION=$2; shift 2 ;;
         --rss-growth-mib) RSS_GROWTH_MIB=$2; shift 2 ;;
+        --no-speculation) SPECULATIVE_CONFIG=""; shift ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
         *) echo "soak.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
+if [[ -n $SPECULATIVE_CONFIG && $SERVE_ARGS == *--speculative-config* ]]; then
+    echo "soak.sh: --serve-args sets --speculative-config; add --no-speculation to use it" >&2
+    exit 2
+fi
 if ! [[ $MINUTES =~ ^[0-9]+([.][0-9]+)?$ ]]; then
     echo "soak.sh: --minutes must be a number, got $MINUTES" >&2
     exit 2
@@ -94,6 +108,7 @@ log() { echo "soak.sh [$(date +%H:%M:%S)]: $*"; }
 serve=(serve --port 0 --max-model-len "$MAX_MODEL_LEN" --max-request-body-size "$BODY_LIMIT"
     --num-kv-blocks 512)
 [[ -n $MODEL ]] && serve+=(--model "$MODEL")
+[[ -n $SPECULATIVE_CONFIG ]] && serve+=(--speculative-config "$SPECULATIVE_CONFIG")
 # shellcheck disable=SC2206 # the extra serve flags are words on purpose
 serve+=($SERVE_ARGS)
 log "starting: metrum ${serve[*]} (log: $OUT/server.log)"
@@ -127,7 +142,7 @@ fi
 CHAOS_QPS=$(awk -v q="$QPS" 'BEGIN { printf "%.3f", q / 4 }')
 DURATION=$(awk -v m="$MINUTES" 'BEGIN { printf "%d", m * 60 }')
 WARMUP=$(awk -v d="$DURATION" 'BEGIN { w = d / 5; if (w < 20) w = 20; printf "%d", w }')
-log "soak: $DURATION s, benchmark at $QPS QPS + chaos at $CHAOS_QPS QPS, warm-up $WARMUP s"
+log "soak: $DURATION s, benchmark at $QPS QPS + chaos at $CHAOS_QPS QPS, warm-up $WARMUP s, speculative config: ${SPECULATIVE_CONFIG:-none}"
 
 "$SOAK" scrape --url "$URL" --out "$OUT/metrics-before.prom"
 "$METRUM" bench run --url "$URL" --qps "$QPS" --duration "$DURATION" --warmup "$WARMUP" \
@@ -148,9 +163,11 @@ if ((bench_rc != 0 || chaos_rc != 0)); then
 fi
 
 check_rc=0
+spec_args=()
+[[ -n $SPECULATIVE_CONFIG ]] && spec_args=(--speculative-config "$SPECULATIVE_CONFIG")
 "$SOAK" check --url "$URL" --pid "$PID" --bench-dir "$OUT/bench" --chaos "$OUT/chaos.json" \
     --before "$OUT/metrics-before.prom" --warmup "$WARMUP" --rss-growth-mib "$RSS_GROWTH_MIB" \
-    --out "$OUT/soak.json" || check_rc=$?
+    "${spec_args[@]}" --out "$OUT/soak.json" || check_rc=$?
 "$SOAK" scrape --url "$URL" --out "$OUT/metrics-after.prom" || true
 
 log "SIGTERM: the idle server must drain and exit 0"

@@ -90,6 +90,10 @@ enum Command {
         rss_growth_mib: f64,
         #[arg(long, default_value_t = 120.0)]
         idle_timeout: f64,
+        /// The server's --speculative-config JSON, when it runs with one: recorded in the
+        /// verdict, which then also requires that drafts were made.
+        #[arg(long)]
+        speculative_config: Option<String>,
         #[arg(long)]
         out: PathBuf,
     },
@@ -205,8 +209,13 @@ async fn run(command: Command) -> Result<()> {
             warmup,
             rss_growth_mib,
             idle_timeout,
+            speculative_config,
             out,
         } => {
+            let speculative_config = speculative_config
+                .map(|s| serde_json::from_str::<serde_json::Value>(&s))
+                .transpose()
+                .context("--speculative-config must be JSON")?;
             let url = url.trim_end_matches('/');
             let bench = jsonl::read(&bench_dir.join("requests.jsonl"))?;
             let chaos: ChaosReport = read_json(&chaos)?;
@@ -234,6 +243,7 @@ async fn run(command: Command) -> Result<()> {
             let bounds = Bounds {
                 warmup_s: warmup,
                 rss_growth_mib,
+                speculative_config,
             };
             let verdict = judge(
                 &bench,
@@ -264,6 +274,13 @@ async fn run(command: Command) -> Result<()> {
                 verdict.rss_final_kib,
                 verdict.rss_max_kib,
             );
+            match &verdict.speculative_config {
+                Some(config) => println!("served with speculative decoding: {config}"),
+                None => println!("served without speculative decoding"),
+            }
+            for s in &verdict.skipped_kinds {
+                println!("chaos kind not sent: {:?}: {}", s.kind, s.why);
+            }
             if !verdict.passed {
                 bail!("the soak failed; see {}", out.display());
             }

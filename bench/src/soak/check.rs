@@ -22,7 +22,7 @@
 
 use super::kinds::{ChaosKind, OVERLOADED, Outcome};
 use super::prom::Scrape;
-use super::traffic::ChaosReport;
+use super::traffic::{ChaosReport, SkippedKind};
 use crate::output::jsonl::RequestLine;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -63,6 +63,9 @@ pub struct Bounds {
     pub warmup_s: f64,
     /// Allowed growth of the RSS from the baseline to the end.
     pub rss_growth_mib: f64,
+    /// The server's `--speculative-config`, when it drafts: then drafts must have been made
+    /// (Δ `metrum_spec_decode_num_drafts_total` > 0), or speculation silently never ran.
+    pub speculative_config: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -128,6 +131,10 @@ pub struct SoakVerdict {
     pub rss_max_kib: Option<u64>,
     pub failures: Vec<String>,
     pub server: ServerState,
+    /// What the soak ran with: the server's speculative config (`None`: no speculation).
+    pub speculative_config: Option<serde_json::Value>,
+    /// Chaos kinds this server could not serve, left out of the mix.
+    pub skipped_kinds: Vec<SkippedKind>,
 }
 
 const REASONS: [&str; 4] = ["stop", "length", "abort", "error"];
@@ -250,6 +257,15 @@ pub fn judge(
             )
         },
     );
+    if bounds.speculative_config.is_some() {
+        let drafts = delta("metrum_spec_decode_num_drafts_total", &[]);
+        let accepted = delta("metrum_spec_decode_num_accepted_tokens_total", &[]);
+        check(
+            "speculation ran",
+            drafts > 0.0,
+            format!("Δ spec_decode drafts {drafts}, accepted tokens {accepted}"),
+        );
+    }
     let baseline = chaos
         .rss_kib
         .iter()
@@ -307,6 +323,8 @@ pub fn judge(
         rss_max_kib: rss_max,
         failures,
         server,
+        speculative_config: bounds.speculative_config.clone(),
+        skipped_kinds: chaos.skipped.clone(),
     }
 }
 
@@ -353,6 +371,7 @@ mod tests {
                 .collect(),
             rss_kib: vec![(5.0, 100_000), (20.0, 200_000), (50.0, 210_000)],
             wall_s: 60.0,
+            skipped: Vec::new(),
         }
     }
 
@@ -379,6 +398,7 @@ mod tests {
     const BOUNDS: Bounds = Bounds {
         warmup_s: 10.0,
         rss_growth_mib: 64.0,
+        speculative_config: None,
     };
 
     fn scenario() -> (Vec<RequestLine>, ChaosReport) {
@@ -494,5 +514,28 @@ mod tests {
         );
         assert!(!v.passed);
         assert_eq!(v.failures.len(), 1);
+    }
+
+    #[test]
+    fn a_speculative_soak_must_have_drafted() {
+        let (bench, chaos) = scenario();
+        let before = metrics(0, 0, 0, 0, 0.0);
+        let after = metrics(0, 4, 2, 0, 0.0);
+        let bounds = Bounds {
+            speculative_config: Some(serde_json::json!({"method": "ngram"})),
+            ..BOUNDS
+        };
+        let v = judge(&bench, &chaos, &before, &after, state(200_000), &bounds);
+        assert!(!v.passed, "no drafts counted: speculation never ran");
+        let drafted = Scrape::parse(&format!(
+            "{}metrum_spec_decode_num_drafts_total 7\n",
+            "metrum_requests_total{finish_reason=\"length\"} 4\n\
+             metrum_requests_total{finish_reason=\"abort\"} 2\n\
+             metrum_requests_running 0\nmetrum_requests_waiting 0\n\
+             metrum_kv_cache_usage_ratio 0\n"
+        ));
+        let v = judge(&bench, &chaos, &before, &drafted, state(200_000), &bounds);
+        assert!(v.passed, "{:#?}", v.checks);
+        assert_eq!(v.speculative_config, bounds.speculative_config);
     }
 }

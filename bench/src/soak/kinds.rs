@@ -37,6 +37,20 @@ pub enum ChaosKind {
     InvalidSchema,
     /// A constraint over the server's size limit (a 70 KB regex).
     HugeSchema,
+    /// A `response_format` JSON schema the model must follow: the text must parse and carry
+    /// the schema's required keys.
+    JsonSchema,
+    /// [`ChaosKind::JsonSchema`] streamed: the chunks joined must be that JSON.
+    JsonSchemaStream,
+    /// A chat request with `tools` and `tool_choice: "required"`: the answer must hold a
+    /// `tool_calls` entry whose `arguments` parse as JSON. Needs a chat template.
+    ToolRequired,
+    /// A stream with `speculative: false`: served without speculative decoding even when the
+    /// server drafts, and it must still produce exactly `max_tokens`.
+    NoSpeculation,
+    /// A chat prompt longer than the context. Sent once at the start, as the probe of whether
+    /// the model has a chat template (the refusal says which check failed); never in the mix.
+    ChatOverContext,
 }
 
 /// How one request ended, as its client saw it.
@@ -79,7 +93,7 @@ pub enum Expected {
 pub const OVERLOADED: u16 = 429;
 
 impl ChaosKind {
-    pub const ALL: [ChaosKind; 15] = [
+    pub const ALL: [ChaosKind; 20] = [
         ChaosKind::Disconnect,
         ChaosKind::BurstAbort,
         ChaosKind::BadJson,
@@ -95,15 +109,21 @@ impl ChaosKind {
         ChaosKind::NonStream,
         ChaosKind::InvalidSchema,
         ChaosKind::HugeSchema,
+        ChaosKind::JsonSchema,
+        ChaosKind::JsonSchemaStream,
+        ChaosKind::ToolRequired,
+        ChaosKind::NoSpeculation,
+        ChaosKind::ChatOverContext,
     ];
 
     pub fn expects(self) -> Expected {
         use ChaosKind::*;
         match self {
             Disconnect | BurstAbort => Expected::CompletedOrAborted,
-            ExactContext | FillContext | NonStream => Expected::Completed,
+            ExactContext | FillContext | NonStream | JsonSchema | JsonSchemaStream
+            | ToolRequired | NoSpeculation => Expected::Completed,
             BadJson | WrongTypes | PromptOverContext | MaxTokensOverContext | ContextPlusOne
-            | InvalidSchema | HugeSchema => Expected::Rejected(&[400]),
+            | InvalidSchema | HugeSchema | ChatOverContext => Expected::Rejected(&[400]),
             UnknownModel => Expected::Rejected(&[404]),
             OversizedBody => Expected::Rejected(&[413]),
             // hyper answers a request line it cannot parse with 400 and closes; 0 stands for
@@ -150,8 +170,9 @@ impl ChaosKind {
 /// all streams and malformed requests ~5% of all requests (see `soak` module docs), while
 /// the engine work the chaos adds stays near a tenth of the benchmark's: cut streams stop
 /// early, malformed requests never reach the engine, and the heavy exact-context prefills
-/// are 12% of the chaos.
-pub const MIX: [(ChaosKind, f64); 14] = [
+/// are 12% of the chaos. 8% must complete under a constraint (JSON schema, streamed or not;
+/// a required tool call) or with speculation turned off for the request.
+pub const MIX: [(ChaosKind, f64); 18] = [
     (ChaosKind::Disconnect, 0.50),
     (ChaosKind::BadJson, 0.03),
     (ChaosKind::WrongTypes, 0.03),
@@ -165,7 +186,11 @@ pub const MIX: [(ChaosKind, f64); 14] = [
     (ChaosKind::ContextPlusOne, 0.02),
     (ChaosKind::ExactContext, 0.08),
     (ChaosKind::FillContext, 0.04),
-    (ChaosKind::NonStream, 0.13),
+    (ChaosKind::NonStream, 0.05),
+    (ChaosKind::JsonSchema, 0.02),
+    (ChaosKind::JsonSchemaStream, 0.02),
+    (ChaosKind::ToolRequired, 0.02),
+    (ChaosKind::NoSpeculation, 0.02),
 ];
 
 #[cfg(test)]
@@ -189,7 +214,8 @@ mod tests {
             .sum();
         assert!((disconnect - 0.50).abs() < 1e-9);
         for kind in ChaosKind::ALL {
-            assert!(kind == ChaosKind::BurstAbort || MIX.iter().any(|(k, _)| *k == kind));
+            let sent_apart = matches!(kind, ChaosKind::BurstAbort | ChaosKind::ChatOverContext);
+            assert_eq!(sent_apart, !MIX.iter().any(|(k, _)| *k == kind), "{kind:?}");
         }
     }
 
@@ -205,6 +231,10 @@ mod tests {
         assert!(OversizedBody.accepts(&Outcome::Rejected { status: 413 }));
         assert!(NonStream.accepts(&Outcome::Rejected { status: 429 }));
         assert!(!NonStream.accepts(&Outcome::Failed { why: "x".into() }));
+        assert!(JsonSchema.accepts(&Outcome::Completed));
+        assert!(!ToolRequired.accepts(&Outcome::Rejected { status: 400 }));
+        assert!(ChatOverContext.accepts(&Outcome::Rejected { status: 400 }));
+        assert!(!ChatOverContext.is_disconnect() && ChatOverContext.is_malformed());
         assert_eq!(NonStream.sequences(), 2);
         assert_eq!(Outcome::Rejected { status: 413 }.label(), "rejected_413");
     }

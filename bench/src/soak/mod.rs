@@ -19,6 +19,15 @@
 //! dropped together right after their headers, mostly while still queued. 12% of the
 //! arrivals end exactly at `max_model_len` (prompt + max_tokens = L, or no max_tokens so the
 //! server fills the context), and a few ask for one token more than the context holds.
+//!
+//! **Features under load (issue 22).** 8% of the arrivals must complete through a feature
+//! path: a `response_format` JSON schema (streamed or not; the text must parse and hold the
+//! schema's required keys), a chat request with `tools` and `tool_choice: "required"` (its
+//! call's arguments must parse), and streams with `speculative: false`, while
+//! `scripts/soak.sh` serves with n-gram speculation on. Before the clock starts the client
+//! sends one chat prompt over the context: the refusal says whether the model has a chat
+//! template, and without one the tool kind is left out of the mix, logged and listed in
+//! `chaos.json` and `soak.json` (`skipped_kinds`).
 
 pub mod check;
 pub mod kinds;

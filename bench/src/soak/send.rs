@@ -76,9 +76,99 @@ fn stream_body(prompt: Value, max_tokens: Option<u32>) -> Value {
     body
 }
 
+/// The schema the constrained kinds ask for: every value is drawn from a closed set, so the
+/// compact JSON is ~30 characters whatever the model, and a small `max_tokens` always holds it.
+fn answer_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "ok": {"type": "boolean"},
+            "pick": {"enum": ["red", "green", "blue"]},
+        },
+        "required": ["ok", "pick"],
+        "additionalProperties": false,
+    })
+}
+
+/// Room for [`answer_schema`]'s longest answer at one token a character (byte-level
+/// vocabularies such as synthetic:tiny's), so a constrained request ends by `stop`.
+const CONSTRAINED_MAX_TOKENS: u32 = 48;
+
+/// A required tool call also spends tokens on the format's wrapper (hermes' `<tool_call>`, the
+/// name, `"arguments":`): SmolLM2-135M cut at 48 tokens inside the arguments.
+const TOOL_MAX_TOKENS: u32 = 128;
+
+fn json_schema_body(prompt: &str, stream: bool, seed: u64) -> Value {
+    let mut body = json!({
+        "prompt": prompt,
+        "max_tokens": CONSTRAINED_MAX_TOKENS,
+        "temperature": 0.8,
+        "seed": seed,
+        "response_format": {"type": "json_schema",
+                            "json_schema": {"name": "answer", "schema": answer_schema()}},
+    });
+    if stream {
+        body["stream"] = json!(true);
+        body["stream_options"] = json!({"include_usage": true});
+    }
+    body
+}
+
+fn tool_body(prompt: &str, seed: u64) -> Value {
+    json!({
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": TOOL_MAX_TOKENS,
+        "temperature": 0.8,
+        "seed": seed,
+        "tools": [{"type": "function", "function": {
+            "name": "pick_colour",
+            "description": "Answers with a colour.",
+            "parameters": answer_schema(),
+        }}],
+        "tool_choice": "required",
+        "parallel_tool_calls": false,
+    })
+}
+
+/// Whether `text` is a JSON object with every key [`answer_schema`] requires; why not if not.
+pub fn has_required_keys(text: &str) -> Result<(), String> {
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| format!("the constrained text {text:?} is not JSON: {e}"))?;
+    let schema = answer_schema();
+    let required = schema["required"].as_array().into_iter().flatten();
+    let missing: Vec<&str> = required
+        .filter_map(Value::as_str)
+        .filter(|key| value.get(key).is_none())
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("the constrained JSON {text} lacks {missing:?}"))
+    }
+}
+
+/// A non-streaming chat answer must call a tool with JSON arguments holding the schema's keys.
+pub fn check_tool_answer(answer: &Value) -> Result<(), String> {
+    let call = &answer["choices"][0]["message"]["tool_calls"][0];
+    let Some(arguments) = call["function"]["arguments"].as_str() else {
+        return Err(format!("no tool_calls[0].function.arguments in {answer}"));
+    };
+    if call["function"]["name"] != "pick_colour" {
+        return Err(format!(
+            "the call names {} (only pick_colour exists)",
+            call["function"]["name"]
+        ));
+    }
+    has_required_keys(arguments)
+}
+
 impl Target {
     fn url(&self) -> String {
         format!("{}/v1/completions", self.base_url)
+    }
+
+    fn chat_url(&self) -> String {
+        format!("{}/v1/chat/completions", self.base_url)
     }
 
     /// A non-2xx status as an outcome: 4xx refusals, anything else a failure.
@@ -94,9 +184,14 @@ impl Target {
         }
     }
 
-    /// POSTs `body`; `Ok(response)` once 2xx headers are in (the engine then holds it).
+    /// POSTs `body` to /v1/completions; `Ok(response)` once 2xx headers are in (the engine
+    /// then holds it).
     pub async fn open(&self, body: &Value) -> Result<reqwest::Response, Outcome> {
-        let sent = self.http.post(self.url()).json(body).send();
+        self.open_at(self.url(), body).await
+    }
+
+    async fn open_at(&self, url: String, body: &Value) -> Result<reqwest::Response, Outcome> {
+        let sent = self.http.post(url).json(body).send();
         match tokio::time::timeout(self.timeout, sent).await {
             Err(_) => Err(Outcome::Failed {
                 why: "no response headers in time".into(),
@@ -229,8 +324,104 @@ impl Target {
                 let words = rng.random_range(4..=32);
                 self.non_stream(&text_prompt(rng, words), max_tokens).await
             }
+            ChaosKind::JsonSchema => {
+                let words = rng.random_range(4..=32);
+                let body = json_schema_body(&text_prompt(rng, words), false, rng.random());
+                match self.open(&body).await {
+                    Ok(r) => match self.answer(r).await {
+                        Ok(answer) => match answer["choices"][0]["text"].as_str() {
+                            Some(text) => verdict(has_required_keys(text)),
+                            None => failed(&format!("no choices[0].text in {answer}")),
+                        },
+                        Err(o) => o,
+                    },
+                    Err(o) => o,
+                }
+            }
+            ChaosKind::JsonSchemaStream => {
+                let words = rng.random_range(4..=32);
+                let body = json_schema_body(&text_prompt(rng, words), true, rng.random());
+                match self.open(&body).await {
+                    Ok(r) => match self.read_stream(r, None).await {
+                        (Outcome::Completed, record) => {
+                            let text: String =
+                                record.chunks.iter().map(|c| c.text.as_str()).collect();
+                            verdict(has_required_keys(&text))
+                        }
+                        (other, _) => other,
+                    },
+                    Err(o) => o,
+                }
+            }
+            ChaosKind::ToolRequired => {
+                let words = rng.random_range(4..=32);
+                let body = tool_body(&text_prompt(rng, words), rng.random());
+                match self.open_at(self.chat_url(), &body).await {
+                    Ok(r) => match self.answer(r).await {
+                        Ok(answer) => verdict(check_tool_answer(&answer)),
+                        Err(o) => o,
+                    },
+                    Err(o) => o,
+                }
+            }
+            ChaosKind::NoSpeculation => {
+                // Repeated words: the prompt n-grams a drafter would match, were it asked.
+                let n = rng.random_range(8..=32u32).min(l / 2);
+                let prompt = text_prompt(rng, 6).repeat(4);
+                let mut body = stream_body(json!(prompt), Some(n));
+                body["speculative"] = json!(false);
+                match self.open(&body).await {
+                    Ok(r) => {
+                        let (outcome, record) = self.read_stream(r, None).await;
+                        let tokens = record.usage.and_then(|u| u.completion_tokens);
+                        if outcome == Outcome::Completed && tokens != Some(u64::from(n)) {
+                            failed(&format!("max_tokens {n} with ignore_eos gave {tokens:?}"))
+                        } else {
+                            outcome
+                        }
+                    }
+                    Err(o) => o,
+                }
+            }
+            ChaosKind::ChatOverContext => self.chat_over_context().await.0,
         };
         judged(kind, outcome)
+    }
+
+    /// A whole JSON answer, or the outcome that says why there is none.
+    async fn answer(&self, response: reqwest::Response) -> Result<Value, Outcome> {
+        match tokio::time::timeout(self.timeout, response.json()).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(failed(&format!("the answer is not JSON: {e}"))),
+            Err(_) => Err(failed("the answer did not arrive in time")),
+        }
+    }
+
+    /// Sends a chat prompt of ~2 tokens a context slot, which every server must refuse with
+    /// 400 before the engine sees it; returns the outcome and the refusal's message (it says
+    /// "no chat template" when the model has none, else that the context is exceeded).
+    pub async fn chat_over_context(&self) -> (Outcome, String) {
+        let prompt = "the quick server ".repeat(self.max_model_len as usize);
+        let body = json!({"messages": [{"role": "user", "content": prompt}], "max_tokens": 1});
+        let sent = self.http.post(self.chat_url()).json(&body).send();
+        let response = match tokio::time::timeout(self.timeout, sent).await {
+            Err(_) => return (failed("no answer in time"), String::new()),
+            Ok(Err(e)) => return (failed(&format!("request failed: {e}")), String::new()),
+            Ok(Ok(r)) => r,
+        };
+        let status = response.status();
+        let message = match self.answer(response).await {
+            Ok(v) => v["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            Err(_) => String::new(),
+        };
+        if status.is_success() {
+            (failed("a chat prompt over the context was served"), message)
+        } else {
+            (Self::refused(status), message)
+        }
     }
 
     async fn post_json(&self, body: &Value) -> Outcome {
@@ -276,10 +467,9 @@ impl Target {
             Ok(r) => r,
             Err(o) => return o,
         };
-        let answer: Value = match tokio::time::timeout(self.timeout, response.json()).await {
-            Ok(Ok(v)) => v,
-            Ok(Err(e)) => return failed(&format!("the answer is not JSON: {e}")),
-            Err(_) => return failed("the answer did not arrive in time"),
+        let answer = match self.answer(response).await {
+            Ok(v) => v,
+            Err(o) => return o,
         };
         let choices = answer["choices"].as_array().map_or(0, Vec::len);
         let tokens = answer["usage"]["completion_tokens"].as_u64();
@@ -313,6 +503,13 @@ enum RawKind {
     NotHttp,
 }
 
+fn verdict(check: Result<(), String>) -> Outcome {
+    match check {
+        Ok(()) => Outcome::Completed,
+        Err(why) => Outcome::Failed { why },
+    }
+}
+
 fn failed(why: &str) -> Outcome {
     Outcome::Failed {
         why: why.to_string(),
@@ -340,6 +537,29 @@ fn exact_length(outcome: Outcome, record: &StreamRecord, p: u32, n: u32) -> Outc
 mod tests {
     use super::*;
     use crate::stream::Usage;
+
+    #[test]
+    fn constrained_answers_must_be_json_with_the_required_keys() {
+        assert_eq!(has_required_keys(r#"{"ok":true,"pick":"red"}"#), Ok(()));
+        assert!(
+            has_required_keys(r#"{"ok":true}"#)
+                .unwrap_err()
+                .contains("pick")
+        );
+        assert!(has_required_keys(r#"{"ok":true,"pick":"re"#).is_err());
+        let call = |name: &str, arguments: &str| {
+            json!({"choices": [{"message": {"tool_calls": [{"type": "function",
+                "function": {"name": name, "arguments": arguments}}]}}]})
+        };
+        assert_eq!(
+            check_tool_answer(&call("pick_colour", r#"{"ok":false,"pick":"blue"}"#)),
+            Ok(())
+        );
+        assert!(check_tool_answer(&call("other", r#"{"ok":false,"pick":"blue"}"#)).is_err());
+        assert!(check_tool_answer(&call("pick_colour", "{")).is_err());
+        let content_only = json!({"choices": [{"message": {"content": "hi"}}]});
+        assert!(check_tool_answer(&content_only).is_err());
+    }
 
     #[test]
     fn exact_length_needs_the_finish_and_both_counts() {

@@ -34,6 +34,14 @@ pub struct RequestRecord {
     pub outcome: Outcome,
 }
 
+/// A kind of the mix this server cannot serve, left out of the schedule (never silently: it
+/// is logged and lands in `chaos.json` and `soak.json`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SkippedKind {
+    pub kind: ChaosKind,
+    pub why: String,
+}
+
 /// Everything the chaos client saw; `metrum-soak check` judges it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ChaosReport {
@@ -43,6 +51,8 @@ pub struct ChaosReport {
     /// `(seconds since start, server VmRSS in KiB)`, once a second.
     pub rss_kib: Vec<(f64, u64)>,
     pub wall_s: f64,
+    /// Kinds of the mix that were not sent, and why.
+    pub skipped: Vec<SkippedKind>,
 }
 
 /// The server's resident set in KiB (`VmRSS` of /proc/PID/status).
@@ -64,14 +74,22 @@ pub enum Job {
     Burst(usize),
 }
 
-/// Every job of the run with its offset, from the seed alone.
-pub fn schedule(config: &TrafficConfig) -> Result<Vec<(Duration, Job)>> {
+/// Every job of the run with its offset, from the seed alone; the `skipped` kinds' weight
+/// goes to the rest of the mix in proportion.
+pub fn schedule(config: &TrafficConfig, skipped: &[ChaosKind]) -> Result<Vec<(Duration, Job)>> {
     if !(config.qps.is_finite() && config.qps > 0.0) {
         bail!("the chaos rate must be positive, got {}", config.qps);
     }
+    let mix: Vec<(ChaosKind, f64)> = MIX
+        .into_iter()
+        .filter(|(k, _)| !skipped.contains(k))
+        .collect();
+    let Some(&(first, _)) = mix.first() else {
+        bail!("every kind of the chaos mix is skipped");
+    };
     let mut rng = StdRng::seed_from_u64(config.seed);
     let gaps = Exp::new(config.qps).context("the chaos rate")?;
-    let total: f64 = MIX.iter().map(|(_, w)| w).sum();
+    let total: f64 = mix.iter().map(|(_, w)| w).sum();
     let mut jobs = Vec::new();
     let mut t = 0.0;
     loop {
@@ -80,13 +98,13 @@ pub fn schedule(config: &TrafficConfig) -> Result<Vec<(Duration, Job)>> {
             break;
         }
         let mut pick = rng.random_range(0.0..total);
-        let kind = MIX
+        let kind = mix
             .iter()
             .find(|(_, w)| {
                 pick -= w;
                 pick < 0.0
             })
-            .map_or(MIX[0].0, |(k, _)| *k);
+            .map_or(first, |(k, _)| *k);
         jobs.push((Duration::from_secs_f64(t), Job::One(kind)));
     }
     if config.burst_every_s > 0.0 && config.burst_size > 0 {
@@ -137,7 +155,22 @@ pub async fn run(
     config: TrafficConfig,
     server_pid: Option<u32>,
 ) -> Result<ChaosReport> {
-    let jobs = schedule(&config)?;
+    // The probe is a chaos request like the others (a refusal the engine never sees), sent
+    // before the clock starts so the schedule knows which kinds this model can serve.
+    let (probe, message) = target.chat_over_context().await;
+    let probe = judged(ChaosKind::ChatOverContext, probe);
+    let mut skipped = Vec::new();
+    if message.contains("no chat template") {
+        skipped.push(SkippedKind {
+            kind: ChaosKind::ToolRequired,
+            why: format!("tool calls need a chat template; the server said: {message}"),
+        });
+    }
+    for s in &skipped {
+        eprintln!("chaos: not sending {:?}: {}", s.kind, s.why);
+    }
+    let skipped_kinds: Vec<ChaosKind> = skipped.iter().map(|s| s.kind).collect();
+    let jobs = schedule(&config, &skipped_kinds)?;
     let start = Instant::now();
     let sampler = tokio::spawn(async move {
         let mut samples = Vec::new();
@@ -175,7 +208,11 @@ pub async fn run(
             }
         }));
     }
-    let mut requests = Vec::new();
+    let mut requests = vec![RequestRecord {
+        kind: ChaosKind::ChatOverContext,
+        at_s: 0.0,
+        outcome: probe,
+    }];
     for handle in handles {
         match handle.await {
             Ok(records) => requests.extend(records),
@@ -190,6 +227,7 @@ pub async fn run(
         requests,
         rss_kib,
         wall_s,
+        skipped,
     })
 }
 
@@ -206,8 +244,8 @@ mod tests {
             burst_every_s: 100.0,
             burst_size: 8,
         };
-        let jobs = schedule(&config).unwrap();
-        assert_eq!(jobs, schedule(&config).unwrap(), "fixed by the seed");
+        let jobs = schedule(&config, &[]).unwrap();
+        assert_eq!(jobs, schedule(&config, &[]).unwrap(), "fixed by the seed");
         let singles: Vec<ChaosKind> = jobs
             .iter()
             .filter_map(|(_, j)| match j {
@@ -232,7 +270,28 @@ mod tests {
             .count();
         assert_eq!(bursts, 19);
         assert!(jobs.windows(2).all(|w| w[0].0 <= w[1].0));
-        assert!(schedule(&TrafficConfig { qps: 0.0, ..config }).is_err());
+        assert!(
+            schedule(
+                &TrafficConfig {
+                    qps: 0.0,
+                    ..config.clone()
+                },
+                &[]
+            )
+            .is_err()
+        );
+        let without_tools = schedule(&config, &[ChaosKind::ToolRequired]).unwrap();
+        assert!(
+            without_tools
+                .iter()
+                .all(|(_, j)| *j != Job::One(ChaosKind::ToolRequired))
+        );
+        assert!(
+            without_tools.len() > 3000,
+            "the other kinds take the skipped weight"
+        );
+        let everything: Vec<ChaosKind> = MIX.iter().map(|(k, _)| *k).collect();
+        assert!(schedule(&config, &everything).is_err());
     }
 
     #[test]
