@@ -367,7 +367,7 @@ impl Target {
             ChaosKind::NoSpeculation => {
                 // Repeated words: the prompt n-grams a drafter would match, were it asked.
                 let n = rng.random_range(8..=32u32).min(l / 2);
-                let prompt = text_prompt(rng, 6).repeat(4);
+                let prompt = format!("{} ", text_prompt(rng, 6)).repeat(4);
                 let mut body = stream_body(json!(prompt), Some(n));
                 body["speculative"] = json!(false);
                 match self.open(&body).await {
