@@ -1,10 +1,10 @@
-//! The fluidity-index: token deadlines with carried slack (spec (b), exactly).
+//! The fluidity-index of finished timelines: token deadlines with carried slack (spec (b)).
 //!
-//! [`DeadlineTracker`] is the one implementation of the algorithm. Offline calculation folds
-//! a finished timeline's ITT vector through it; live tracking ([`crate::live`]) feeds it the
-//! same gaps as tokens stream. All arithmetic is in integer nanoseconds (slack in `u128`, so
-//! even the 1e10 s upper end of the min-deadline search cannot overflow): in float seconds
-//! `floor((0.700 − 0.500)/0.050)` is 3, not 4.
+//! The algorithm itself is [`metrum_core::DeadlineTracker`] (its one home, shared with the
+//! scheduler and the simulator); this module re-exports its types and adds what is metrics'
+//! own: folding a finished timeline's ITT vector through it, the failure rule, and the
+//! min-TBT-deadline search. Live tracking ([`crate::live`]) feeds the same tracker event by
+//! event.
 //!
 //! Choices the spec leaves open, taken as it recommends:
 //! - the denominator is met tokens + missed deadlines (Etalon's code), not the token count;
@@ -12,253 +12,12 @@
 //! - a failed request ([`RequestTimeline::is_failed`]) with a known `max_tokens` is charged
 //!   one missed deadline for every token it still owed.
 
-use crate::slo::SloError;
 use crate::timeline::RequestTimeline;
 use metrum_core::Nanos;
-use serde::{Deserialize, Serialize};
 
-/// `D_p` for the first token and `D_d` for every later one. `D_d` is never zero.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeadlineParams {
-    prefill: Nanos,
-    decode: Nanos,
-}
-
-impl DeadlineParams {
-    pub fn new(prefill: Nanos, decode: Nanos) -> Result<Self, SloError> {
-        if decode == Nanos::ZERO {
-            return Err(SloError::TbtSloNotPositive);
-        }
-        Ok(DeadlineParams { prefill, decode })
-    }
-
-    /// For callers that already checked `decode > 0` (a validated [`crate::SloConfig`]).
-    pub(crate) fn from_validated(prefill: Nanos, decode: Nanos) -> Self {
-        DeadlineParams {
-            prefill,
-            decode: decode.max(Nanos(1)),
-        }
-    }
-
-    /// `D_p`.
-    pub fn prefill(&self) -> Nanos {
-        self.prefill
-    }
-
-    /// `D_d`.
-    pub fn decode(&self) -> Nanos {
-        self.decode
-    }
-}
-
-/// Whether token 1 carries a deadline. Etalon ignores it (no deadline, no slack) only for the
-/// fluid token generation rate and the miss-rate-vs-TBT curve.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum FirstToken {
-    Deadline,
-    Ignore,
-}
-
-/// Which deadline a miss belongs to (the `phase` label of `deadline_misses_total`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    Ttft,
-    Decode,
-}
-
-impl Phase {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Ttft => "ttft",
-            Phase::Decode => "decode",
-        }
-    }
-}
-
-/// What one token did to the deadline count.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TokenVerdict {
-    /// Token 1 under [`FirstToken::Ignore`].
-    Ignored,
-    OnTime(Phase),
-    /// The token was late and closes `missed` deadlines.
-    Late {
-        phase: Phase,
-        missed: u64,
-    },
-}
-
-/// Met and missed deadlines. `total = met + missed`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeadlineTally {
-    pub met: u64,
-    pub missed_ttft: u64,
-    pub missed_decode: u64,
-}
-
-impl DeadlineTally {
-    pub fn missed(&self) -> u64 {
-        self.missed_ttft + self.missed_decode
-    }
-
-    pub fn total(&self) -> u64 {
-        self.met + self.missed()
-    }
-
-    /// `missed / total`; `None` when there was no deadline at all.
-    pub fn miss_rate(&self) -> Option<f64> {
-        let total = self.total();
-        (total > 0).then(|| self.missed() as f64 / total as f64)
-    }
-
-    /// `1 − miss_rate`, in [0, 1]; `None` when there was no deadline at all.
-    pub fn fluidity_index(&self) -> Option<f64> {
-        self.miss_rate().map(|r| 1.0 - r)
-    }
-
-    pub fn add(&mut self, verdict: TokenVerdict) {
-        match verdict {
-            TokenVerdict::Ignored => {}
-            TokenVerdict::OnTime(_) => self.met += 1,
-            TokenVerdict::Late { phase, missed } => self.add_missed(phase, missed),
-        }
-    }
-
-    pub fn add_missed(&mut self, phase: Phase, missed: u64) {
-        match phase {
-            Phase::Ttft => self.missed_ttft += missed,
-            Phase::Decode => self.missed_decode += missed,
-        }
-    }
-
-    pub fn merge(&mut self, other: DeadlineTally) {
-        self.met += other.met;
-        self.missed_ttft += other.missed_ttft;
-        self.missed_decode += other.missed_decode;
-    }
-}
-
-/// The streaming state of spec (b): `slack`, `missed`, `total`, token by token.
-#[derive(Clone, Debug)]
-pub struct DeadlineTracker {
-    params: DeadlineParams,
-    first_token: FirstToken,
-    slack: u128,
-    tokens_seen: u64,
-    tally: DeadlineTally,
-}
-
-impl DeadlineTracker {
-    pub fn new(params: DeadlineParams, first_token: FirstToken) -> Self {
-        DeadlineTracker {
-            params,
-            first_token,
-            slack: 0,
-            tokens_seen: 0,
-            tally: DeadlineTally::default(),
-        }
-    }
-
-    pub fn params(&self) -> DeadlineParams {
-        self.params
-    }
-
-    pub fn tally(&self) -> DeadlineTally {
-        self.tally
-    }
-
-    pub fn tokens_seen(&self) -> u64 {
-        self.tokens_seen
-    }
-
-    /// The deadline of the next token, or `None` if it has none (ignored first token).
-    fn next_deadline(&self) -> Option<(Phase, u128)> {
-        if self.tokens_seen == 0 {
-            match self.first_token {
-                FirstToken::Deadline => Some((Phase::Ttft, u128::from(self.params.prefill.0))),
-                FirstToken::Ignore => None,
-            }
-        } else {
-            Some((Phase::Decode, u128::from(self.params.decode.0)))
-        }
-    }
-
-    /// One token arrived `gap` after the previous one (after the arrival, for token 1).
-    pub fn observe(&mut self, gap: Nanos) -> TokenVerdict {
-        let deadline = self.next_deadline();
-        self.tokens_seen += 1;
-        let Some((phase, d)) = deadline else {
-            return TokenVerdict::Ignored;
-        };
-        let gap = u128::from(gap.0);
-        let verdict = if gap <= d + self.slack {
-            // On time: unused budget carries forward (it shrinks when D < T ≤ D + slack).
-            self.slack = self.slack + d - gap;
-            TokenVerdict::OnTime(phase)
-        } else {
-            // Late: one miss for the deadline itself plus one per whole D_d past it. This is
-            // `1 + floor((T_1 − D_p)/D_d)` for token 1 and `floor((T − slack)/D_d)` after.
-            let past = gap - self.slack - d;
-            let missed = 1 + past / u128::from(self.params.decode.0);
-            // Later deadlines count from this token's actual arrival.
-            self.slack = 0;
-            TokenVerdict::Late {
-                phase,
-                missed: u64::try_from(missed).unwrap_or(u64::MAX),
-            }
-        };
-        self.tally.add(verdict);
-        verdict
-    }
-
-    /// A delivery of `count` tokens `gap` after the previous one: ITTs `[gap, 0, …, 0]`.
-    /// Returns what it added to the tally.
-    pub fn observe_delivery(&mut self, gap: Nanos, count: u32) -> DeadlineTally {
-        let mut delta = DeadlineTally::default();
-        for i in 0..count {
-            delta.add(self.observe(if i == 0 { gap } else { Nanos::ZERO }));
-        }
-        delta
-    }
-
-    /// Deadlines of the next token that have already passed, `elapsed` after the previous
-    /// token (or the arrival): `#{k ≥ 0 : slack + D + k·D_d < elapsed}`. It never exceeds what
-    /// [`observe`](Self::observe) charges when the token finally arrives, so a live view can
-    /// show a stall while it is happening.
-    pub fn overdue(&self, elapsed: Nanos) -> u64 {
-        let Some((_, d)) = self.next_deadline() else {
-            return 0;
-        };
-        let elapsed = u128::from(elapsed.0);
-        let budget = self.slack + d;
-        if elapsed <= budget {
-            return 0;
-        }
-        let decode = u128::from(self.params.decode.0);
-        u64::try_from((elapsed - budget).div_ceil(decode)).unwrap_or(u64::MAX)
-    }
-
-    /// The failure rule: a request that fails owing `tokens` more tokens misses every
-    /// deadline they would have had. Returns what it added to the tally.
-    pub fn charge_unproduced(&mut self, tokens: u64) -> DeadlineTally {
-        let mut delta = DeadlineTally::default();
-        if tokens == 0 {
-            return delta;
-        }
-        let mut decode = tokens;
-        if self.tokens_seen == 0 {
-            decode -= 1;
-            if self.first_token == FirstToken::Deadline {
-                delta.missed_ttft = 1;
-            }
-        }
-        delta.missed_decode = decode;
-        self.tokens_seen += tokens;
-        self.tally.merge(delta);
-        delta
-    }
-}
+pub use metrum_core::{
+    DeadlineParams, DeadlineTally, DeadlineTracker, FirstToken, Phase, TokenVerdict,
+};
 
 /// Tokens a failed request ([`RequestTimeline::is_failed`]) still owed: `max_tokens − N`
 /// with a known `max_tokens`, else 0.
@@ -304,7 +63,7 @@ impl RequestTimeline {
         const UPPER: u64 = 10_000_000_000 * 1_000_000_000; // 1e10 s
         let rate_at = |decode: u64| {
             self.deadline_tally(
-                DeadlineParams::from_validated(prefill_deadline, Nanos(decode)),
+                DeadlineParams::clamped(prefill_deadline, Nanos(decode)),
                 first_token,
             )
             .miss_rate()

@@ -8,7 +8,7 @@
 //! | --- | --- |
 //! | [`timeline`] | [`RequestTimeline`], built by [`TimelineBuilder`] from [`metrum_core::EngineEvent`]s or client-side receipts |
 //! | [`latency`] | TTFT, TBT, TPOT, E2E, normalized latency, scheduling delay, prefill and preempted time (methods on [`RequestTimeline`]) |
-//! | [`fluidity`] | the fluidity-index: [`DeadlineTracker`] (spec (b), integer ns), [`DeadlineTally`], min TBT deadline to meet |
+//! | [`fluidity`] | the fluidity-index of timelines: folds ITTs through [`DeadlineTracker`] (spec (b), defined in metrum-core and re-exported), failure rule, min TBT deadline to meet |
 //! | [`slo`] | [`SloConfig`]: `D_d` (`--tbt-slo`), `S` (`--ttft-slack`), prefill model (`--slo-file`) |
 //! | [`prefill_model`] | `a + b·P + c·P²` least-squares fit, fit error, [`SloFile`] JSON |
 //! | [`live`] | [`LiveTracker`]: per in-flight request deadline state updated event by event |

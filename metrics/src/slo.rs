@@ -107,7 +107,7 @@ impl SloConfig {
             (shape.slo.ttft).unwrap_or_else(|| self.prefill_deadline(shape.prompt_tokens));
         // A zero TPOT target is refused where it enters (the API); clamp rather than panic.
         let decode = shape.slo.tpot.map_or(self.tbt_slo, |t| t.max(Nanos(1)));
-        DeadlineParams::from_validated(prefill, decode)
+        DeadlineParams::clamped(prefill, decode)
     }
 }
 

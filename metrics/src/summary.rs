@@ -73,7 +73,7 @@ pub fn miss_rate_vs_target_tbt(timelines: &[RequestTimeline], spec: &CurveSpec) 
     let mut points = Vec::new();
     let mut decode = spec.from.max(Nanos(1));
     while decode <= spec.to {
-        let params = crate::DeadlineParams::from_validated(Nanos::ZERO, decode);
+        let params = crate::DeadlineParams::clamped(Nanos::ZERO, decode);
         let rates = timelines
             .iter()
             .map(|t| t.deadline_tally(params, FirstToken::Ignore).miss_rate());
@@ -92,7 +92,7 @@ pub fn miss_rate_vs_target_tbt(timelines: &[RequestTimeline], spec: &CurveSpec) 
 /// one without decode deadlines is undefined.
 pub fn min_tbt_deadlines(timelines: &[RequestTimeline], target: f64) -> Distribution {
     let values = timelines.iter().map(|t| {
-        let probe = crate::DeadlineParams::from_validated(Nanos::ZERO, Nanos(1));
+        let probe = crate::DeadlineParams::clamped(Nanos::ZERO, Nanos(1));
         t.deadline_tally(probe, FirstToken::Ignore).miss_rate()?;
         Some(
             t.min_tbt_deadline_to_meet(target, Nanos::ZERO, FirstToken::Ignore)

@@ -1,14 +1,12 @@
-//! Token deadlines with carried slack: spec/metrics.md (b), implemented here so the `deadline`
-//! policy can rank requests by their next deadline and the simulator can grade a run.
+//! Token deadlines with carried slack, spec/metrics.md (b), in the scheduler's terms: the SLO a
+//! request's deadlines derive from ([`DeadlineSlo`]) and a tracker in absolute time that the
+//! `deadline` policy ranks requests by and the simulator grades a run with.
 //!
-//! The metrics crate has its own implementation of the same algorithm; the two crates must not
-//! depend on each other (architecture.md), and the worked examples of spec (b) are unit tests in
-//! both, so they cannot drift apart silently.
-//!
-//! All deadline arithmetic is in integer nanoseconds: in float seconds,
-//! `floor((0.700 − 0.500) / 0.050)` is 3, not 4.
+//! The algorithm itself lives once, in [`metrum_core::deadline`], shared with the metrics
+//! crate; its worked-example tests are there.
 
-use metrum_core::{Nanos, RequestSlo};
+use metrum_core::DeadlineTracker as CoreTracker;
+use metrum_core::{DeadlineParams, FirstToken, Nanos, RequestSlo};
 
 pub use metrum_core::{DEFAULT_TBT_SLO, DEFAULT_TTFT_SLACK, PrefillModel};
 
@@ -68,135 +66,82 @@ impl DeadlineSlo {
     }
 }
 
-/// The streaming state of spec (b) for one request: slack, met and missed deadlines.
+/// Spec (b) for one request in absolute scheduler time: the deadline policy ranks by
+/// [`next_deadline`](Self::next_deadline), the simulator grades with the counts.
 ///
-/// Token `i` has the absolute deadline `t_{i−1} + D + slack`, where `t_0` is the arrival and `D`
-/// is `D_p` for the first token and `D_d` after it. On time, the unused budget carries forward;
-/// late, the token closes `1 + floor((T − slack − D) / D_d)` missed deadlines and the slack resets,
-/// so later deadlines count from the late token's actual time.
+/// The algorithm is [`metrum_core::DeadlineTracker`] (its one home, shared with the metrics);
+/// this adapter only adds what the scheduler needs on top: the time of the last token, so gaps
+/// and the next deadline are absolute instants rather than intervals.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeadlineTracker {
-    prefill_deadline: Nanos,
-    decode_deadline: Nanos,
+    spec: CoreTracker,
     last_token_at: Nanos,
-    slack: Nanos,
-    tokens_seen: u64,
-    met: u64,
-    missed: u64,
-    /// Of `missed`, those closed by the first token (TTFT deadline misses).
-    missed_first: u64,
 }
 
 impl DeadlineTracker {
     /// `decode_deadline` is clamped to at least 1 ns so the miss count is always defined.
     pub fn new(arrival: Nanos, prefill_deadline: Nanos, decode_deadline: Nanos) -> Self {
         DeadlineTracker {
-            prefill_deadline,
-            decode_deadline: decode_deadline.max(Nanos(1)),
+            spec: CoreTracker::new(
+                DeadlineParams::clamped(prefill_deadline, decode_deadline),
+                FirstToken::Deadline,
+            ),
             last_token_at: arrival,
-            slack: Nanos::ZERO,
-            tokens_seen: 0,
-            met: 0,
-            missed: 0,
-            missed_first: 0,
-        }
-    }
-
-    /// The deadline budget of the next token: `D_p` before the first token, `D_d` after.
-    fn next_budget(&self) -> Nanos {
-        if self.tokens_seen == 0 {
-            self.prefill_deadline
-        } else {
-            self.decode_deadline
         }
     }
 
     /// The absolute time by which the next token must be visible to count as on time.
     pub fn next_deadline(&self) -> Nanos {
-        Nanos(
-            self.last_token_at
-                .0
-                .saturating_add(self.next_budget().0)
-                .saturating_add(self.slack.0),
-        )
+        // The first token always has a deadline (`FirstToken::Deadline`), so the budget exists.
+        let budget = self.spec.next_budget().unwrap_or(Nanos(u64::MAX));
+        Nanos(self.last_token_at.0.saturating_add(budget.0))
     }
 
     /// `count` tokens became visible at `at` (a burst: the first has the gap since the previous
     /// token, the rest a gap of 0). Returns the deadlines newly missed.
     pub fn on_tokens(&mut self, at: Nanos, count: u32) -> u64 {
-        let mut newly_missed = 0;
-        for i in 0..count {
-            let gap = if i == 0 {
-                at.saturating_sub(self.last_token_at)
-            } else {
-                Nanos::ZERO
-            };
-            newly_missed += self.on_gap(gap);
-        }
+        let gap = at.saturating_sub(self.last_token_at);
+        let delta = self.spec.observe_delivery(gap, count);
         self.last_token_at = self.last_token_at.max(at);
-        newly_missed
-    }
-
-    fn on_gap(&mut self, gap: Nanos) -> u64 {
-        let d = self.next_budget().0;
-        self.tokens_seen += 1;
-        let budget = d.saturating_add(self.slack.0);
-        if gap.0 <= budget {
-            // Slack shrinks when D < T ≤ D + slack and grows when T < D.
-            self.slack = Nanos(budget - gap.0);
-            self.met += 1;
-            0
-        } else {
-            // One miss for the deadline itself, plus one per whole D_d past it. For the first
-            // token this is 1 + floor((T − D_p)/D_d); later, floor((T − slack)/D_d).
-            let over = gap.0 - budget;
-            let m = 1 + over / self.decode_deadline.0;
-            self.missed += m;
-            if self.tokens_seen == 1 {
-                self.missed_first += m;
-            }
-            self.slack = Nanos::ZERO;
-            m
-        }
+        delta.missed()
     }
 
     /// `D_p`: the first token's deadline budget, from arrival.
     pub fn prefill_deadline(&self) -> Nanos {
-        self.prefill_deadline
+        self.spec.params().prefill()
     }
 
     pub fn tokens_seen(&self) -> u64 {
-        self.tokens_seen
+        self.spec.tokens_seen()
     }
 
     pub fn missed(&self) -> u64 {
-        self.missed
+        self.spec.tally().missed()
     }
 
     /// Deadlines missed by the first token (the TTFT deadline and the `D_d` periods after it).
     pub fn missed_first_token(&self) -> u64 {
-        self.missed_first
+        self.spec.tally().missed_ttft
     }
 
     /// Met tokens plus missed deadlines (Etalon's denominator, which can exceed the token count).
     pub fn total(&self) -> u64 {
-        self.met + self.missed
+        self.spec.tally().total()
     }
 
     /// Slack carried into the next token.
     pub fn slack(&self) -> Nanos {
-        self.slack
+        self.spec.slack()
     }
 
     /// `missed / total`; `None` before any deadline was due (no token yet).
     pub fn miss_rate(&self) -> Option<f64> {
-        let total = self.total();
-        (total > 0).then(|| self.missed as f64 / total as f64)
+        self.spec.tally().miss_rate()
     }
 
     /// `1 − miss_rate`.
     pub fn fluidity_index(&self) -> Option<f64> {
-        self.miss_rate().map(|r| 1.0 - r)
+        self.spec.tally().fluidity_index()
     }
 }
 
@@ -220,38 +165,12 @@ mod tests {
     }
 
     #[test]
-    fn spec_request_a_meets_every_deadline() {
-        let t = run(&[400, 30, 30, 120, 50, 0, 0, 200]);
-        assert_eq!((t.missed(), t.total()), (0, 8));
-        assert_eq!(t.slack(), ms(20));
-        assert_eq!(t.fluidity_index(), Some(1.0));
-    }
-
-    #[test]
-    fn spec_request_b_misses_three_at_the_last_token() {
-        let t = run(&[400, 30, 30, 120, 50, 0, 0, 350]);
-        assert_eq!((t.missed(), t.total()), (3, 10));
-        assert_eq!(t.slack(), Nanos::ZERO);
-    }
-
-    #[test]
-    fn spec_request_c_is_exact_in_integer_time() {
-        // Float seconds would floor (0.700 − 0.500)/0.050 to 3 and give 7 of 12.
+    fn absolute_times_become_the_spec_gaps() {
+        // Spec request C, fed as instants: the adapter must hand the core the same ITTs.
         let t = run(&[700, 30, 30, 120, 50, 0, 0, 200]);
         assert_eq!((t.missed(), t.total()), (8, 13));
         assert_eq!(t.missed_first_token(), 5);
-    }
-
-    #[test]
-    fn early_stall_costs_more_than_late_stall() {
-        let mut early = vec![500, 120];
-        early.extend([30; 6]);
-        let t = run(&early);
-        assert_eq!((t.missed(), t.total()), (2, 9));
-        let mut late = vec![500];
-        late.extend([30; 6]);
-        late.push(120);
-        assert_eq!(run(&late).missed(), 0);
+        assert_eq!(t.tokens_seen(), 8);
     }
 
     #[test]

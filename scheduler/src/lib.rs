@@ -25,10 +25,9 @@
 //! | [`prefix_cache`] | [`BlockKey`] / [`PrefixId`]: exact content addressing of full blocks |
 //! | [`policy`], `queue` | the per-policy ordering key ([`policy::srpt_waiting_bound`]) and the waiting queue |
 //! | `step_budget` | the deadline policy's time budget of one step (marginal chunk costs) |
-//! | [`deadline`] | spec (b) token deadlines: [`DeadlineSlo`], [`DeadlineTracker`], [`PrefillModel`], per-request [`RequestSlo`] (both defined in metrum-core, shared with the metrics) |
+//! | [`deadline`] | spec (b) token deadlines: [`DeadlineSlo`], [`DeadlineTracker`] (absolute-time adapter over `metrum_core::DeadlineTracker`, the algorithm shared with the metrics), [`PrefillModel`], per-request [`RequestSlo`] (defined in metrum-core) |
 //! | [`stats`] | [`SchedulerStats`] |
-//! | [`routing`] | [`routing::Router`]: which replica serves a request (round-robin, least-loaded, prefix affinity, Venn's IRS); shared by `sim::cluster` and `metrum route` |
-//! | [`sim`] | fake executor with a step-cost model, Poisson / trace workloads, policy simulation |
+//! | [`routing`] | [`routing::Router`]: which replica serves a request (round-robin, least-loaded, prefix affinity, Venn's IRS); shared by `metrum_sim::cluster` and `metrum route` |
 //!
 //! Lifecycle (the [`metrum_core::RequestStatus`] enum): `Waiting → Running → Finished(reason)`,
 //! `Running → Preempted → Running` on recompute preemption, and `abort` from any live state.
@@ -44,7 +43,6 @@ pub mod prefix_cache;
 pub mod request;
 pub mod routing;
 pub mod scheduler;
-pub mod sim;
 pub mod stats;
 
 mod batch;

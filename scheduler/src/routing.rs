@@ -1,5 +1,5 @@
 //! Which replica serves a request: the routing policies shared by the multi-replica simulation
-//! (`sim::cluster`) and the live router (`metrum route`), so that what the simulation measured
+//! (`metrum_sim::cluster`) and the live router (`metrum route`), so that what the simulation measured
 //! is what serves. Pure: loads come in as a function, nothing here knows about HTTP or time.
 //!
 //! Requests belong to eligibility classes (model, adapter, context range, hardware; Venn,

@@ -8,13 +8,11 @@ use common::*;
 use metrum_core::{EventKind, FinishReason, Nanos, RequestId};
 use metrum_scheduler::admission::FORECAST_MARGIN;
 use metrum_scheduler::policy::srpt_waiting_bound;
-use metrum_scheduler::sim::{
-    Aborts, FakeExecutor, Lengths, PoissonWorkload, Simulation, StepCostModel,
-};
 use metrum_scheduler::{
     Admission, AdmissionError, DeadlineSlo, NewRequest, Policy, PrefillModel, Scheduler,
     SchedulerConfig,
 };
+use metrum_sim::{Aborts, FakeExecutor, Lengths, PoissonWorkload, Simulation, StepCostModel};
 use proptest::prelude::*;
 use std::collections::HashMap;
 
@@ -251,7 +249,7 @@ proptest! {
         let mut now = Nanos::ZERO;
         let mut added: Vec<RequestId> = Vec::new();
         let mut finished: HashMap<RequestId, u32> = HashMap::new();
-        let mut rng = metrum_scheduler::sim::SplitMix64::new(seed);
+        let mut rng = metrum_sim::SplitMix64::new(seed);
         let record = |s: &mut Scheduler, finished: &mut HashMap<RequestId, u32>| {
             for e in s.drain_events() {
                 if let EventKind::Finished(_) = e.kind {

@@ -5,11 +5,11 @@ mod common;
 
 use common::*;
 use metrum_core::Nanos;
-use metrum_scheduler::sim::{
+use metrum_scheduler::{DeadlineSlo, Policy, SchedulerConfig};
+use metrum_sim::{
     FakeExecutor, LengthTrace, Lengths, PoissonWorkload, StepCostModel, Workload, markdown_table,
     profile_prefill_model, simulate,
 };
-use metrum_scheduler::{DeadlineSlo, Policy, SchedulerConfig};
 
 fn cost() -> StepCostModel {
     StepCostModel {

@@ -3,10 +3,10 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 use metrum_core::{BlockId, Nanos, RequestId};
-use metrum_scheduler::sim::{FakeExecutor, SimReport, Simulation, StepCostModel, Workload};
 use metrum_scheduler::{
     FinishedRequest, NewRequest, Policy, Scheduler, SchedulerConfig, SchedulerOutput, StepResult,
 };
+use metrum_sim::{FakeExecutor, SimReport, Simulation, StepCostModel, Workload};
 
 /// The token the fake executor samples for everyone.
 pub const SAMPLED: u32 = 1000;

@@ -17,7 +17,7 @@ use candle_core::Device;
 use metrum_engine::executor::{Executor, ModelExecutor};
 use metrum_engine::kv_cache::KvCache;
 use metrum_engine::model::{DecoderModel, SequenceChunk, resolve_dtype};
-use metrum_scheduler::sim::{StepCostModel, StepSample, fit_step_cost};
+use metrum_sim::{StepCostModel, StepSample, fit_step_cost};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;

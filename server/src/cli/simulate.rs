@@ -16,11 +16,11 @@ use anyhow::{Context, Result, bail};
 use metrum_bench::arrival::{ArrivalProcess, RunLength, schedule};
 use metrum_bench::workload::{DEFAULT_WORKLOAD, WorkloadSpec, fit_to_context};
 use metrum_core::{Nanos, RequestId};
-use metrum_scheduler::sim::{
+use metrum_scheduler::{DeadlineSlo, Policy, PrefillModel, SchedulerConfig};
+use metrum_sim::{
     FakeExecutor, SeedSummary, SimReport, SimRequest, SplitMix64, StepCostModel, Workload,
     find_knee, markdown_sweep_table, markdown_table, profile_prefill_model, simulate,
 };
-use metrum_scheduler::{DeadlineSlo, Policy, PrefillModel, SchedulerConfig};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::time::Duration;

@@ -1,12 +1,12 @@
 //! `metrum simulate-routing`: several replicas, each the real scheduler on the fake executor,
 //! behind a router (round-robin, least-loaded, prefix-affinity, IRS) over intersecting
-//! eligibility classes (`metrum_scheduler::sim::cluster`). Prints one table per seed and the
+//! eligibility classes (`metrum_sim::cluster`). Prints one table per seed and the
 //! IRS-vs-least-loaded ratios; docs/results/routing.md is its output.
 
 use super::profile_step::StepCostFile;
 use super::simulate::DEFAULT_STEP_COST;
 use anyhow::{Context, Result, bail};
-use metrum_scheduler::sim::{
+use metrum_sim::{
     ClusterSpec, EligibilityClass, Lengths, ReplicaId, RoutingPolicy, irs_vs_least_loaded,
     markdown_class_table, simulate_cluster,
 };

@@ -1,18 +1,18 @@
 //! fcfs vs deadline at three loads: light, the FCFS knee, and past it.
 //!
 //! ```text
-//! cargo run --release -p metrum-scheduler --example policy_sweep [-- TRACE.csv [SEEDS [BUDGET]]]
+//! cargo run --release -p metrum-sim --example policy_sweep [-- TRACE.csv [SEEDS [BUDGET]]]
 //! ```
 //! The knee is FCFS capacity under Etalon's deadline SLO: the highest Poisson rate at which
 //! the P99 over requests of the deadline-miss rate stays ≤ 0.1, found by bisection. Every
 //! parameter is printed with the results.
 
 use metrum_core::Nanos;
-use metrum_scheduler::sim::{
+use metrum_scheduler::{DeadlineSlo, Policy, SchedulerConfig};
+use metrum_sim::{
     FakeExecutor, LengthTrace, Lengths, PoissonWorkload, SimReport, StepCostModel,
     profile_prefill_model, simulate,
 };
-use metrum_scheduler::{DeadlineSlo, Policy, SchedulerConfig};
 
 const NUM_REQUESTS: usize = 1000;
 const MISS_SLO: f64 = 0.1;

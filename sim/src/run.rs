@@ -1,16 +1,16 @@
 //! The simulation loop: the engine step (schedule → fake execute → update) on simulated time,
 //! fed by a workload, with optional per-step checks of the scheduler's invariants.
 
-use super::cost_fit::least_squares_3;
-use super::executor::FakeExecutor;
-use super::report::{RequestOutcome, RunTotals, SimReport};
-use super::workload::{SimRequest, Workload};
-use crate::config::{ConfigError, SchedulerConfig};
-use crate::deadline::PrefillModel;
-use crate::output::{ChunkKind, UpdateError};
-use crate::request::NewRequest;
-use crate::scheduler::Scheduler;
+use crate::cost_fit::least_squares_3;
+use crate::executor::FakeExecutor;
+use crate::report::{RequestOutcome, RunTotals, SimReport};
+use crate::workload::{SimRequest, Workload};
 use metrum_core::{EventKind, Nanos, RequestId};
+use metrum_scheduler::config::{ConfigError, SchedulerConfig};
+use metrum_scheduler::deadline::PrefillModel;
+use metrum_scheduler::output::{ChunkKind, UpdateError};
+use metrum_scheduler::request::NewRequest;
+use metrum_scheduler::scheduler::Scheduler;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::fmt;
@@ -119,7 +119,7 @@ impl Simulation {
     }
 
     /// Adds a request after construction, for a router feeding replicas online
-    /// ([`super::cluster`]). Submit in arrival order, at or before the request's arrival.
+    /// ([`crate::cluster`]). Submit in arrival order, at or before the request's arrival.
     pub fn submit(&mut self, request: SimRequest) {
         self.pending.push_back(request);
     }
@@ -278,7 +278,7 @@ impl Simulation {
         }
     }
 
-    fn check_batch(&self, out: &crate::output::SchedulerOutput) -> Result<(), SimError> {
+    fn check_batch(&self, out: &metrum_scheduler::output::SchedulerOutput) -> Result<(), SimError> {
         let fail = |what: String| {
             Err(SimError::Invariant {
                 step: out.step,
@@ -345,7 +345,7 @@ pub fn profile_prefill_model(
         };
         let config = SchedulerConfig {
             enable_prefix_caching: false,
-            admission: crate::Admission::Off,
+            admission: metrum_scheduler::Admission::Off,
             ..config.clone()
         };
         let mut sim = Simulation::new(&workload, config, executor)?;

@@ -5,9 +5,9 @@
 //! keeping at least 95% of FCFS's goodput.
 
 use metrum_core::Nanos;
-use metrum_scheduler::sim::grid::{GridCase, run_grid_case};
-use metrum_scheduler::sim::{Lengths, StepCostModel};
 use metrum_scheduler::{Admission, DeadlineSlo, Policy};
+use metrum_sim::grid::{GridCase, run_grid_case};
+use metrum_sim::{Lengths, StepCostModel};
 
 #[test]
 fn the_ranking_holds_on_the_reference_server() {
@@ -41,7 +41,7 @@ fn the_ranking_holds_on_the_reference_server() {
             .row(f, Policy::DeadlineSrpt, Admission::Refuse)
             .unwrap()
     };
-    for (policy, admission) in metrum_scheduler::sim::grid::VARIANTS {
+    for (policy, admission) in metrum_sim::grid::VARIANTS {
         let light = result.row(0.5, policy, admission).unwrap();
         assert_eq!(light.refused_fraction, 0.0, "{policy} {admission}");
         assert!(light.miss_p99 <= fcfs(0.5).miss_p99 + 1e-9);

@@ -1,5 +1,11 @@
+//! # Layout
+//!
+//! `metrum-sim`: policy simulation without a model, kept out of the pure scheduler crate so
+//! that crate only schedules (no workloads, PRNG or markdown). It drives `metrum-scheduler`
+//! and shares the deadline algorithm with the metrics through `metrum-core`.
+//!
 //! Policy simulation without a model: a [`FakeExecutor`] (deterministic tokens, step time
-//! `a + b·batch_tokens + c·kv_tokens_read`) drives the real [`crate::Scheduler`] on simulated
+//! `a + b·batch_tokens + c·kv_tokens_read`) drives the real [`metrum_scheduler::Scheduler`] on simulated
 //! time, fed by an open-loop Poisson [`PoissonWorkload`] or a trace. [`simulate`] returns a
 //! [`SimReport`] per run: scheduling delay, TTFT, TBT, fluidity-index distribution and
 //! deadline-miss rates (spec/metrics.md (a), (b)). One [`SimReport`] per policy renders as one

@@ -9,14 +9,14 @@
 //! serves the scarcest class first, smallest demand first within a class (the request's
 //! `priority`, under the scheduler's priority policy).
 
-use super::report::{RequestOutcome, percentile};
-use super::run::{SimError, Simulation};
-use super::workload::{Lengths, PoissonWorkload, SimRequest, Workload};
-use super::{FakeExecutor, StepCostModel};
-use crate::routing::prefix_hash;
-pub use crate::routing::{ClassId, ReplicaId, Router, RoutingPolicy};
-use crate::{Policy, SchedulerConfig};
+use crate::report::{RequestOutcome, percentile};
+use crate::run::{SimError, Simulation};
+use crate::workload::{Lengths, PoissonWorkload, SimRequest, Workload};
+use crate::{FakeExecutor, StepCostModel};
 use metrum_core::{Nanos, RequestId};
+use metrum_scheduler::routing::prefix_hash;
+pub use metrum_scheduler::routing::{ClassId, ReplicaId, Router, RoutingPolicy};
+use metrum_scheduler::{Policy, SchedulerConfig};
 
 /// A class of requests and the replicas that can serve it.
 #[derive(Clone, Debug, PartialEq)]
@@ -77,12 +77,12 @@ impl ClusterSpec {
                 max_model_len: 4096,
                 enable_prefix_caching: true,
                 policy: Policy::Fcfs,
-                slo: crate::DeadlineSlo {
+                slo: metrum_scheduler::DeadlineSlo {
                     tbt_slo: Nanos::from_millis(30),
                     ttft_slack: Nanos::from_millis(300),
-                    ..crate::DeadlineSlo::default()
+                    ..metrum_scheduler::DeadlineSlo::default()
                 },
-                admission: crate::admission::Admission::Off,
+                admission: metrum_scheduler::admission::Admission::Off,
             },
         }
     }
@@ -358,7 +358,7 @@ pub fn markdown_class_table(reports: &[ClassReport]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::DeadlineSlo;
+    use metrum_scheduler::DeadlineSlo;
 
     fn small_spec() -> ClusterSpec {
         let class = |name: &str, replicas: &[usize], rate: f64| EligibilityClass {
@@ -388,7 +388,7 @@ mod tests {
                 enable_prefix_caching: true,
                 policy: Policy::Fcfs,
                 slo: DeadlineSlo::default(),
-                admission: crate::admission::Admission::Off,
+                admission: metrum_scheduler::admission::Admission::Off,
             },
             cost: StepCostModel {
                 base: Nanos::from_millis(5),

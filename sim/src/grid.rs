@@ -3,14 +3,14 @@
 //! (`refuse`). [`run_grid_case`] runs one (cost model, SLO); `examples/scheduler_grid.rs`
 //! prints the whole table and a scheduler test runs a small case in CI as a ranking check.
 
-use super::executor::{FakeExecutor, StepCostModel};
-use super::report::SimReport;
-use super::run::{SimError, profile_prefill_model, simulate};
-use super::sweep::find_knee;
-use super::workload::{Lengths, PoissonWorkload};
-use crate::admission::Admission;
-use crate::config::{Policy, SchedulerConfig};
-use crate::deadline::DeadlineSlo;
+use crate::executor::{FakeExecutor, StepCostModel};
+use crate::report::SimReport;
+use crate::run::{SimError, profile_prefill_model, simulate};
+use crate::sweep::find_knee;
+use crate::workload::{Lengths, PoissonWorkload};
+use metrum_scheduler::admission::Admission;
+use metrum_scheduler::config::{Policy, SchedulerConfig};
+use metrum_scheduler::deadline::DeadlineSlo;
 use std::fmt::Write;
 
 /// The policies compared in every cell.

@@ -1,7 +1,7 @@
 //! Workloads for the simulator: open-loop Poisson arrivals with fixed, uniform or trace
 //! lengths, or a trace replayed at its own timestamps. Everything derives from one seed.
 
-use super::prng::SplitMix64;
+use crate::prng::SplitMix64;
 use metrum_core::{Nanos, RequestId};
 use std::fmt;
 

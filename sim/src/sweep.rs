@@ -2,13 +2,20 @@
 //! bisection, as `metrum bench capacity` searches a real server) and several seeds of one load
 //! folded into one table row.
 
-use super::report::SimReport;
-use crate::config::Policy;
+use crate::report::SimReport;
+use metrum_scheduler::config::Policy;
 use std::fmt::Write;
 
 /// The highest rate at which `passes(rate)` holds, to within `granularity` (relative): doubles
 /// from `start` while it passes, then bisects. At most `max_probes` calls; returns the best
 /// passing rate found (0 if none passed). An error from `passes` ends the search.
+///
+/// Not `metrum_metrics::CapacitySearch`, on purpose: that is Etalon's procedure for a real
+/// server (rates in integer hundredths of a QPS, `right` capped at `2 × start_qps` and only
+/// doubled on a pass above 80% of the smallest failure, repeated seeds near the boundary, an
+/// absolute stop rule); this one doubles without bound from `start`, bisects continuous rates
+/// to a relative `granularity` and caps the probe count. Swapping would change every knee the
+/// grid and `metrum simulate --knee` report (and round sub-0.01 rates to 0).
 pub fn find_knee<E>(
     start: f64,
     granularity: f64,

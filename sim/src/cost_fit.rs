@@ -2,7 +2,7 @@
 //! times measured on a real engine (`metrum profile-step`), by least squares on the relative
 //! error, with the fit error.
 
-use super::executor::StepCostModel;
+use crate::executor::StepCostModel;
 use metrum_core::Nanos;
 
 /// One measured step: its shape and how long it took.

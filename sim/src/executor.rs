@@ -2,9 +2,9 @@
 //! the model in scheduler tests and policy simulations (vLLM's tests return token 1000 for
 //! every request in the same way).
 
-use super::prng::mix64;
-use crate::output::SchedulerOutput;
+use crate::prng::mix64;
 use metrum_core::{Nanos, RequestId};
+use metrum_scheduler::output::SchedulerOutput;
 
 /// Step time `a + b·batch_tokens + c·kv_tokens_read`, in integer nanoseconds.
 ///

@@ -1,13 +1,13 @@
 //! Issue 19's simulator grid: three cost models × three SLOs × loads 0.5/1/1.25/1.5× the FCFS
 //! knee, comparing fcfs, deadline, deadline-srpt and deadline-srpt with admission control.
 //!
-//! `cargo run --release -p metrum-scheduler --example scheduler_grid -- [SEEDS] [REQUESTS]`
+//! `cargo run --release -p metrum-sim --example scheduler_grid -- [SEEDS] [REQUESTS]`
 //! (defaults 5 and 500). Deterministic: machine load does not change the numbers.
 
 use metrum_core::Nanos;
 use metrum_scheduler::DeadlineSlo;
-use metrum_scheduler::sim::grid::{GridCase, MARKDOWN_HEADER, run_grid_case};
-use metrum_scheduler::sim::{Lengths, StepCostModel};
+use metrum_sim::grid::{GridCase, MARKDOWN_HEADER, run_grid_case};
+use metrum_sim::{Lengths, StepCostModel};
 
 fn main() {
     let mut args = std::env::args().skip(1);

@@ -12,10 +12,10 @@
 //! rejected and errored requests are counted separately. Percentiles interpolate linearly
 //! between closest ranks (numpy's default).
 
-use crate::config::Policy;
-use crate::deadline::{DeadlineSlo, DeadlineTracker};
-use crate::request::AdmissionError;
 use metrum_core::{FinishReason, Nanos, RequestId};
+use metrum_scheduler::config::Policy;
+use metrum_scheduler::deadline::{DeadlineSlo, DeadlineTracker};
+use metrum_scheduler::request::AdmissionError;
 use std::fmt::Write;
 
 /// One request's simulated timeline.
