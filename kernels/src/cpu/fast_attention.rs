@@ -28,6 +28,14 @@ use super::kv_dtype::KvElem;
 
 /// Query tokens per tile.
 const Q_TILE: usize = 8;
+/// A sequence with at most this many query tokens in the batch (a decode, or a speculative
+/// verification of up to 16 drafts, the engine's `MAX_SPECULATIVE_TOKENS`) is cut into one-token tiles, so that each of its rows runs
+/// exactly the arithmetic of a decode (on AVX-512 the decode kernel, elsewhere the dot-product
+/// path; the transposed-keys path and the FMA chains sum in other orders). That makes greedy
+/// speculation token-identical to plain decoding: a verification row is bit-for-bit the decode
+/// that would have computed the same position. It costs re-reading the sequence's K/V per
+/// query token, as K+1 decodes would. Longer chunks (prefills) keep the shared tiles.
+const PER_TOKEN_TILES_MAX_Q: usize = 17;
 /// Query rows (tokens × heads per KV head) from which scores go through transposed keys.
 const TRANSPOSE_MIN_ROWS: usize = 8;
 
@@ -82,10 +90,15 @@ pub(crate) fn paged_attention_fast<T: KvElem>(
         let start = meta.query_start_loc[s] as usize;
         let q_len = meta.query_start_loc[s + 1] as usize - start;
         let seq_len = meta.seq_lens[s] as usize;
+        let tile_len = if q_len <= PER_TOKEN_TILES_MAX_Q {
+            1
+        } else {
+            Q_TILE
+        };
         for kvh in 0..d.kv_heads {
             let mut i = 0;
             while i < q_len {
-                let n = (q_len - i).min(Q_TILE);
+                let n = (q_len - i).min(tile_len);
                 tiles.push(Tile {
                     seq: s,
                     kvh,
