@@ -23,6 +23,12 @@ PORT=${PORT:-18979}
 N=${N:-1000}
 SEED=${SEED:-1}
 SERVE_FLAGS=${SERVE_FLAGS:-"--threads 2 --max-model-len 2048 --tbt-slo 100ms --ttft-slack 1s"}
+# The workload of every probe, run and simulation (bench's default when empty). A lighter one
+# raises the knee so that >= 1000 requests per run fit in an hour, e.g.
+# WORKLOAD=synthetic:prompt=uniform:32:96,output=uniform:16:48
+WORKLOAD=${WORKLOAD:-}
+WL_ARGS=()
+[ -n "$WORKLOAD" ] && WL_ARGS=(--workload "$WORKLOAD")
 mkdir -p "$OUT"
 uptime | tee "$OUT/load-start.txt"
 
@@ -32,7 +38,7 @@ uptime | tee "$OUT/load-start.txt"
 if [ -z "${KNEE:-}" ]; then
   $BIN bench capacity --serve "$SERVE_FLAGS --slo-file $OUT/slo.json --scheduling-policy fcfs" \
     --slo deadline --slo-file "$OUT/slo.json" --tbt-slo 0.1 --ttft-slack 1 --seed "$SEED" \
-    --num-requests "${CAP_N:-300}" \
+    --num-requests "${CAP_N:-300}" "${WL_ARGS[@]}" \
     --out "$OUT/capacity" | tee "$OUT/capacity.txt"
   KNEE=$(python3 -c "import json; print(json.load(open('$OUT/capacity/capacity.json'))['result']['max_qps_under_slo'])")
 fi
@@ -51,7 +57,7 @@ for factor in 1 1.25; do
       --scheduling-policy "$policy" --admission "$admission" > "$dir/server.log" 2>&1 &
     pid=$!
     for _ in $(seq 1 600); do curl -sf "localhost:$PORT/health" >/dev/null && break; sleep 0.5; done
-    $BIN bench run --url "http://127.0.0.1:$PORT" --num-requests "$N" --qps "$qps" --seed "$SEED" \
+    $BIN bench run --url "http://127.0.0.1:$PORT" --num-requests "$N" --qps "$qps" --seed "$SEED" "${WL_ARGS[@]}" \
       --slo-file "$OUT/slo.json" --tbt-slo 0.1 --ttft-slack 1 --no-progress --out "$dir/bench" \
       > "$dir/bench.txt" 2>&1
     curl -s "localhost:$PORT/metrics" | grep -E '^metrum_requests_refused_total' > "$dir/refused.txt"
@@ -62,5 +68,5 @@ done
 # Simulated prediction for the same setup, to compare with the table above:
 $BIN simulate --knee --seeds 5 --num-requests "$N" --cost-file "$OUT/step_cost.json" \
   --slo-file "$OUT/slo.json" --max-model-len 2048 --tbt-slo 100ms --ttft-slack 1s \
-  --policies fcfs,deadline,deadline-srpt --load-factors 1,1.25 > "$OUT/simulated.md"
+  --policies fcfs,deadline,deadline-srpt --load-factors 1,1.25 "${WL_ARGS[@]}" > "$OUT/simulated.md"
 uptime | tee "$OUT/load-end.txt"
