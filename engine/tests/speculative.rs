@@ -226,8 +226,8 @@ fn greedy_with_a_draft_model_equals_without_in_batches_preemption_and_aborts() {
 /// 2026-12-05 such a chunk went through `fast_attention`'s shared tile (transposed keys), which
 /// sums in another order than a decode; the Q4_1 model's 8-bit activation quantization turned
 /// those last-bit differences into a different greedy token now and then (seen: token 12 of a
-/// 12-token run at K = 2 and 3). Chunks of up to 17 query tokens now run one-token tiles, the
-/// decode's own arithmetic (kernels/tests/fast_attention.rs checks the rows bit for bit).
+/// 12-token run at K = 2 and 3). Every row of every chunk now runs the decode's arithmetic
+/// (kernels/tests/fast_attention.rs checks the rows bit for bit).
 #[test]
 fn default_model_greedy_with_speculation_equals_without() {
     let Some(path) = forward_common::default_model_path() else {

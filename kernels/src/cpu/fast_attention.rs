@@ -4,12 +4,25 @@
 //!
 //! Three things make it fast where the oracle is slow:
 //! - **GQA sharing.** Work is split by (sequence, KV head, tile of up to [`Q_TILE`] query
-//!   tokens); every K and V row loaded is used by all the tile's queries of all the query heads
-//!   that share that KV head (3 × 8 for SmolLM2), instead of once per (token, head).
+//!   tokens); every K and V row loaded (and, from an f16 cache, widened) is used by all the
+//!   tile's queries of all the query heads that share that KV head (3 × 8 for SmolLM2), instead
+//!   of once per (token, head). On AVX-512 every tile is one token: the decode kernel
+//!   ([`super::fast_decode_avx512`]) runs it, prefetching rows ahead (see below for why).
 //! - **SIMD.** The dot products and the V accumulation are written as fixed-width lane loops
 //!   that LLVM vectorizes, compiled twice: for AVX-512/AVX2+FMA (chosen at run time) and for
 //!   baseline x86-64.
 //! - **The pool.** Tiles are chunks of [`crate::threads::global`]'s pool.
+//!
+//! **Batch invariance.** A query row's output is bit for bit the same however its sequence was
+//! cut into chunks and whatever else is in the batch: a prefill in one chunk, in chunks of any
+//! size, a suffix after a prefix-cache hit, a speculative verification chunk and a plain decode
+//! all compute a row with the same arithmetic. Each row's scores are its own dot products, its
+//! softmax and P·V run over its own visible keys only, and the path a row takes depends only on
+//! the model's shape and the CPU (AVX-512: the decode kernel for every row; elsewhere the lane
+//! loops below for every row). Without that, the same prompt sampled with the same seed gave
+//! another text when it hit the prefix cache, and greedy speculation parted from plain decoding
+//! (a shared tile once scored keys transposed, summing in another order; kernels/tests/
+//! fast_attention.rs checks every row against its decode for chunks of 1 to 64 tokens).
 //!
 //! Softmax is exact (max-subtracted) over the visible keys of each query, as in the oracle; only
 //! the summation order, the `exp` and the soft-cap's `tanh` differ (the vectorizable ones of
@@ -28,16 +41,6 @@ use super::kv_dtype::KvElem;
 
 /// Query tokens per tile.
 const Q_TILE: usize = 8;
-/// A sequence with at most this many query tokens in the batch (a decode, or a speculative
-/// verification of up to 16 drafts, the engine's `MAX_SPECULATIVE_TOKENS`) is cut into one-token tiles, so that each of its rows runs
-/// exactly the arithmetic of a decode (on AVX-512 the decode kernel, elsewhere the dot-product
-/// path; the transposed-keys path and the FMA chains sum in other orders). That makes greedy
-/// speculation token-identical to plain decoding: a verification row is bit-for-bit the decode
-/// that would have computed the same position. It costs re-reading the sequence's K/V per
-/// query token, as K+1 decodes would. Longer chunks (prefills) keep the shared tiles.
-const PER_TOKEN_TILES_MAX_Q: usize = 17;
-/// Query rows (tokens × heads per KV head) from which scores go through transposed keys.
-const TRANSPOSE_MIN_ROWS: usize = 8;
 
 #[derive(Clone, Copy)]
 pub(crate) struct Dims {
@@ -85,16 +88,19 @@ pub(crate) fn paged_attention_fast<T: KvElem>(
     d: Dims,
     params: &AttentionParams,
 ) -> Vec<f32> {
+    let isa = Isa::detect();
+    // One home for the choice of path, so every row of a model takes the same one (see
+    // "Batch invariance" above): on AVX-512 the decode kernel, one token per tile.
+    let tile_len = if decode_kernel_runs_every_row(isa, d) {
+        1
+    } else {
+        Q_TILE
+    };
     let mut tiles = Vec::new();
     for s in 0..meta.num_seqs() {
         let start = meta.query_start_loc[s] as usize;
         let q_len = meta.query_start_loc[s + 1] as usize - start;
         let seq_len = meta.seq_lens[s] as usize;
-        let tile_len = if q_len <= PER_TOKEN_TILES_MAX_Q {
-            1
-        } else {
-            Q_TILE
-        };
         for kvh in 0..d.kv_heads {
             let mut i = 0;
             while i < q_len {
@@ -112,7 +118,6 @@ pub(crate) fn paged_attention_fast<T: KvElem>(
     }
     let mut out = vec![0f32; meta.num_tokens() * d.num_heads * d.head_dim];
     let ptr = OutPtr(out.as_mut_ptr());
-    let isa = Isa::detect();
     crate::threads::global().run(tiles.len(), &|i| {
         let tile = tiles[i];
         // SAFETY: tile `i` writes only rows (token in its range, head of its KV head group),
@@ -120,6 +125,17 @@ pub(crate) fn paged_attention_fast<T: KvElem>(
         unsafe { run_tile(isa, q, k, v, meta, d, params, tile, ptr) }
     });
     out
+}
+
+/// Whether the AVX-512 decode kernel computes every row of this model (then every tile is one
+/// token); otherwise [`tile_generic`]'s lane loops do, in tiles of up to [`Q_TILE`] tokens.
+fn decode_kernel_runs_every_row(isa: Isa, d: Dims) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Vnni {
+        return super::fast_decode_avx512::handles(d);
+    }
+    let _ = (isa, d);
+    false
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -156,7 +172,7 @@ unsafe fn tile_avx512<T: KvElem>(
     tile: Tile,
     out: OutPtr,
 ) {
-    if super::fast_decode_avx512::applies(d, tile) {
+    if tile.q_len == 1 && super::fast_decode_avx512::handles(d) {
         return unsafe {
             super::fast_decode_avx512::decode_tile(q, k, v, meta, d, params, tile, out)
         };
@@ -178,51 +194,6 @@ unsafe fn tile_avx2<T: KvElem>(
     out: OutPtr,
 ) {
     unsafe { tile_generic(Isa::Avx2, q, k, v, meta, d, params, tile, out) }
-}
-
-/// Scores 16 keys at a time: the keys are transposed into `kt[d][key]`, so each query row gets
-/// 16 scores from `head_dim` broadcast multiply-adds and no horizontal sums. Key `j` of the
-/// tile is position `lo + j`; row `r` writes only its `visible(r)` keys (the rest stay -inf).
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn scores_transposed<'a>(
-    scores: &mut [f32],
-    k_rows: &[&[f32]],
-    qrow: &impl Fn(usize) -> &'a [f32],
-    visible: &impl Fn(usize) -> std::ops::Range<usize>,
-    rows: usize,
-    hd: usize,
-    width: usize,
-    scale: f32,
-) {
-    let mut kt = vec![0f32; hd * LANES];
-    let mut p0 = 0;
-    while p0 < width {
-        let n = (width - p0).min(LANES);
-        for i in 0..n {
-            for (dim, &x) in k_rows[p0 + i].iter().enumerate() {
-                kt[dim * LANES + i] = x;
-            }
-        }
-        for r in 0..rows {
-            let vis = visible(r);
-            if p0 >= vis.end || p0 + n <= vis.start {
-                continue; // nothing of this chunk is in the row's causal window
-            }
-            let qr = qrow(r);
-            let mut s16 = [0f32; LANES];
-            for (dim, &qd) in qr.iter().enumerate() {
-                let kd = &kt[dim * LANES..dim * LANES + LANES];
-                for l in 0..LANES {
-                    s16[l] += qd * kd[l];
-                }
-            }
-            for j in vis.start.max(p0)..vis.end.min(p0 + n) {
-                scores[r * width + j] = s16[j - p0] * scale;
-            }
-        }
-        p0 += n;
-    }
 }
 
 #[inline(always)]
@@ -313,25 +284,13 @@ unsafe fn tile_generic<T: KvElem>(
     let k_rows = rows_as_f32(k, &kv_row, width, hd, isa, &mut k_wide);
     let v_rows = rows_as_f32(v, &kv_row, width, hd, isa, &mut v_wide);
     let mut scores = vec![f32::NEG_INFINITY; rows * width];
-    if rows >= TRANSPOSE_MIN_ROWS {
-        scores_transposed(
-            &mut scores,
-            &k_rows,
-            &qrow,
-            &visible,
-            rows,
-            hd,
-            width,
-            params.scale,
-        );
-    } else {
-        // Few rows (decodes): one dot product per (key, row); transposing the keys would cost
-        // more than the horizontal sums it saves.
-        for (j, krow) in k_rows.iter().enumerate() {
-            for r in 0..rows {
-                if visible(r).contains(&j) {
-                    scores[r * width + j] = dot(qrow(r), krow) * params.scale;
-                }
+    // One dot product per (key, row), each summed in the same order whatever the tile holds:
+    // scoring 16 keys at once through transposed keys would save the horizontal sums but add
+    // in another order, and a row must not depend on its tile (see "Batch invariance").
+    for (j, krow) in k_rows.iter().enumerate() {
+        for r in 0..rows {
+            if visible(r).contains(&j) {
+                scores[r * width + j] = dot(qrow(r), krow) * params.scale;
             }
         }
     }

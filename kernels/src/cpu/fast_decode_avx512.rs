@@ -1,7 +1,8 @@
 //! The decode tile of the fast CPU attention, written with AVX-512 intrinsics.
 //!
 //! A decode tile is one query token of one sequence for the query heads of one KV head (3 rows
-//! for SmolLM2). The generic lane loops of [`super::fast_attention`] compiled to 2-wide SSE
+//! for SmolLM2). On AVX-512 it computes every row, prefill chunks' too, so that a row is the
+//! same bits in any chunk (see "Batch invariance" in [`super::fast_attention`]). The generic lane loops of [`super::fast_attention`] compiled to 2-wide SSE
 //! code here (perf: the fast attention was 35% of a loaded server's CPU time), so this path
 //! spells the vectors out:
 //! - scores: one 16-lane FMA chain per (key, query head), reduced once;
@@ -26,13 +27,13 @@ use crate::{AttentionMetadata, AttentionParams};
 /// Most query heads per KV head this path handles (accumulators held in registers).
 pub(super) const MAX_GROUP: usize = 8;
 
-/// Whether [`decode_tile`] handles this tile.
-pub(super) fn applies(d: Dims, tile: Tile) -> bool {
-    tile.q_len == 1 && d.head_dim.is_multiple_of(16) && d.num_heads / d.kv_heads <= MAX_GROUP
+/// Whether [`decode_tile`] handles one-token tiles of a model of these dimensions.
+pub(super) fn handles(d: Dims) -> bool {
+    d.head_dim.is_multiple_of(16) && d.num_heads / d.kv_heads <= MAX_GROUP
 }
 
 /// # Safety
-/// The CPU has AVX-512 F; `applies(d, tile)`; `q`, `k`, `v`, `meta` and `out` are the buffers
+/// The CPU has AVX-512 F; `handles(d)` and `tile.q_len == 1`; `q`, `k`, `v`, `meta` and `out` are the buffers
 /// `paged_attention_f32` checked, and no other tile writes this tile's output rows.
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 #[allow(clippy::too_many_arguments)]
@@ -77,7 +78,7 @@ pub(super) unsafe fn decode_tile<T: KvElem>(
                     pv_key_outer::<T, $g, $c>(out, &scores, &inv, v, &offsets)
                 },)*
                 $(($h, _) => unsafe { pv_into::<T, $h>(out, &scores, &inv, v, &offsets, hd) },)*
-                _ => unreachable!("applies() bounds the group by MAX_GROUP"),
+                _ => unreachable!("handles() bounds the group by MAX_GROUP"),
             }
         };
     }
