@@ -22,6 +22,7 @@
 //! through [`crate::EngineHandle::failed`] and exits non-zero for its supervisor to restart it.
 
 use crate::detokenize::{StopOutcome, TextStream};
+use crate::error::EngineError;
 use crate::executor::{Executor, LogitsRows};
 use crate::handle::{EngineRequest, EngineStatus, Shared, StreamEvent, SubmitError, TokenLogprob};
 use crate::model::SequenceChunk;
@@ -169,7 +170,7 @@ impl Engine {
                 self.abort_all(FinishReason::Abort, "engine shut down");
                 return;
             }
-            Ok(Err(cause)) => cause,
+            Ok(Err(error)) => error.to_string(),
             Err(panic) => format!("the engine panicked: {}", panic_message(&*panic)),
         };
         tracing::error!(%cause, "engine failed: failing every in-flight request and refusing new ones");
@@ -177,8 +178,12 @@ impl Engine {
         refuse_until_shutdown(&mut commands, &cause);
     }
 
-    /// The loop proper. `Err` is a fatal failure (a forward pass that failed).
-    fn serve(&mut self, commands: &mut mpsc::UnboundedReceiver<Command>) -> Result<(), String> {
+    /// The loop proper. `Err` is a fatal failure: a forward pass that failed
+    /// ([`EngineError::Forward`], or the [`EngineError::Fault`] a test armed).
+    fn serve(
+        &mut self,
+        commands: &mut mpsc::UnboundedReceiver<Command>,
+    ) -> Result<(), EngineError> {
         loop {
             if self.live.is_empty() && !self.scheduler.has_unfinished() {
                 self.publish_stats();
@@ -380,7 +385,7 @@ impl Engine {
     }
 
     /// One scheduling step. `Err` only for a failed forward pass, which is fatal.
-    fn step(&mut self) -> Result<(), String> {
+    fn step(&mut self) -> Result<(), EngineError> {
         let started = self.clock.now();
         let plan = self.scheduler.schedule(started);
         self.flush_events();
@@ -413,9 +418,7 @@ impl Engine {
             .filter(|s| s.samples)
             .map(|s| s.id)
             .collect();
-        let mut logits = self
-            .forward_with_masks(&chunks, &samplers)
-            .map_err(|message| format!("forward pass failed: {message}"))?;
+        let mut logits = self.forward_with_masks(&chunks, &samplers)?;
         let mut sampled: Vec<(RequestId, Vec<SampledToken>)> = Vec::with_capacity(samplers.len());
         let mut step_spec = SpeculationStats::default();
         let mut first_row = 0;
@@ -439,12 +442,14 @@ impl Engine {
             };
             match crate::structured::sample(&mut live.sampler, grammar, logits.row_mut(rows)) {
                 Ok(token) => sampled.push((s.id, vec![token])),
-                Err(message) => {
+                Err(error) => {
                     // Only this request ends: its missing token makes the scheduler finish it
                     // with reason `error` in `update`, and the client gets the message.
-                    tracing::warn!(request = %s.id, %message, "constrained request failed");
+                    tracing::warn!(request = %s.id, %error, "constrained request failed");
                     live.stopped = true;
-                    let _ = live.events.send(StreamEvent::Error { message });
+                    let _ = live.events.send(StreamEvent::Error {
+                        message: error.to_string(),
+                    });
                 }
             }
         }
@@ -457,7 +462,7 @@ impl Engine {
             Ok(result) => result.appended,
             Err(e) => {
                 // A stale or doubly applied plan is an engine bug; fail loudly but keep serving.
-                tracing::error!(error = ?e, "scheduler rejected a step update");
+                tracing::error!(error = %e, "scheduler rejected a step update");
                 Vec::new()
             }
         };
@@ -493,7 +498,7 @@ impl Engine {
         &mut self,
         chunks: &[SequenceChunk<'_>],
         samplers: &[RequestId],
-    ) -> Result<LogitsRows, String> {
+    ) -> Result<LogitsRows, EngineError> {
         #[cfg(feature = "fault-injection")]
         if let Some(fault) = self.armed_fault.take() {
             return crate::executor::suffer(fault);
@@ -556,7 +561,7 @@ impl Engine {
                 }
             }
             // Drafts are only guesses: without them the step is a plain decode, still exact.
-            Err(message) => tracing::warn!(%message, "the draft model failed; no drafts this step"),
+            Err(error) => tracing::warn!(%error, "no drafts this step"),
         }
     }
 

@@ -3,8 +3,9 @@
 //! loop, which owns each request's sampler), so a fake executor can stand in for a model in
 //! tests of the loop without changing anything else.
 
+use crate::error::EngineError;
 use crate::kv_cache::KvCache;
-use crate::model::{DecoderModel, ForwardBatch, SequenceChunk};
+use crate::model::{DecoderModel, ForwardBatch, ModelError, SequenceChunk};
 use candle_core::{DType, Device};
 
 /// Logits of the rows that sample this step, row-major `[rows, vocab]`, f32 on the host.
@@ -27,7 +28,7 @@ impl LogitsRows {
 pub trait Executor: Send {
     /// One forward over every chunk; returns `num_logits` rows per chunk (its last tokens, in
     /// position order), chunks in order.
-    fn execute(&mut self, chunks: &[SequenceChunk<'_>]) -> Result<LogitsRows, String>;
+    fn execute(&mut self, chunks: &[SequenceChunk<'_>]) -> Result<LogitsRows, EngineError>;
 }
 
 /// The real executor: a loaded model and its paged KV cache on one device.
@@ -38,19 +39,14 @@ pub struct ModelExecutor {
 }
 
 impl Executor for ModelExecutor {
-    fn execute(&mut self, chunks: &[SequenceChunk<'_>]) -> Result<LogitsRows, String> {
-        let batch = ForwardBatch::from_chunks(self.kv.block_size(), chunks, &self.device)
-            .map_err(|e| e.to_string())?;
-        let logits = self
-            .model
-            .forward(&batch, &mut self.kv)
-            .map_err(|e| e.to_string())?;
-        let (rows, vocab) = logits.dims2().map_err(|e| e.to_string())?;
+    fn execute(&mut self, chunks: &[SequenceChunk<'_>]) -> Result<LogitsRows, EngineError> {
+        let batch = ForwardBatch::from_chunks(self.kv.block_size(), chunks, &self.device)?;
+        let logits = self.model.forward(&batch, &mut self.kv)?;
+        let (rows, vocab) = logits.dims2()?;
         let data = logits
             .to_dtype(DType::F32)
             .and_then(|t| t.flatten_all())
-            .and_then(|t| t.to_vec1::<f32>())
-            .map_err(|e| e.to_string())?;
+            .and_then(|t| t.to_vec1::<f32>())?;
         debug_assert_eq!(data.len(), rows * vocab);
         Ok(LogitsRows { data, vocab })
     }
@@ -65,18 +61,20 @@ pub struct FakeExecutor {
 }
 
 impl Executor for FakeExecutor {
-    fn execute(&mut self, chunks: &[SequenceChunk<'_>]) -> Result<LogitsRows, String> {
+    fn execute(&mut self, chunks: &[SequenceChunk<'_>]) -> Result<LogitsRows, EngineError> {
         self.steps += 1;
         let mut out = LogitsRows {
             data: Vec::new(),
             vocab: self.vocab,
         };
         for c in chunks {
-            let first_row = c
-                .tokens
-                .len()
-                .checked_sub(c.num_logits)
-                .ok_or("short chunk")?;
+            let first_row = c.tokens.len().checked_sub(c.num_logits).ok_or_else(|| {
+                ModelError::BadBatch(format!(
+                    "a chunk of {} tokens asks for {} logits rows",
+                    c.tokens.len(),
+                    c.num_logits
+                ))
+            })?;
             for &input in &c.tokens[first_row..] {
                 let mut row = vec![-10.0f32; self.vocab];
                 row[(input as usize + 1) % self.vocab] = 10.0;
@@ -102,9 +100,9 @@ pub enum Fault {
 
 /// What the forward pass does instead of running when `fault` is armed.
 #[cfg(feature = "fault-injection")]
-pub(crate) fn suffer(fault: Fault) -> Result<LogitsRows, String> {
+pub(crate) fn suffer(fault: Fault) -> Result<LogitsRows, EngineError> {
     match fault {
         Fault::Panic => panic!("injected fault: the forward pass panicked"),
-        Fault::ForwardError => Err("injected fault: the forward pass failed".into()),
+        Fault::ForwardError => Err(EngineError::Fault),
     }
 }

@@ -8,6 +8,7 @@
 //! | [`config`] | [`EngineConfig`](config::EngineConfig): every engine knob |
 //! | [`handle`] | [`EngineHandle`](handle::EngineHandle): submit / abort / status, request streams |
 //! | [`engine_loop`] | the engine thread: drain commands, schedule, execute, update, emit |
+//! | [`error`] | [`EngineError`]: what failed at run time (a forward pass, a grammar, the draft model) |
 //! | [`source`] | resolving `--model` (path, directory, hub id, the default model) to local files; fetch + sha256 + cache |
 //! | [`model`] | every supported family (Llama, Mistral, Qwen2/3, Gemma 2/3, Phi-3/4) as one decoder configured by data; GGUF / safetensors / synthetic loading; the forward over a flat varlen batch (its layout doc says how to add a family) |
 //! | [`kv_cache`] | the per-layer paged K/V tensors the forward writes and reads |
@@ -23,6 +24,7 @@ pub mod config;
 pub mod detokenize;
 pub mod diag;
 pub mod engine_loop;
+pub mod error;
 pub mod executor;
 pub mod handle;
 pub mod kv_cache;
@@ -36,6 +38,7 @@ pub mod text;
 pub mod tokenizer;
 
 pub use config::{DeviceSpec, EngineConfig, KvCacheSize};
+pub use error::EngineError;
 pub use handle::{
     EngineHandle, EngineRequest, EngineStatus, ModelInfo, RequestStream, StreamEvent, SubmitError,
     TokenLogprob,

@@ -7,6 +7,7 @@
 use crate::chat_template::{ChatTemplate, ChatTemplateError};
 use crate::config::{DeviceSpec, EngineConfig, KvCacheSize};
 use crate::engine_loop::Engine;
+use crate::error::EngineError;
 use crate::executor::ModelExecutor;
 use crate::handle::{EngineHandle, EngineStatus, ModelInfo, Shared, StatsSnapshot, SubmitError};
 use crate::kv_cache::{KvCache, resolve_kv_dtype};
@@ -47,9 +48,10 @@ pub enum LoadError {
     #[error("--max-model-len {requested} exceeds the model's context length {model_len}")]
     MaxModelLen { requested: usize, model_len: usize },
     /// `--speculative-config` names a draft model that cannot be loaded or cannot draft for
-    /// this target; the message names the field.
-    #[error("{0}")]
-    Speculative(String),
+    /// this target; the message names the field. Boxed: an [`EngineError::Load`] holds a
+    /// `LoadError` in turn.
+    #[error("--speculative-config: `model`: {0}")]
+    Speculative(#[source] Box<EngineError>),
     #[error("cannot start the engine thread: {0}")]
     Thread(std::io::Error),
 }
@@ -134,7 +136,7 @@ fn load(config: &EngineConfig, policy: Policy, shared: Arc<Shared>) -> Result<En
     let draft = match config.speculative.as_ref().map(|s| &s.method) {
         Some(SpeculativeMethod::DraftModel { model: spec }) => Some(
             load_draft(spec, (&model, &tokenizer), &device, dtype)
-                .map_err(LoadError::Speculative)?,
+                .map_err(|e| LoadError::Speculative(Box::new(e)))?,
         ),
         _ => None,
     };

@@ -274,9 +274,10 @@ fn an_unusable_draft_model_is_a_start_up_error_naming_model() {
         ),
         // 256 logits, a byte tokenizer: another vocabulary.
         ("synthetic:tiny".to_string(), "vocabulary"),
+        // EngineError::Load names the model it could not load.
         (
             "/nonexistent/draft.gguf".to_string(),
-            "/nonexistent/draft.gguf",
+            "cannot load \"/nonexistent/draft.gguf\"",
         ),
     ] {
         let handle = metrum_engine::spawn(config(

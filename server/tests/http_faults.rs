@@ -8,6 +8,7 @@
 mod common;
 
 use common::{SseReader, TestServer, completion_body, metric_value, tiny_model};
+use metrum_engine::EngineError;
 use metrum_engine::executor::Fault;
 use metrum_server::ServerOptions;
 use serde_json::{Value, json};
@@ -156,11 +157,10 @@ async fn a_panicking_forward_pass_fails_every_request_and_stops_the_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_forward_pass_fails_every_request_and_stops_the_server() {
-    a_failing_engine_fails_every_request_then_stops_the_server(
-        Fault::ForwardError,
-        "injected fault: the forward pass failed",
-    )
-    .await;
+    // The engine's typed error reaches clients, `/health` and `run` through its Display.
+    let cause = EngineError::Fault.to_string();
+    assert_eq!(cause, "injected fault: the forward pass failed");
+    a_failing_engine_fails_every_request_then_stops_the_server(Fault::ForwardError, &cause).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

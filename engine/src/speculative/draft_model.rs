@@ -24,6 +24,7 @@
 //! accept iff equal) is exact for greedy and sampled targets alike; sampling drafts from the
 //! draft's distribution would need the min(1, p/q) rule with its residual instead.
 
+use crate::error::EngineError;
 use crate::executor::Executor;
 use crate::model::{DecoderModel, ModelConfig, SequenceChunk};
 use crate::sampling::argmax;
@@ -35,65 +36,65 @@ use metrum_scheduler::BlockPool;
 use std::collections::HashMap;
 
 /// Resolves and loads the draft model `spec` (any `--model` form) next to the target, and
-/// checks it can draft for it ([`check_compatible`]). Errors name the config field `model`.
+/// checks it can draft for it ([`check_compatible`]): [`EngineError::Load`] names `spec`, the
+/// loader names the config field.
 pub fn load_draft(
     spec: &str,
     target: (&DecoderModel, &Tokenizer),
     device: &Device,
     dtype: DType,
-) -> Result<(DecoderModel, ModelFiles), String> {
-    let failed = |e: &dyn std::fmt::Display| format!("--speculative-config: `model` {spec:?}: {e}");
-    let files = resolve_model(Some(spec)).map_err(|e| failed(&e))?;
-    let model = DecoderModel::load(&files, device, dtype).map_err(|e| failed(&e))?;
-    let tokenizer = Tokenizer::from_model_files(&files).map_err(|e| failed(&e))?;
+) -> Result<(DecoderModel, ModelFiles), EngineError> {
+    let files = resolve_model(Some(spec)).map_err(|e| EngineError::load(spec, e))?;
+    let model =
+        DecoderModel::load(&files, device, dtype).map_err(|e| EngineError::load(spec, e))?;
+    let tokenizer = Tokenizer::from_model_files(&files).map_err(|e| EngineError::load(spec, e))?;
     check_compatible((target.0.config(), target.1), (model.config(), &tokenizer))?;
     Ok((model, files))
 }
 
 /// Refuses a draft model that cannot serve `target`: another vocabulary (logits width, token
-/// strings, special ids) or more parameters. Messages name `model`, the config field.
+/// strings, special ids) or more parameters: [`EngineError::DraftModel`] says which.
 pub fn check_compatible(
     target: (&ModelConfig, &Tokenizer),
     draft: (&ModelConfig, &Tokenizer),
-) -> Result<(), String> {
-    let field = "--speculative-config: `model`";
+) -> Result<(), EngineError> {
     let ((tc, tt), (dc, dt)) = (target, draft);
     if tc.vocab_size != dc.vocab_size || tt.vocab_size() != dt.vocab_size() {
-        return Err(format!(
-            "{field}: the draft's vocabulary ({} logits, {} tokens) differs from the target's \
+        return Err(EngineError::DraftModel(format!(
+            "the draft's vocabulary ({} logits, {} tokens) differs from the target's \
              ({} logits, {} tokens); a draft model must share the target's tokenizer",
             dc.vocab_size,
             dt.vocab_size(),
             tc.vocab_size,
             tt.vocab_size()
-        ));
+        )));
     }
     if tt.eos_token_ids() != dt.eos_token_ids() || tt.bos_token_id() != dt.bos_token_id() {
-        return Err(format!(
-            "{field}: the draft's special tokens (eos {:?}, bos {:?}) differ from the target's \
+        return Err(EngineError::DraftModel(format!(
+            "the draft's special tokens (eos {:?}, bos {:?}) differ from the target's \
              (eos {:?}, bos {:?})",
             dt.eos_token_ids(),
             dt.bos_token_id(),
             tt.eos_token_ids(),
             tt.bos_token_id()
-        ));
+        )));
     }
     let differing =
         (0..tt.vocab_size() as u32).find(|&id| tt.token_to_piece(id) != dt.token_to_piece(id));
     if let Some(id) = differing {
-        return Err(format!(
-            "{field}: token {id} is {:?} for the draft but {:?} for the target; a draft model \
+        return Err(EngineError::DraftModel(format!(
+            "token {id} is {:?} for the draft but {:?} for the target; a draft model \
              must share the target's tokenizer",
             dt.token_to_piece(id),
             tt.token_to_piece(id)
-        ));
+        )));
     }
     let (tp, dp) = (tc.num_parameters(), dc.num_parameters());
     if dp > tp {
-        return Err(format!(
-            "{field}: the draft model ({dp} parameters) is larger than the target ({tp}); \
+        return Err(EngineError::DraftModel(format!(
+            "the draft model ({dp} parameters) is larger than the target ({tp}); \
              a draft must be cheaper to run than the model it drafts for"
-        ));
+        )));
     }
     Ok(())
 }
@@ -147,12 +148,13 @@ impl DraftModelProposer {
     }
 
     /// Drafts for each `(request, its tokens so far, at most this many drafts)`; a request
-    /// absent from the answer gets none (no blocks free, or nothing asked). `Err` only when a
-    /// draft forward fails; every sequence is then dropped (the cache may be half written).
+    /// absent from the answer gets none (no blocks free, or nothing asked). `Err` (always
+    /// [`EngineError::DraftModel`]) only when a draft forward fails; every sequence is then
+    /// dropped (the cache may be half written).
     pub fn propose(
         &mut self,
         requests: &[(RequestId, &[u32], usize)],
-    ) -> Result<Vec<(RequestId, Vec<u32>)>, String> {
+    ) -> Result<Vec<(RequestId, Vec<u32>)>, EngineError> {
         let mut rounds: Vec<Round> = Vec::with_capacity(requests.len());
         for &(id, tokens, wanted) in requests {
             // Positions written: the tokens, then drafts 1..wanted-1 fed back in.
@@ -191,9 +193,9 @@ impl DraftModelProposer {
         }
         let most = rounds.iter().map(|r| r.wanted).max().unwrap_or(0);
         for position in 0..most {
-            if let Err(message) = self.forward(&mut rounds, position) {
+            if let Err(error) = self.forward(&mut rounds, position) {
                 self.reset();
-                return Err(message);
+                return Err(error);
             }
         }
         Ok(rounds.into_iter().map(|r| (r.id, r.drafts)).collect())
@@ -201,7 +203,7 @@ impl DraftModelProposer {
 
     /// One batched draft forward over the rounds still wanting a draft at `position`; each
     /// gets its argmax, which becomes its next feed.
-    fn forward(&mut self, rounds: &mut [Round], position: usize) -> Result<(), String> {
+    fn forward(&mut self, rounds: &mut [Round], position: usize) -> Result<(), EngineError> {
         let active: Vec<usize> = (0..rounds.len())
             .filter(|&i| rounds[i].wanted > position)
             .collect();
@@ -217,22 +219,26 @@ impl DraftModelProposer {
                 }
             })
             .collect();
-        let mut logits = self.executor.execute(&chunks)?;
+        let failed = |reason: String| EngineError::DraftModel(reason);
+        let mut logits = self
+            .executor
+            .execute(&chunks)
+            .map_err(|e| failed(e.to_string()))?;
         if logits.rows() != active.len() {
-            return Err(format!(
+            return Err(failed(format!(
                 "the draft forward returned {} logits rows for {} sequences",
                 logits.rows(),
                 active.len()
-            ));
+            )));
         }
         for (row, &i) in active.iter().enumerate() {
             let r = &mut rounds[i];
-            let draft =
-                argmax(logits.row_mut(row)).ok_or("the draft model gave every token -inf")?;
+            let draft = argmax(logits.row_mut(row))
+                .ok_or_else(|| failed("it gave every token -inf".into()))?;
             let seq = self
                 .sequences
                 .get_mut(&r.id)
-                .ok_or("lost a draft sequence")?;
+                .ok_or_else(|| failed(format!("lost the draft sequence of {}", r.id)))?;
             seq.computed.append(&mut r.feed);
             r.drafts.push(draft);
             r.feed.push(draft);

@@ -26,6 +26,7 @@
 pub mod reasoning;
 mod tokenv;
 
+use crate::error::EngineError;
 use llguidance::api::TopLevelGrammar;
 use llguidance::toktrie::{SimpleVob, TokEnv};
 use llguidance::{Matcher, ParserFactory};
@@ -132,9 +133,10 @@ impl GrammarCompiler {
     pub fn new(
         tokenizer: &crate::tokenizer::Tokenizer,
         logits_width: usize,
-    ) -> Result<GrammarCompiler, String> {
+    ) -> Result<GrammarCompiler, EngineError> {
         let env = metrum_tok_env(tokenizer, logits_width)?;
-        let mut factory = ParserFactory::new_simple(&env).map_err(|e| e.to_string())?;
+        let mut factory = ParserFactory::new_simple(&env)
+            .map_err(|e| EngineError::Grammar(format!("no parser for this vocabulary: {e}")))?;
         factory.quiet();
         Ok(GrammarCompiler {
             factory,
@@ -221,14 +223,14 @@ pub struct CompiledGrammar {
 
 impl CompiledGrammar {
     /// A fresh matcher at the grammar's start, independent of every other.
-    pub fn matcher(&self) -> Result<GrammarMatcher, String> {
+    pub fn matcher(&self) -> Result<GrammarMatcher, EngineError> {
         self.prototype
             .lock()
             .map(|m| GrammarMatcher {
                 matcher: m.deep_clone(),
                 reasoning: None,
             })
-            .map_err(|_| "the compiled grammar's lock was poisoned".to_string())
+            .map_err(|_| EngineError::Grammar("the compiled grammar's lock was poisoned".into()))
     }
 }
 
@@ -277,7 +279,7 @@ pub(crate) struct GrammarState {
     matcher: Matcher,
     /// Set while the grammar waits for the reply's reasoning block to end.
     waiting: Option<Waiting>,
-    next_mask: Option<Result<SimpleVob, String>>,
+    next_mask: Option<Result<SimpleVob, EngineError>>,
     pub mask_time: Duration,
     pub masks: u64,
 }
@@ -323,7 +325,7 @@ impl GrammarState {
             None => self
                 .matcher
                 .compute_mask_or_eos()
-                .map_err(|e| format!("grammar error: {e}")),
+                .map_err(|e| EngineError::Grammar(e.to_string())),
             Some(waiting) => {
                 let start = waiting.splitter.reply_start();
                 let mut mask =
@@ -345,11 +347,11 @@ impl GrammarState {
 
     /// The mask for the token about to be sampled, as packed 32-bit words (bit `i` of word
     /// `i / 32` allows token `i`; tokens past the end are disallowed).
-    pub fn take_mask(&mut self) -> Result<SimpleVob, String> {
+    pub fn take_mask(&mut self) -> Result<SimpleVob, EngineError> {
         self.prepare_mask();
         self.next_mask
             .take()
-            .unwrap_or_else(|| Err("grammar mask missing".into()))
+            .unwrap_or_else(|| Err(EngineError::Grammar("the token's mask is missing".into())))
     }
 
     /// The grammar has ended (no error): nothing but EOS may follow. The engine then ends the
@@ -360,7 +362,7 @@ impl GrammarState {
 
     /// Follows the sampled `token` while the grammar waits. `Ok(true)`: the token belongs to
     /// the reasoning (or to the tag): the grammar does not see it.
-    fn advance_waiting(&mut self, token: u32) -> Result<bool, String> {
+    fn advance_waiting(&mut self, token: u32) -> Result<bool, EngineError> {
         let Some(waiting) = self.waiting.as_mut() else {
             return Ok(false);
         };
@@ -400,13 +402,15 @@ impl GrammarState {
                     // past the end tag, so the grammar's first token is the next one.
                     return match content {
                         0 => Ok(true),
-                        _ => Err("grammar error: content began inside the token that closed \
-                                  the reasoning block"
-                            .into()),
+                        _ => Err(EngineError::Grammar(
+                            "content began inside the token that closed the reasoning block".into(),
+                        )),
                     };
                 }
                 if !speculated {
-                    return Err("grammar error: the reply began content the grammar refused".into());
+                    return Err(EngineError::Grammar(
+                        "the reply began content the grammar refused".into(),
+                    ));
                 }
                 // The reply opened no block: this token is content, after the ones the
                 // matcher already followed.
@@ -417,20 +421,20 @@ impl GrammarState {
 
     /// Advances the matcher past the sampled `token`. Tokens after the grammar ended (EOS
     /// under `ignore_eos`) are not fed to it.
-    pub fn advance(&mut self, token: u32) -> Result<(), String> {
+    pub fn advance(&mut self, token: u32) -> Result<(), EngineError> {
         self.next_mask = None;
         if self.advance_waiting(token)? {
             return Ok(());
         }
         if self.matcher.is_stopped() {
             return match self.matcher.get_error() {
-                Some(e) => Err(format!("grammar error: {e}")),
+                Some(e) => Err(EngineError::Grammar(e)),
                 None => Ok(()),
             };
         }
         self.matcher
             .consume_token(token)
-            .map_err(|e| format!("grammar error: {e}"))
+            .map_err(|e| EngineError::Grammar(e.to_string()))
     }
 }
 
@@ -440,14 +444,16 @@ pub(crate) fn sample(
     sampler: &mut crate::sampling::SequenceSampler,
     grammar: &mut GrammarState,
     logits: &mut [f32],
-) -> Result<crate::sampling::SampledToken, String> {
+) -> Result<crate::sampling::SampledToken, EngineError> {
     let mask = grammar.take_mask()?;
     let token = sampler
         .sample_masked(logits, mask.as_slice())
         .ok_or_else(|| {
-            "no token the grammar allows can be sampled here (the grammar, min_tokens or \
-         stop_token_ids exclude every candidate)"
-                .to_string()
+            EngineError::Grammar(
+                "no token the grammar allows can be sampled here (the grammar, min_tokens or \
+                 stop_token_ids exclude every candidate)"
+                    .into(),
+            )
         })?;
     grammar.advance(token.token)?;
     Ok(token)

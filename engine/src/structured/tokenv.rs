@@ -5,6 +5,7 @@
 //! GGUF metadata anyway. So the trie is made from [`Tokenizer::token_bytes`], and
 //! tokenization (llguidance uses it for literal lexemes) goes through Metrum's tokenizer.
 
+use crate::error::EngineError;
 use crate::tokenizer::Tokenizer;
 use llguidance::toktrie::{TokEnv, TokRxInfo, TokTrie, TokenId, TokenizerEnv};
 use std::sync::Arc;
@@ -41,7 +42,7 @@ impl TokenizerEnv for MetrumTokEnv {
 /// treats as ending generation is an EOS of the trie, so the grammar allows each of them
 /// exactly when it may end. A vocabulary without any EOS (synthetic models) gets one extra
 /// byte-less id past the logits as its EOS, which can never be sampled.
-pub fn metrum_tok_env(tokenizer: &Tokenizer, logits_width: usize) -> Result<TokEnv, String> {
+pub fn metrum_tok_env(tokenizer: &Tokenizer, logits_width: usize) -> Result<TokEnv, EngineError> {
     let mut words = tokenizer.token_bytes();
     let width = words.len().max(logits_width);
     let mut eos: Vec<TokenId> = tokenizer
@@ -59,7 +60,12 @@ pub fn metrum_tok_env(tokenizer: &Tokenizer, logits_width: usize) -> Result<TokE
         .eos_token_id()
         .filter(|id| eos.contains(id))
         .unwrap_or(eos[0]);
-    let vocab_size = u32::try_from(words.len()).map_err(|_| "vocabulary too large".to_string())?;
+    let vocab_size = u32::try_from(words.len()).map_err(|_| {
+        EngineError::Grammar(format!(
+            "a vocabulary of {} ids is too large for a token trie",
+            words.len()
+        ))
+    })?;
     let mut info = TokRxInfo::new(vocab_size, primary);
     info.tok_bos = tokenizer.bos_token_id();
     info.tok_pad = tokenizer.pad_token_id();

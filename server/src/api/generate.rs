@@ -73,7 +73,7 @@ pub async fn submit(
                 Some(grammar) => Some(
                     grammar
                         .matcher()
-                        .map_err(|e| ApiError::internal(&ctx.id, e))?,
+                        .map_err(|e| ApiError::internal(&ctx.id, e.to_string()))?,
                 ),
                 None => None,
             };

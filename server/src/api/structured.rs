@@ -14,6 +14,7 @@ use super::reasoning::ReasoningParser;
 use super::types::{ResponseFormat, SamplingFields, StructuredOutputs};
 use crate::error::ApiError;
 use crate::limits::MAX_CONSTRAINT_BYTES;
+use metrum_engine::EngineError;
 use metrum_engine::structured::reasoning::{ReasoningGate, ReplyStart};
 use metrum_engine::structured::{CompiledGrammar, ConstraintSpec, GrammarCompiler, GrammarMatcher};
 use serde_json::Value;
@@ -166,7 +167,7 @@ pub struct RequestConstraint {
 
 impl RequestConstraint {
     /// A fresh matcher for one choice.
-    pub fn matcher(&self) -> Result<GrammarMatcher, String> {
+    pub fn matcher(&self) -> Result<GrammarMatcher, EngineError> {
         let matcher = self.grammar.matcher()?;
         Ok(match &self.after_reasoning {
             Some((gate, start)) => matcher.after_reasoning(gate.clone(), *start),
@@ -194,7 +195,9 @@ pub async fn compile(
             .get_or_init(|| {
                 let codec = engine.text().ok_or("the model is still loading")?;
                 let width = engine.model_info().map_or(0, |i| i.vocab_size);
-                GrammarCompiler::new(&codec.tokenizer, width).map(Arc::new)
+                GrammarCompiler::new(&codec.tokenizer, width)
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string())
             })
             .clone()
             .map_err(|e| {

@@ -228,7 +228,7 @@ impl ProfileStepArgs {
             .map(|s| Prepared::new(s, prefix_blocks, vocab))
             .collect();
         for p in &prepared {
-            exec.execute(&p.chunks()).map_err(anyhow::Error::msg)?; // warm-up
+            exec.execute(&p.chunks())?; // warm-up
         }
         // Round-robin over the shapes, so a burst of load from elsewhere on the machine costs
         // one repetition of several shapes rather than every repetition of one.
@@ -237,7 +237,7 @@ impl ProfileStepArgs {
             for (p, best) in prepared.iter().zip(&mut best) {
                 let chunks = p.chunks();
                 let t0 = Instant::now();
-                exec.execute(&chunks).map_err(anyhow::Error::msg)?;
+                exec.execute(&chunks)?;
                 *best = best.min(t0.elapsed().as_secs_f64());
             }
         }
@@ -311,7 +311,7 @@ fn fill_prefix(exec: &mut ModelExecutor, len: usize, vocab: u32) -> Result<()> {
             block_table: &table,
             num_logits: 0,
         }];
-        exec.execute(&chunk).map_err(anyhow::Error::msg)?;
+        exec.execute(&chunk)?;
     }
     Ok(())
 }
