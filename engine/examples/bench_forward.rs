@@ -5,7 +5,8 @@
 //! [--batch N] [--kv-cache-dtype auto|f32|f16] [--context N] [--verify K]`; MODEL is anything
 //! `--model` takes (a .gguf, a directory, `synthetic:NAME`); the default is the cached
 //! default model.
-//! The single-stream decode runs from `--context` tokens (default 128) on; `--kv-cache-dtype`
+//! The single-stream decode runs from `--context` tokens (default 128) on, after one timed
+//! prefill of them in a single chunk; `--kv-cache-dtype`
 //! picks what the KV cache stores as `metrum serve` does (auto: the activation dtype).
 //! `--batch N` also times decode steps of N sequences at context 320 (the middle of the
 //! 16-stream benchmark's 256 + 128), the step that 16 concurrent streams repeat.
@@ -168,7 +169,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     let context = args.context;
-    step(&prompt[..context], 0, &mut kv)?;
+    let context_prefill = step(&prompt[..context], 0, &mut kv)?;
+    println!(
+        "prefill of the context ({context} tokens, one chunk, once): {:.1} ms ({:.0} tok/s)",
+        context_prefill.as_secs_f64() * 1e3,
+        context as f64 / context_prefill.as_secs_f64()
+    );
     let mut total = Duration::ZERO;
     for i in 0..args.decode {
         let token = [prompt[(context + i) % prompt.len()]];
