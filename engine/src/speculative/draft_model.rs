@@ -219,13 +219,12 @@ impl DraftModelProposer {
                 }
             })
             .collect();
-        let failed = |reason: String| EngineError::DraftModel(reason);
         let mut logits = self
             .executor
             .execute(&chunks)
-            .map_err(|e| failed(e.to_string()))?;
+            .map_err(|e| EngineError::DraftModel(e.to_string()))?;
         if logits.rows() != active.len() {
-            return Err(failed(format!(
+            return Err(EngineError::DraftModel(format!(
                 "the draft forward returned {} logits rows for {} sequences",
                 logits.rows(),
                 active.len()
@@ -234,11 +233,10 @@ impl DraftModelProposer {
         for (row, &i) in active.iter().enumerate() {
             let r = &mut rounds[i];
             let draft = argmax(logits.row_mut(row))
-                .ok_or_else(|| failed("it gave every token -inf".into()))?;
-            let seq = self
-                .sequences
-                .get_mut(&r.id)
-                .ok_or_else(|| failed(format!("lost the draft sequence of {}", r.id)))?;
+                .ok_or_else(|| EngineError::DraftModel("it gave every token -inf".into()))?;
+            let seq = self.sequences.get_mut(&r.id).ok_or_else(|| {
+                EngineError::DraftModel(format!("lost the draft sequence of {}", r.id))
+            })?;
             seq.computed.append(&mut r.feed);
             r.drafts.push(draft);
             r.feed.push(draft);
