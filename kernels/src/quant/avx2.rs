@@ -26,7 +26,7 @@ pub(crate) unsafe fn tile<const C: usize>(
     scales: &[u16],
     offset: Offset,
     bytes: RowBytes,
-    acts: [ActRow; C],
+    acts: &[ActRow; C],
     out: &mut [f32; C],
 ) {
     unsafe {
@@ -75,7 +75,7 @@ unsafe fn blocks<const C: usize, const NIBBLES: bool>(
     scales: &[u16],
     offset: Offset,
     qs: *const u8,
-    acts: [ActRow; C],
+    acts: &[ActRow; C],
     out: &mut [f32; C],
 ) {
     unsafe {

@@ -101,7 +101,7 @@ unsafe fn bit_to_4(v: __m256i, b: i32) -> __m256i {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn q45k_row<const C: usize, const Q5: bool>(
     row: &[u8],
-    acts: [KActRow; C],
+    acts: &[KActRow; C],
     out: &mut [f32; C],
 ) {
     unsafe {
@@ -174,7 +174,7 @@ pub(crate) unsafe fn q45k_row<const C: usize, const Q5: bool>(
 
 /// Q6_K: as [`q45k_row`].
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn q6k_row<const C: usize>(row: &[u8], acts: [KActRow; C], out: &mut [f32; C]) {
+pub(crate) unsafe fn q6k_row<const C: usize>(row: &[u8], acts: &[KActRow; C], out: &mut [f32; C]) {
     unsafe {
         let mut acc = [_mm256_setzero_ps(); C];
         let m4 = _mm256_set1_epi8(0x0F);

@@ -41,7 +41,7 @@ pub(crate) unsafe fn tile<const C: usize>(
     scales: &[u16],
     offset: Offset,
     bytes: RowBytes,
-    acts: [ActRow; C],
+    acts: &[ActRow; C],
     out: &mut [f32; C],
 ) {
     unsafe {

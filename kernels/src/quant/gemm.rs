@@ -135,16 +135,13 @@ unsafe fn multiply_rows(
         let mut t0 = 0;
         while t0 < tokens {
             let c = (tokens - t0).min(TILE_TOKENS);
-            for r in block.clone() {
-                let mut y = [0f32; TILE_TOKENS];
+            // SAFETY: the caller's rows are this chunk's own output columns.
+            unsafe {
                 match c {
-                    1 => row_tile::<1>(w, isa, r, acts, t0, &mut y),
-                    2 => row_tile::<2>(w, isa, r, acts, t0, &mut y),
-                    3 => row_tile::<3>(w, isa, r, acts, t0, &mut y),
-                    _ => row_tile::<4>(w, isa, r, acts, t0, &mut y),
-                }
-                for (k, &v) in y[..c].iter().enumerate() {
-                    unsafe { *out.0.add((t0 + k) * w.rows + r) = v };
+                    1 => rows_tile::<1>(w, isa, block.clone(), acts, t0, out),
+                    2 => rows_tile::<2>(w, isa, block.clone(), acts, t0, out),
+                    3 => rows_tile::<3>(w, isa, block.clone(), acts, t0, out),
+                    _ => rows_tile::<4>(w, isa, block.clone(), acts, t0, out),
                 }
             }
             t0 += c;
@@ -233,72 +230,97 @@ fn group_tile<const C: usize>(
     }
 }
 
-/// Row `r` against activation rows `t0..t0 + C`, into `y[..C]`.
-fn row_tile<const C: usize>(
+/// Weight rows `rows` against activation rows `t0..t0 + C`, into `out[t0 + c][r]`. The
+/// activation rows' slices are made once per tile and lent to each row's kernel: building
+/// and copying them per row (4 slices per token, by value) was a fifth of a small model's
+/// prefill (perf of bench_forward on the default model, 2026-12-05).
+unsafe fn rows_tile<const C: usize>(
     w: &QuantMatrix,
     isa: Isa,
-    r: usize,
+    rows: std::ops::Range<usize>,
     acts: &Q8Activations,
     t0: usize,
-    y: &mut [f32; TILE_TOKENS],
+    out: SharedMut<f32>,
 ) {
+    let store = |r: usize, y: &[f32; C]| {
+        for (c, &v) in y.iter().enumerate() {
+            // SAFETY: `r` is one of the caller's output columns.
+            unsafe { *out.0.add((t0 + c) * w.rows + r) = v };
+        }
+    };
     let nb = w.cols / 32;
-    let mut out = [0f32; C];
     if let Packed::Super { kind, data } = &w.packed {
         let row_bytes = w.cols / 256 * w.ty.block_bytes();
-        let row = &data[r * row_bytes..(r + 1) * row_bytes];
-        let rows: [KActRow; C] = std::array::from_fn(|c| acts.row_k(t0 + c));
-        // The AVX-512 path interleaves every k-quant (`multiply_group`); AVX2 reads rows.
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Isa::Avx2` is only used on CPUs that have AVX2, FMA and F16C.
-            Isa::Avx2 => unsafe {
-                use super::avx2_k::{q6k_row, q45k_row};
-                match kind {
-                    KQuant::Q4 => q45k_row::<C, false>(row, rows, &mut out),
-                    KQuant::Q5 => q45k_row::<C, true>(row, rows, &mut out),
-                    KQuant::Q6 => q6k_row::<C>(row, rows, &mut out),
-                }
-            },
-            _ => kquant::dot_super::<C>(*kind, row, rows, &mut out),
+        let act_rows: [KActRow; C] = std::array::from_fn(|c| acts.row_k(t0 + c));
+        for r in rows {
+            let row = &data[r * row_bytes..(r + 1) * row_bytes];
+            let mut y = [0f32; C];
+            // The AVX-512 path interleaves every k-quant (`multiply_group`); AVX2 reads rows.
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `Isa::Avx2` is only used on CPUs that have AVX2, FMA and F16C.
+                Isa::Avx2 => unsafe {
+                    use super::avx2_k::{q6k_row, q45k_row};
+                    match kind {
+                        KQuant::Q4 => q45k_row::<C, false>(row, &act_rows, &mut y),
+                        KQuant::Q5 => q45k_row::<C, true>(row, &act_rows, &mut y),
+                        KQuant::Q6 => q6k_row::<C>(row, &act_rows, &mut y),
+                    }
+                },
+                _ => kquant::dot_super::<C>(*kind, row, &act_rows, &mut y),
+            }
+            store(r, &y);
         }
-        y[..C].copy_from_slice(&out);
         return;
     }
-    let rows: [ActRow; C] = std::array::from_fn(|c| acts.row(t0 + c));
+    let act_rows: [ActRow; C] = std::array::from_fn(|c| acts.row(t0 + c));
     match &w.packed {
         Packed::Nibbles { scales, mins, qs } => {
-            let scales = &scales[r * nb..(r + 1) * nb];
-            let mins = mins.as_ref().map(|m| &m[r * nb..(r + 1) * nb]);
-            let qs = &qs[r * nb * 16..(r + 1) * nb * 16];
-            let offset = mins.map_or(Offset::TimesScale(8.0), Offset::Min);
-            match isa {
-                Isa::Scalar => {
-                    for c in 0..C {
-                        out[c] = scalar::dot_nibbles(scales, mins, qs, rows[c]);
+            for r in rows {
+                let scales = &scales[r * nb..(r + 1) * nb];
+                let mins = mins.as_ref().map(|m| &m[r * nb..(r + 1) * nb]);
+                let qs = &qs[r * nb * 16..(r + 1) * nb * 16];
+                let offset = mins.map_or(Offset::TimesScale(8.0), Offset::Min);
+                let mut y = [0f32; C];
+                match isa {
+                    Isa::Scalar => {
+                        for c in 0..C {
+                            y[c] = scalar::dot_nibbles(scales, mins, qs, act_rows[c]);
+                        }
                     }
+                    _ => simd_tile(
+                        isa,
+                        scales,
+                        offset,
+                        RowBytes::Nibbles(qs),
+                        &act_rows,
+                        &mut y,
+                    ),
                 }
-                _ => simd_tile(isa, scales, offset, RowBytes::Nibbles(qs), rows, &mut out),
+                store(r, &y);
             }
         }
         Packed::Bytes { scales, qs } => {
-            let scales = &scales[r * nb..(r + 1) * nb];
-            let qs = &qs[r * nb * 32..(r + 1) * nb * 32];
-            let offset = Offset::TimesScale(128.0);
-            match isa {
-                Isa::Scalar => {
-                    for c in 0..C {
-                        out[c] = scalar::dot_bytes(scales, qs, rows[c]);
+            for r in rows {
+                let scales = &scales[r * nb..(r + 1) * nb];
+                let qs = &qs[r * nb * 32..(r + 1) * nb * 32];
+                let offset = Offset::TimesScale(128.0);
+                let mut y = [0f32; C];
+                match isa {
+                    Isa::Scalar => {
+                        for c in 0..C {
+                            y[c] = scalar::dot_bytes(scales, qs, act_rows[c]);
+                        }
                     }
+                    _ => simd_tile(isa, scales, offset, RowBytes::Bytes(qs), &act_rows, &mut y),
                 }
-                _ => simd_tile(isa, scales, offset, RowBytes::Bytes(qs), rows, &mut out),
+                store(r, &y);
             }
         }
         // Interleaved layouts go through `multiply_group`.
         Packed::NibblesX16 { .. } | Packed::BytesX16 { .. } => {}
         Packed::Super { .. } | Packed::SuperX16 { .. } => {}
     }
-    y[..C].copy_from_slice(&out);
 }
 
 #[allow(unused_variables)]
@@ -307,7 +329,7 @@ fn simd_tile<const C: usize>(
     scales: &[u16],
     offset: Offset,
     bytes: RowBytes,
-    rows: [ActRow; C],
+    rows: &[ActRow; C],
     out: &mut [f32; C],
 ) {
     #[cfg(target_arch = "x86_64")]

@@ -93,7 +93,7 @@ pub(crate) fn dequantize_row_x16(kind: KQuant, data: &[u8], nsb: usize, r: usize
 pub(crate) fn dot_super<const C: usize>(
     kind: KQuant,
     data: &[u8],
-    acts: [KActRow; C],
+    acts: &[KActRow; C],
     out: &mut [f32; C],
 ) {
     *out = [0f32; C];
