@@ -107,8 +107,7 @@ unsafe fn blocks<const C: usize, const NIBBLES: bool>(
                     acc_min[c] = _mm256_fmadd_ps(mw, load8(sums, b0), acc_min[c]);
                 }
             }
-            for k in 0..kc {
-                let b = b0 + k;
+            for (k, b) in (b0..b0 + kc).enumerate() {
                 if NIBBLES {
                     let packed = _mm_loadu_si128(qs.add(b * 16).cast());
                     let lo = _mm_and_si128(packed, low_nibbles);
