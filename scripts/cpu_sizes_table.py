@@ -82,8 +82,10 @@ def prefill_macs(path, tokens=512):
 
 
 def measured(out, name):
+    """A probe's number, or None where it wrote none (e.g. no SIMD path to measure)."""
     path = os.path.join(out, name)
-    return float(open(path).read().strip()) if os.path.exists(path) else None
+    text = open(path).read().strip() if os.path.exists(path) else ""
+    return float(text) if text else None
 
 
 def bandwidth(out, name):
@@ -113,7 +115,7 @@ def main():
         print(f"Streaming-read bandwidth measured in this run with {threads} threads: {bw_before or 0:.2f} GB/s before,")
         print(f"{bw_after or 0:.2f} GB/s after the runs; the floor uses the higher, {bw:.2f} GB/s.")
     if peak:
-        print(f"Int8 multiply-add peak (AVX-512 VNNI `vpdpbusd`, `kernels/examples/compute_peak.rs`) with {threads}")
+        print(f"Int8 multiply-add peak (AVX-512 VNNI `vpdpbusd`, or AVX2 `vpmaddubsw` + `vpmaddwd` where there is no VNNI; `kernels/examples/compute_peak.rs`) with {threads}")
         print(f"threads: {', '.join(f'{p:.0f}' for p in peaks)} GMAC/s (before, after); the prefill floor uses {peak:.0f}.")
     print()
     print("| model | measure | Metrum | llama-server | Metrum / llama | target |")

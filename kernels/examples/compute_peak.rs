@@ -1,5 +1,5 @@
 //! Prints this machine's int8 multiply-add peak (10^9 u8×i8 MACs per second through AVX-512
-//! VNNI) with N threads: the compute floor of prefill and batched decode in
+//! VNNI, or AVX2's `vpmaddubsw` + `vpmaddwd`) with N threads: the compute floor of prefill and batched decode in
 //! `scripts/compare-cpu-sizes.sh`, as `read_bandwidth` is the decode floor's.
 //!
 //!   cargo run --release -p metrum-server -p metrum-kernels --example compute_peak -- [THREADS] [REPS]
@@ -18,7 +18,7 @@ fn main() {
     match cpu_int8_mac_peak(&pool, reps) {
         Some(gmacs) => println!("{gmacs:.1}"),
         None => {
-            eprintln!("no AVX-512 VNNI on this CPU: no int8 peak to measure");
+            eprintln!("no AVX2 or AVX-512 VNNI on this CPU: no int8 peak to measure");
             std::process::exit(1);
         }
     }
