@@ -1,7 +1,7 @@
 //! The threaded driver: quantize the activations, then hand out the weight rows in chunks of
-//! [`ROW_BLOCK`] to the pool's threads. A chunk runs every group of up to 4 tokens over its
-//! rows, so the chunk's weights stay in L1 while all tokens pass over them: weights are read
-//! from memory once per step, whatever the batch.
+//! [`ROW_BLOCK`] to the pool's threads. A chunk runs every group of up to 4 tokens (8 for the
+//! per-row k-quants) over its rows, so the chunk's weights stay in L1 while all tokens pass
+//! over them: weights are read from memory once per step, whatever the batch.
 
 use std::cell::RefCell;
 
@@ -13,8 +13,14 @@ use crate::threads::{ThreadPool, split_range};
 
 /// Weight rows per cache block (16 rows of 4096 Q4 values = 36 KiB).
 const ROW_BLOCK: usize = 16;
-/// Activation rows per tile.
+/// Activation rows per tile of the interleaved (AVX-512) layouts.
 const TILE_TOKENS: usize = 4;
+/// Activation rows per tile of the per-row k-quant layout (AVX2, scalar): each super-block's
+/// unpacked nibbles and scales meet 8 tokens before the next row. The 32-value formats keep
+/// [`TILE_TOKENS`]. quant_bench 8192x2048 at 512 tokens, Zen 3, 2 threads, quiet,
+/// alternating: 4 -> 8 tokens Q4_K 146-156 -> 175-184, Q6_K 144 -> 180-190 GFLOP/s; Q8_0 124
+/// -> 117, Q4_1 108 -> 108-113 (hence 4 there); 4 -> 2 cost 10-30% everywhere.
+const K_ROW_TILE_TOKENS: usize = 8;
 /// Chunks per thread a matmul is cut into: enough that a thread slowed by another process
 /// leaves work for the others to take, few enough that claiming them (one contended atomic
 /// each, ~100 ns across cores) stays negligible. One chunk per 16-row group made a decode step
@@ -129,19 +135,28 @@ unsafe fn multiply_rows(
     rows: std::ops::Range<usize>,
     out: SharedMut<f32>,
 ) {
+    let tile_tokens = match w.packed {
+        Packed::Super { .. } => K_ROW_TILE_TOKENS,
+        _ => TILE_TOKENS,
+    };
     let mut block_start = rows.start;
     while block_start < rows.end {
         let block = block_start..(block_start + ROW_BLOCK).min(rows.end);
         let mut t0 = 0;
         while t0 < tokens {
-            let c = (tokens - t0).min(TILE_TOKENS);
+            let c = (tokens - t0).min(tile_tokens);
+            let block = block.clone();
             // SAFETY: the caller's rows are this chunk's own output columns.
             unsafe {
                 match c {
-                    1 => rows_tile::<1>(w, isa, block.clone(), acts, t0, out),
-                    2 => rows_tile::<2>(w, isa, block.clone(), acts, t0, out),
-                    3 => rows_tile::<3>(w, isa, block.clone(), acts, t0, out),
-                    _ => rows_tile::<4>(w, isa, block.clone(), acts, t0, out),
+                    1 => rows_tile::<1>(w, isa, block, acts, t0, out),
+                    2 => rows_tile::<2>(w, isa, block, acts, t0, out),
+                    3 => rows_tile::<3>(w, isa, block, acts, t0, out),
+                    4 => rows_tile::<4>(w, isa, block, acts, t0, out),
+                    5 => rows_tile::<5>(w, isa, block, acts, t0, out),
+                    6 => rows_tile::<6>(w, isa, block, acts, t0, out),
+                    7 => rows_tile::<7>(w, isa, block, acts, t0, out),
+                    _ => rows_tile::<8>(w, isa, block, acts, t0, out),
                 }
             }
             t0 += c;
