@@ -79,6 +79,20 @@ pub(super) struct OutPtr(pub *mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
+/// What every tile of one attention call shares: the queries `[T, heads, head_dim]`, the paged
+/// caches, the batch's block tables and lengths, the shapes, and the output (each tile writes
+/// only its own rows of it).
+#[derive(Clone, Copy)]
+pub(super) struct TileArgs<'a, T> {
+    pub q: &'a [f32],
+    pub k: &'a [T],
+    pub v: &'a [T],
+    pub meta: &'a AttentionMetadata,
+    pub d: Dims,
+    pub params: &'a AttentionParams,
+    pub out: OutPtr,
+}
+
 /// `q: [T, heads, head_dim]` f32, caches `[blocks, block_size, kv_heads, head_dim]` of `T`.
 pub(crate) fn paged_attention_fast<T: KvElem>(
     q: &[f32],
@@ -117,12 +131,19 @@ pub(crate) fn paged_attention_fast<T: KvElem>(
         }
     }
     let mut out = vec![0f32; meta.num_tokens() * d.num_heads * d.head_dim];
-    let ptr = OutPtr(out.as_mut_ptr());
+    let args = TileArgs {
+        q,
+        k,
+        v,
+        meta,
+        d,
+        params,
+        out: OutPtr(out.as_mut_ptr()),
+    };
     crate::threads::global().run(tiles.len(), &|i| {
-        let tile = tiles[i];
         // SAFETY: tile `i` writes only rows (token in its range, head of its KV head group),
         // disjoint from every other tile's.
-        unsafe { run_tile(isa, q, k, v, meta, d, params, tile, ptr) }
+        unsafe { run_tile(isa, &args, tiles[i]) }
     });
     out
 }
@@ -138,62 +159,29 @@ fn decode_kernel_runs_every_row(isa: Isa, d: Dims) -> bool {
     false
 }
 
-#[allow(clippy::too_many_arguments)]
-unsafe fn run_tile<T: KvElem>(
-    isa: Isa,
-    q: &[f32],
-    k: &[T],
-    v: &[T],
-    meta: &AttentionMetadata,
-    d: Dims,
-    params: &AttentionParams,
-    tile: Tile,
-    out: OutPtr,
-) {
+unsafe fn run_tile<T: KvElem>(isa: Isa, args: &TileArgs<T>, tile: Tile) {
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512Vnni {
-        return unsafe { tile_avx512(q, k, v, meta, d, params, tile, out) };
+        return unsafe { tile_avx512(args, tile) };
     } else if isa == Isa::Avx2 {
-        return unsafe { tile_avx2(q, k, v, meta, d, params, tile, out) };
+        return unsafe { tile_avx2(args, tile) };
     }
-    unsafe { tile_generic(isa, q, k, v, meta, d, params, tile, out) }
+    unsafe { tile_generic(isa, args, tile) }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile_avx512<T: KvElem>(
-    q: &[f32],
-    k: &[T],
-    v: &[T],
-    meta: &AttentionMetadata,
-    d: Dims,
-    params: &AttentionParams,
-    tile: Tile,
-    out: OutPtr,
-) {
-    if tile.q_len == 1 && super::fast_decode_avx512::handles(d) {
-        return unsafe {
-            super::fast_decode_avx512::decode_tile(q, k, v, meta, d, params, tile, out)
-        };
+unsafe fn tile_avx512<T: KvElem>(args: &TileArgs<T>, tile: Tile) {
+    if tile.q_len == 1 && super::fast_decode_avx512::handles(args.d) {
+        return unsafe { super::fast_decode_avx512::decode_tile(args, tile) };
     }
-    unsafe { tile_generic(Isa::Avx512Vnni, q, k, v, meta, d, params, tile, out) }
+    unsafe { tile_generic(Isa::Avx512Vnni, args, tile) }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile_avx2<T: KvElem>(
-    q: &[f32],
-    k: &[T],
-    v: &[T],
-    meta: &AttentionMetadata,
-    d: Dims,
-    params: &AttentionParams,
-    tile: Tile,
-    out: OutPtr,
-) {
-    unsafe { tile_generic(Isa::Avx2, q, k, v, meta, d, params, tile, out) }
+unsafe fn tile_avx2<T: KvElem>(args: &TileArgs<T>, tile: Tile) {
+    unsafe { tile_generic(Isa::Avx2, args, tile) }
 }
 
 #[inline(always)]
@@ -287,18 +275,16 @@ fn accumulate_rows(acc: &mut [f32], weights: &[f32], rows: &[&[f32]]) {
 }
 
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile_generic<T: KvElem>(
-    isa: Isa,
-    q: &[f32],
-    k: &[T],
-    v: &[T],
-    meta: &AttentionMetadata,
-    d: Dims,
-    params: &AttentionParams,
-    tile: Tile,
-    out: OutPtr,
-) {
+unsafe fn tile_generic<T: KvElem>(isa: Isa, args: &TileArgs<T>, tile: Tile) {
+    let TileArgs {
+        q,
+        k,
+        v,
+        meta,
+        d,
+        params,
+        out,
+    } = *args;
     let group = d.num_heads / d.kv_heads;
     let hd = d.head_dim;
     let table = &meta.block_tables[tile.seq];

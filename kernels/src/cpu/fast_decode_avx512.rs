@@ -20,9 +20,8 @@
 
 use std::arch::x86_64::*;
 
-use super::fast_attention::{Dims, OutPtr, Tile};
+use super::fast_attention::{Dims, Tile, TileArgs};
 use super::kv_dtype::{KvElem, KvFormat};
-use crate::{AttentionMetadata, AttentionParams};
 
 /// Most query heads per KV head this path handles (accumulators held in registers).
 pub(super) const MAX_GROUP: usize = 8;
@@ -33,20 +32,19 @@ pub(super) fn handles(d: Dims) -> bool {
 }
 
 /// # Safety
-/// The CPU has AVX-512 F; `handles(d)` and `tile.q_len == 1`; `q`, `k`, `v`, `meta` and `out` are the buffers
+/// The CPU has AVX-512 F; `handles(args.d)` and `tile.q_len == 1`; `args` holds the buffers
 /// `paged_attention_f32` checked, and no other tile writes this tile's output rows.
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn decode_tile<T: KvElem>(
-    q: &[f32],
-    k: &[T],
-    v: &[T],
-    meta: &AttentionMetadata,
-    d: Dims,
-    params: &AttentionParams,
-    tile: Tile,
-    out: OutPtr,
-) {
+pub(super) unsafe fn decode_tile<T: KvElem>(args: &TileArgs<T>, tile: Tile) {
+    let TileArgs {
+        q,
+        k,
+        v,
+        meta,
+        d,
+        params,
+        out,
+    } = *args;
     let group = d.num_heads / d.kv_heads;
     let hd = d.head_dim;
     let table = &meta.block_tables[tile.seq];
