@@ -205,7 +205,13 @@ fn load(config: &EngineConfig, policy: Policy, shared: Arc<Shared>) -> Result<En
                 device: device.clone(),
             });
             Some((
-                DraftModelProposer::new(executor, num_blocks, config.block_size, draft_len),
+                DraftModelProposer::new(
+                    executor,
+                    num_blocks,
+                    config.block_size,
+                    draft_len,
+                    config.max_num_batched_tokens,
+                ),
                 described,
             ))
         }

@@ -10,9 +10,14 @@
 //!   blocks, from a [`BlockPool`] of its own (no prefix caching: a draft shares nothing);
 //! - a proposal first *catches up*: the longest common prefix of what the draft holds and the
 //!   request's tokens stands, the rest is truncated (rollback of rejected drafts) and the new
-//!   tokens run as one chunk (the whole prompt, the first time); its last row gives draft 1;
-//!   then `K - 1` single-token forwards, batched across the requests that speculate, give the
-//!   others (each fed back in, so the draft holds drafts `1..K-1` afterwards);
+//!   tokens run as one chunk; its last row gives draft 1; then `K - 1` single-token forwards,
+//!   batched across the requests that speculate, give the others (each fed back in, so the
+//!   draft holds drafts `1..K-1` afterwards);
+//! - the catch-up of one proposal is at most the engine's `--max-num-batched-tokens` tokens in
+//!   all, shortest first: a request in decode catches up on a few tokens and always fits, while
+//!   a new prompt is caught up chunk by chunk over several steps and gets drafts once it is
+//!   whole (one forward over a 2k-token prompt would stall every stream in the batch, which is
+//!   what chunked prefill exists to prevent);
 //! - a request's sequence is freed when it finishes, is aborted or is preempted.
 //!
 //! The draft's pool has as many blocks as the target's (`loader` splits the KV budget between
@@ -114,6 +119,7 @@ struct Round {
     /// Tokens to run next: the catch-up, then one draft at a time.
     feed: Vec<u32>,
     table: Vec<u32>,
+    /// Drafts to propose; 0 for a round that only catches up a chunk of its prompt.
     wanted: usize,
     drafts: Vec<u32>,
 }
@@ -126,31 +132,37 @@ pub struct DraftModelProposer {
     /// The draft model's context length: a request past it gets no drafts (the target's
     /// `--max-model-len` may be longer than a small draft's context).
     max_len: usize,
+    /// Most catch-up tokens one proposal runs, over all requests (the target's token budget).
+    max_catch_up: usize,
     sequences: HashMap<RequestId, DraftSequence>,
 }
 
 impl DraftModelProposer {
     /// `executor` runs the draft model, of context length `max_len`, over a cache of
-    /// `num_blocks` blocks of `block_size`.
+    /// `num_blocks` blocks of `block_size`; one proposal catches up at most `max_catch_up`
+    /// tokens (the engine's `max_num_batched_tokens`).
     pub fn new(
         executor: Box<dyn Executor>,
         num_blocks: usize,
         block_size: usize,
         max_len: usize,
+        max_catch_up: usize,
     ) -> Self {
         DraftModelProposer {
             executor,
             pool: BlockPool::new(num_blocks),
             block_size: block_size.max(1),
             max_len,
+            max_catch_up: max_catch_up.max(1),
             sequences: HashMap::new(),
         }
     }
 
     /// Drafts for each `(request, its tokens so far, at most this many drafts)`; a request
-    /// absent from the answer gets none (no blocks free, or nothing asked). `Err` (always
-    /// [`EngineError::DraftModel`]) only when a draft forward fails; every sequence is then
-    /// dropped (the cache may be half written).
+    /// absent from the answer gets none (no blocks free, nothing asked, or its catch-up did not
+    /// fit this proposal's budget: it caught up a chunk and gets drafts at a later one). `Err`
+    /// (always [`EngineError::DraftModel`]) only when a draft forward fails; every sequence is
+    /// then dropped (the cache may be half written).
     pub fn propose(
         &mut self,
         requests: &[(RequestId, &[u32], usize)],
@@ -191,21 +203,53 @@ impl DraftModelProposer {
                 drafts: Vec::with_capacity(wanted),
             });
         }
-        let most = rounds.iter().map(|r| r.wanted).max().unwrap_or(0);
+        self.fit_catch_up(&mut rounds);
+        let most = rounds.iter().map(|r| r.wanted.max(1)).max().unwrap_or(0);
         for position in 0..most {
             if let Err(error) = self.forward(&mut rounds, position) {
                 self.reset();
                 return Err(error);
             }
         }
-        Ok(rounds.into_iter().map(|r| (r.id, r.drafts)).collect())
+        Ok(rounds
+            .into_iter()
+            .filter(|r| r.wanted > 0)
+            .map(|r| (r.id, r.drafts))
+            .collect())
+    }
+
+    /// Cuts the rounds' catch-ups to [`Self::max_catch_up`] tokens in all, shortest first: a
+    /// round whose catch-up does not fit runs the part that does (if any) and proposes nothing.
+    fn fit_catch_up(&self, rounds: &mut Vec<Round>) {
+        let mut order: Vec<usize> = (0..rounds.len()).collect();
+        order.sort_by_key(|&i| rounds[i].feed.len());
+        let mut left = self.max_catch_up;
+        let mut idle = vec![false; rounds.len()];
+        for i in order {
+            let r = &mut rounds[i];
+            if r.feed.len() <= left {
+                left -= r.feed.len();
+            } else {
+                // Its last token must still run in a later proposal: it proposes draft 1.
+                r.feed.truncate(left);
+                r.wanted = 0;
+                left = 0;
+                idle[i] = r.feed.is_empty();
+            }
+        }
+        let mut i = 0;
+        rounds.retain(|_| {
+            i += 1;
+            !idle[i - 1]
+        });
     }
 
     /// One batched draft forward over the rounds still wanting a draft at `position`; each
     /// gets its argmax, which becomes its next feed.
     fn forward(&mut self, rounds: &mut [Round], position: usize) -> Result<(), EngineError> {
+        // A catch-up-only round (`wanted` 0) runs in the first forward and then rests.
         let active: Vec<usize> = (0..rounds.len())
-            .filter(|&i| rounds[i].wanted > position)
+            .filter(|&i| rounds[i].wanted > position || (position == 0 && rounds[i].wanted == 0))
             .collect();
         let chunks: Vec<SequenceChunk<'_>> = active
             .iter()
@@ -238,8 +282,10 @@ impl DraftModelProposer {
                 EngineError::DraftModel(format!("lost the draft sequence of {}", r.id))
             })?;
             seq.computed.append(&mut r.feed);
-            r.drafts.push(draft);
-            r.feed.push(draft);
+            if r.wanted > 0 {
+                r.drafts.push(draft);
+                r.feed.push(draft);
+            }
         }
         Ok(())
     }
@@ -284,6 +330,7 @@ mod tests {
             blocks,
             4,
             64,
+            512,
         )
     }
 
@@ -306,6 +353,41 @@ mod tests {
         p.release(a);
         p.release(b);
         assert_eq!((p.num_used_blocks(), p.num_sequences()), (0, 0));
+    }
+
+    #[test]
+    fn a_long_catch_up_runs_in_chunks_of_the_budget_while_short_ones_draft() {
+        let mut p = DraftModelProposer::new(
+            Box::new(FakeExecutor {
+                vocab: 1000,
+                steps: 0,
+            }),
+            64,
+            4,
+            64,
+            10,
+        );
+        let (long, short) = (RequestId(1), RequestId(2));
+        let prompt: Vec<u32> = (100..125).collect();
+        let decoding: Vec<u32> = vec![7, 8];
+        // Budget 10: the short catch-up (2 tokens) first, the long prompt gets 8 of its 25.
+        let got = p
+            .propose(&[(long, &prompt, 3), (short, &decoding, 3)])
+            .unwrap();
+        assert_eq!(got, vec![(short, vec![9, 10, 11])]);
+        assert_eq!(p.sequences[&long].computed, &prompt[..8]);
+        // Alone, it catches up 10 more, then the last 7 and drafts from its last token.
+        assert_eq!(p.propose(&[(long, &prompt, 3)]).unwrap(), vec![]);
+        assert_eq!(p.sequences[&long].computed, &prompt[..18]);
+        let got = p.propose(&[(long, &prompt, 3)]).unwrap();
+        assert_eq!(got, vec![(long, vec![125, 126, 127])]);
+        assert_eq!(
+            p.sequences[&long].computed,
+            [&prompt[..], &[125, 126]].concat()
+        );
+        p.release(long);
+        p.release(short);
+        assert_eq!(p.num_used_blocks(), 0);
     }
 
     #[test]
