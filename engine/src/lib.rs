@@ -15,7 +15,8 @@
 //! | [`tokenizer`] | tokenizer.json loading and the GGUF-metadata tokenizer (gpt2 BPE, llama SPM) |
 //! | [`chat_template`] | chat templates from model files, rendered with minijinja |
 //! | [`detokenize`] | incremental, UTF-8-safe detokenization and stop strings |
-//! | [`diag`] | device checks: logits CPU vs device, step timings vs hardware limits (for `metrum gpu-check`) |
+//! | [`diag`] | device checks: kernels vs their CPU reference (offered from `metrum_kernels::check`), logits CPU vs device, step timings vs hardware limits (for `metrum gpu-check`) |
+//! | [`threads`] | sizing the CPU pools a forward runs on (the kernels' pool, rayon's) for `--threads` |
 //! | [`structured`] | structured outputs: grammars (JSON schema, regex, choice, Lark) via llguidance, token masks |
 //! | [`speculative`] | speculative decoding: `--speculative-config`, n-gram drafts, exact verification, counts |
 //! | [`sampling`] | logits processors (penalties, bias, temperature, top-k/p, min-p), seeded sampling, logprobs |
@@ -35,6 +36,7 @@ pub mod source;
 pub mod speculative;
 pub mod structured;
 pub mod text;
+pub mod threads;
 pub mod tokenizer;
 
 pub use config::{DeviceSpec, EngineConfig, KvCacheSize};

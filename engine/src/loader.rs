@@ -108,17 +108,13 @@ pub fn spawn(config: EngineConfig) -> Result<EngineHandle, LoadError> {
 /// Loads everything and returns the engine ready to run. Publishes the model info and the
 /// text codec as soon as they exist.
 fn load(config: &EngineConfig, policy: Policy, shared: Arc<Shared>) -> Result<Engine, LoadError> {
-    if let Some(n) = config.threads {
-        // candle's CPU ops run on rayon's global pool, Metrum's quantized matmul on its own.
-        let _ = rayon::ThreadPoolBuilder::new()
-            .num_threads(n.max(1))
-            .build_global();
-        if !metrum_kernels::threads::set_global_threads(n) {
-            tracing::warn!(
-                threads = n,
-                "the CPU kernel pool already runs with another size"
-            );
-        }
+    if let Some(n) = config.threads
+        && !crate::threads::size_cpu_pools(n)
+    {
+        tracing::warn!(
+            threads = n,
+            "the CPU kernel pool already runs with another size"
+        );
     }
     let files = resolve_model(config.model.as_deref())?;
     let device = match config.device {

@@ -1,7 +1,9 @@
-//! Diagnostics that prove a device path: whole-model logits against the CPU, against an outside
-//! reference, and step timings against the hardware's limits. `metrum gpu-check` and
-//! `metrum logits` call these; they are ordinary library code so tests can run them on CPU.
+//! Diagnostics that prove a device path: every kernel against its CPU reference, whole-model
+//! logits against the CPU and against an outside reference, and step timings against the
+//! hardware's limits. `metrum gpu-check` and `metrum logits` call these; they are ordinary
+//! library code so tests can run them on CPU.
 
+pub mod kernels;
 mod logits;
 mod speed;
 

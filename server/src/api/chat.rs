@@ -5,7 +5,7 @@
 //! the content after it is parsed for calls (and constrained).
 
 use super::extract::SampledJson;
-use super::generate::{self, ChunkWriter};
+use super::generate::{self, ChunkWriter, Prelude};
 use super::reasoning::{self, ReasoningParser, TextSplit};
 use super::text::{self, Turn};
 use super::tools::parsers::{self, StreamItem, StreamParser, ToolFormat};
@@ -15,20 +15,18 @@ use super::types::{
     ChatResponse, MessageContent, Usage, unix_now,
 };
 use super::{AppState, RequestContext, logprobs, structured};
-use crate::error::{ApiError, ErrorBody};
+use crate::error::ApiError;
 use crate::sse;
-use crate::validation::{self, ModelLimits};
 use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use metrum_core::FinishReason;
 use metrum_core::sampling::MAX_LOGPROBS;
 use metrum_engine::TextCodec;
 use metrum_engine::handle::TokenLogprob;
 use metrum_engine::structured::reasoning::{ReasoningSplitter, ReplyStart};
 use std::sync::Arc;
-use std::time::Instant;
 
 /// Roles a chat template may see. `developer` is OpenAI's newer name for `system`.
 const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
@@ -41,14 +39,7 @@ const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
     responses(
         (status = 200, description = "The reply (`stream: false`), or with `stream: true` a `text/event-stream` of `data: <ChatChunk>` events ending in `data: [DONE]`. In a stream, an error after the headers were sent is one `data: {\"error\": ...}` event followed by `data: [DONE]`",
             content((ChatResponse = "application/json"), (super::openapi::SseEvent = "text/event-stream"))),
-        (status = 400, description = "Malformed JSON, a wrong type, a value out of range, a limit exceeded (prompt bytes, output tokens, stop strings), prompt + max_tokens over the context, a bad chat role, a `chat_template` field", body = ErrorBody),
-        (status = 401, description = "Missing or wrong API key (only with --api-key)", body = ErrorBody),
-        (status = 404, description = "`model` names a model this server does not serve", body = ErrorBody),
-        (status = 413, description = "Body over --max-request-body-size", body = ErrorBody),
-        (status = 429, description = "Overloaded: too many requests queued; retry after the given seconds", body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
-        (status = 500, description = "The engine failed while running the request (logged with the request id)", body = ErrorBody),
-        (status = 503, description = "The model is still loading, or the server is shutting down", body = ErrorBody),
+        super::openapi::GenerationErrors,
     ),
     security((), ("api_key" = [])),
 )]
@@ -57,23 +48,15 @@ pub async fn create(
     Extension(ctx): Extension<RequestContext>,
     SampledJson(request, sampling): SampledJson<ChatRequest>,
 ) -> Result<Response, ApiError> {
-    let arrival = Instant::now();
-    let info = state.check_model(request.model.as_deref())?;
-    let limits = ModelLimits {
-        vocab_size: info.vocab_size,
-        max_model_len: info.max_model_len,
-    };
-    let model = info.served_model_name.clone();
+    let prelude = Prelude::start(&state, request.model.as_deref())?;
     crate::limits::refuse_chat_template(request.chat_template.is_some())?;
     let turns = validate_messages(&request.messages)?;
     state
         .limits
         .check_prompt_bytes("messages", conversation_bytes(&turns))?;
     let top_logprobs = logprob_count(request.logprobs, request.top_logprobs)?;
-    let plan = validation::plan(&sampling, top_logprobs, limits)?;
-    state
-        .limits
-        .check_output_tokens(1, plan.n, plan.requested_max_tokens, limits.max_model_len)?;
+    let plan = prelude.plan(&sampling, top_logprobs)?;
+    prelude.check_output_tokens(&plan, 1)?;
     let codec = text::codec(&state)?;
     let format = state.tool_format.unwrap_or_else(|| {
         ToolFormat::from_template(codec.chat_template.as_ref().map_or("", |t| t.source()))
@@ -103,7 +86,7 @@ pub async fn create(
         }
         constraint = Some(forced);
     }
-    let permit = generate::admit(&state, plan.n)?;
+    let permit = prelude.admit(&plan, 1)?;
     let add_generation_prompt = request.add_generation_prompt.unwrap_or(true);
     let template_tools = tool_plan.as_ref().map(ToolPlan::template_tools);
     let (prompt, rendered) =
@@ -114,56 +97,45 @@ pub async fn create(
         .map(|p| (p, p.reply_start(&rendered)));
     let constraint = structured::compile(&state, constraint, reasoning).await?;
     let parser = tool_plan.filter(ToolPlan::parses).map(|p| p.format);
-    let batch = generate::submit(
-        &state,
-        &ctx,
-        vec![prompt],
-        &plan,
-        limits,
-        arrival,
-        permit,
-        constraint,
-    )
-    .await?;
+    let batch = prelude
+        .submit(&ctx, vec![prompt], &plan, permit, constraint)
+        .await?;
     let writer = ChatChunks {
         id: format!("chatcmpl-{}", ctx.id),
         created: unix_now(),
-        model,
+        model: prelude.model.clone(),
         codec,
         top: top_logprobs.unwrap_or(0) as usize,
         parser,
         reasoning,
         streams: Vec::new(),
     };
-    if plan.stream {
-        return Ok(generate::stream(batch, ctx, plan.include_usage, writer));
-    }
-    let (outputs, usage) = generate::collect(batch, &ctx).await?;
-    let several = outputs.len() > 1;
-    let metrum = outputs.first().map(|o| o.timing.clone());
-    let choices = outputs
-        .into_iter()
-        .map(|o| {
-            let (message, finish_reason) = reply(parser, reasoning, o.text, o.finish);
-            ChatChoice {
-                index: o.choice,
-                logprobs: top_logprobs.map(|_| writer.logprobs(&o.logprobs)),
-                message,
-                finish_reason: Some(finish_reason),
-                metrum: several.then_some(o.timing),
-            }
-        })
-        .collect();
-    Ok(axum::Json(ChatResponse {
-        id: writer.id,
-        object: "chat.completion",
-        created: writer.created,
-        model: writer.model,
-        choices,
-        usage: Some(usage),
-        metrum,
+    generate::answer(batch, ctx, &plan, writer, |writer, whole| {
+        let choices = whole
+            .outputs
+            .into_iter()
+            .map(|o| {
+                let (message, finish_reason) = reply(parser, reasoning, o.text, o.finish);
+                ChatChoice {
+                    index: o.choice,
+                    logprobs: top_logprobs.map(|_| writer.logprobs(&o.logprobs)),
+                    message,
+                    finish_reason: Some(finish_reason),
+                    metrum: o.timing,
+                }
+            })
+            .collect();
+        ChatResponse {
+            id: writer.id,
+            object: "chat.completion",
+            created: writer.created,
+            model: writer.model,
+            choices,
+            usage: Some(whole.usage),
+            metrum: whole.metrum,
+        }
     })
-    .into_response())
+    .await
 }
 
 /// A finished reply: its reasoning block split off (with a reasoning parser), the rest parsed

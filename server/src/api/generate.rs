@@ -1,5 +1,6 @@
-//! Submitting, collecting and streaming generations; shared by `/v1/completions` and
-//! `/v1/chat/completions`, which only differ in how a chunk or a choice is spelled.
+//! The request path shared by `/v1/completions` and `/v1/chat/completions`, which only differ
+//! in how they read their prompts and spell a chunk or a choice: the [`Prelude`] (model check,
+//! sampling plan, output budget, admission, submission), then [`answer`] (stream or collect).
 //!
 //! One HTTP request becomes `prompts x n` engine sequences. Choice `p * n + i` is sample `i`
 //! of prompt `p`; with a seed, sample `i` uses `seed + i` so choices differ but stay
@@ -9,13 +10,13 @@
 //! disconnects, hyper drops the body, the streams drop, and the engine aborts those requests and
 //! frees their KV blocks at once.
 
-use super::types::Usage;
+use super::types::{SamplingFields, Usage};
 use super::{AppState, RequestContext};
 use crate::error::ApiError;
 use crate::sse;
-use crate::validation::{GenerationPlan, ModelLimits, resolve_max_tokens};
+use crate::validation::{self, GenerationPlan, ModelLimits, resolve_max_tokens};
 use axum::body::Bytes;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use futures::stream::{BoxStream, SelectAll, StreamExt};
 use metrum_core::FinishReason;
 use metrum_engine::handle::{EngineRequest, RequestStream, StreamEvent, TokenLogprob};
@@ -23,20 +24,179 @@ use std::collections::VecDeque;
 use std::time::Instant;
 use tokio::sync::OwnedSemaphorePermit;
 
-/// Reserves `count` sequence slots, or 429 when the server already holds its maximum.
-pub fn admit(state: &AppState, count: usize) -> Result<OwnedSemaphorePermit, ApiError> {
-    let count = u32::try_from(count).unwrap_or(u32::MAX);
-    state
-        .admission
-        .clone()
-        .try_acquire_many_owned(count)
-        .map_err(|_| ApiError::Overloaded {
-            message: format!(
-                "server overloaded: at most {} sequences may be queued or running; retry later",
-                state.max_in_flight
-            ),
-            retry_after_secs: 1,
+/// The steps both generation endpoints take around their own prompt handling, each a method
+/// so that every endpoint keeps its order of checks (which error a request with several
+/// faults gets): [`Prelude::start`], [`Prelude::plan`], [`Prelude::check_output_tokens`],
+/// [`Prelude::admit`], [`Prelude::submit`], and then [`answer`].
+pub struct Prelude<'a> {
+    state: &'a AppState,
+    /// When the request arrived: its timing (TTFT, E2E) counts from here.
+    arrival: Instant,
+    pub limits: ModelLimits,
+    /// The served model's name, which responses report.
+    pub model: String,
+}
+
+impl<'a> Prelude<'a> {
+    /// Starts the request's clock and checks its `model` field: 503 while the model loads,
+    /// 404 for a model this server does not serve.
+    pub fn start(state: &'a AppState, requested_model: Option<&str>) -> Result<Self, ApiError> {
+        let arrival = Instant::now();
+        let info = state.check_model(requested_model)?;
+        Ok(Self {
+            state,
+            arrival,
+            limits: ModelLimits {
+                vocab_size: info.vocab_size,
+                max_model_len: info.max_model_len,
+            },
+            model: info.served_model_name.clone(),
         })
+    }
+
+    /// The sampling fields checked into a plan; `logprobs` is the endpoint's own count of
+    /// alternatives per token (`None`: no logprobs).
+    pub fn plan(
+        &self,
+        sampling: &SamplingFields,
+        logprobs: Option<u64>,
+    ) -> Result<GenerationPlan, ApiError> {
+        validation::plan(sampling, logprobs, self.limits)
+    }
+
+    /// 400 when `prompts x n` choices of `max_tokens` each exceed the per-request output limit.
+    pub fn check_output_tokens(
+        &self,
+        plan: &GenerationPlan,
+        prompts: usize,
+    ) -> Result<(), ApiError> {
+        self.state.limits.check_output_tokens(
+            prompts,
+            plan.n,
+            plan.requested_max_tokens,
+            self.limits.max_model_len,
+        )
+    }
+
+    /// Reserves a slot for each of the `prompts x n` sequences, or 429 when the server
+    /// already holds its maximum.
+    pub fn admit(
+        &self,
+        plan: &GenerationPlan,
+        prompts: usize,
+    ) -> Result<OwnedSemaphorePermit, ApiError> {
+        let count = u32::try_from(prompts * plan.n).unwrap_or(u32::MAX);
+        self.state
+            .admission
+            .clone()
+            .try_acquire_many_owned(count)
+            .map_err(|_| ApiError::Overloaded {
+                message: format!(
+                    "server overloaded: at most {} sequences may be queued or running; retry later",
+                    self.state.max_in_flight
+                ),
+                retry_after_secs: 1,
+            })
+    }
+
+    /// Expands tokenized prompts into engine requests (choice `p·n + i` is choice `i` of prompt
+    /// `p`) and submits them as one group: all are admitted or none. With a `constraint`, every
+    /// choice gets its own matcher of that grammar.
+    pub async fn submit(
+        &self,
+        ctx: &RequestContext,
+        prompts: Vec<Vec<u32>>,
+        plan: &GenerationPlan,
+        permit: OwnedSemaphorePermit,
+        constraint: Option<super::structured::RequestConstraint>,
+    ) -> Result<Batch, ApiError> {
+        let prompt_tokens = prompts.iter().map(Vec::len).sum();
+        let slo = super::slo::request_slo(&ctx.slo_headers, plan.slo_ttft_ms, plan.slo_tpot_ms)?;
+        let mut requests = Vec::with_capacity(prompts.len() * plan.n);
+        for prompt in prompts {
+            let params = resolve_max_tokens(plan, prompt.len(), self.limits)?;
+            for i in 0..plan.n {
+                let mut params = params.clone();
+                params.seed = params.seed.map(|s| s.wrapping_add(i as u64));
+                let matcher = match &constraint {
+                    Some(grammar) => Some(
+                        grammar
+                            .matcher()
+                            .map_err(|e| ApiError::internal(&ctx.id, e.to_string()))?,
+                    ),
+                    None => None,
+                };
+                requests.push(EngineRequest {
+                    prompt_tokens: prompt.clone(),
+                    params,
+                    priority: plan.priority,
+                    arrival: self.arrival,
+                    slo,
+                    constraint: matcher,
+                    speculative: plan.speculative,
+                });
+            }
+        }
+        // All choices of all prompts are admitted together or refused together, so a 429 never
+        // leaves some of them running (to be aborted and counted as finished requests).
+        let streams: Vec<(usize, RequestStream)> = self
+            .state
+            .engine
+            .submit_all(requests)
+            .await
+            .map_err(|e| ApiError::from_submit(e, &ctx.id))?
+            .into_iter()
+            .enumerate()
+            .collect();
+        let engine_ids: Vec<String> = streams.iter().map(|(_, s)| s.id.to_string()).collect();
+        tracing::debug!(
+            request_id = %ctx.id,
+            engine_ids = %engine_ids.join(","),
+            user = plan.user.as_deref().unwrap_or(""),
+            prompt_tokens,
+            "request admitted"
+        );
+        Ok(Batch {
+            streams,
+            prompt_tokens,
+            permit,
+        })
+    }
+}
+
+/// Every choice of a non-streaming response, finished.
+pub struct Whole {
+    /// By choice index; each carries its own timing only when there are several (one
+    /// choice's timing is the response's).
+    pub outputs: Vec<ChoiceOutput>,
+    pub usage: Usage,
+    /// Choice 0's timing: the response's `metrum` object.
+    pub metrum: Option<serde_json::Value>,
+}
+
+/// The response to a submitted batch: with `stream` an SSE stream spelled by `writer`;
+/// otherwise, once every choice finished, the JSON body `body` builds from them.
+pub async fn answer<W: ChunkWriter, B: serde::Serialize>(
+    batch: Batch,
+    ctx: RequestContext,
+    plan: &GenerationPlan,
+    writer: W,
+    body: impl FnOnce(W, Whole) -> B,
+) -> Result<Response, ApiError> {
+    if plan.stream {
+        return Ok(stream(batch, ctx, plan.include_usage, writer));
+    }
+    let (mut outputs, usage) = collect(batch, &ctx).await?;
+    let metrum = outputs.first().and_then(|o| o.timing.clone());
+    if outputs.len() == 1 {
+        outputs[0].timing = None;
+    }
+    let whole = Whole {
+        outputs,
+        usage,
+        metrum,
+    };
+    Ok(axum::Json(body(writer, whole)).into_response())
 }
 
 /// All sequences of one HTTP request, admitted by the engine.
@@ -45,72 +205,6 @@ pub struct Batch {
     /// Prompt tokens, counted once per prompt (not once per choice), as OpenAI bills them.
     pub prompt_tokens: usize,
     permit: OwnedSemaphorePermit,
-}
-
-/// Expands tokenized prompts into engine requests (choice `p·n + i` is choice `i` of prompt
-/// `p`) and submits them as one group: all are admitted or none. With a `constraint`, every
-/// choice gets its own matcher of that grammar.
-#[allow(clippy::too_many_arguments)]
-pub async fn submit(
-    state: &AppState,
-    ctx: &RequestContext,
-    prompts: Vec<Vec<u32>>,
-    plan: &GenerationPlan,
-    limits: ModelLimits,
-    arrival: Instant,
-    permit: OwnedSemaphorePermit,
-    constraint: Option<super::structured::RequestConstraint>,
-) -> Result<Batch, ApiError> {
-    let prompt_tokens = prompts.iter().map(Vec::len).sum();
-    let slo = super::slo::request_slo(&ctx.slo_headers, plan.slo_ttft_ms, plan.slo_tpot_ms)?;
-    let mut requests = Vec::with_capacity(prompts.len() * plan.n);
-    for prompt in prompts {
-        let params = resolve_max_tokens(plan, prompt.len(), limits)?;
-        for i in 0..plan.n {
-            let mut params = params.clone();
-            params.seed = params.seed.map(|s| s.wrapping_add(i as u64));
-            let matcher = match &constraint {
-                Some(grammar) => Some(
-                    grammar
-                        .matcher()
-                        .map_err(|e| ApiError::internal(&ctx.id, e.to_string()))?,
-                ),
-                None => None,
-            };
-            requests.push(EngineRequest {
-                prompt_tokens: prompt.clone(),
-                params,
-                priority: plan.priority,
-                arrival,
-                slo,
-                constraint: matcher,
-                speculative: plan.speculative,
-            });
-        }
-    }
-    // All choices of all prompts are admitted together or refused together, so a 429 never
-    // leaves some of them running (to be aborted and counted as finished requests).
-    let streams: Vec<(usize, RequestStream)> = state
-        .engine
-        .submit_all(requests)
-        .await
-        .map_err(|e| ApiError::from_submit(e, &ctx.id))?
-        .into_iter()
-        .enumerate()
-        .collect();
-    let engine_ids: Vec<String> = streams.iter().map(|(_, s)| s.id.to_string()).collect();
-    tracing::debug!(
-        request_id = %ctx.id,
-        engine_ids = %engine_ids.join(","),
-        user = plan.user.as_deref().unwrap_or(""),
-        prompt_tokens,
-        "request admitted"
-    );
-    Ok(Batch {
-        streams,
-        prompt_tokens,
-        permit,
-    })
 }
 
 /// One engine event, tagged with the choice it belongs to.
@@ -144,11 +238,12 @@ pub struct ChoiceOutput {
     pub logprobs: Vec<TokenLogprob>,
     pub finish: FinishReason,
     pub completion_tokens: usize,
-    pub timing: serde_json::Value,
+    /// The choice's timing (the `metrum` object); see [`Whole::outputs`] for when it is kept.
+    pub timing: Option<serde_json::Value>,
 }
 
 /// Waits for every choice. Returns them by choice index, with the summed usage.
-pub async fn collect(
+async fn collect(
     batch: Batch,
     ctx: &RequestContext,
 ) -> Result<(Vec<ChoiceOutput>, Usage), ApiError> {
@@ -187,7 +282,7 @@ pub async fn collect(
                     logprobs: std::mem::take(&mut logprobs[choice]),
                     finish: reason,
                     completion_tokens,
-                    timing,
+                    timing: Some(timing),
                 });
             }
             StreamEvent::Error { message } => return Err(ApiError::internal(&ctx.id, message)),
@@ -227,7 +322,7 @@ pub trait ChunkWriter: Send + 'static {
 }
 
 /// Streams the batch as SSE through `writer`.
-pub fn stream<W: ChunkWriter>(
+fn stream<W: ChunkWriter>(
     batch: Batch,
     ctx: RequestContext,
     include_usage: bool,

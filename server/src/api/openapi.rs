@@ -6,13 +6,14 @@
 use super::AppState;
 use super::schemas::TokenId;
 use super::types::{ChatChunk, ChatRequest, CompletionRequest, SamplingFields};
+use crate::error::ErrorBody;
 use crate::limits::RequestLimits;
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use metrum_engine::handle::ModelInfo;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
 
 /// The document, assembled from every annotated handler.
 #[derive(OpenApi)]
@@ -76,6 +77,47 @@ pub struct ChatBody {
 pub struct SseEvent {
     data: String,
     event: Option<String>,
+}
+
+/// The error answers of both generation endpoints (`/v1/completions`, `/v1/chat/completions`),
+/// each with OpenAI's error body: one list, so the two cannot document different statuses.
+/// Only the 200 answer (the reply's schema) is spelled per endpoint.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum GenerationErrors {
+    #[response(
+        status = 400,
+        description = "Malformed JSON, a wrong type, a value out of range, a limit exceeded (prompt bytes, output tokens, stop strings), prompt + max_tokens over the context, a bad chat role, a `chat_template` field"
+    )]
+    BadRequest(ErrorBody),
+    #[response(
+        status = 401,
+        description = "Missing or wrong API key (only with --api-key)"
+    )]
+    Unauthorized(ErrorBody),
+    #[response(
+        status = 404,
+        description = "`model` names a model this server does not serve"
+    )]
+    ModelNotFound(ErrorBody),
+    #[response(status = 413, description = "Body over --max-request-body-size")]
+    BodyTooLarge(ErrorBody),
+    #[response(
+        status = 429,
+        description = "Overloaded: too many requests queued; retry after the given seconds",
+        headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))
+    )]
+    Overloaded(ErrorBody),
+    #[response(
+        status = 500,
+        description = "The engine failed while running the request (logged with the request id)"
+    )]
+    EngineFailed(ErrorBody),
+    #[response(
+        status = 503,
+        description = "The model is still loading, or the server is shutting down"
+    )]
+    Unavailable(ErrorBody),
 }
 
 /// `--api-key`: `Authorization: Bearer <key>` on every `/v1` route.
@@ -207,6 +249,28 @@ mod tests {
             ok["text/event-stream"]["schema"]["$ref"],
             "#/components/schemas/SseEvent"
         );
+    }
+
+    #[test]
+    fn both_generation_endpoints_document_the_same_error_answers() {
+        let doc = doc();
+        let errors = |path: &str| -> Vec<(&String, &Value)> {
+            let responses = doc["paths"][path]["post"]["responses"].as_object().unwrap();
+            assert!(responses.contains_key("200"), "{path} documents no 200");
+            responses
+                .iter()
+                .filter(|(status, _)| *status != "200")
+                .collect()
+        };
+        let completions = errors("/v1/completions");
+        let chat = errors("/v1/chat/completions");
+        let statuses: Vec<&String> = completions.iter().map(|(status, _)| *status).collect();
+        assert_eq!(
+            statuses,
+            ["400", "401", "404", "413", "429", "500", "503"],
+            "in this order"
+        );
+        assert_eq!(completions, chat);
     }
 
     #[test]

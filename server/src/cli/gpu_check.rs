@@ -5,9 +5,8 @@
 
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device};
-use metrum_engine::diag;
+use metrum_engine::diag::{self, kernels};
 use metrum_engine::model::DecoderModel;
-use metrum_kernels::check::{self, BenchSpec};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
@@ -77,7 +76,7 @@ impl GpuCheckArgs {
 
         // 1. Kernels against the CPU reference.
         let t0 = std::time::Instant::now();
-        let rows = match check::run_kernel_checks(&device, self.quick) {
+        let rows = match kernels::run_kernel_checks(&device, self.quick) {
             Ok(rows) => rows,
             Err(e) => {
                 failures += 1;
@@ -95,31 +94,17 @@ impl GpuCheckArgs {
             md,
             "| kernel | dtype | cases | max rel. err | worst shape | pass |\n| --- | --- | --- | --- | --- | --- |"
         )?;
-        let mut groups: Vec<(String, String)> = rows
-            .iter()
-            .map(|r| (r.kernel.clone(), r.dtype.clone()))
-            .collect();
-        groups.dedup();
-        groups.sort();
-        groups.dedup();
-        for (k, d) in groups {
-            let g: Vec<_> = rows
-                .iter()
-                .filter(|r| r.kernel == k && r.dtype == d)
-                .collect();
-            let worst = g
-                .iter()
-                .max_by(|a, b| a.max_rel_err.total_cmp(&b.max_rel_err))
-                .unwrap();
-            let pass = g.iter().all(|r| r.passed);
-            failures += g.iter().filter(|r| !r.passed).count();
+        failures += rows.iter().filter(|r| !r.passed).count();
+        for group in kernels::summarize(&rows) {
             writeln!(
                 md,
-                "| {k} | {d} | {} | {:.2e} | {} | {} |",
-                g.len(),
-                worst.max_rel_err,
-                worst.shape,
-                if pass { "yes" } else { "**NO**" }
+                "| {} | {} | {} | {:.2e} | {} | {} |",
+                group.kernel,
+                group.dtype,
+                group.cases,
+                group.worst_rel_err,
+                group.worst_shape,
+                if group.passed { "yes" } else { "**NO**" }
             )?;
         }
         for r in rows.iter().filter(|r| !r.passed) {
@@ -199,7 +184,7 @@ impl GpuCheckArgs {
         } else {
             DType::F32
         };
-        let copy_gbps = check::bench_copy_bandwidth(device)?;
+        let copy_gbps = kernels::bench_copy_bandwidth(device)?;
         let t0 = std::time::Instant::now();
         let model = DecoderModel::synthetic(&self.moe_model, device, dtype, 0)?;
         let cfg = model.config();
@@ -247,7 +232,7 @@ impl GpuCheckArgs {
     }
 
     fn speed(&self, device: &Device, md: &mut String) -> Result<()> {
-        let copy_gbps = check::bench_copy_bandwidth(device)?;
+        let copy_gbps = kernels::bench_copy_bandwidth(device)?;
         let gemm = diag::gemm_tflops(device, if self.quick { 2048 } else { 8192 }, 10)?;
         writeln!(
             md,
@@ -257,7 +242,7 @@ impl GpuCheckArgs {
             md,
             "### Paged-attention decode kernel (Llama-3-8B attention: 32 q heads, 8 KV heads, d=128, bf16, block 16)\n\n| context | batch | time (µs) | K/V bytes | achieved GB/s | % of copy bw |\n| --- | --- | --- | --- | --- | --- |"
         )?;
-        let spec = BenchSpec::default();
+        let spec = kernels::BenchSpec::default();
         let ctxs: &[usize] = if self.quick {
             &[4096]
         } else {
@@ -265,7 +250,7 @@ impl GpuCheckArgs {
         };
         for &ctx in ctxs {
             for batch in [1usize, 8, 32] {
-                let r = check::bench_paged_attention(device, ctx, batch, &spec)?;
+                let r = kernels::bench_paged_attention(device, ctx, batch, &spec)?;
                 writeln!(
                     md,
                     "| {ctx} | {batch} | {:.1} | {} | {:.0} | {:.0}% |",

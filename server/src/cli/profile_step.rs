@@ -188,7 +188,7 @@ impl ProfileStepArgs {
             if n == 0 {
                 bail!("--threads must be at least 1");
             }
-            if !metrum_kernels::threads::set_global_threads(n) {
+            if !metrum_engine::threads::set_kernel_threads(n) {
                 eprintln!("warning: the CPU kernel pool already runs with another size");
             }
         }
@@ -280,7 +280,7 @@ impl ProfileStepArgs {
             }),
             model: Some(describe_model(&files)),
             hardware: Some(machine.describe()),
-            threads: Some(metrum_kernels::threads::global().threads()),
+            threads: Some(metrum_engine::threads::kernel_threads()),
         };
         println!("{}", render(&file));
         std::fs::write(&self.out, serde_json::to_string_pretty(&file)? + "\n")
