@@ -173,7 +173,7 @@ async fn search_with(
             .workload
             .workload
             .clone()
-            .unwrap_or_else(|| crate::workload::DEFAULT_WORKLOAD.to_string()),
+            .unwrap_or_else(|| metrum_workload::DEFAULT_WORKLOAD.to_string()),
     })
 }
 

@@ -7,8 +7,8 @@
 //! | module | what lives there |
 //! | --- | --- |
 //! | [`args`] | clap argument structs: [`BenchRunArgs`], [`CapacityArgs`], [`CompareArgs`] |
-//! | [`workload`] | request shapes: synthetic length distributions, shipped and file traces, the context rule, prompt text cut to exactly P tokens |
-//! | [`arrival`] | the arrival schedule (poisson, gamma:CV, constant, trace), fixed from the seed |
+//! | [`workload`], [`arrival`] | re-exported from `metrum-workload`, the workload home shared with the simulator: request shapes (length distributions, traces, the context rule) and the arrival schedule |
+//! | [`prompt`] | prompt text cut to exactly P tokens with the target's tokenizer |
 //! | [`tokenizer`] | the target's `/tokenize` + `/detokenize`, or a local tokenizer.json |
 //! | [`sse`] | pure server-sent-events decoder and encoder over bytes (fuzzable) |
 //! | [`stream`] | pure fold of one completion stream's events: text chunks, usage, server timing, errors |
@@ -36,7 +36,6 @@
 
 pub mod accounting;
 pub mod args;
-pub mod arrival;
 pub mod capacity;
 pub mod client;
 pub mod compare;
@@ -44,6 +43,7 @@ pub mod machine;
 pub mod output;
 pub mod pipeline;
 pub mod profile_prefill;
+pub mod prompt;
 pub mod results;
 pub mod run;
 pub mod serve;
@@ -52,7 +52,10 @@ pub mod soak;
 pub mod sse;
 pub mod stream;
 pub mod tokenizer;
-pub mod workload;
+
+// The seeded workload lives in metrum-workload (shared with metrum-sim); these paths keep
+// `metrum_bench::workload` and `metrum_bench::arrival` valid for the server's `metrum simulate`.
+pub use metrum_workload::{self as workload, arrival};
 
 pub use args::{
     BenchRunArgs, CapacityArgs, CompareArgs, SloArgs, SloKind, TargetArgs, WorkloadArgs,

@@ -147,7 +147,7 @@ pub async fn run_at(
         ));
     }
     let offered_qps = match plan.arrival {
-        crate::arrival::ArrivalProcess::Trace => None,
+        metrum_workload::ArrivalProcess::Trace => None,
         _ => Some(settings.qps),
     };
     let executed = execute(session, plan.clone(), settings.show_progress).await;

@@ -31,7 +31,7 @@ use serde::Serialize;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-const CORPUS: &str = include_str!("workload/corpus.txt");
+const CORPUS: &str = include_str!("corpus.txt");
 /// Random corpus tokens that open every prompt: the part no two prompts share.
 const UNIQUE_HEAD: usize = 8;
 /// Re-encode rounds before accepting the closest count.

@@ -7,16 +7,16 @@
 //! of its TTFT, and the lag itself is measured and reported.
 
 use crate::args::WorkloadArgs;
-use crate::arrival::{ArrivalProcess, RunLength, schedule};
 use crate::client::{CallOutcome, CompletionCall, stream_completion};
 use crate::machine::process_cpu_seconds;
+use crate::prompt::PromptBuilder;
 use crate::session::Session;
-use crate::workload::prompt::PromptBuilder;
-use crate::workload::{DEFAULT_WORKLOAD, WorkloadSpec, fit_to_context};
 use anyhow::{Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use metrum_core::Nanos;
 use metrum_core::time::MonotonicClock;
+use metrum_workload::arrival::{ArrivalProcess, RunLength, schedule};
+use metrum_workload::{DEFAULT_WORKLOAD, WorkloadSpec, fit_to_context};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use std::sync::Arc;

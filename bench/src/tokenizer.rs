@@ -253,10 +253,7 @@ pub mod test_support {
 
     /// [`TextTokenizer::word_level`] over the prompt corpus and the words fake servers send.
     pub fn word_tokenizer() -> anyhow::Result<TextTokenizer> {
-        let text = format!(
-            "{} Hello big world ! tok",
-            include_str!("workload/corpus.txt")
-        );
+        let text = format!("{} Hello big world ! tok", include_str!("corpus.txt"));
         TextTokenizer::word_level(&text)
     }
 }

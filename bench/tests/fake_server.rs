@@ -7,9 +7,9 @@ mod common;
 
 use clap::Parser;
 use common::{FakeServer, Mode, TokenizeApi, scratch_dir};
-use metrum_bench::arrival::{ArrivalProcess, RunLength, schedule};
 use metrum_bench::output::jsonl::{self, RequestLine};
 use metrum_bench::{BenchRunArgs, CapacityArgs, compare, run_bench, run_capacity};
+use metrum_workload::arrival::{ArrivalProcess, RunLength, schedule};
 use std::path::Path;
 use std::time::Duration;
 

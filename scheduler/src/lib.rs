@@ -16,7 +16,7 @@
 //! | [`config`] | [`SchedulerConfig`] (+ defaults for CPU), [`Policy`], [`ConfigError`] |
 //! | [`admission`] | [`Admission`]: refuse (or queue best-effort) a request predicted to miss its first token |
 //! | [`request`] | [`NewRequest`], [`AdmissionError`]; the private per-request state machine |
-//! | [`scheduler`] | [`Scheduler`]: admission, `finish` / `abort`, stats, events, invariant audit |
+//! | [`scheduler`] | [`Scheduler`]: admission, `finish` / `abort`, stats, events, invariant audit, the end-of-run leak check (`check_drained`) |
 //! | `batch` | `Scheduler::schedule`: budgeted batch formation and recompute preemption |
 //! | `update` | `Scheduler::update`: append sampled tokens, stop checks, cache completed blocks |
 //! | [`output`] | [`SchedulerOutput`] / [`ScheduledRequest`] (to the executor), [`StepResult`], [`FinishedRequest`] |

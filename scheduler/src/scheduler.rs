@@ -10,7 +10,7 @@ use crate::policy::policy_key;
 use crate::queue::WaitingQueue;
 use crate::request::{AdmissionError, NewRequest, Request};
 use crate::stats::SchedulerStats;
-use metrum_core::{EngineEvent, EventKind, FinishReason, Nanos, RequestId, RequestStatus};
+use metrum_core::{BlockId, EngineEvent, EventKind, FinishReason, Nanos, RequestId, RequestStatus};
 use std::collections::HashMap;
 
 /// The continuous-batching scheduler. Pure and synchronous: every method that depends on time
@@ -327,5 +327,40 @@ impl Scheduler {
             }
         }
         Ok(())
+    }
+
+    /// The leak check (vLLM's `assert_scheduler_empty`), for the end of a run: no request
+    /// left, no block table, every block free with a zero reference count, zero KV usage, and
+    /// [`Self::check_invariants`]. The scheduler's and the simulator's tests both end with it.
+    pub fn check_drained(&self) -> Result<(), String> {
+        if self.has_unfinished() {
+            return Err(format!("requests left: {}", self.num_unfinished()));
+        }
+        if (self.num_waiting(), self.num_running()) != (0, 0) {
+            return Err(format!(
+                "{} waiting and {} running left",
+                self.num_waiting(),
+                self.num_running()
+            ));
+        }
+        if self.kv.num_tables() != 0 {
+            return Err(format!("{} block tables left", self.kv.num_tables()));
+        }
+        if self.kv.num_free_blocks() != self.kv.num_blocks() {
+            return Err(format!(
+                "{} of {} blocks still in use",
+                self.kv.num_blocks() - self.kv.num_free_blocks(),
+                self.kv.num_blocks()
+            ));
+        }
+        for b in 0..self.kv.num_blocks() as u32 {
+            if self.kv.ref_count(BlockId(b)) != Some(0) {
+                return Err(format!("blk-{b} still referenced"));
+            }
+        }
+        if self.kv.usage() != 0.0 {
+            return Err(format!("KV usage {} with nothing running", self.kv.usage()));
+        }
+        self.check_invariants()
     }
 }

@@ -76,10 +76,10 @@ fn abort_between_schedule_and_update_drops_the_token() {
     let mut d = Driver::new(config());
     add_requests(&mut d.s, 2, 4, 5);
     let out = d.s.schedule(ms(1));
-    let exec = d.exec.execute(&out);
-    assert_eq!(exec.sampled.len(), 2);
+    let sampled = sample_all(&out);
+    assert_eq!(sampled.len(), 2);
     d.s.abort(RequestId(0), ms(1));
-    let r = d.s.update(&out, &exec.sampled, ms(2)).unwrap();
+    let r = d.s.update(&out, &sampled, ms(2)).unwrap();
     assert_eq!(r.appended, vec![(RequestId(1), SAMPLED)]);
     assert!(r.finished.is_empty());
     d.s.check_invariants().unwrap();

@@ -375,3 +375,14 @@ fn requests_built_from_sampling_params_keep_their_stop_conditions() {
         (vec![11], vec![2], true)
     );
 }
+
+#[test]
+fn the_leak_check_fails_while_anything_is_held_and_passes_once_drained() {
+    let mut d = Driver::new(config());
+    add_requests(&mut d.s, 2, 8, 3);
+    assert!(d.s.check_drained().unwrap_err().contains("requests left"));
+    d.step();
+    assert!(d.s.check_drained().is_err(), "running requests hold blocks");
+    d.run_until_done(50);
+    assert_eq!(d.s.check_drained(), Ok(()));
+}

@@ -11,12 +11,12 @@
 
 use crate::report::{RequestOutcome, percentile};
 use crate::run::{SimError, Simulation};
-use crate::workload::{Lengths, PoissonWorkload, SimRequest, Workload};
 use crate::{FakeExecutor, StepCostModel};
 use metrum_core::{Nanos, RequestId};
 use metrum_scheduler::routing::prefix_hash;
 pub use metrum_scheduler::routing::{ClassId, ReplicaId, Router, RoutingPolicy};
 use metrum_scheduler::{Policy, SchedulerConfig};
+use metrum_workload::{Lengths, PoissonWorkload, SimRequest, Workload};
 
 /// A class of requests and the replicas that can serve it.
 #[derive(Clone, Debug, PartialEq)]

@@ -2,9 +2,9 @@
 //! the model in scheduler tests and policy simulations (vLLM's tests return token 1000 for
 //! every request in the same way).
 
-use crate::prng::mix64;
 use metrum_core::{Nanos, RequestId};
 use metrum_scheduler::output::SchedulerOutput;
+use metrum_workload::mix64;
 
 /// Step time `a + b·batch_tokens + c·kv_tokens_read`, in integer nanoseconds.
 ///

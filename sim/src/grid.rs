@@ -7,10 +7,10 @@ use crate::executor::{FakeExecutor, StepCostModel};
 use crate::report::SimReport;
 use crate::run::{SimError, profile_prefill_model, simulate};
 use crate::sweep::find_knee;
-use crate::workload::{Lengths, PoissonWorkload};
 use metrum_scheduler::admission::Admission;
 use metrum_scheduler::config::{Policy, SchedulerConfig};
 use metrum_scheduler::deadline::DeadlineSlo;
+use metrum_workload::{Lengths, PoissonWorkload};
 use std::fmt::Write;
 
 /// The policies compared in every cell.

@@ -6,7 +6,8 @@
 //!
 //! Policy simulation without a model: a [`FakeExecutor`] (deterministic tokens, step time
 //! `a + b·batch_tokens + c·kv_tokens_read`) drives the real [`metrum_scheduler::Scheduler`] on simulated
-//! time, fed by an open-loop Poisson [`PoissonWorkload`] or a trace. [`simulate`] returns a
+//! time, fed by an open-loop Poisson [`PoissonWorkload`] or a trace (both from
+//! `metrum-workload`, the workload home it shares with the load generator). [`simulate`] returns a
 //! [`SimReport`] per run: scheduling delay, TTFT, TBT, fluidity-index distribution and
 //! deadline-miss rates (spec/metrics.md (a), (b)). One [`SimReport`] per policy renders as one
 //! row of [`markdown_table`]; `examples/policy_sweep.rs` runs the fcfs-vs-deadline comparison.
@@ -14,10 +15,8 @@
 //!
 //! | module | what lives there |
 //! | --- | --- |
-//! | [`prng`] | [`SplitMix64`]: the seeded PRNG (no `rand` dependency) |
 //! | [`executor`] | [`FakeExecutor`], [`StepCostModel`], [`FakeTokens`] |
 //! | [`cost_fit`] | [`fit_step_cost`]: least-squares step-cost constants from measured steps |
-//! | [`workload`] | [`PoissonWorkload`], [`Lengths`], [`LengthTrace`] (CSV), [`Workload`] |
 //! | [`run`] | [`Simulation`] (step by step, with optional invariant checks), [`simulate`], [`profile_prefill_model`] |
 //! | [`report`] | [`SimReport`], [`RequestOutcome`], [`markdown_table`], [`percentile`] |
 //! | [`cluster`] | [`simulate_cluster`]: N replicas with eligibility classes behind a router (round-robin, least-loaded, prefix-affinity, IRS) |
@@ -28,11 +27,9 @@ pub mod cluster;
 pub mod cost_fit;
 pub mod executor;
 pub mod grid;
-pub mod prng;
 pub mod report;
 pub mod run;
 pub mod sweep;
-pub mod workload;
 
 pub use cluster::{
     ClassReport, ClusterSpec, EligibilityClass, ReplicaId, RoutingPolicy, irs_vs_least_loaded,
@@ -40,10 +37,11 @@ pub use cluster::{
 };
 pub use cost_fit::{StepCostFit, StepSample, fit_step_cost};
 pub use executor::{Execution, FakeExecutor, FakeTokens, StepCostModel};
-pub use prng::SplitMix64;
 pub use report::{RequestOutcome, SimReport, markdown_table, percentile};
 pub use run::{SimError, Simulation, profile_prefill_model, simulate};
 pub use sweep::{SeedSummary, find_knee, markdown_sweep_table};
-pub use workload::{
-    Aborts, LengthTrace, Lengths, PoissonWorkload, SimRequest, TraceError, Workload,
+// The simulator's input types, from the workload crate; `SplitMix64` stays reachable here for
+// `metrum simulate` (server), which seeds prompt tokens with it.
+pub use metrum_workload::{
+    Aborts, LengthTrace, Lengths, PoissonWorkload, SimRequest, SplitMix64, Workload,
 };

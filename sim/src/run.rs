@@ -4,13 +4,13 @@
 use crate::cost_fit::least_squares_3;
 use crate::executor::FakeExecutor;
 use crate::report::{RequestOutcome, RunTotals, SimReport};
-use crate::workload::{SimRequest, Workload};
 use metrum_core::{EventKind, Nanos, RequestId};
 use metrum_scheduler::config::{ConfigError, SchedulerConfig};
 use metrum_scheduler::deadline::PrefillModel;
 use metrum_scheduler::output::{ChunkKind, UpdateError};
 use metrum_scheduler::request::NewRequest;
 use metrum_scheduler::scheduler::Scheduler;
+use metrum_workload::{SimRequest, Workload};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::fmt;

@@ -1,15 +1,25 @@
 //! Shared fixtures for the scheduler tests, after vLLM's `tests/v1/core/utils.py`: a small
-//! scheduler, request factories, a step driver with the fake executor, and the leak check.
+//! scheduler, request factories, a step driver whose fake model samples [`SAMPLED`] for
+//! everyone, and the leak check. Tests that need workloads, step costs or the simulation
+//! harness live in the simulator crate (`sim/tests/`).
 #![allow(dead_code)] // each test binary uses a different subset
 
-use metrum_core::{BlockId, Nanos, RequestId};
+use metrum_core::{Nanos, RequestId};
 use metrum_scheduler::{
     FinishedRequest, NewRequest, Policy, Scheduler, SchedulerConfig, SchedulerOutput, StepResult,
 };
-use metrum_sim::{FakeExecutor, SimReport, Simulation, StepCostModel, Workload};
 
-/// The token the fake executor samples for everyone.
+/// The token the fake model samples for everyone (vLLM's scheduler tests use 1000 too).
 pub const SAMPLED: u32 = 1000;
+
+/// The fake model: [`SAMPLED`] for every scheduled request that samples, in batch order.
+pub fn sample_all(out: &SchedulerOutput) -> Vec<(RequestId, u32)> {
+    out.scheduled
+        .iter()
+        .filter(|s| s.samples)
+        .map(|s| (s.id, SAMPLED))
+        .collect()
+}
 
 /// Small enough that preemption and eviction are easy to provoke: blocks of 4 tokens, 64 of
 /// them (256 tokens of KV), budget 32, 8 sequences.
@@ -53,11 +63,10 @@ pub fn ms(v: u64) -> Nanos {
     Nanos::from_millis(v)
 }
 
-/// Drives a scheduler with the fake executor; time advances 1 ms per step unless a cost model
-/// says otherwise. Checks the invariants after every step.
+/// Drives a scheduler with the fake model ([`sample_all`]); time advances `step_time` (1 ms)
+/// per step. Checks the invariants after every step.
 pub struct Driver {
     pub s: Scheduler,
-    pub exec: FakeExecutor,
     pub now: Nanos,
     pub step_time: Nanos,
 }
@@ -66,7 +75,6 @@ impl Driver {
     pub fn new(config: SchedulerConfig) -> Self {
         Driver {
             s: scheduler(config),
-            exec: FakeExecutor::new(StepCostModel::FREE),
             now: Nanos::ZERO,
             step_time: ms(1),
         }
@@ -79,11 +87,10 @@ impl Driver {
             out.num_batched_tokens() <= self.s.config().max_num_batched_tokens,
             "budget exceeded: {out:?}"
         );
-        let exec = self.exec.execute(&out);
-        self.now = self.now + self.step_time + exec.duration;
+        self.now = self.now + self.step_time;
         let result = self
             .s
-            .update(&out, &exec.sampled, self.now)
+            .update(&out, &sample_all(&out), self.now)
             .expect("update");
         self.s.check_invariants().expect("invariants");
         (out, result)
@@ -102,23 +109,11 @@ impl Driver {
     }
 }
 
-/// The leak check (vLLM's `assert_scheduler_empty`): no request left, every block free with a
-/// zero reference count, and the internal invariants hold.
+/// The leak check ([`Scheduler::check_drained`]) as an assertion.
 pub fn assert_scheduler_empty(s: &Scheduler) {
-    assert!(!s.has_unfinished(), "requests left: {}", s.num_unfinished());
-    assert_eq!((s.num_waiting(), s.num_running()), (0, 0));
-    let kv = s.kv_cache();
-    assert_eq!(kv.num_tables(), 0, "block tables left");
-    assert_eq!(kv.num_free_blocks(), kv.num_blocks(), "blocks still in use");
-    for b in 0..kv.num_blocks() as u32 {
-        assert_eq!(
-            kv.ref_count(BlockId(b)),
-            Some(0),
-            "blk-{b} still referenced"
-        );
+    if let Err(e) = s.check_drained() {
+        panic!("scheduler not drained: {e}");
     }
-    assert_eq!(s.stats().kv_usage, 0.0);
-    s.check_invariants().expect("invariants");
 }
 
 /// Applies `pending` (an output not yet updated) with [`SAMPLED`] tokens, runs everything left
@@ -130,19 +125,8 @@ pub fn finish_run(s: Scheduler, pending: Option<&SchedulerOutput>, now: Nanos) {
         ..Driver::new(config())
     };
     if let Some(out) = pending {
-        let exec = d.exec.execute(out);
-        d.s.update(out, &exec.sampled, d.now).expect("update");
+        d.s.update(out, &sample_all(out), d.now).expect("update");
     }
     d.run_until_done(10_000);
     assert_scheduler_empty(&d.s);
-}
-
-/// Runs a workload with every per-step check on, then leak-checks the scheduler.
-pub fn run_checked(workload: &Workload, config: SchedulerConfig, cost: StepCostModel) -> SimReport {
-    let mut sim = Simulation::new(workload, config, FakeExecutor::new(cost))
-        .expect("valid config")
-        .with_checks();
-    while sim.step().expect("simulation step") {}
-    assert_scheduler_empty(sim.scheduler());
-    sim.report().expect("every request finished once")
 }

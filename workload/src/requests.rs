@@ -1,9 +1,14 @@
-//! Workloads for the simulator: open-loop Poisson arrivals with fixed, uniform or trace
-//! lengths, or a trace replayed at its own timestamps. Everything derives from one seed.
+//! Token-level workloads for the simulator: open-loop Poisson arrivals with fixed, uniform or
+//! trace lengths, or a trace replayed at its own timestamps. Everything derives from one seed
+//! through one [`SplitMix64`] stream, drawn in request order; the scheduler grid
+//! (docs/results/scheduler.md) and the routing study (docs/results/routing.md) are reproducible
+//! from their seeds because this order never changes.
 
 use crate::prng::SplitMix64;
+use crate::spec::RequestSpec;
+use crate::trace;
+use anyhow::{Result, bail};
 use metrum_core::{Nanos, RequestId};
-use std::fmt;
 
 /// One request of a workload.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,9 +40,11 @@ impl Workload {
         }
     }
 
-    /// Replays a trace with arrival times (`arrival_s` column), in order.
-    pub fn replay(trace: &LengthTrace, seed: u64) -> Result<Workload, TraceError> {
-        let arrivals = trace.arrivals.as_ref().ok_or(TraceError::NoArrivals)?;
+    /// Replays a trace with arrival times (an arrival column), in order.
+    pub fn replay(trace: &LengthTrace, seed: u64) -> Result<Workload> {
+        let Some(arrivals) = trace.arrivals.as_ref() else {
+            bail!("the trace has no arrival time on every row to replay");
+        };
         let mut rng = SplitMix64::new(seed);
         let mut requests: Vec<SimRequest> = trace
             .pairs
@@ -166,86 +173,37 @@ fn random_tokens(rng: &mut SplitMix64, n: usize) -> Vec<u32> {
     (0..n).map(|_| 3 + rng.below(32_000 - 3) as u32).collect()
 }
 
-/// Request lengths (and optionally arrival times) from a CSV trace such as
-/// `/work/shared/traces/sharegpt_8k.csv`: columns `num_prefill_tokens` and `num_decode_tokens`,
-/// optionally `arrival_s` (seconds from the start); other columns are ignored.
+/// Request lengths (and arrival times, when every row has one) of a trace such as
+/// `traces/sharegpt_8k.csv`, read by [`crate::trace`], the one trace reader.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LengthTrace {
     pub pairs: Vec<(usize, usize)>,
     pub arrivals: Option<Vec<Nanos>>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum TraceError {
-    MissingColumn(&'static str),
-    BadValue {
-        line: usize,
-        column: &'static str,
-    },
-    Empty,
-    /// Replay needs an `arrival_s` column.
-    NoArrivals,
-}
-
-impl fmt::Display for TraceError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            TraceError::MissingColumn(c) => write!(f, "trace has no '{c}' column"),
-            TraceError::BadValue { line, column } => {
-                write!(f, "trace line {line}: bad value in column '{column}'")
-            }
-            TraceError::Empty => write!(f, "trace has no rows"),
-            TraceError::NoArrivals => write!(f, "trace has no 'arrival_s' column to replay"),
+impl LengthTrace {
+    /// Lengths of trace rows; arrival times (seconds from the start, not shifted) only if
+    /// every row has one.
+    pub fn from_rows(rows: &[RequestSpec]) -> LengthTrace {
+        LengthTrace {
+            pairs: rows
+                .iter()
+                .map(|r| (r.prompt_tokens as usize, r.output_tokens as usize))
+                .collect(),
+            arrivals: rows
+                .iter()
+                .map(|r| r.arrival_s.map(Nanos::from_secs_f64))
+                .collect(),
         }
     }
-}
 
-impl std::error::Error for TraceError {}
-
-impl LengthTrace {
-    pub fn parse_csv(text: &str) -> Result<LengthTrace, TraceError> {
-        let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-        let header: Vec<&str> = lines.next().ok_or(TraceError::Empty)?.split(',').collect();
-        let col = |name: &'static str| header.iter().position(|h| h.trim() == name);
-        let prefill =
-            col("num_prefill_tokens").ok_or(TraceError::MissingColumn("num_prefill_tokens"))?;
-        let decode =
-            col("num_decode_tokens").ok_or(TraceError::MissingColumn("num_decode_tokens"))?;
-        let arrival = col("arrival_s");
-        let mut pairs = Vec::new();
-        let mut arrivals = arrival.map(|_| Vec::new());
-        for (i, line) in lines.enumerate() {
-            let fields: Vec<&str> = line.split(',').map(str::trim).collect();
-            let line_no = i + 2;
-            let int = |idx: usize, column: &'static str| {
-                fields
-                    .get(idx)
-                    .and_then(|f| f.parse::<usize>().ok())
-                    .ok_or(TraceError::BadValue {
-                        line: line_no,
-                        column,
-                    })
-            };
-            pairs.push((
-                int(prefill, "num_prefill_tokens")?,
-                int(decode, "num_decode_tokens")?,
-            ));
-            if let (Some(idx), Some(out)) = (arrival, arrivals.as_mut()) {
-                let secs = fields
-                    .get(idx)
-                    .and_then(|f| f.parse::<f64>().ok())
-                    .filter(|s| s.is_finite() && *s >= 0.0)
-                    .ok_or(TraceError::BadValue {
-                        line: line_no,
-                        column: "arrival_s",
-                    })?;
-                out.push(Nanos::from_secs_f64(secs));
-            }
+    /// A CSV trace (see [`crate::trace`] for the columns); an empty one is an error.
+    pub fn parse_csv(text: &str) -> Result<LengthTrace> {
+        let rows = trace::parse_csv(text)?;
+        if rows.is_empty() {
+            bail!("trace has no rows");
         }
-        if pairs.is_empty() {
-            return Err(TraceError::Empty);
-        }
-        Ok(LengthTrace { pairs, arrivals })
+        Ok(LengthTrace::from_rows(&rows))
     }
 
     /// Clamps every prompt and output length (a CPU-sized model cannot take 8k prompts).
@@ -302,7 +260,8 @@ mod tests {
         let t = LengthTrace::parse_csv("num_prefill_tokens,num_decode_tokens,x\n10,5,1\n7,3,2\n")
             .unwrap();
         assert_eq!(t.pairs, vec![(10, 5), (7, 3)]);
-        assert_eq!(Workload::replay(&t, 0), Err(TraceError::NoArrivals));
+        let no_arrivals = Workload::replay(&t, 0).unwrap_err().to_string();
+        assert!(no_arrivals.contains("no arrival time"), "{no_arrivals}");
         let t = LengthTrace::parse_csv(
             "arrival_s,num_decode_tokens,num_prefill_tokens\n0.5,2,9\n0.25,1,4\n",
         )
@@ -310,16 +269,12 @@ mod tests {
         let w = Workload::replay(&t, 0).unwrap();
         assert_eq!(w.requests[0].arrival, Nanos::from_millis(250));
         assert_eq!(w.requests[0].prompt.len(), 4);
-        assert_eq!(
-            LengthTrace::parse_csv("num_prefill_tokens,num_decode_tokens\n1,x\n"),
-            Err(TraceError::BadValue {
-                line: 2,
-                column: "num_decode_tokens"
-            })
-        );
-        assert_eq!(
-            LengthTrace::parse_csv("a,b\n"),
-            Err(TraceError::MissingColumn("num_prefill_tokens"))
-        );
+        let bad = LengthTrace::parse_csv("num_prefill_tokens,num_decode_tokens\n1,x\n")
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("line 2") && bad.contains("\"x\""), "{bad}");
+        let missing = LengthTrace::parse_csv("a,b\n").unwrap_err().to_string();
+        assert!(missing.contains("num_prefill_tokens"), "{missing}");
+        assert!(LengthTrace::parse_csv("num_prefill_tokens,num_decode_tokens\n").is_err());
     }
 }

@@ -1,5 +1,7 @@
-//! SplitMix64: a tiny, fast, seedable PRNG (Steele, Lea and Flood 2014), so workloads are
-//! reproducible from a seed without a `rand` dependency. Not for anything security-related.
+//! SplitMix64: a tiny, fast, seedable PRNG (Steele, Lea and Flood 2014). The simulator's
+//! workloads and fake tokens use it rather than `rand`'s `StdRng` because its output is fixed by
+//! the published algorithm, not by a crate version, and committed simulator results depend on
+//! its exact sequence. Not for anything security-related.
 
 /// The SplitMix64 output function: a strong 64-bit mixer, also used to derive fake tokens.
 pub fn mix64(mut z: u64) -> u64 {

@@ -1,14 +1,15 @@
 //! Trace files: rows of (prompt tokens, output tokens, optional arrival time, optional text).
 //!
 //! CSV needs a header; the columns are `prompt_tokens` (or Etalon's `num_prefill_tokens`),
-//! `output_tokens` (or `num_decode_tokens`), and optionally `arrival_time_s` and `text`.
+//! `output_tokens` (or `num_decode_tokens`), and optionally `arrival_time_s` (or `arrival_time`,
+//! or the simulator's older `arrival_s`) and `text`.
 //! Fields may be double-quoted with `""` escapes; a quoted field cannot span lines (use JSONL
 //! for multi-line text). JSONL has one object per line with the same keys.
 //!
 //! The named traces (`trace:sharegpt`, `trace:arxiv`, `trace:bwb`) are Etalon's processed
 //! traces, shipped in the repository's `traces/` and compiled in.
 
-use super::RequestSpec;
+use crate::spec::RequestSpec;
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Deserialize;
 use std::path::Path;
@@ -46,9 +47,9 @@ impl NamedTrace {
 
     fn csv(self) -> &'static str {
         match self {
-            NamedTrace::ShareGpt => include_str!("../../../traces/sharegpt_8k.csv"),
-            NamedTrace::Arxiv => include_str!("../../../traces/arxiv_summarization.csv"),
-            NamedTrace::Bwb => include_str!("../../../traces/bwb.csv"),
+            NamedTrace::ShareGpt => include_str!("../../traces/sharegpt_8k.csv"),
+            NamedTrace::Arxiv => include_str!("../../traces/arxiv_summarization.csv"),
+            NamedTrace::Bwb => include_str!("../../traces/bwb.csv"),
         }
     }
 
@@ -80,7 +81,7 @@ struct JsonRow {
     prompt_tokens: u32,
     #[serde(alias = "num_decode_tokens")]
     output_tokens: u32,
-    #[serde(default, alias = "arrival_time")]
+    #[serde(default, alias = "arrival_time", alias = "arrival_s")]
     arrival_time_s: Option<f64>,
     #[serde(default)]
     text: Option<String>,
@@ -116,7 +117,7 @@ pub fn parse_csv(text: &str) -> Result<Vec<RequestSpec>> {
         .ok_or_else(|| anyhow!("no prompt_tokens (or num_prefill_tokens) column"))?;
     let output = column(&["output_tokens", "num_decode_tokens"])
         .ok_or_else(|| anyhow!("no output_tokens (or num_decode_tokens) column"))?;
-    let arrival = column(&["arrival_time_s", "arrival_time"]);
+    let arrival = column(&["arrival_time_s", "arrival_time", "arrival_s"]);
     let text_col = column(&["text"]);
     lines
         .map(|(i, line)| {
@@ -216,6 +217,12 @@ mod tests {
         );
         let rows = parse_jsonl("{\"prompt_tokens\":4,\"output_tokens\":2,\"text\":\"hi\"}\n\n{\"num_prefill_tokens\":1,\"num_decode_tokens\":9}\n").unwrap();
         assert_eq!((rows[1].prompt_tokens, rows[1].output_tokens), (1, 9));
+        // The simulator's traces name the arrival column `arrival_s`.
+        let rows = parse_csv("num_prefill_tokens,num_decode_tokens,arrival_s\n3,4,1.5\n").unwrap();
+        assert_eq!(rows[0].arrival_s, Some(1.5));
+        let rows =
+            parse_jsonl("{\"prompt_tokens\":4,\"output_tokens\":2,\"arrival_s\":0.25}").unwrap();
+        assert_eq!(rows[0].arrival_s, Some(0.25));
         assert!(parse_csv("a,b\n1,2\n").is_err());
         assert!(parse_csv("prompt_tokens,output_tokens\n0,2\n").is_err());
         assert!(parse_jsonl("{\"prompt_tokens\":4}").is_err());

@@ -1,5 +1,5 @@
 //! The simulator: determinism, sanity of its numbers at light and heavy load, the prefill
-//! profiler, and trace input.
+//! profiler, and trace input. (Moved from the scheduler crate's tests.)
 
 mod common;
 

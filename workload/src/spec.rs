@@ -2,7 +2,7 @@
 //! with `ignore_eos: true`, so every system does the same work, R3), and the prompt text.
 //!
 //! `--workload` forms:
-//! - `synthetic[:prompt=DIST,output=DIST]` with DIST from [`lengths`]. Without `--workload`
+//! - `synthetic[:prompt=DIST,output=DIST]` with DIST from [`crate::lengths`]. Without `--workload`
 //!   the default is [`DEFAULT_WORKLOAD`]: prompts uniform in 64..=256 tokens, outputs
 //!   uniform in 32..=128. 16 requests average ~1.3k output tokens, so 16 requests at 2 QPS
 //!   finish in well under a minute for SmolLM2-135M on a 2-core CPU (~50-100 tok/s per stream).
@@ -15,12 +15,9 @@
 //! is shrunk to `(⌊P·C/(P+N)⌋, ⌊N·C/(P+N)⌋)` (each at least 1), which keeps its
 //! prompt:output ratio, the property the trace is chosen for.
 
-pub mod lengths;
-pub mod prompt;
-pub mod trace;
-
+use crate::lengths::LengthDist;
+use crate::trace::{self, NamedTrace};
 use anyhow::{Result, anyhow, bail};
-use lengths::LengthDist;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -28,12 +25,11 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
-use trace::NamedTrace;
 
 /// The workload used without `--workload`.
 pub const DEFAULT_WORKLOAD: &str = "synthetic:prompt=uniform:64:256,output=uniform:32:128";
 
-/// Offset of the workload RNG stream from the run seed (see `arrival::ARRIVAL_STREAM`).
+/// Offset of the workload RNG stream from the run seed (see `crate::arrival`'s `ARRIVAL_STREAM`).
 const WORKLOAD_STREAM: u64 = 0x776f_726b_6c6f_6164; // "workload"
 
 /// One request's shape before its prompt text exists.
