@@ -453,6 +453,14 @@ impl Engine {
                 }
             }
         }
+        // Counted before any token is emitted: a client whose request ends in this step may
+        // read /metrics as soon as it has its answer (it read one step short, now and then).
+        self.shared.metrics.observe_speculation(
+            step_spec.num_drafts,
+            step_spec.num_draft_tokens,
+            step_spec.num_accepted_tokens,
+            &step_spec.accepted_per_position,
+        );
         let now = self.clock.now();
         let tokens: Vec<(RequestId, Vec<u32>)> = sampled
             .iter()
@@ -478,12 +486,6 @@ impl Engine {
         self.propose_drafts(&delivered);
         self.flush_events();
         let metrics = &self.shared.metrics;
-        metrics.observe_speculation(
-            step_spec.num_drafts,
-            step_spec.num_draft_tokens,
-            step_spec.num_accepted_tokens,
-            &step_spec.accepted_per_position,
-        );
         metrics.observe_iteration(now.saturating_sub(started), batch_tokens as u32);
         self.publish_stats();
         Ok(())
