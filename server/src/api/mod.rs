@@ -13,7 +13,9 @@
 //!
 //! Shared machinery: [`extract`] (JSON bodies with OpenAI errors), [`fields`] (every request
 //! field Metrum does not implement is a 400 naming it), [`text`] (tokenizer work on
-//! blocking threads), [`generate`] (submit, collect, stream; shared by both generation routes),
+//! blocking threads), [`generate`] (the request prelude: model check, plan, budget, admission,
+//! submit; then stream or collect; shared by both generation routes, whose OpenAPI error
+//! answers are one list too, [`openapi::GenerationErrors`]),
 //! [`logprobs`] (engine logprobs -> both wire shapes), [`structured`] (`response_format` and
 //! `structured_outputs` -> a compiled grammar), [`types`] (wire types), [`schemas`]
 //! (hand-written OpenAPI schemas for the loosely typed fields).
