@@ -31,7 +31,6 @@ use serde::Serialize;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-const CORPUS: &str = include_str!("corpus.txt");
 /// Random corpus tokens that open every prompt: the part no two prompts share.
 const UNIQUE_HEAD: usize = 8;
 /// Re-encode rounds before accepting the closest count.
@@ -105,17 +104,7 @@ struct FreshPrompts<'a> {
 
 impl<'a> FreshPrompts<'a> {
     async fn new(tokenizer: &'a TextTokenizer, seed: u64) -> Result<Self> {
-        let special = tokenizer.special_prefix().await?;
-        let mut corpus = tokenizer.encode(CORPUS).await?;
-        if corpus.starts_with(&special) {
-            corpus.drain(..special.len());
-        }
-        if corpus.is_empty() {
-            bail!(
-                "the tokenizer ({}) produced no tokens",
-                tokenizer.describe()
-            );
-        }
+        let (special, corpus) = crate::prompt::corpus_tokens(tokenizer).await?;
         Ok(FreshPrompts {
             tokenizer,
             corpus,

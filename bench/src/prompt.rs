@@ -14,6 +14,23 @@ use anyhow::{Result, bail};
 use rand::Rng;
 
 const CORPUS: &str = include_str!("corpus.txt");
+
+/// The special tokens `tokenizer` prepends, and the prompt corpus in its tokens without them;
+/// an error when that leaves nothing. The one tokenization of the corpus prompts are cut from.
+pub(crate) async fn corpus_tokens(tokenizer: &TextTokenizer) -> Result<(Vec<u32>, Vec<u32>)> {
+    let special = tokenizer.special_prefix().await?;
+    let mut corpus = tokenizer.encode(CORPUS).await?;
+    if corpus.starts_with(&special) {
+        corpus.drain(..special.len());
+    }
+    if corpus.is_empty() {
+        bail!(
+            "the tokenizer ({}) produced no tokens for the corpus",
+            tokenizer.describe()
+        );
+    }
+    Ok((special, corpus))
+}
 /// Re-encode rounds before accepting the closest count.
 const MAX_ADJUSTMENTS: usize = 6;
 /// Prompts shorter than this get no tag: it would be most of the prompt, and there is no full
@@ -36,17 +53,7 @@ pub struct BuiltPrompt {
 
 impl<'a> PromptBuilder<'a> {
     pub async fn new(tokenizer: &'a TextTokenizer) -> Result<Self> {
-        let special = tokenizer.special_prefix().await?;
-        let mut corpus = tokenizer.encode(CORPUS).await?;
-        if corpus.starts_with(&special) {
-            corpus.drain(..special.len());
-        }
-        if corpus.is_empty() {
-            bail!(
-                "the tokenizer ({}) produced no tokens for the corpus",
-                tokenizer.describe()
-            );
-        }
+        let (special, corpus) = corpus_tokens(tokenizer).await?;
         Ok(PromptBuilder {
             tokenizer,
             corpus,

@@ -224,7 +224,6 @@ impl DraftModelProposer {
         let mut order: Vec<usize> = (0..rounds.len()).collect();
         order.sort_by_key(|&i| rounds[i].feed.len());
         let mut left = self.max_catch_up;
-        let mut idle = vec![false; rounds.len()];
         for i in order {
             let r = &mut rounds[i];
             if r.feed.len() <= left {
@@ -234,14 +233,10 @@ impl DraftModelProposer {
                 r.feed.truncate(left);
                 r.wanted = 0;
                 left = 0;
-                idle[i] = r.feed.is_empty();
             }
         }
-        let mut i = 0;
-        rounds.retain(|_| {
-            i += 1;
-            !idle[i - 1]
-        });
+        // Only a cut round has `wanted` 0; one cut to nothing has nothing to run.
+        rounds.retain(|r| r.wanted > 0 || !r.feed.is_empty());
     }
 
     /// One batched draft forward over the rounds still wanting a draft at `position`; each
