@@ -23,9 +23,9 @@ const ITERATIONS: usize = 1 << 22;
 /// median of `reps`. `None` on the scalar path.
 pub fn cpu_int8_mac_peak(pool: &ThreadPool, reps: usize) -> Option<f64> {
     let isa = Isa::detect();
-    let macs_per_step = match isa {
-        Isa::Avx512Vnni => 64,
-        Isa::Avx2 => 32,
+    let (macs_per_step, chains) = match isa {
+        Isa::Avx512Vnni => (64, CHAINS),
+        Isa::Avx2 => (32, AVX2_CHAINS),
         Isa::Scalar => return None,
     };
     let threads = pool.threads();
@@ -50,13 +50,15 @@ pub fn cpu_int8_mac_peak(pool: &ThreadPool, reps: usize) -> Option<f64> {
         std::hint::black_box(sink.into_inner());
     }
     seconds.sort_by(f64::total_cmp);
-    let macs = (threads * ITERATIONS * CHAINS * macs_per_step) as f64;
+    let macs = (threads * ITERATIONS * chains * macs_per_step) as f64;
     Some(macs / seconds[seconds.len() / 2] / 1e9)
 }
 
 /// Independent accumulators: `vpdpbusd`'s latency (~5 cycles) times its throughput (1-2 per
 /// cycle) is at most 10, so 16 chains never wait on one another.
 const CHAINS: usize = 16;
+/// AVX2's chains (see [`avx2_chains`]).
+const AVX2_CHAINS: usize = 12;
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vnni")]
@@ -79,17 +81,24 @@ unsafe fn vnni_chains(iterations: usize) -> i64 {
 
 /// AVX2's step, as the kernels take it (`avx2.rs`, `avx2_k.rs`): u8×i8 pairs to i16, then
 /// pairs of those against 16-bit factors to i32, then added to the chain.
+///
+/// Each chain's own accumulator is the step's u8 operand, so nothing is loop-invariant: with
+/// constant operands the compiler hoisted both multiplies out of the loop and this probe timed
+/// a chain of adds (and one spilled accumulator), which read 251-272 GMAC/s on a 2-core Zen 3
+/// (session 11's "AVX2 peak"). 12 chains: a chain's step is ~7 cycles of latency (3 + 3 + 1),
+/// two multiply pipes retire one step per cycle, and 12 accumulators plus the two operands
+/// still fit AVX2's 16 registers (16 chains spilled one).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn avx2_chains(iterations: usize) -> i64 {
     use std::arch::x86_64::*;
-    let a = _mm256_set1_epi8(std::hint::black_box(3));
     let b = _mm256_set1_epi8(std::hint::black_box(-2));
     let ones = _mm256_set1_epi16(std::hint::black_box(1));
-    let mut acc = [_mm256_setzero_si256(); CHAINS];
+    let mut acc: [__m256i; AVX2_CHAINS] =
+        std::array::from_fn(|i| _mm256_set1_epi32(std::hint::black_box(i as i32)));
     for _ in 0..iterations {
         for x in acc.iter_mut() {
-            let pairs = _mm256_maddubs_epi16(a, b);
+            let pairs = _mm256_maddubs_epi16(*x, b);
             *x = _mm256_add_epi32(*x, _mm256_madd_epi16(pairs, ones));
         }
     }

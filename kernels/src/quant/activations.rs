@@ -29,6 +29,8 @@ pub(crate) struct Q8Activations {
     pub k: bool,
     pub bsums: Vec<i16>,
     pub bsums32: Vec<i16>,
+    /// `qs` in the grouped byte layout of `block_groups` (for the AVX2 32-value kernels).
+    pub grouped: bool,
 }
 
 /// One row quantized as ggml's Q8_K: `nsb` super-blocks.
@@ -53,8 +55,9 @@ pub(crate) struct ActRow<'a> {
 }
 
 impl Q8Activations {
-    /// Sizes the buffers for `rows` rows of `cols` values (a multiple of 32).
-    pub fn resize(&mut self, rows: usize, cols: usize) {
+    /// Sizes the buffers for `rows` rows of `cols` values (a multiple of 32), whose bytes
+    /// `grouped` puts in the `block_groups` layout.
+    pub fn resize(&mut self, rows: usize, cols: usize, grouped: bool) {
         let nb = cols / 32;
         self.rows = rows;
         self.nb = nb;
@@ -63,6 +66,7 @@ impl Q8Activations {
         self.sums_f16.resize(rows * nb, 0.0);
         self.qs.resize(rows * cols, 0);
         self.k = false;
+        self.grouped = grouped;
     }
 
     /// Sizes the buffers for `rows` rows of `cols` values (a multiple of 256) in Q8_K.
@@ -103,6 +107,7 @@ impl Q8Activations {
             sums_f16: self.sums_f16.as_mut_ptr(),
             qs: self.qs.as_mut_ptr(),
             k: self.k,
+            grouped: self.grouped,
             bsums: self.bsums.as_mut_ptr(),
             bsums32: self.bsums32.as_mut_ptr(),
         }
@@ -128,6 +133,7 @@ pub(crate) struct RawParts {
     sums_f16: *mut f32,
     qs: *mut i8,
     k: bool,
+    grouped: bool,
     bsums: *mut i16,
     bsums32: *mut i16,
 }
@@ -185,6 +191,11 @@ impl RawParts {
                     *self.sums.add(at) = sum;
                     *self.sums_f16.add(at) = round_scale(sum);
                 }
+            }
+            if self.grouped {
+                // SAFETY: row `r` of the sized buffer, written by this thread only.
+                let q = unsafe { std::slice::from_raw_parts_mut(self.qs.add(r * cols), cols) };
+                super::block_groups::group_activations(q);
             }
             debug_assert!(x.len() >= (r + 1) * cols);
         }

@@ -1,5 +1,7 @@
-//! AVX2 kernels for the 32-value formats, for x86-64 CPUs without AVX-512 VNNI: one block per
-//! step, `vpmaddubsw` (unsigned × signed bytes to 16-bit pairs) then `vpmaddwd` to 32-bit.
+//! AVX2 kernels for the 32-value formats, for x86-64 CPUs without AVX-512 VNNI, over the
+//! grouped layout of `block_groups` (one block per 32-bit lane): `vpmaddubsw` (unsigned ×
+//! signed bytes to 16-bit pairs) then `vpmaddwd` to 32-bit, one or two weight rows against up
+//! to 4 activation rows per call.
 //!
 //! Nibbles (0..15) times activations (|q| ≤ 127) cannot overflow the 16-bit pairs. Q8_0 uses
 //! ggml's sign trick instead of an offset: |w| times x carrying w's sign.
@@ -7,7 +9,9 @@
 use std::arch::x86_64::*;
 
 use super::activations::ActRow;
-use super::gemm::{Offset, RowBytes};
+use super::block_groups::GROUP_BLOCKS;
+use super::formats::f16_to_f32;
+use super::gemm::{Offset, RowBytes, WeightRow};
 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn hsum(v: __m256) -> f32 {
@@ -17,129 +21,165 @@ unsafe fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
-/// `out[c] = Σ_b row · acts[c]`; see [`super::avx512::tile`] for the arguments.
+/// `out[r][c] = Σ_b rows[r] · acts[c]`, the rows' bytes and the activations' in the grouped
+/// layout. Every row of a call must be of the same format and length.
 ///
-/// Each token has its own accumulators and summation order whatever `C` is, so a token's
-/// result does not depend on the batch it came in (the engine's batch invariance).
+/// Each token has its own accumulators and summation order whatever `R` and `C` are, so a
+/// token's result does not depend on the batch it came in (the engine's batch invariance).
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn tile<const C: usize>(
-    scales: &[u16],
-    offset: Offset,
-    bytes: RowBytes,
+pub(crate) unsafe fn tile<const R: usize, const C: usize>(
+    rows: &[WeightRow; R],
     acts: &[ActRow; C],
-    out: &mut [f32; C],
+    out: &mut [[f32; C]; R],
 ) {
     unsafe {
-        match bytes {
-            RowBytes::Nibbles(qs) => blocks::<C, true>(scales, offset, qs.as_ptr(), acts, out),
-            RowBytes::Bytes(qs) => {
-                blocks::<C, false>(scales, offset, qs.as_ptr().cast(), acts, out)
-            }
+        match rows[0].bytes {
+            RowBytes::Nibbles(_) => blocks::<R, C, true>(rows, acts, out),
+            RowBytes::Bytes(_) => blocks::<R, C, false>(rows, acts, out),
         }
     }
 }
 
-/// Up to 8 floats from `src[at..]`, zeros past its end.
+/// [`tile`] for one format family. Full groups of 8 blocks (the `block_groups` layout): per row
+/// and token, the group's products add up in integers lane by lane (16-bit for nibbles, whose
+/// products are at most 2·15·127 per pair, so 8 of them fit; 32-bit for bytes), then one
+/// conversion and one FMA apply the 8 block scales at once; the offset term `m · Σx` is one
+/// FMA per group. The remaining blocks (fewer than 8) go one at a time in ggml's order.
 #[inline(always)]
-unsafe fn load8(src: &[f32], at: usize) -> __m256 {
-    unsafe {
-        if at + 8 <= src.len() {
-            return _mm256_loadu_ps(src.as_ptr().add(at));
-        }
-        let mut v = [0f32; 8];
-        let n = src.len() - at;
-        v[..n].copy_from_slice(&src[at..]);
-        _mm256_loadu_ps(v.as_ptr())
-    }
-}
-
-/// Up to 8 f16 values from `src[at..]` as floats, zeros past its end.
-#[inline(always)]
-unsafe fn load8_f16(src: &[u16], at: usize) -> __m256 {
-    unsafe {
-        let mut h = [0u16; 8];
-        let n = (src.len() - at).min(8);
-        h[..n].copy_from_slice(&src[at..at + n]);
-        _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr().cast()))
-    }
-}
-
-/// [`tile`] for one format family, 8 blocks per step: the 8 weight scales times each token's
-/// 8 activation scales in one multiply (kept in a small array that each block broadcasts
-/// from), and the offset term `m · Σx` as one multiply-add per 8 blocks and token. Keeping
-/// the per-block work to load, multiply, convert and one multiply-add lets the accumulators
-/// stay in registers: the previous one-block-at-a-time loop spilled them to the stack every
-/// block (perf: a third of its samples on the stores).
-#[inline(always)]
-unsafe fn blocks<const C: usize, const NIBBLES: bool>(
-    scales: &[u16],
-    offset: Offset,
-    qs: *const u8,
+unsafe fn blocks<const R: usize, const C: usize, const NIBBLES: bool>(
+    rows: &[WeightRow; R],
     acts: &[ActRow; C],
-    out: &mut [f32; C],
+    out: &mut [[f32; C]; R],
 ) {
     unsafe {
-        let nb = scales.len();
-        let mut acc = [_mm256_setzero_ps(); C];
-        let mut acc_min = [_mm256_setzero_ps(); C];
+        let nb = rows[0].scales.len();
+        let full = nb / GROUP_BLOCKS * GROUP_BLOCKS;
+        let mut acc = [[_mm256_setzero_ps(); C]; R];
+        let mut acc_offset = [[_mm256_setzero_ps(); C]; R];
         let ones = _mm256_set1_epi16(1);
-        let low_nibbles = _mm_set1_epi8(0x0F);
-        let mut b0 = 0;
-        while b0 < nb {
-            let kc = (nb - b0).min(8);
-            let dw = load8_f16(scales, b0);
-            let mut dd = [[0f32; 8]; C];
-            for c in 0..C {
-                let dx = load8(acts[c].d, b0);
-                _mm256_storeu_ps(dd[c].as_mut_ptr(), _mm256_mul_ps(dw, dx));
-            }
+        let low_nibbles = _mm256_set1_epi8(0x0F);
+        let qs: [*const u8; R] = std::array::from_fn(|r| match rows[r].bytes {
+            RowBytes::Nibbles(q) => q.as_ptr(),
+            RowBytes::Bytes(q) => q.as_ptr().cast(),
+        });
+        for g in (0..full).step_by(GROUP_BLOCKS) {
+            let mut sums = [[_mm256_setzero_si256(); C]; R];
             if NIBBLES {
-                let (mw, sums_of) = match offset {
-                    Offset::Min(mins) => (load8_f16(mins, b0), true),
-                    Offset::TimesScale(k) => (_mm256_mul_ps(dw, _mm256_set1_ps(-k)), false),
-                };
-                for c in 0..C {
-                    let sums = if sums_of {
-                        acts[c].sums_f16
-                    } else {
-                        acts[c].sums
-                    };
-                    acc_min[c] = _mm256_fmadd_ps(mw, load8(sums, b0), acc_min[c]);
+                for p in 0..4 {
+                    let mut lo = [_mm256_setzero_si256(); R];
+                    let mut hi = [_mm256_setzero_si256(); R];
+                    for r in 0..R {
+                        let packed = _mm256_loadu_si256(qs[r].add(g * 16 + p * 32).cast());
+                        lo[r] = _mm256_and_si256(packed, low_nibbles);
+                        hi[r] = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low_nibbles);
+                    }
+                    for c in 0..C {
+                        let x = acts[c].qs.as_ptr().add(g * 32 + p * 64);
+                        let x_lo = _mm256_loadu_si256(x.cast());
+                        let x_hi = _mm256_loadu_si256(x.add(32).cast());
+                        for r in 0..R {
+                            let pairs = _mm256_add_epi16(
+                                _mm256_maddubs_epi16(lo[r], x_lo),
+                                _mm256_maddubs_epi16(hi[r], x_hi),
+                            );
+                            sums[r][c] = _mm256_add_epi16(sums[r][c], pairs);
+                        }
+                    }
+                }
+                for s in sums.iter_mut().flatten() {
+                    *s = _mm256_madd_epi16(*s, ones);
+                }
+            } else {
+                for v in 0..8 {
+                    let mut w = [_mm256_setzero_si256(); R];
+                    let mut w_abs = [_mm256_setzero_si256(); R];
+                    for r in 0..R {
+                        w[r] = _mm256_loadu_si256(qs[r].add(g * 32 + v * 32).cast());
+                        w_abs[r] = _mm256_sign_epi8(w[r], w[r]);
+                    }
+                    for c in 0..C {
+                        let x = _mm256_loadu_si256(acts[c].qs.as_ptr().add(g * 32 + v * 32).cast());
+                        for r in 0..R {
+                            // ggml's sign trick: |w| times x carrying w's sign.
+                            let pairs = _mm256_maddubs_epi16(w_abs[r], _mm256_sign_epi8(x, w[r]));
+                            sums[r][c] =
+                                _mm256_add_epi32(sums[r][c], _mm256_madd_epi16(pairs, ones));
+                        }
+                    }
                 }
             }
-            for (k, b) in (b0..b0 + kc).enumerate() {
-                if NIBBLES {
-                    let packed = _mm_loadu_si128(qs.add(b * 16).cast());
-                    let lo = _mm_and_si128(packed, low_nibbles);
-                    let hi = _mm_and_si128(_mm_srli_epi16(packed, 4), low_nibbles);
-                    let w = _mm256_set_m128i(hi, lo);
-                    for c in 0..C {
-                        let x = _mm256_loadu_si256(acts[c].qs.as_ptr().add(b * 32).cast());
-                        let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), ones);
-                        let scale = _mm256_broadcast_ss(&dd[c][k]);
-                        acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[c]);
+            for r in 0..R {
+                let dw = _mm256_cvtph_ps(_mm_loadu_si128(rows[r].scales.as_ptr().add(g).cast()));
+                let mw = if NIBBLES {
+                    match rows[r].offset {
+                        Offset::Min(mins) => {
+                            _mm256_cvtph_ps(_mm_loadu_si128(mins.as_ptr().add(g).cast()))
+                        }
+                        Offset::TimesScale(m) => _mm256_mul_ps(dw, _mm256_set1_ps(-m)),
                     }
                 } else {
-                    // ggml's sign trick: |w| times x carrying w's sign.
-                    let w = _mm256_loadu_si256(qs.add(b * 32).cast());
-                    let w_abs = _mm256_sign_epi8(w, w);
-                    for c in 0..C {
-                        let x = _mm256_loadu_si256(acts[c].qs.as_ptr().add(b * 32).cast());
-                        let x_signed = _mm256_sign_epi8(x, w);
-                        let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(w_abs, x_signed), ones);
-                        let scale = _mm256_broadcast_ss(&dd[c][k]);
-                        acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[c]);
+                    _mm256_setzero_ps()
+                };
+                for c in 0..C {
+                    let dx = _mm256_loadu_ps(acts[c].d.as_ptr().add(g));
+                    let dd = _mm256_mul_ps(dw, dx);
+                    acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[r][c]), dd, acc[r][c]);
+                    if NIBBLES {
+                        let x_sums = offset_sums(rows[r].offset, acts[c]);
+                        let x_sums = _mm256_loadu_ps(x_sums.as_ptr().add(g));
+                        acc_offset[r][c] = _mm256_fmadd_ps(mw, x_sums, acc_offset[r][c]);
                     }
                 }
             }
-            b0 += kc;
         }
-        for c in 0..C {
-            out[c] = if NIBBLES {
-                hsum(acc[c]) + hsum(acc_min[c])
-            } else {
-                hsum(acc[c])
-            };
+        let mut tail = [[0f32; C]; R];
+        for b in full..nb {
+            for r in 0..R {
+                let dw = f16_to_f32(rows[r].scales[b]);
+                let w = if NIBBLES {
+                    let packed = _mm_loadu_si128(qs[r].add(b * 16).cast());
+                    let lo = _mm_and_si128(packed, _mm256_castsi256_si128(low_nibbles));
+                    let hi = _mm_and_si128(
+                        _mm_srli_epi16(packed, 4),
+                        _mm256_castsi256_si128(low_nibbles),
+                    );
+                    _mm256_set_m128i(hi, lo)
+                } else {
+                    _mm256_loadu_si256(qs[r].add(b * 32).cast())
+                };
+                for c in 0..C {
+                    let x = _mm256_loadu_si256(acts[c].qs.as_ptr().add(b * 32).cast());
+                    let pairs = if NIBBLES {
+                        _mm256_maddubs_epi16(w, x)
+                    } else {
+                        _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w))
+                    };
+                    let dot = hsum(_mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones)));
+                    tail[r][c] += dot * (dw * acts[c].d[b]);
+                    if NIBBLES {
+                        let mw = match rows[r].offset {
+                            Offset::Min(mins) => f16_to_f32(mins[b]),
+                            Offset::TimesScale(m) => -m * dw,
+                        };
+                        tail[r][c] += mw * offset_sums(rows[r].offset, acts[c])[b];
+                    }
+                }
+            }
         }
+        for r in 0..R {
+            for c in 0..C {
+                out[r][c] = hsum(acc[r][c]) + hsum(acc_offset[r][c]) + tail[r][c];
+            }
+        }
+    }
+}
+
+/// The activation sums a row's offset term multiplies: `Σx` rounded like an f16 min for
+/// Q4_1 (ggml's Q8_1 `s`), exact for Q4_0's `−8·d`.
+#[inline(always)]
+fn offset_sums<'a>(offset: Offset, acts: ActRow<'a>) -> &'a [f32] {
+    match offset {
+        Offset::Min(_) => acts.sums_f16,
+        Offset::TimesScale(_) => acts.sums,
     }
 }

@@ -84,6 +84,15 @@ pub(crate) enum Packed {
     },
     /// [`Packed::Bytes`] with 16 rows interleaved.
     BytesX16 { scales: Vec<u16>, qs: Vec<i8> },
+    /// [`Packed::Nibbles`] with each row's blocks in groups of 8 (the AVX2 layout, see
+    /// `block_groups`).
+    NibblesG8 {
+        scales: Vec<u16>,
+        mins: Option<Vec<u16>>,
+        qs: Vec<u8>,
+    },
+    /// [`Packed::Bytes`] with each row's blocks in groups of 8.
+    BytesG8 { scales: Vec<u16>, qs: Vec<i8> },
     /// Q4_K, Q5_K, Q6_K super-blocks exactly as in the file.
     Super { kind: KQuant, data: Vec<u8> },
     /// [`Packed::Super`] with 16 rows interleaved per super-block (the AVX-512 layout, see

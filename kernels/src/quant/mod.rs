@@ -7,7 +7,8 @@
 //! | `formats` | [`QuantType`], the ggml block layouts and their repacking for the kernels |
 //! | `activations` | per-32 byte quantization of the activations (ggml's Q8_1) |
 //! | `scalar` | the reference dot products, one per format; also the fallback |
-//! | `avx512`, `avx2` | SIMD tiles over the per-row layout: one weight row × up to 4 activation rows |
+//! | `avx512` | the AVX-512 tile over the per-row layout: one weight row × up to 4 activation rows |
+//! | `block_groups`, `avx2` | the AVX2 layout (each row's blocks in groups of 8, one block per 32-bit lane) and its tile: up to 2 weight rows × up to 4 activation rows |
 //! | `interleaved`, `avx512_x16` | the AVX-512 layout (16 rows interleaved per 32-bit lane) and its kernel: 16 rows × up to 4 activation rows |
 //! | `kquant`, `avx512_k` | the k-quants: Q8_K activations' reference dot products, the 16-row interleaved super-blocks and their AVX-512 VNNI kernels (Q4_K, Q5_K, Q6_K) |
 //! | `avx2_k` | the k-quants' AVX2 kernels over ggml's own per-row layout |
@@ -28,6 +29,7 @@ mod avx512;
 mod avx512_k;
 #[cfg(target_arch = "x86_64")]
 mod avx512_x16;
+mod block_groups;
 mod formats;
 mod gemm;
 mod interleaved;
@@ -170,15 +172,17 @@ impl QuantMatrix {
             )));
         }
         let mut packed = formats::pack(ty, data);
-        if isa == Isa::Avx512Vnni {
-            packed = match packed {
+        packed = match isa {
+            Isa::Avx512Vnni => match packed {
                 Packed::Super { kind, data } => Packed::SuperX16 {
                     kind,
                     data: kquant::interleave(kind, &data, rows, cols / 256),
                 },
                 other => interleaved::interleave(other, rows, cols),
-            };
-        }
+            },
+            Isa::Avx2 => block_groups::group(packed, rows, cols),
+            Isa::Scalar => packed,
+        };
         Ok(QuantMatrix {
             ty,
             rows,
@@ -268,6 +272,9 @@ impl QuantMatrix {
             }
             Packed::NibblesX16 { .. } | Packed::BytesX16 { .. } => {
                 interleaved::dequantize_row(&self.packed, r, out)
+            }
+            Packed::NibblesG8 { .. } | Packed::BytesG8 { .. } => {
+                block_groups::dequantize_row(&self.packed, r, out)
             }
             Packed::SuperX16 { kind, data } => {
                 kquant::dequantize_row_x16(*kind, data, self.cols / 256, r, out)
