@@ -69,8 +69,9 @@ impl Q8Activations {
         self.grouped = grouped;
     }
 
-    /// Sizes the buffers for `rows` rows of `cols` values (a multiple of 256) in Q8_K.
-    pub fn resize_k(&mut self, rows: usize, cols: usize) {
+    /// Sizes the buffers for `rows` rows of `cols` values (a multiple of 256) in Q8_K, whose
+    /// bytes `grouped` puts in the `block_groups` layout.
+    pub fn resize_k(&mut self, rows: usize, cols: usize, grouped: bool) {
         let nsb = cols / 256;
         self.rows = rows;
         self.nb = cols / 32;
@@ -79,6 +80,7 @@ impl Q8Activations {
         self.bsums32.resize(rows * nsb * 8, 0);
         self.qs.resize(rows * cols, 0);
         self.k = true;
+        self.grouped = grouped;
     }
 
     pub fn row_k(&self, r: usize) -> KActRow<'_> {
@@ -168,6 +170,11 @@ impl RawParts {
                             *s = bsums[2 * j] + bsums[2 * j + 1];
                         }
                     }
+                }
+                if self.grouped {
+                    // SAFETY: row `r` of the sized buffer, written by this thread only.
+                    let q = unsafe { std::slice::from_raw_parts_mut(self.qs.add(r * cols), cols) };
+                    super::block_groups::group_activations(q);
                 }
             }
             return;

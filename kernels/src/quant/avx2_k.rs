@@ -172,6 +172,77 @@ pub(crate) unsafe fn q45k_row<const C: usize, const Q5: bool>(
     }
 }
 
+/// Q4_K in the grouped layout of `block_groups` (lane `j` of every value register is
+/// sub-block `j`), against grouped Q8_K activations: `out[c] = row · acts[c]`.
+///
+/// A super-block's products add up in 16 bits across its 8 value registers (each at most
+/// 2 · 15 · 128 per pair, 8 of them 30720, below 32767), then one `vpmaddwd` against the 8
+/// sub-block scales (each lane its own) widens and scales them at once: per token and
+/// super-block 8 `vpmaddubsw` + 7 adds + 1 `vpmaddwd`, where [`q45k_row`] needs 8 of each
+/// multiply, 8 adds and a scale shuffle per sub-block pair.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn q4k_grouped_row<const C: usize>(
+    row: &[u8],
+    acts: &[KActRow; C],
+    out: &mut [f32; C],
+) {
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); C];
+        let m4 = _mm256_set1_epi8(0x0F);
+        const KMASK1: u32 = 0x3f3f3f3f;
+        const KMASK2: u32 = 0x0f0f0f0f;
+        const KMASK3: u32 = 0x03030303;
+        for (s, b) in row.chunks_exact(144).enumerate() {
+            let d = f16_to_f32(b, 0);
+            let dmin = f16_to_f32(b, 2);
+            let mut u = [0u32; 4];
+            for (i, w) in b[4..16].chunks_exact(4).enumerate() {
+                u[i] = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+            }
+            u[3] = ((u[2] >> 4) & KMASK2) | (((u[1] >> 6) & KMASK3) << 4);
+            let mins_lo = u[1] & KMASK1;
+            u[1] = (u[2] & KMASK2) | (((u[0] >> 6) & KMASK3) << 4);
+            u[2] = mins_lo;
+            u[0] &= KMASK1;
+            let scales_mins = _mm_loadu_si128(u.as_ptr().cast());
+            let mins = _mm256_extracti128_si256(_mm256_cvtepu8_epi16(scales_mins), 1);
+            // Lane j: sub-block j's scale in both of its 16-bit words.
+            let scales = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(scales_mins, scales_mins));
+            for c in 0..C {
+                let bsums = _mm_loadu_si128(acts[c].bsums32.as_ptr().add(s * 8).cast());
+                let prod = _mm_cvtepi32_ps(_mm_madd_epi16(mins, bsums));
+                let dm = _mm256_set1_ps(-dmin * *acts[c].d.get_unchecked(s));
+                acc[c] = _mm256_fmadd_ps(dm, _mm256_zextps128_ps256(prod), acc[c]);
+            }
+            let qs = b.as_ptr().add(16);
+            let mut sums = [_mm256_setzero_si256(); C];
+            for p in 0..4 {
+                let bits = _mm256_loadu_si256(qs.add(32 * p).cast());
+                let lo = _mm256_and_si256(bits, m4);
+                let hi = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
+                for c in 0..C {
+                    let x = acts[c].qs.as_ptr().add(s * 256 + 64 * p);
+                    let x_lo = _mm256_loadu_si256(x.cast());
+                    let x_hi = _mm256_loadu_si256(x.add(32).cast());
+                    let pairs = _mm256_add_epi16(
+                        _mm256_maddubs_epi16(lo, x_lo),
+                        _mm256_maddubs_epi16(hi, x_hi),
+                    );
+                    sums[c] = _mm256_add_epi16(sums[c], pairs);
+                }
+            }
+            for c in 0..C {
+                let sumi = _mm256_madd_epi16(sums[c], scales);
+                let dd = _mm256_set1_ps(d * *acts[c].d.get_unchecked(s));
+                acc[c] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(sumi), acc[c]);
+            }
+        }
+        for c in 0..C {
+            out[c] = hsum(acc[c]);
+        }
+    }
+}
+
 /// Q6_K: as [`q45k_row`].
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn q6k_row<const C: usize>(row: &[u8], acts: &[KActRow; C], out: &mut [f32; C]) {

@@ -22,6 +22,12 @@
 //!
 //! The activations of a grouped matmul are quantized as usual and then put in the byte
 //! layout ([`group_activations`]), so value register `v` of a group lines up with both.
+//!
+//! Q4_K gets the same treatment inside each super-block: its 8 sub-blocks of 32 values are a
+//! group (their 6-bit scales then apply as one vector of 8 in a single `vpmaddwd`), the 128
+//! nibble bytes in the nibble layout above, the 16-byte header (scales, mins) as in the file.
+//! Its Q8_K activations are grouped by the same [`group_activations`] (256 values are 8
+//! blocks of 32).
 
 use super::formats::{Packed, f16_to_f32};
 
@@ -107,6 +113,52 @@ pub(crate) fn group_activations(row: &mut [i8]) {
     }
 }
 
+/// Bytes of a Q4_K super-block, and where its 128 nibble bytes start.
+const Q4K_BYTES: usize = 144;
+const Q4K_QS: usize = 16;
+
+/// Groups every Q4_K super-block of `data` (ggml's bytes) in place.
+pub(crate) fn group_q4k(data: &mut [u8]) {
+    for sb in data.chunks_exact_mut(Q4K_BYTES) {
+        let ggml: [u8; 128] = sb[Q4K_QS..].try_into().unwrap_or([0; 128]);
+        let dst = &mut sb[Q4K_QS..];
+        dst.fill(0);
+        for j in 0..GROUP_BLOCKS {
+            for k in 0..32 {
+                let q = q4k_ggml_value(&ggml, j, k);
+                let (at, high) = nibble_at(j, k);
+                dst[at] |= if high { q << 4 } else { q };
+            }
+        }
+    }
+}
+
+/// Value `k` of sub-block `j` in ggml's Q4_K nibbles: 32-byte run `j / 2`, low nibbles for
+/// even sub-blocks.
+fn q4k_ggml_value(qs: &[u8; 128], j: usize, k: usize) -> u8 {
+    let byte = qs[32 * (j / 2) + k];
+    if j.is_multiple_of(2) {
+        byte & 0xF
+    } else {
+        byte >> 4
+    }
+}
+
+/// A grouped Q4_K super-block back in ggml's layout (to decode it with the reference).
+pub(crate) fn ungroup_q4k(grouped: &[u8]) -> [u8; Q4K_BYTES] {
+    let mut out = [0u8; Q4K_BYTES];
+    out[..Q4K_QS].copy_from_slice(&grouped[..Q4K_QS]);
+    for j in 0..GROUP_BLOCKS {
+        for k in 0..32 {
+            let (at, high) = nibble_at(j, k);
+            let byte = grouped[Q4K_QS + at];
+            let q = if high { byte >> 4 } else { byte & 0xF };
+            out[Q4K_QS + 32 * (j / 2) + k] |= if j.is_multiple_of(2) { q } else { q << 4 };
+        }
+    }
+    out
+}
+
 /// Row `r` of a grouped matrix, dequantized into `out` (`cols` values).
 pub(crate) fn dequantize_row(packed: &Packed, r: usize, out: &mut [f32]) {
     let nb = out.len() / 32;
@@ -166,6 +218,20 @@ mod tests {
         }
         assert!(bytes.iter().all(|&at| at < 256));
         assert!(nibbles.iter().all(|&(at, _)| at < 128));
+    }
+
+    #[test]
+    fn q4k_super_blocks_regroup_and_back() {
+        let ggml: Vec<u8> = (0..2 * Q4K_BYTES).map(|i| (i * 37 % 256) as u8).collect();
+        let mut grouped = ggml.clone();
+        group_q4k(&mut grouped);
+        assert_ne!(grouped, ggml);
+        for (g, o) in grouped
+            .chunks_exact(Q4K_BYTES)
+            .zip(ggml.chunks_exact(Q4K_BYTES))
+        {
+            assert_eq!(ungroup_q4k(g)[..], o[..]);
+        }
     }
 
     #[test]

@@ -95,6 +95,8 @@ pub(crate) enum Packed {
     BytesG8 { scales: Vec<u16>, qs: Vec<i8> },
     /// Q4_K, Q5_K, Q6_K super-blocks exactly as in the file.
     Super { kind: KQuant, data: Vec<u8> },
+    /// Q4_K super-blocks with their nibbles grouped (the AVX2 layout, see `block_groups`).
+    Q4KG8 { data: Vec<u8> },
     /// [`Packed::Super`] with 16 rows interleaved per super-block (the AVX-512 layout, see
     /// `kquant`).
     SuperX16 { kind: KQuant, data: Vec<u8> },

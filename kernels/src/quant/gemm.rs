@@ -141,7 +141,8 @@ fn quantize(
     w: &QuantMatrix,
 ) {
     match w.packed {
-        Packed::Super { .. } | Packed::SuperX16 { .. } => acts.resize_k(tokens, w.cols),
+        Packed::Super { .. } | Packed::SuperX16 { .. } => acts.resize_k(tokens, w.cols, false),
+        Packed::Q4KG8 { .. } => acts.resize_k(tokens, w.cols, true),
         Packed::NibblesG8 { .. } | Packed::BytesG8 { .. } => acts.resize(tokens, w.cols, true),
         _ => acts.resize(tokens, w.cols, false),
     }
@@ -167,7 +168,7 @@ unsafe fn multiply_rows(
     out: SharedMut<f32>,
 ) {
     let tile_tokens = match w.packed {
-        Packed::Super { .. } => K_ROW_TILE_TOKENS,
+        Packed::Super { .. } | Packed::Q4KG8 { .. } => K_ROW_TILE_TOKENS,
         _ => TILE_TOKENS,
     };
     let mut block_start = rows.start;
@@ -294,6 +295,24 @@ unsafe fn rows_tile<const C: usize>(
             unsafe { *out.0.add((t0 + c) * w.rows + r) = v };
         }
     };
+    if let Packed::Q4KG8 { data } = &w.packed {
+        let row_bytes = w.cols / 256 * w.ty.block_bytes();
+        let act_rows: [KActRow; C] = std::array::from_fn(|c| acts.row_k(t0 + c));
+        for r in rows {
+            let mut y = [0f32; C];
+            // SAFETY: the grouped layout is only built for `Isa::Avx2`, on CPUs that have it.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                super::avx2_k::q4k_grouped_row::<C>(
+                    &data[r * row_bytes..(r + 1) * row_bytes],
+                    &act_rows,
+                    &mut y,
+                )
+            };
+            store(r, &y);
+        }
+        return;
+    }
     if let Packed::Super { kind, data } = &w.packed {
         let row_bytes = w.cols / 256 * w.ty.block_bytes();
         let act_rows: [KActRow; C] = std::array::from_fn(|c| acts.row_k(t0 + c));

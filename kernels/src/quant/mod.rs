@@ -11,7 +11,7 @@
 //! | `block_groups`, `avx2` | the AVX2 layout (each row's blocks in groups of 8, one block per 32-bit lane) and its tile: up to 2 weight rows × up to 4 activation rows |
 //! | `interleaved`, `avx512_x16` | the AVX-512 layout (16 rows interleaved per 32-bit lane) and its kernel: 16 rows × up to 4 activation rows |
 //! | `kquant`, `avx512_k` | the k-quants: Q8_K activations' reference dot products, the 16-row interleaved super-blocks and their AVX-512 VNNI kernels (Q4_K, Q5_K, Q6_K) |
-//! | `avx2_k` | the k-quants' AVX2 kernels over ggml's own per-row layout |
+//! | `avx2_k` | the k-quants' AVX2 kernels: Q4_K over the grouped layout of `block_groups`, Q5_K and Q6_K over ggml's own per-row layout |
 //! | `gemm` | the threaded driver: rows split across threads, tokens tiled by 4 |
 //!
 //! The ISA is chosen at run time ([`Isa::detect`]), so one binary is fast where it runs and
@@ -180,7 +180,16 @@ impl QuantMatrix {
                 },
                 other => interleaved::interleave(other, rows, cols),
             },
-            Isa::Avx2 => block_groups::group(packed, rows, cols),
+            Isa::Avx2 => match packed {
+                Packed::Super {
+                    kind: formats::KQuant::Q4,
+                    mut data,
+                } => {
+                    block_groups::group_q4k(&mut data);
+                    Packed::Q4KG8 { data }
+                }
+                other => block_groups::group(other, rows, cols),
+            },
             Isa::Scalar => packed,
         };
         Ok(QuantMatrix {
@@ -278,6 +287,17 @@ impl QuantMatrix {
             }
             Packed::SuperX16 { kind, data } => {
                 kquant::dequantize_row_x16(*kind, data, self.cols / 256, r, out)
+            }
+            Packed::Q4KG8 { data } => {
+                let bb = self.ty.block_bytes();
+                let row = &data[r * self.cols / 256 * bb..][..self.cols / 256 * bb];
+                for (s, bytes) in row.chunks_exact(bb).enumerate() {
+                    let ggml = block_groups::ungroup_q4k(bytes);
+                    let sb = SuperBlock::decode(formats::KQuant::Q4, &ggml);
+                    for i in 0..256 {
+                        out[s * 256 + i] = sb.value(i);
+                    }
+                }
             }
             Packed::Super { kind, data } => {
                 let bb = self.ty.block_bytes();
