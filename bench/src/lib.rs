@@ -3,11 +3,12 @@
 //! `metrum-bench` is the load generator behind `metrum bench`: it sends an open-loop,
 //! seeded workload to any OpenAI-compatible server over streaming HTTP, timestamps every
 //! chunk, and computes every metric with metrum-metrics, the same code the server uses.
+//! What it sends (request shapes, arrival schedule) comes from `metrum-workload`, the workload
+//! home it shares with the simulator.
 //!
 //! | module | what lives there |
 //! | --- | --- |
 //! | [`args`] | clap argument structs: [`BenchRunArgs`], [`CapacityArgs`], [`CompareArgs`] |
-//! | [`workload`], [`arrival`] | re-exported from `metrum-workload`, the workload home shared with the simulator: request shapes (length distributions, traces, the context rule) and the arrival schedule |
 //! | [`prompt`] | prompt text cut to exactly P tokens with the target's tokenizer |
 //! | [`tokenizer`] | the target's `/tokenize` + `/detokenize`, or a local tokenizer.json |
 //! | [`sse`] | pure server-sent-events decoder and encoder over bytes (fuzzable) |
@@ -21,7 +22,7 @@
 //! | [`output`] | config.json, requests.jsonl, summary.json, report.md and the SVG plots |
 //! | [`pipeline`] | `bench run` end to end: [`run_bench`] |
 //! | [`capacity`] | `bench capacity`: the QPS bisection with seeds near the boundary: [`run_capacity`] |
-//! | [`compare`] | `bench compare`: table, overlaid CDFs, fairness warnings (R1-R4): [`compare()`] |
+//! | [`compare`](mod@compare) | `bench compare`: table, overlaid CDFs, fairness warnings (R1-R4): [`compare()`] |
 //! | [`profile_prefill`] | `metrum profile-prefill`: min TTFT per prompt length, `a + b·P + c·P²` fit, the SLO file |
 //! | [`machine`] | CPU, memory and GPU of this machine; the client's own CPU time |
 //! | [`soak`] | the soak's chaos client and end-of-soak verdict (`metrum-soak`, `scripts/soak.sh`) |
@@ -52,10 +53,6 @@ pub mod soak;
 pub mod sse;
 pub mod stream;
 pub mod tokenizer;
-
-// The seeded workload lives in metrum-workload (shared with metrum-sim); these paths keep
-// `metrum_bench::workload` and `metrum_bench::arrival` valid for the server's `metrum simulate`.
-pub use metrum_workload::{self as workload, arrival};
 
 pub use args::{
     BenchRunArgs, CapacityArgs, CompareArgs, SloArgs, SloKind, TargetArgs, WorkloadArgs,

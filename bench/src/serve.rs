@@ -89,7 +89,7 @@ impl ServerProcess {
         }
     }
 
-    /// SIGTERM, then SIGKILL after [`STOP_GRACE`].
+    /// SIGTERM, then SIGKILL after `STOP_GRACE` (30 s).
     pub async fn stop(mut self) -> Result<()> {
         if let Some(pid) = self.child.id() {
             // The child may already be gone; that is what we want anyway.

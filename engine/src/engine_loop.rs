@@ -6,12 +6,32 @@
 //!     plan   = scheduler.schedule(now)                     // who runs, how many tokens, which blocks
 //!     logits = executor.execute(plan)                      // one batched forward
 //!              (grammar masks for the rows that sample are computed meanwhile, on a
-//!               scoped thread: `structured`)
-//!     tokens = sample each row with the request's own sampler (and mask)
+//!               scoped thread: `forward_with_masks`)
+//!     tokens = sample each request's rows with its own sampler (and mask, and drafts to
+//!              verify), requests spread over the CPU pool: `step_sampling`
 //!     scheduler.update(plan, tokens, now)                  // append, stop checks, free blocks
 //!     detokenize + stop strings -> stream deltas; events -> metrics; finished -> final event
 //! }
 //! ```
+//!
+//! # Where a step-level feature goes
+//!
+//! The executor ([`crate::executor`]) only runs the forward and hands back the logits rows of
+//! the requests that sample; everything a step does with those rows lives on this side of it:
+//!
+//! - **Work that can overlap the forward** (grammar masks: they depend only on tokens already
+//!   sampled) goes in `forward_with_masks`, which runs it on a scoped thread while the executor
+//!   runs the forward on the engine thread. That scoped thread is this codebase's "launch the
+//!   forward, collect it separately" (vLLM's `execute_model(non_block)` then `sample_tokens`):
+//!   the forward keeps a blocking `execute`, and the overlap is made around it.
+//! - **Work per request on its rows** (masks applied, penalties, multi-token verification of
+//!   drafts) goes in `step_sampling::RequestRows` (what one request does with its rows) and
+//!   the sampling modules it calls (`sampling`, `speculative::rejection`, `structured`); the
+//!   parallel split of a step's requests over the CPU pool is there too, so a new per-row
+//!   feature is parallel, and bit-identical to sequential, without more work.
+//! - **Work on the step's outcome** (speculation counts, grammar failures, stop strings,
+//!   drafts for the next step) goes in `step`, after sampling, on the engine thread, in plan
+//!   order.
 //!
 //! Failure is fatal, on purpose. A panic anywhere in the loop or a failed forward pass leaves
 //! state nobody can vouch for (a half-applied scheduler update, KV blocks the failed step may
@@ -30,12 +50,13 @@ use crate::sampling::{SampledToken, SequenceSampler};
 use crate::speculative::{
     self, DraftModelProposer, SpeculationStats, SpeculativeConfig, rejection,
 };
+use crate::step_sampling::{self, RequestRows, RowsOutcome};
 use crate::structured::GrammarState;
 use crate::text::TextCodec;
 use metrum_core::time::MonotonicClock;
 use metrum_core::{EventKind, FinishReason, Nanos, RequestId};
 use metrum_metrics::RequestShape;
-use metrum_scheduler::{AdmissionError, NewRequest, Scheduler};
+use metrum_scheduler::{AdmissionError, NewRequest, ScheduledRequest, Scheduler, SchedulerOutput};
 use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -419,30 +440,24 @@ impl Engine {
             .map(|s| s.id)
             .collect();
         let mut logits = self.forward_with_masks(&chunks, &samplers)?;
-        let mut sampled: Vec<(RequestId, Vec<SampledToken>)> = Vec::with_capacity(samplers.len());
+        let outcomes = self.sample_rows(&plan, &mut logits);
+        let mut sampled: Vec<(RequestId, Vec<SampledToken>)> = Vec::with_capacity(outcomes.len());
         let mut step_spec = SpeculationStats::default();
-        let mut first_row = 0;
-        for s in plan.scheduled.iter().filter(|s| s.samples) {
-            let rows = first_row;
-            first_row += s.num_logits();
+        for (s, outcome) in outcomes {
             let Some(live) = self.live.get_mut(&s.id) else {
                 continue;
             };
-            let Some(grammar) = live.grammar.as_mut() else {
-                let drafts = s.draft_tokens();
-                let tokens =
-                    rejection::verify(drafts, |i| live.sampler.sample(logits.row_mut(rows + i)));
-                if let Some(spec) = &mut live.speculation {
-                    let accepted = rejection::num_accepted(tokens.len(), drafts.len());
-                    spec.stats.record(drafts.len(), accepted);
-                    step_spec.record(drafts.len(), accepted);
+            match outcome {
+                RowsOutcome::Tokens(tokens) => {
+                    if let Some(spec) = &mut live.speculation {
+                        let drafts = s.draft_tokens().len();
+                        let accepted = rejection::num_accepted(tokens.len(), drafts);
+                        spec.stats.record(drafts, accepted);
+                        step_spec.record(drafts, accepted);
+                    }
+                    sampled.push((s.id, tokens));
                 }
-                sampled.push((s.id, tokens));
-                continue;
-            };
-            match crate::structured::sample(&mut live.sampler, grammar, logits.row_mut(rows)) {
-                Ok(token) => sampled.push((s.id, vec![token])),
-                Err(error) => {
+                RowsOutcome::GrammarFailed(error) => {
                     // Only this request ends: its missing token makes the scheduler finish it
                     // with reason `error` in `update`, and the client gets the message.
                     tracing::warn!(request = %s.id, %error, "constrained request failed");
@@ -489,6 +504,53 @@ impl Engine {
         metrics.observe_iteration(now.saturating_sub(started), batch_tokens as u32);
         self.publish_stats();
         Ok(())
+    }
+
+    /// Samples the rows of every request in `plan` that samples, each with its own sampler
+    /// (and grammar, and drafts to verify), in parallel when that pays
+    /// ([`step_sampling::split_for`]); the outcomes follow the plan's order. A request no
+    /// longer live (nothing can remove one between schedule and here) is skipped.
+    fn sample_rows<'p>(
+        &mut self,
+        plan: &'p SchedulerOutput,
+        logits: &mut LogitsRows,
+    ) -> Vec<(&'p ScheduledRequest, RowsOutcome)> {
+        let vocab = logits.vocab;
+        let sampling: Vec<&ScheduledRequest> =
+            plan.scheduled.iter().filter(|s| s.samples).collect();
+        let position: HashMap<RequestId, usize> = sampling
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.id, i))
+            .collect();
+        let mut states: Vec<Option<&mut Live>> = sampling.iter().map(|_| None).collect();
+        for (id, live) in self.live.iter_mut() {
+            if let Some(&i) = position.get(id) {
+                states[i] = Some(live);
+            }
+        }
+        let mut rest = logits.data.as_mut_slice();
+        let mut requests = Vec::with_capacity(sampling.len());
+        let mut owners = Vec::with_capacity(sampling.len());
+        for (s, state) in sampling.into_iter().zip(states) {
+            let (rows, tail) = std::mem::take(&mut rest).split_at_mut(s.num_logits() * vocab);
+            rest = tail;
+            let Some(live) = state else {
+                continue;
+            };
+            requests.push(RequestRows {
+                sampler: &mut live.sampler,
+                grammar: live.grammar.as_mut(),
+                drafts: s.draft_tokens(),
+                logits: rows,
+            });
+            owners.push(s);
+        }
+        let split = step_sampling::split_for(&requests);
+        owners
+            .into_iter()
+            .zip(step_sampling::sample_rows(vocab, requests, split))
+            .collect()
     }
 
     /// The executor's forward pass (or the fault a test armed for it). Meanwhile a scoped

@@ -2,6 +2,13 @@
 //! It never decides who runs (that is the scheduler) and never samples (that is the engine
 //! loop, which owns each request's sampler), so a fake executor can stand in for a model in
 //! tests of the loop without changing anything else.
+//!
+//! Only the rows that sample leave the device: each [`SequenceChunk`] asks for `num_logits`
+//! rows (its last tokens: none for a prefill chunk that does not finish its prompt, one for a
+//! decode, one per draft plus one when verifying drafts), and the model computes the LM head
+//! and copies to the host for those rows alone, not for every token of the batch. What the
+//! step then does with the rows (masks, verification, parallel sampling) is the engine loop's
+//! side of this boundary (see "Where a step-level feature goes" in [`crate::engine_loop`]).
 
 use crate::error::EngineError;
 use crate::kv_cache::KvCache;

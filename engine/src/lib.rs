@@ -5,9 +5,10 @@
 //!
 //! | module | what lives there |
 //! | --- | --- |
-//! | [`config`] | [`EngineConfig`](config::EngineConfig): every engine knob |
-//! | [`handle`] | [`EngineHandle`](handle::EngineHandle): submit / abort / status, request streams |
-//! | [`engine_loop`] | the engine thread: drain commands, schedule, execute, update, emit |
+//! | [`config`] | [`EngineConfig`]: every engine knob |
+//! | [`handle`] | [`EngineHandle`]: submit / abort / status, request streams |
+//! | [`engine_loop`] | the engine thread: drain commands, schedule, execute, update, emit; its doc says where a new step-level feature goes |
+//! | [`executor`] | the forward behind a trait ([`executor::Executor`]): logits of the sampling rows only, host-side; [`executor::FakeExecutor`] for tests |
 //! | [`error`] | [`EngineError`]: what failed at run time (a forward pass, a grammar, the draft model) |
 //! | [`source`] | resolving `--model` (path, directory, hub id, the default model) to local files; fetch + sha256 + cache |
 //! | [`model`] | every supported family (Llama, Mistral, Qwen2/3, Gemma 2/3, Phi-3/4) as one decoder configured by data; GGUF / safetensors / synthetic loading; the forward over a flat varlen batch (its layout doc says how to add a family) |
@@ -20,6 +21,17 @@
 //! | [`structured`] | structured outputs: grammars (JSON schema, regex, choice, Lark) via llguidance, token masks |
 //! | [`speculative`] | speculative decoding: `--speculative-config`, n-gram drafts, exact verification, counts |
 //! | [`sampling`] | logits processors (penalties, bias, temperature, top-k/p, min-p), seeded sampling, logprobs |
+//! | `step_sampling` | a step's rows sampled per request (plain, draft verification, grammar), in parallel on the kernels' pool when that pays |
+//!
+//! # The executor/sampler boundary
+//!
+//! The [`executor`] runs one forward and returns host logits for the rows that sample, nothing
+//! more (the model selects those rows before the LM head). Everything a step does around the
+//! forward lives in the engine loop: work that may overlap the forward (grammar masks) runs on
+//! a scoped thread in `engine_loop`'s `forward_with_masks`, this codebase's "launch and collect
+//! separately"; work on a request's rows (masks, multi-token verification of drafts, the
+//! parallel sampling of a step's requests) goes in `step_sampling` and the sampling modules it
+//! calls. [`engine_loop`]'s doc has the list.
 pub mod chat_template;
 pub mod config;
 pub mod detokenize;
@@ -34,6 +46,7 @@ pub mod model;
 pub mod sampling;
 pub mod source;
 pub mod speculative;
+pub(crate) mod step_sampling;
 pub mod structured;
 pub mod text;
 pub mod threads;

@@ -1,7 +1,8 @@
 //! The CPU thread pools a forward pass runs on: Metrum's kernel pool (quantized matmul,
 //! attention; `metrum_kernels::threads`) and rayon's global pool (candle's CPU ops). Each is
 //! sized once per process, before its first use; the engine offers the knobs here so callers
-//! (`--threads` of `serve`, `profile-step`) need not reach into the kernels.
+//! (`--threads` of `serve`, `profile-step`) need not reach into the kernels. The engine also
+//! samples a step's rows on the kernels' pool ([`cpu_pool`]), after the forward has let go of it.
 
 /// Sizes both pools to `threads` (at least 1). Returns false when the kernel pool already runs
 /// with another size (a second engine in one process); rayon's pool keeps its first size too.
@@ -21,4 +22,12 @@ pub fn set_kernel_threads(threads: usize) -> bool {
 /// The kernel pool's size (creating the pool if nothing used it yet).
 pub fn kernel_threads() -> usize {
     metrum_kernels::threads::global().threads()
+}
+
+pub use metrum_kernels::threads::ThreadPool;
+
+/// The kernels' pool itself, for CPU work that runs between forwards and would otherwise leave
+/// its threads idle (a step's sampling, `step_sampling`).
+pub fn cpu_pool() -> &'static ThreadPool {
+    metrum_kernels::threads::global()
 }

@@ -3,7 +3,7 @@
 //! early (or queue it best-effort) when that is past its first-token deadline.
 //!
 //! The prediction uses the only cost model the scheduler has, the prefill-time fit
-//! `a + b·P + c·P²` of `--slo-file`, read as marginal chunk costs ([`crate::step_budget`]):
+//! `a + b·P + c·P²` of `--slo-file`, read as marginal chunk costs (`step_budget`):
 //!
 //! ```text
 //! ahead    = prefill tokens left of running requests + whole prompts (and recomputes) of the

@@ -79,7 +79,7 @@ fn slack_rank(slo: &DeadlineSlo, req: &Request) -> i128 {
 
 /// The deadline-srpt waiting bound of a fresh request of `prompt_tokens` tokens whose first
 /// token has the budget `ttft_deadline` (`D_p`): no fresh request that arrives more than this
-/// after it is admitted before it (see [`srpt_rank`]).
+/// after it is admitted before it (see `srpt_rank`).
 pub fn srpt_waiting_bound(slo: &DeadlineSlo, prompt_tokens: usize, ttft_deadline: Nanos) -> Nanos {
     let prefill = slo.prefill.predict(prompt_tokens.max(1));
     Nanos(

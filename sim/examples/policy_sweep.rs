@@ -9,10 +9,8 @@
 
 use metrum_core::Nanos;
 use metrum_scheduler::{DeadlineSlo, Policy, SchedulerConfig};
-use metrum_sim::{
-    FakeExecutor, LengthTrace, Lengths, PoissonWorkload, SimReport, StepCostModel,
-    profile_prefill_model, simulate,
-};
+use metrum_sim::{FakeExecutor, SimReport, StepCostModel, profile_prefill_model, simulate};
+use metrum_workload::{LengthTrace, Lengths, PoissonWorkload};
 
 const NUM_REQUESTS: usize = 1000;
 const MISS_SLO: f64 = 0.1;

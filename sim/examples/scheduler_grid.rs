@@ -6,8 +6,9 @@
 
 use metrum_core::Nanos;
 use metrum_scheduler::DeadlineSlo;
+use metrum_sim::StepCostModel;
 use metrum_sim::grid::{GridCase, MARKDOWN_HEADER, run_grid_case};
-use metrum_sim::{Lengths, StepCostModel};
+use metrum_workload::Lengths;
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -71,10 +72,7 @@ fn main() {
                 num_requests,
                 seeds,
                 load_factors: vec![0.5, 1.0, 1.25, 1.5],
-                lengths: Lengths::Uniform {
-                    prompt: (64, 256),
-                    output: (32, 128),
-                },
+                lengths: Lengths::uniform((64, 256), (32, 128)),
             };
             match run_grid_case(case) {
                 Ok(result) => {

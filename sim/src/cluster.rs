@@ -56,7 +56,7 @@ impl ClusterSpec {
                 name: name.to_string(),
                 replicas: replicas.iter().map(|&r| ReplicaId(r)).collect(),
                 rate_per_s: rate * load,
-                lengths: Lengths::Uniform { prompt, output },
+                lengths: Lengths::uniform(prompt, output),
                 shared_prefix_len: prefix,
             };
         ClusterSpec {
@@ -365,10 +365,7 @@ mod tests {
             name: name.to_string(),
             replicas: replicas.iter().map(|&r| ReplicaId(r)).collect(),
             rate_per_s: rate,
-            lengths: Lengths::Uniform {
-                prompt: (50, 400),
-                output: (10, 40),
-            },
+            lengths: Lengths::uniform((50, 400), (10, 40)),
             shared_prefix_len: 16,
         };
         ClusterSpec {

@@ -6,8 +6,9 @@
 //!
 //! Policy simulation without a model: a [`FakeExecutor`] (deterministic tokens, step time
 //! `a + b·batch_tokens + c·kv_tokens_read`) drives the real [`metrum_scheduler::Scheduler`] on simulated
-//! time, fed by an open-loop Poisson [`PoissonWorkload`] or a trace (both from
-//! `metrum-workload`, the workload home it shares with the load generator). [`simulate`] returns a
+//! time, fed by an open-loop Poisson [`metrum_workload::PoissonWorkload`] or a trace (both
+//! from `metrum-workload`, the workload home it shares with the load generator; import the
+//! workload types from there, this crate does not re-export them). [`simulate`] returns a
 //! [`SimReport`] per run: scheduling delay, TTFT, TBT, fluidity-index distribution and
 //! deadline-miss rates (spec/metrics.md (a), (b)). One [`SimReport`] per policy renders as one
 //! row of [`markdown_table`]; `examples/policy_sweep.rs` runs the fcfs-vs-deadline comparison.
@@ -40,8 +41,3 @@ pub use executor::{Execution, FakeExecutor, FakeTokens, StepCostModel};
 pub use report::{RequestOutcome, SimReport, markdown_table, percentile};
 pub use run::{SimError, Simulation, profile_prefill_model, simulate};
 pub use sweep::{SeedSummary, find_knee, markdown_sweep_table};
-// The simulator's input types, from the workload crate; `SplitMix64` stays reachable here for
-// `metrum simulate` (server), which seeds prompt tokens with it.
-pub use metrum_workload::{
-    Aborts, LengthTrace, Lengths, PoissonWorkload, SimRequest, SplitMix64, Workload,
-};

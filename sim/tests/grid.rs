@@ -6,8 +6,9 @@
 
 use metrum_core::Nanos;
 use metrum_scheduler::{Admission, DeadlineSlo, Policy};
+use metrum_sim::StepCostModel;
 use metrum_sim::grid::{GridCase, run_grid_case};
-use metrum_sim::{Lengths, StepCostModel};
+use metrum_workload::Lengths;
 
 #[test]
 fn the_ranking_holds_on_the_reference_server() {
@@ -23,10 +24,7 @@ fn the_ranking_holds_on_the_reference_server() {
         num_requests: 200,
         seeds: 2,
         load_factors: vec![0.5, 1.25],
-        lengths: Lengths::Uniform {
-            prompt: (64, 256),
-            output: (32, 128),
-        },
+        lengths: Lengths::uniform((64, 256), (32, 128)),
     };
     let result = run_grid_case(case).unwrap();
     println!(

@@ -14,7 +14,8 @@ use metrum_scheduler::policy::srpt_waiting_bound;
 use metrum_scheduler::{
     Admission, AdmissionError, DeadlineSlo, Policy, PrefillModel, SchedulerConfig,
 };
-use metrum_sim::{Aborts, FakeExecutor, Lengths, PoissonWorkload, Simulation, StepCostModel};
+use metrum_sim::{FakeExecutor, Simulation, StepCostModel};
+use metrum_workload::{Aborts, Lengths, PoissonWorkload};
 use proptest::prelude::*;
 
 fn policy() -> impl Strategy<Value = Policy> {
@@ -75,7 +76,7 @@ proptest! {
             seed,
             rate,
             n,
-            Lengths::Uniform { prompt: (1, 40), output: (1, 20) },
+            Lengths::uniform((1, 40), (1, 20)),
         );
         workload.shared_prefix_len = shared_prefix_len;
         workload.num_priorities = 3;
@@ -155,7 +156,7 @@ proptest! {
             seed,
             rate,
             n,
-            Lengths::Uniform { prompt: (1, 40), output: (1, 12) },
+            Lengths::uniform((1, 40), (1, 12)),
         )
         .generate();
         let config = SchedulerConfig {

@@ -6,10 +6,8 @@ mod common;
 use common::*;
 use metrum_core::Nanos;
 use metrum_scheduler::{DeadlineSlo, Policy, SchedulerConfig};
-use metrum_sim::{
-    FakeExecutor, LengthTrace, Lengths, PoissonWorkload, StepCostModel, Workload, markdown_table,
-    profile_prefill_model, simulate,
-};
+use metrum_sim::{FakeExecutor, StepCostModel, markdown_table, profile_prefill_model, simulate};
+use metrum_workload::{LengthTrace, Lengths, PoissonWorkload, Workload};
 
 fn cost() -> StepCostModel {
     StepCostModel {
@@ -37,16 +35,7 @@ fn sim_config(policy: Policy) -> SchedulerConfig {
 }
 
 fn workload(rate: f64, n: usize) -> Workload {
-    PoissonWorkload::new(
-        42,
-        rate,
-        n,
-        Lengths::Uniform {
-            prompt: (32, 512),
-            output: (8, 128),
-        },
-    )
-    .generate()
+    PoissonWorkload::new(42, rate, n, Lengths::uniform((32, 512), (8, 128))).generate()
 }
 
 #[test]
@@ -81,15 +70,7 @@ fn light_load_meets_every_deadline_and_heavy_load_queues() {
 
 #[test]
 fn a_checked_simulation_with_shared_prefixes_hits_the_cache() {
-    let mut w = PoissonWorkload::new(
-        7,
-        10.0,
-        80,
-        Lengths::Fixed {
-            prompt: 300,
-            output: 20,
-        },
-    );
+    let mut w = PoissonWorkload::new(7, 10.0, 80, Lengths::fixed(300, 20));
     w.shared_prefix_len = 256;
     let report = run_checked(&w.generate(), sim_config(Policy::Fcfs), cost());
     // 80 prompts of 300 tokens share their first 256 (16 blocks); all but the first hit them.

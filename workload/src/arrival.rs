@@ -6,11 +6,17 @@
 //! follow the process: `poisson` (exponential, mean 1/QPS), `gamma:CV` (shape 1/CV², same
 //! mean: CV < 1 is smoother than Poisson, CV > 1 burstier), `constant` (exactly 1/QPS), or
 //! `trace` (the workload's own arrival times, QPS unused).
+//!
+//! [`PoissonGaps`] is the one home of Poisson arrivals: [`schedule`] (`metrum bench`,
+//! `metrum simulate`), the soak's chaos client and the simulator's [`crate::PoissonWorkload`]
+//! all draw their exponential gaps from it, each from its own seeded stream (see "Two seeded
+//! streams" in the crate docs).
 
+use crate::prng::SplitMix64;
 use anyhow::{Result, anyhow, bail};
 use metrum_core::Nanos;
-use rand::SeedableRng;
 use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Exp, Gamma};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -65,6 +71,50 @@ impl fmt::Display for ArrivalProcess {
     }
 }
 
+/// Inter-arrival gaps of an open-loop Poisson process: exponential, mean `1 / rate` seconds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PoissonGaps {
+    rate: f64,
+    exp: Exp<f64>,
+}
+
+impl PoissonGaps {
+    /// `rate` arrivals per second; `Err` unless it is finite and positive.
+    pub fn new(rate: f64) -> Result<PoissonGaps> {
+        if !(rate.is_finite() && rate > 0.0) {
+            bail!("a Poisson rate must be a positive number, got {rate}");
+        }
+        let exp = Exp::new(rate).map_err(|e| anyhow!("poisson rate {rate}: {e}"))?;
+        Ok(PoissonGaps { rate, exp })
+    }
+
+    /// [`PoissonGaps::new`], with a rate that is not finite and positive read as "next to
+    /// never" (the smallest positive rate): for callers that cannot fail, like the simulator's
+    /// generator.
+    pub fn or_never(rate: f64) -> PoissonGaps {
+        PoissonGaps::new(rate).unwrap_or_else(|_| PoissonGaps {
+            rate: f64::MIN_POSITIVE,
+            exp: Exp::new(f64::MIN_POSITIVE).unwrap_or_else(|_| unreachable!("a positive rate")),
+        })
+    }
+
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
+
+    /// The next gap in seconds from `rand`'s generator (`rand_distr`'s ziggurat `Exp`): the
+    /// stream of the bench's and the soak's schedules.
+    pub fn sample(&self, rng: &mut impl Rng) -> f64 {
+        self.exp.sample(rng)
+    }
+
+    /// The next gap in seconds from the simulator's [`SplitMix64`], by inversion of one
+    /// uniform draw. The simulator's committed results depend on exactly this sequence.
+    pub fn sample_splitmix(&self, rng: &mut SplitMix64) -> f64 {
+        -(1.0 - rng.next_f64()).ln() / self.rate
+    }
+}
+
 /// How long the schedule runs: a number of requests, or every arrival before a duration.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum RunLength {
@@ -95,8 +145,8 @@ pub fn schedule(
     let mut rng = StdRng::seed_from_u64(seed ^ ARRIVAL_STREAM);
     let mut gap: Box<dyn FnMut(&mut StdRng) -> f64> = match process {
         ArrivalProcess::Poisson => {
-            let exp = Exp::new(qps).map_err(|e| anyhow!("poisson rate {qps}: {e}"))?;
-            Box::new(move |rng| exp.sample(rng))
+            let gaps = PoissonGaps::new(qps)?;
+            Box::new(move |rng| gaps.sample(rng))
         }
         ArrivalProcess::Gamma { cv } => {
             let shape = 1.0 / (cv * cv);
@@ -196,6 +246,25 @@ mod tests {
             })
             .fold(0.0, f64::max);
         assert!(d < 1.95 / m.sqrt(), "KS distance {d}");
+    }
+
+    #[test]
+    fn splitmix_gaps_have_the_requested_mean() {
+        // Moved from prng.rs, where `SplitMix64::exponential` drew these gaps.
+        let gaps = PoissonGaps::new(4.0).unwrap();
+        let mut r = SplitMix64::new(7);
+        let n = 200_000;
+        let mean = (0..n).map(|_| gaps.sample_splitmix(&mut r)).sum::<f64>() / n as f64;
+        assert!((mean - 0.25).abs() < 0.005, "mean {mean}");
+    }
+
+    #[test]
+    fn bad_rates_are_refused_or_read_as_never() {
+        for rate in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            assert!(PoissonGaps::new(rate).is_err(), "{rate}");
+            assert_eq!(PoissonGaps::or_never(rate).rate(), f64::MIN_POSITIVE);
+        }
+        assert_eq!(PoissonGaps::or_never(2.5).rate(), 2.5);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! `zipf:MIN:MAX:THETA` (rank k in 1..=MAX−MIN+1 with probability ∝ k^−THETA, length
 //! MIN + k − 1: short lengths common, long ones rare).
 
+use crate::prng::SplitMix64;
 use anyhow::{Result, anyhow, bail};
 use rand::Rng;
 use rand_distr::{Distribution, Normal, Zipf};
@@ -35,6 +36,22 @@ impl LengthDist {
                     Err(_) => min,
                 }
             }
+        }
+    }
+}
+
+impl LengthDist {
+    /// [`LengthDist::sample`] from the simulator's [`SplitMix64`] stream. `fixed` draws
+    /// nothing and `uniform` draws with [`SplitMix64::range_inclusive`] (a `MIN` above `MAX`
+    /// gives `MIN`), the sequence the simulator's committed results depend on; `normal` and
+    /// `zipf` go through `rand_distr` on the same stream.
+    pub fn sample_splitmix(&self, rng: &mut SplitMix64) -> u32 {
+        match *self {
+            LengthDist::Fixed { tokens } => tokens,
+            LengthDist::Uniform { min, max } => {
+                rng.range_inclusive(min as usize, max as usize) as u32
+            }
+            LengthDist::Normal { .. } | LengthDist::Zipf { .. } => self.sample(rng),
         }
     }
 }
@@ -151,6 +168,20 @@ mod tests {
         ] {
             assert!(bad.parse::<LengthDist>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_splitmix_stream_draws_uniform_lengths_as_the_simulator_always_did() {
+        let d: LengthDist = "uniform:3:9".parse().unwrap();
+        let (mut a, mut b) = (SplitMix64::new(11), SplitMix64::new(11));
+        for _ in 0..200 {
+            assert_eq!(d.sample_splitmix(&mut a) as usize, b.range_inclusive(3, 9));
+        }
+        let fixed = LengthDist::Fixed { tokens: 5 };
+        assert_eq!(fixed.sample_splitmix(&mut a), 5);
+        assert_eq!(a.next_u64(), b.next_u64(), "a fixed length draws nothing");
+        let zipf: LengthDist = "zipf:2:40:1.2".parse().unwrap();
+        assert!((2..=40).contains(&zipf.sample_splitmix(&mut a)));
     }
 
     #[test]

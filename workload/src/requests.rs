@@ -4,6 +4,8 @@
 //! (docs/results/scheduler.md) and the routing study (docs/results/routing.md) are reproducible
 //! from their seeds because this order never changes.
 
+use crate::arrival::PoissonGaps;
+use crate::lengths::LengthDist;
 use crate::prng::SplitMix64;
 use crate::spec::RequestSpec;
 use crate::trace;
@@ -68,17 +70,44 @@ impl Workload {
 /// Prompt and output lengths of each request.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Lengths {
-    Fixed {
-        prompt: usize,
-        output: usize,
-    },
-    /// Inclusive ranges.
-    Uniform {
-        prompt: (usize, usize),
-        output: (usize, usize),
+    /// Prompt and output drawn independently, each from its [`LengthDist`] (the one length
+    /// type, shared with `metrum bench`'s `--workload synthetic:...`), prompt first.
+    Independent {
+        prompt: LengthDist,
+        output: LengthDist,
     },
     /// `(prompt, output)` pairs drawn uniformly from a trace (jointly, keeping correlation).
     Trace(LengthTrace),
+}
+
+impl Lengths {
+    /// Every request has `prompt` prompt tokens and `output` output tokens.
+    pub fn fixed(prompt: usize, output: usize) -> Lengths {
+        Lengths::Independent {
+            prompt: LengthDist::Fixed {
+                tokens: saturating_u32(prompt),
+            },
+            output: LengthDist::Fixed {
+                tokens: saturating_u32(output),
+            },
+        }
+    }
+
+    /// Prompt and output lengths uniform over inclusive `(min, max)` ranges.
+    pub fn uniform(prompt: (usize, usize), output: (usize, usize)) -> Lengths {
+        let dist = |(min, max): (usize, usize)| LengthDist::Uniform {
+            min: saturating_u32(min),
+            max: saturating_u32(max),
+        };
+        Lengths::Independent {
+            prompt: dist(prompt),
+            output: dist(output),
+        }
+    }
+}
+
+fn saturating_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// Some clients go away early.
@@ -122,15 +151,11 @@ impl PoissonWorkload {
     pub fn generate(&self) -> Workload {
         let mut rng = SplitMix64::new(self.seed);
         let shared = random_tokens(&mut rng, self.shared_prefix_len);
-        let rate = if self.rate_per_s > 0.0 && self.rate_per_s.is_finite() {
-            self.rate_per_s
-        } else {
-            f64::MIN_POSITIVE
-        };
+        let gaps = PoissonGaps::or_never(self.rate_per_s);
         let mut t = 0.0f64;
         let mut requests = Vec::with_capacity(self.num_requests);
         for i in 0..self.num_requests {
-            t += rng.exponential(rate);
+            t += gaps.sample_splitmix(&mut rng);
             let arrival = Nanos::from_secs_f64(t);
             let (prompt_len, output_len) = self.draw_lengths(&mut rng);
             let mut prompt: Vec<u32> = shared[..shared.len().min(prompt_len)].to_vec();
@@ -154,11 +179,10 @@ impl PoissonWorkload {
 
     fn draw_lengths(&self, rng: &mut SplitMix64) -> (usize, usize) {
         let (p, o) = match &self.lengths {
-            Lengths::Fixed { prompt, output } => (*prompt, *output),
-            Lengths::Uniform { prompt, output } => (
-                rng.range_inclusive(prompt.0, prompt.1),
-                rng.range_inclusive(output.0, output.1),
-            ),
+            Lengths::Independent { prompt, output } => {
+                let prompt = prompt.sample_splitmix(rng);
+                (prompt as usize, output.sample_splitmix(rng) as usize)
+            }
             Lengths::Trace(trace) if !trace.pairs.is_empty() => {
                 trace.pairs[rng.below(trace.pairs.len() as u64) as usize]
             }
@@ -222,15 +246,7 @@ mod tests {
 
     #[test]
     fn poisson_workloads_are_reproducible_and_near_their_rate() {
-        let w = PoissonWorkload::new(
-            3,
-            20.0,
-            4000,
-            Lengths::Fixed {
-                prompt: 4,
-                output: 2,
-            },
-        );
+        let w = PoissonWorkload::new(3, 20.0, 4000, Lengths::fixed(4, 2));
         let a = w.generate();
         assert_eq!(a, w.generate());
         let rate = a.offered_rate_per_s();
@@ -240,15 +256,7 @@ mod tests {
 
     #[test]
     fn shared_prefixes_are_shared() {
-        let mut w = PoissonWorkload::new(
-            1,
-            5.0,
-            10,
-            Lengths::Fixed {
-                prompt: 40,
-                output: 2,
-            },
-        );
+        let mut w = PoissonWorkload::new(1, 5.0, 10, Lengths::fixed(40, 2));
         w.shared_prefix_len = 32;
         let r = w.generate().requests;
         assert!(r.iter().all(|x| x.prompt[..32] == r[0].prompt[..32]));

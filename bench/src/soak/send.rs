@@ -130,7 +130,7 @@ fn tool_body(prompt: &str, seed: u64) -> Value {
     })
 }
 
-/// Whether `text` is a JSON object with every key [`answer_schema`] requires; why not if not.
+/// Whether `text` is a JSON object with every key `answer_schema` requires; why not if not.
 pub fn has_required_keys(text: &str) -> Result<(), String> {
     let value: Value = serde_json::from_str(text)
         .map_err(|e| format!("the constrained text {text:?} is not JSON: {e}"))?;

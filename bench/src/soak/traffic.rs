@@ -5,9 +5,9 @@
 use super::kinds::{ChaosKind, MIX, Outcome};
 use super::send::{Target, judged, token_prompt};
 use anyhow::{Context, Result, bail};
+use metrum_workload::arrival::PoissonGaps;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rand_distr::{Distribution, Exp};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -88,7 +88,8 @@ pub fn schedule(config: &TrafficConfig, skipped: &[ChaosKind]) -> Result<Vec<(Du
         bail!("every kind of the chaos mix is skipped");
     };
     let mut rng = StdRng::seed_from_u64(config.seed);
-    let gaps = Exp::new(config.qps).context("the chaos rate")?;
+    // The workload crate's Poisson gaps, on this run's own stream (kinds are drawn from it too).
+    let gaps = PoissonGaps::new(config.qps).context("the chaos rate")?;
     let total: f64 = mix.iter().map(|(_, w)| w).sum();
     let mut jobs = Vec::new();
     let mut t = 0.0;

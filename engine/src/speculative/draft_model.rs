@@ -6,7 +6,7 @@
 //! block tables change under preemption, prefix-cache hits and rollback; a second group would
 //! make every one of those paths allocate, share and roll back two caches at once. An
 //! engine-owned cache keeps the scheduler untouched and the draft's state in one place:
-//! - per request, the tokens whose KV the draft holds ([`DraftSequence::computed`]) and their
+//! - per request, the tokens whose KV the draft holds (`DraftSequence::computed`) and their
 //!   blocks, from a [`BlockPool`] of its own (no prefix caching: a draft shares nothing);
 //! - a proposal first *catches up*: the longest common prefix of what the draft holds and the
 //!   request's tokens stands, the rest is truncated (rollback of rejected drafts) and the new

@@ -3,9 +3,9 @@
 //! | piece | where | when |
 //! | --- | --- | --- |
 //! | [`ConstraintSpec`] | what the client asked for: JSON schema, any JSON object, regex, choice, Lark | parsed by the server |
-//! | [`GrammarCompiler`] | one per model: llguidance's `ParserFactory` over Metrum's own token bytes ([`tokenv`]), plus a cache keyed by the spec | built lazily by the server on a blocking thread |
+//! | [`GrammarCompiler`] | one per model: llguidance's `ParserFactory` over Metrum's own token bytes (`tokenv`), plus a cache keyed by the spec | built lazily by the server on a blocking thread |
 //! | [`CompiledGrammar`] | a compiled, started parser; every request deep-clones its own [`GrammarMatcher`] | compiled off the engine thread |
-//! | [`GrammarState`] | a request's matcher and its next mask, in the engine loop's `Live` | masks computed while the forward runs |
+//! | `GrammarState` | a request's matcher and its next mask, in the engine loop's `Live` | masks computed while the forward runs |
 //! | [`reasoning`] | `<think>…</think>`: the splitter the server parses replies with, and the gate that holds a grammar back until the block ends | with `--reasoning-parser` |
 //!
 //! Rules the engine keeps (see `engine_loop` and `sampling`):

@@ -3,7 +3,7 @@
 //! [`Tokenizer`] wraps a `tokenizers::Tokenizer` with what generation needs beside it: the
 //! BOS id, the set of ids that end generation, and the pad id. It is loaded from a
 //! tokenizer.json (+ tokenizer_config.json) when the model has one, else built from the GGUF's
-//! own metadata ([`gguf`]: gpt2 byte-level BPE or llama SentencePiece), or made in memory for
+//! own metadata (`gguf`: gpt2 byte-level BPE or llama SentencePiece), or made in memory for
 //! synthetic models ([`Tokenizer::byte_level`]).
 
 mod gguf;

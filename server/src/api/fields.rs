@@ -8,7 +8,7 @@
 //!
 //! * a field an endpoint's types declare is read (and then validated);
 //! * an OpenAI field Metrum does not implement is a 400, code `unsupported_parameter`, with the
-//!   reason (see [`UNSUPPORTED`]); vLLM's removed `guided_*` fields name their replacement;
+//!   reason (see `UNSUPPORTED`); vLLM's removed `guided_*` fields name their replacement;
 //! * any other field is a 400, code `unknown_parameter`;
 //! * `null` counts as absent for every field (it means "not set" in OpenAI's API, and clients
 //!   that build bodies from typed objects send it), so nothing is dropped by accepting it;

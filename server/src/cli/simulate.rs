@@ -13,13 +13,15 @@
 use super::profile_step::StepCostFile;
 use super::units::parse_duration;
 use anyhow::{Context, Result, bail};
-use metrum_bench::arrival::{ArrivalProcess, RunLength, schedule};
-use metrum_bench::workload::{DEFAULT_WORKLOAD, WorkloadSpec, fit_to_context};
 use metrum_core::{Nanos, RequestId};
 use metrum_scheduler::{DeadlineSlo, Policy, PrefillModel, SchedulerConfig};
 use metrum_sim::{
-    FakeExecutor, SeedSummary, SimReport, SimRequest, SplitMix64, StepCostModel, Workload,
-    find_knee, markdown_sweep_table, markdown_table, profile_prefill_model, simulate,
+    FakeExecutor, SeedSummary, SimReport, StepCostModel, find_knee, markdown_sweep_table,
+    markdown_table, profile_prefill_model, simulate,
+};
+use metrum_workload::arrival::{ArrivalProcess, RunLength, schedule};
+use metrum_workload::{
+    DEFAULT_WORKLOAD, SimRequest, SplitMix64, Workload, WorkloadSpec, fit_to_context,
 };
 use serde_json::{Value, json};
 use std::path::PathBuf;

@@ -7,9 +7,10 @@ use super::profile_step::StepCostFile;
 use super::simulate::DEFAULT_STEP_COST;
 use anyhow::{Context, Result, bail};
 use metrum_sim::{
-    ClusterSpec, EligibilityClass, Lengths, ReplicaId, RoutingPolicy, irs_vs_least_loaded,
+    ClusterSpec, EligibilityClass, ReplicaId, RoutingPolicy, irs_vs_least_loaded,
     markdown_class_table, simulate_cluster,
 };
+use metrum_workload::Lengths;
 use std::path::PathBuf;
 
 #[derive(Clone, Debug, clap::Args)]
@@ -17,9 +18,9 @@ pub struct SimulateRoutingArgs {
     /// Replicas in the cluster (with --class; the built-in example has 4).
     #[arg(long)]
     pub replicas: Option<usize>,
-    /// An eligibility class, repeatable: NAME:REPLICAS:RATE:PROMPT:OUTPUT[:PREFIX] with
-    /// REPLICAS like 0+1, RATE per second, PROMPT and OUTPUT token ranges like 200-800, PREFIX
-    /// the tokens every prompt of the class shares. Default: docs/results/routing.md's three.
+    /// An eligibility class, repeatable: NAME:REPLICAS:RATE:PROMPT:OUTPUT, optionally
+    /// followed by :PREFIX, with REPLICAS like 0+1, RATE per second, PROMPT and OUTPUT token
+    /// ranges like 200-800, PREFIX the tokens every prompt of the class shares. Default: docs/results/routing.md's three.
     #[arg(long = "class")]
     pub classes: Vec<String>,
     /// Multiplies every class's rate.
@@ -78,10 +79,10 @@ pub fn parse_class(text: &str, replicas: usize) -> Result<EligibilityClass> {
         name: parts[0].to_string(),
         replicas: eligible,
         rate_per_s: rate,
-        lengths: Lengths::Uniform {
-            prompt: range(parts[3]).with_context(|| format!("--class {text:?}: prompt"))?,
-            output: range(parts[4]).with_context(|| format!("--class {text:?}: output"))?,
-        },
+        lengths: Lengths::uniform(
+            range(parts[3]).with_context(|| format!("--class {text:?}: prompt"))?,
+            range(parts[4]).with_context(|| format!("--class {text:?}: output"))?,
+        ),
         shared_prefix_len: parts
             .get(5)
             .map_or(Ok(0), |p| p.parse())
@@ -161,13 +162,7 @@ mod tests {
         let c = parse_class("lora:0+2:1.5:100-200:10-20:32", 3).unwrap();
         assert_eq!(c.replicas, vec![ReplicaId(0), ReplicaId(2)]);
         assert_eq!(c.shared_prefix_len, 32);
-        assert_eq!(
-            c.lengths,
-            Lengths::Uniform {
-                prompt: (100, 200),
-                output: (10, 20)
-            }
-        );
+        assert_eq!(c.lengths, Lengths::uniform((100, 200), (10, 20)));
         for (bad, why) in [
             ("x:3:1:1-2:1-2", "outside"),
             ("x:0:-1:1-2:1-2", "positive"),

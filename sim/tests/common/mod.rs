@@ -3,7 +3,8 @@
 
 use metrum_core::Nanos;
 use metrum_scheduler::{Scheduler, SchedulerConfig};
-use metrum_sim::{FakeExecutor, SimReport, Simulation, StepCostModel, Workload};
+use metrum_sim::{FakeExecutor, SimReport, Simulation, StepCostModel};
+use metrum_workload::Workload;
 
 pub fn ms(v: u64) -> Nanos {
     Nanos::from_millis(v)

@@ -339,7 +339,7 @@ pub enum StreamItem {
 }
 
 /// Incremental parsing for streams. Content streams out as long as it cannot be (the start
-/// of) a call. From the first possible call on, the JSON formats go through [`JsonCalls`],
+/// of) a call. From the first possible call on, the JSON formats go through `JsonCalls`,
 /// which sends each call's name and then its arguments as they arrive; pythonic calls are
 /// held and parsed when the output ends.
 pub struct StreamParser {
