@@ -12,7 +12,8 @@
 # CAPACITY_RUNS ("llama metrum metrum-own"), PROFILE (0 = reuse OUT_DIR's prefill models).
 # Pacing of the timed measures, for models slower than the default (scripts/compare-cpu-sizes.sh
 # sets them per size so that requests never overlap): DECODE_TOKENS (256), DECODE_QPS (0.1),
-# PREFILL_QPS (0.25), REQUESTS (3 per measure), STREAMS (1 = run the 16-stream measure).
+# PREFILL_QPS (0.25), REQUESTS (3 per measure), STREAMS (1 = run the 16-stream measure),
+# WARMUP (1 = one untimed run per system before the timed ones; 0 = none).
 # KV_CACHE_DTYPE (f16: what llama-server's cache holds by default, so both read the same KV
 # bytes per token; f32 = Metrum's exact default).
 #
@@ -90,6 +91,20 @@ bench() {
     --logit-bias "$BIAS" --temperature 0 --no-progress --out "$OUT/$system/$name" "$@" \
     > "$OUT/$system/$name.log" 2>&1 || { echo "bench $system/$name failed:" >&2; tail "$OUT/$system/$name.log" >&2; return 1; }
 }
+
+# One untimed run per system first (WARMUP=0 skips it): without it the first repeat of both
+# servers read up to 20x slower than the second (session 12, 1B GGUFs on a 2-core Zen 3:
+# llama-server decode 1.5 then 31 tok/s, Metrum 15 then 36): weights paged in from disk on
+# first touch, caches and the CPU's clock cold. Its output stays in $OUT/SYSTEM/warmup, which
+# no table reads.
+if [ "${WARMUP:-1}" = 1 ] && [ "${MEASURES:-1}" = 1 ]; then
+  for system in metrum llama; do
+    mkdir -p "$OUT/$system"
+    echo "== warm-up: $system"
+    bench "$system" warmup --workload synthetic:prompt=fixed:512,output=fixed:32 \
+      --arrival constant --qps 1000 --num-requests 2 --seed 1
+  done
+fi
 
 # Alternate the two systems run by run, so drift in the machine's load hits both alike.
 # MEASURES=0 skips these (to add a capacity search to an earlier OUT_DIR).
