@@ -1,6 +1,7 @@
 //! AVX2 kernels for Q4_K, Q5_K and Q6_K, for x86-64 CPUs without AVX-512 VNNI: one weight row
-//! in ggml's own block layout against `C ≤ 4` Q8_K activation rows, after ggml's
-//! `ggml_vec_dot_q{4,5,6}_K_q8_K` AVX2 paths.
+//! against `C ≤ 8` Q8_K activation rows. Q5_K and Q6_K read ggml's own block layout, after
+//! ggml's `ggml_vec_dot_q{5,6}_K_q8_K` AVX2 paths; Q4_K reads the grouped layout of
+//! `block_groups` ([`q4k_grouped_row`]; [`q45k_row`] still serves Q5_K).
 //!
 //! Per super-block the weights are unpacked once to unsigned bytes and meet every token of the
 //! tile: `vpmaddubsw` (unsigned weight × signed activation byte, pairs summed to i16) then
