@@ -58,6 +58,8 @@ pub(crate) struct WeightRow<'a> {
     pub scales: &'a [u16],
     pub offset: Offset<'a>,
     pub bytes: RowBytes<'a>,
+    /// The bytes are in the AVX2 layout of `block_groups`, not in ggml's block order.
+    pub grouped: bool,
 }
 
 impl<'a> WeightRow<'a> {
@@ -65,9 +67,11 @@ impl<'a> WeightRow<'a> {
     fn of(w: &'a QuantMatrix, r: usize) -> Option<Self> {
         let nb = w.cols / 32;
         let blocks = r * nb..(r + 1) * nb;
+        let grouped = matches!(w.packed, Packed::NibblesG8 { .. } | Packed::BytesG8 { .. });
         match &w.packed {
             Packed::Nibbles { scales, mins, qs } | Packed::NibblesG8 { scales, mins, qs } => {
                 Some(WeightRow {
+                    grouped,
                     scales: &scales[blocks.clone()],
                     offset: mins
                         .as_ref()
@@ -76,6 +80,7 @@ impl<'a> WeightRow<'a> {
                 })
             }
             Packed::Bytes { scales, qs } | Packed::BytesG8 { scales, qs } => Some(WeightRow {
+                grouped,
                 scales: &scales[blocks],
                 offset: Offset::TimesScale(128.0),
                 bytes: RowBytes::Bytes(&qs[r * nb * 32..(r + 1) * nb * 32]),
@@ -344,8 +349,46 @@ unsafe fn rows_tile<const C: usize>(
             // Interleaved layouts go through `multiply_group`.
             return;
         };
-        match isa {
-            Isa::Scalar => {
+        // The layout picks the kernel: the grouped one is built only for `Isa::Avx2`.
+        match (row.grouped, isa) {
+            #[cfg(target_arch = "x86_64")]
+            (true, _)
+                if C == TILE_TOKENS
+                    && matches!(row.bytes, RowBytes::Bytes(_))
+                    && r + 1 < rows.end =>
+            {
+                // Q8_0 in full tiles: two rows per call, each activation load and sign serves
+                // both (quant_bench 8192x2048, 512 tokens, Zen 3: 157 -> 200 GFLOP/s). Not for
+                // short tiles (decode), where the matmul streams weights from memory and two
+                // rows' streams at once read slower (49152x2048, 1 token: 27 -> 17 GB/s); nor
+                // for the nibble formats, which gain nothing from it.
+                let pair = [row, WeightRow::of(w, r + 1).unwrap_or(row)];
+                let mut y = [[0f32; C]; 2];
+                // SAFETY: grouped layouts exist only for `Isa::Avx2`, on CPUs that have it.
+                unsafe { super::avx2::tile::<2, C>(&pair, &act_rows, &mut y) };
+                store(r, &y[0]);
+                store(r + 1, &y[1]);
+                r += 2;
+            }
+            #[cfg(target_arch = "x86_64")]
+            (true, _) => {
+                let mut y = [[0f32; C]; 1];
+                // SAFETY: as above.
+                unsafe { super::avx2::tile::<1, C>(&[row], &act_rows, &mut y) };
+                store(r, &y[0]);
+                r += 1;
+            }
+            #[cfg(target_arch = "x86_64")]
+            (false, Isa::Avx512Vnni) => {
+                let mut y = [0f32; C];
+                // SAFETY: `matmul_with` accepts only ISAs in `Isa::supported()`.
+                unsafe {
+                    super::avx512::tile::<C>(row.scales, row.offset, row.bytes, &act_rows, &mut y)
+                };
+                store(r, &y);
+                r += 1;
+            }
+            _ => {
                 let mut y = [0f32; C];
                 for c in 0..C {
                     y[c] = match row.bytes {
@@ -362,50 +405,6 @@ unsafe fn rows_tile<const C: usize>(
                 store(r, &y);
                 r += 1;
             }
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2
-                if C == TILE_TOKENS
-                    && matches!(row.bytes, RowBytes::Bytes(_))
-                    && r + 1 < rows.end =>
-            {
-                // Q8_0 in full tiles: two rows per call, each activation load and sign serves
-                // both (quant_bench 8192x2048, 512 tokens, Zen 3: 157 -> 200 GFLOP/s). Not for
-                // short tiles (decode), where the matmul streams weights from memory and two
-                // rows' streams at once read slower (49152x2048, 1 token: 27 -> 17 GB/s); nor
-                // for the nibble formats, which gain nothing from it.
-                let pair = [row, WeightRow::of(w, r + 1).unwrap_or(row)];
-                let mut y = [[0f32; C]; 2];
-                // SAFETY: `Isa::Avx2` is only used on CPUs that have AVX2, FMA and F16C.
-                unsafe { super::avx2::tile::<2, C>(&pair, &act_rows, &mut y) };
-                store(r, &y[0]);
-                store(r + 1, &y[1]);
-                r += 2;
-            }
-            _ => {
-                let mut y = [0f32; C];
-                simd_tile(isa, row, &act_rows, &mut y);
-                store(r, &y);
-                r += 1;
-            }
-        }
-    }
-}
-
-#[allow(unused_variables)]
-fn simd_tile<const C: usize>(isa: Isa, row: WeightRow, acts: &[ActRow; C], out: &mut [f32; C]) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: `matmul_with` accepts only ISAs in `Isa::supported()`.
-    unsafe {
-        match isa {
-            Isa::Avx512Vnni => {
-                super::avx512::tile::<C>(row.scales, row.offset, row.bytes, acts, out)
-            }
-            Isa::Avx2 => {
-                let mut y = [[0f32; C]; 1];
-                super::avx2::tile::<1, C>(&[row], acts, &mut y);
-                *out = y[0];
-            }
-            Isa::Scalar => {}
         }
     }
 }
