@@ -56,21 +56,14 @@ pub(crate) fn group(packed: Packed, rows: usize, cols: usize) -> Packed {
             let mut out = qs.clone();
             for r in 0..rows {
                 for g in (0..full).step_by(GROUP_BLOCKS) {
-                    let dst = &mut out[(r * nb + g) * 16..][..GROUP_BLOCKS * 16];
-                    dst.fill(0);
-                    for j in 0..GROUP_BLOCKS {
-                        let src = &qs[(r * nb + g + j) * 16..][..16];
-                        for k in 0..32 {
-                            // ggml: byte `k % 16`, low nibble for values 0..16.
-                            let q = if k < 16 {
-                                src[k] & 0xF
-                            } else {
-                                src[k - 16] >> 4
-                            };
-                            let (at, high) = nibble_at(j, k);
-                            dst[at] |= if high { q << 4 } else { q };
-                        }
-                    }
+                    let at = (r * nb + g) * 16;
+                    let src = &qs[at..at + GROUP_BLOCKS * 16];
+                    // ggml: value k of block j is byte k % 16 of the block, low nibble for
+                    // k < 16.
+                    regroup_nibbles(&mut out[at..at + GROUP_BLOCKS * 16], |j, k| {
+                        let byte = src[j * 16 + k % 16];
+                        if k < 16 { byte & 0xF } else { byte >> 4 }
+                    });
                 }
             }
             Packed::NibblesG8 {
@@ -83,12 +76,8 @@ pub(crate) fn group(packed: Packed, rows: usize, cols: usize) -> Packed {
             let mut out = qs.clone();
             for r in 0..rows {
                 for g in (0..full).step_by(GROUP_BLOCKS) {
-                    let base = (r * nb + g) * 32;
-                    for j in 0..GROUP_BLOCKS {
-                        for k in 0..32 {
-                            out[base + byte_at(j, k)] = qs[base + j * 32 + k];
-                        }
-                    }
+                    let at = (r * nb + g) * 32;
+                    transpose_words(&qs[at..at + 256], &mut out[at..at + 256]);
                 }
             }
             Packed::BytesG8 { scales, qs: out }
@@ -104,12 +93,19 @@ pub(crate) fn group_activations(row: &mut [i8]) {
     let mut group = [0i8; GROUP_BLOCKS * 32];
     for g in (0..nb / GROUP_BLOCKS * GROUP_BLOCKS).step_by(GROUP_BLOCKS) {
         let src = &mut row[g * 32..(g + GROUP_BLOCKS) * 32];
-        for j in 0..GROUP_BLOCKS {
-            for k in 0..32 {
-                group[byte_at(j, k)] = src[j * 32 + k];
-            }
-        }
+        transpose_words(src, &mut group);
         src.copy_from_slice(&group);
+    }
+}
+
+/// One group of 8 blocks from block order into the byte layout: 4-byte word `v` of block `j`
+/// goes to word `j` of register `v` (an 8 x 8 transpose of 4-byte words; see [`byte_at`]).
+/// Activations are regrouped for every matmul, so this copies words, not bytes.
+fn transpose_words<T: Copy>(src: &[T], dst: &mut [T]) {
+    for v in 0..8 {
+        for j in 0..GROUP_BLOCKS {
+            dst[v * 32 + 4 * j..][..4].copy_from_slice(&src[j * 32 + 4 * v..][..4]);
+        }
     }
 }
 
@@ -121,15 +117,17 @@ const Q4K_QS: usize = 16;
 pub(crate) fn group_q4k(data: &mut [u8]) {
     for sb in data.chunks_exact_mut(Q4K_BYTES) {
         let ggml: [u8; 128] = sb[Q4K_QS..].try_into().unwrap_or([0; 128]);
-        let dst = &mut sb[Q4K_QS..];
-        dst.fill(0);
-        for j in 0..GROUP_BLOCKS {
-            for k in 0..32 {
-                let q = q4k_ggml_value(&ggml, j, k);
-                let (at, high) = nibble_at(j, k);
-                dst[at] |= if high { q << 4 } else { q };
-            }
-        }
+        regroup_nibbles(&mut sb[Q4K_QS..], |j, k| q4k_ggml_value(&ggml, j, k));
+    }
+}
+
+/// Writes one group's 128 bytes in the nibble layout, `value(j, k)` giving value `k` of block
+/// `j`: byte `32p + 4j + i` holds values `8p + i` (low nibble) and `8p + 4 + i` (high) of
+/// block `j` (the inverse of [`nibble_at`]), one byte at a time.
+fn regroup_nibbles(dst: &mut [u8], value: impl Fn(usize, usize) -> u8) {
+    for (at, byte) in dst.iter_mut().enumerate() {
+        let (p, j, i) = (at / 32, at % 32 / 4, at % 4);
+        *byte = value(j, 8 * p + i) | (value(j, 8 * p + 4 + i) << 4);
     }
 }
 
