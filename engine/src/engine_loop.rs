@@ -43,25 +43,27 @@
 
 use crate::detokenize::{StopOutcome, TextStream};
 use crate::error::EngineError;
-use crate::executor::{Executor, LogitsRows};
+use crate::executor::Executor;
 use crate::handle::{EngineRequest, EngineStatus, Shared, StreamEvent, SubmitError, TokenLogprob};
 use crate::model::SequenceChunk;
 use crate::sampling::{SampledToken, SequenceSampler};
 use crate::speculative::{
     self, DraftModelProposer, SpeculationStats, SpeculativeConfig, rejection,
 };
-use crate::step_sampling::{self, RequestRows, RowsOutcome};
+use crate::step_sampling::RowsOutcome;
 use crate::structured::GrammarState;
 use crate::text::TextCodec;
 use metrum_core::time::MonotonicClock;
 use metrum_core::{EventKind, FinishReason, Nanos, RequestId};
 use metrum_metrics::RequestShape;
-use metrum_scheduler::{AdmissionError, NewRequest, ScheduledRequest, Scheduler, SchedulerOutput};
-use std::collections::{HashMap, HashSet};
+use metrum_scheduler::{AdmissionError, NewRequest, Scheduler};
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tokio::sync::{mpsc, oneshot};
+
+mod step_rows;
 
 /// Starts the engine thread; see [`crate::loader::spawn`].
 pub use crate::loader::spawn;
@@ -504,89 +506,6 @@ impl Engine {
         metrics.observe_iteration(now.saturating_sub(started), batch_tokens as u32);
         self.publish_stats();
         Ok(())
-    }
-
-    /// Samples the rows of every request in `plan` that samples, each with its own sampler
-    /// (and grammar, and drafts to verify), in parallel when that pays
-    /// ([`step_sampling::split_for`]); the outcomes follow the plan's order. A request no
-    /// longer live (nothing can remove one between schedule and here) is skipped.
-    fn sample_rows<'p>(
-        &mut self,
-        plan: &'p SchedulerOutput,
-        logits: &mut LogitsRows,
-    ) -> Vec<(&'p ScheduledRequest, RowsOutcome)> {
-        let vocab = logits.vocab;
-        let sampling: Vec<&ScheduledRequest> =
-            plan.scheduled.iter().filter(|s| s.samples).collect();
-        let position: HashMap<RequestId, usize> = sampling
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.id, i))
-            .collect();
-        let mut states: Vec<Option<&mut Live>> = sampling.iter().map(|_| None).collect();
-        for (id, live) in self.live.iter_mut() {
-            if let Some(&i) = position.get(id) {
-                states[i] = Some(live);
-            }
-        }
-        let mut rest = logits.data.as_mut_slice();
-        let mut requests = Vec::with_capacity(sampling.len());
-        let mut owners = Vec::with_capacity(sampling.len());
-        for (s, state) in sampling.into_iter().zip(states) {
-            let (rows, tail) = std::mem::take(&mut rest).split_at_mut(s.num_logits() * vocab);
-            rest = tail;
-            let Some(live) = state else {
-                continue;
-            };
-            requests.push(RequestRows {
-                sampler: &mut live.sampler,
-                grammar: live.grammar.as_mut(),
-                drafts: s.draft_tokens(),
-                logits: rows,
-            });
-            owners.push(s);
-        }
-        let split = step_sampling::split_for(&requests);
-        owners
-            .into_iter()
-            .zip(step_sampling::sample_rows(vocab, requests, split))
-            .collect()
-    }
-
-    /// The executor's forward pass (or the fault a test armed for it). Meanwhile a scoped
-    /// thread computes the grammar masks of the constrained rows in `samplers`: they depend
-    /// only on tokens already sampled, and the forward only borrows the executor, so the two
-    /// run side by side (llguidance's advice; review §5). A panic on that thread only leaves
-    /// masks unset, which sampling then computes itself.
-    fn forward_with_masks(
-        &mut self,
-        chunks: &[SequenceChunk<'_>],
-        samplers: &[RequestId],
-    ) -> Result<LogitsRows, EngineError> {
-        #[cfg(feature = "fault-injection")]
-        if let Some(fault) = self.armed_fault.take() {
-            return crate::executor::suffer(fault);
-        }
-        let executor = &mut self.executor;
-        if !self.live.values().any(|live| live.grammar.is_some()) {
-            return executor.execute(chunks);
-        }
-        let sampling: HashSet<RequestId> = samplers.iter().copied().collect();
-        let grammars: Vec<&mut GrammarState> = self
-            .live
-            .iter_mut()
-            .filter(|(id, _)| sampling.contains(id))
-            .filter_map(|(_, live)| live.grammar.as_mut())
-            .collect();
-        if grammars.is_empty() {
-            return executor.execute(chunks);
-        }
-        std::thread::scope(|scope| {
-            let masks = scope.spawn(move || grammars.into_iter().for_each(|g| g.prepare_mask()));
-            let logits = executor.execute(chunks);
-            let _ = masks.join();
-            logits
-        })
     }
 
     /// Speculative decoding: proposes drafts for the next step of each of `ids` (the requests

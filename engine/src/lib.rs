@@ -7,7 +7,7 @@
 //! | --- | --- |
 //! | [`config`] | [`EngineConfig`]: every engine knob |
 //! | [`handle`] | [`EngineHandle`]: submit / abort / status, request streams |
-//! | [`engine_loop`] | the engine thread: drain commands, schedule, execute, update, emit; its doc says where a new step-level feature goes |
+//! | [`engine_loop`] | the engine thread: drain commands, schedule, execute, update, emit; its doc says where a new step-level feature goes; `engine_loop/step_rows` holds the forward (with masks beside it) and the sampling of its rows |
 //! | [`executor`] | the forward behind a trait ([`executor::Executor`]): logits of the sampling rows only, host-side; [`executor::FakeExecutor`] for tests |
 //! | [`error`] | [`EngineError`]: what failed at run time (a forward pass, a grammar, the draft model) |
 //! | [`source`] | resolving `--model` (path, directory, hub id, the default model) to local files; fetch + sha256 + cache |
