@@ -174,16 +174,7 @@ fn small_steps_and_single_requests_stay_on_the_engine_thread() {
 fn a_large_step_goes_to_the_kernels_pool_when_it_has_threads() {
     let mut samplers: Vec<SequenceSampler> = requests().into_iter().map(|r| r.sampler).collect();
     let mut data = vec![0.0f32; samplers.len() * VOCAB];
-    let rows: Vec<RequestRows<'_>> = samplers
-        .iter_mut()
-        .zip(data.chunks_exact_mut(VOCAB))
-        .map(|(sampler, logits)| RequestRows {
-            sampler,
-            grammar: None,
-            drafts: &[],
-            logits,
-        })
-        .collect();
+    let rows = one_row_each(&mut samplers, &mut data, VOCAB);
     const { assert!(16 * VOCAB >= PARALLEL_MIN_LOGITS) };
     let pooled = matches!(split_for(&rows), Split::Pool(_));
     assert_eq!(pooled, crate::threads::cpu_pool().threads() > 1);
@@ -224,6 +215,25 @@ fn a_panic_while_sampling_in_parallel_reaches_the_caller_with_its_message() {
     assert!(message.contains("out of range"), "{message}");
 }
 
+/// One plain request per sampler (no grammar, no drafts), each with its own `vocab` logits
+/// of `data`.
+fn one_row_each<'a>(
+    samplers: &'a mut [SequenceSampler],
+    data: &'a mut [f32],
+    vocab: usize,
+) -> Vec<RequestRows<'a>> {
+    samplers
+        .iter_mut()
+        .zip(data.chunks_exact_mut(vocab))
+        .map(|(sampler, logits)| RequestRows {
+            sampler,
+            grammar: None,
+            drafts: &[],
+            logits,
+        })
+        .collect()
+}
+
 /// Median time to sample one step of `rows` single-row requests over `vocab` logits
 /// (temperature 1, top-p 0.9, seeded), with `split`; and the step's tokens, for comparison.
 fn time_step(rows: usize, vocab: usize, split: Split<'_>, reps: usize) -> (f64, Vec<u32>) {
@@ -244,16 +254,7 @@ fn time_step(rows: usize, vocab: usize, split: Split<'_>, reps: usize) -> (f64, 
     let mut tokens = Vec::new();
     for _ in 0..reps {
         let mut data = template.clone();
-        let requests: Vec<RequestRows<'_>> = samplers
-            .iter_mut()
-            .zip(data.chunks_exact_mut(vocab))
-            .map(|(sampler, logits)| RequestRows {
-                sampler,
-                grammar: None,
-                drafts: &[],
-                logits,
-            })
-            .collect();
+        let requests = one_row_each(&mut samplers, &mut data, vocab);
         let started = std::time::Instant::now();
         let outcomes = sample_rows(vocab, requests, split);
         times.push(started.elapsed().as_secs_f64() * 1e3);

@@ -98,6 +98,25 @@ unsafe fn bit_to_4(v: __m256i, b: i32) -> __m256i {
     }
 }
 
+/// A Q4_K/Q5_K super-block's 6-bit scales and mins, unpacked with ggml's `utmp` trick: bytes
+/// 0..8 the 8 sub-block scales, 8..16 the 8 mins.
+#[inline(always)]
+unsafe fn scales_and_mins(b: &[u8]) -> __m128i {
+    const KMASK1: u32 = 0x3f3f3f3f;
+    const KMASK2: u32 = 0x0f0f0f0f;
+    const KMASK3: u32 = 0x03030303;
+    let mut u = [0u32; 4];
+    for (i, w) in b[4..16].chunks_exact(4).enumerate() {
+        u[i] = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+    }
+    u[3] = ((u[2] >> 4) & KMASK2) | (((u[1] >> 6) & KMASK3) << 4);
+    let mins_lo = u[1] & KMASK1;
+    u[1] = (u[2] & KMASK2) | (((u[0] >> 6) & KMASK3) << 4);
+    u[2] = mins_lo;
+    u[0] &= KMASK1;
+    unsafe { _mm_loadu_si128(u.as_ptr().cast()) }
+}
+
 /// Q4_K (`Q5 = false`) or Q5_K: `out[c] = row · acts[c]` for a row of ggml super-blocks.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn q45k_row<const C: usize, const Q5: bool>(
@@ -111,23 +130,10 @@ pub(crate) unsafe fn q45k_row<const C: usize, const Q5: bool>(
         // (a separate accumulator per token measured no faster, and costs 4 registers).
         let mut acc = [_mm256_setzero_ps(); C];
         let m4 = _mm256_set1_epi8(0x0F);
-        const KMASK1: u32 = 0x3f3f3f3f;
-        const KMASK2: u32 = 0x0f0f0f0f;
-        const KMASK3: u32 = 0x03030303;
         for (s, b) in row.chunks_exact(bb).enumerate() {
             let d = f16_to_f32(b, 0);
             let dmin = f16_to_f32(b, 2);
-            // ggml's utmp: bytes 0..8 the 8 scales, 8..16 the 8 mins.
-            let mut u = [0u32; 4];
-            for (i, w) in b[4..16].chunks_exact(4).enumerate() {
-                u[i] = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
-            }
-            u[3] = ((u[2] >> 4) & KMASK2) | (((u[1] >> 6) & KMASK3) << 4);
-            let mins_lo = u[1] & KMASK1;
-            u[1] = (u[2] & KMASK2) | (((u[0] >> 6) & KMASK3) << 4);
-            u[2] = mins_lo;
-            u[0] &= KMASK1;
-            let scales_mins = _mm256_cvtepu8_epi16(_mm_loadu_si128(u.as_ptr().cast()));
+            let scales_mins = _mm256_cvtepu8_epi16(scales_and_mins(b));
             let mins = _mm256_extracti128_si256(scales_mins, 1);
             let scales = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(scales_mins));
             let mut sumi = [_mm256_setzero_si256(); C];
@@ -190,22 +196,10 @@ pub(crate) unsafe fn q4k_grouped_row<const C: usize>(
     unsafe {
         let mut acc = [_mm256_setzero_ps(); C];
         let m4 = _mm256_set1_epi8(0x0F);
-        const KMASK1: u32 = 0x3f3f3f3f;
-        const KMASK2: u32 = 0x0f0f0f0f;
-        const KMASK3: u32 = 0x03030303;
         for (s, b) in row.chunks_exact(144).enumerate() {
             let d = f16_to_f32(b, 0);
             let dmin = f16_to_f32(b, 2);
-            let mut u = [0u32; 4];
-            for (i, w) in b[4..16].chunks_exact(4).enumerate() {
-                u[i] = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
-            }
-            u[3] = ((u[2] >> 4) & KMASK2) | (((u[1] >> 6) & KMASK3) << 4);
-            let mins_lo = u[1] & KMASK1;
-            u[1] = (u[2] & KMASK2) | (((u[0] >> 6) & KMASK3) << 4);
-            u[2] = mins_lo;
-            u[0] &= KMASK1;
-            let scales_mins = _mm_loadu_si128(u.as_ptr().cast());
+            let scales_mins = scales_and_mins(b);
             let mins = _mm256_extracti128_si256(_mm256_cvtepu8_epi16(scales_mins), 1);
             // Lane j: sub-block j's scale in both of its 16-bit words.
             let scales = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(scales_mins, scales_mins));
