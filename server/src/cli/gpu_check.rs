@@ -21,6 +21,9 @@ pub struct GpuCheckArgs {
     /// Skip the timing sections.
     #[arg(long)]
     pub skip_speed: bool,
+    /// Skip the checks (sections 1 and 2): only the timings, for a run whose checks ran already.
+    #[arg(long, conflicts_with = "skip_speed")]
+    pub skip_checks: bool,
     /// Synthetic model for decode/prefill timings.
     #[arg(long, default_value = "llama-3.1-8b")]
     pub speed_model: String,
@@ -74,6 +77,23 @@ impl GpuCheckArgs {
             return self.save(&md);
         }
 
+        if !self.skip_checks {
+            failures += self.checks(&device, &mut md)?;
+        }
+        if !self.skip_speed {
+            self.speed(&device, &mut md)?;
+        }
+        println!("{md}");
+        self.save(&md)?;
+        if failures > 0 {
+            bail!("{failures} check(s) failed");
+        }
+        Ok(())
+    }
+
+    /// Sections 1 and 2: every kernel, then whole models, against the CPU. Returns the failures.
+    fn checks(&self, device: &Device, md: &mut String) -> Result<usize> {
+        let mut failures = 0usize;
         // 1. Kernels against the CPU reference.
         let t0 = std::time::Instant::now();
         let rows = match kernels::run_kernel_checks(&device, self.quick) {
@@ -152,18 +172,10 @@ impl GpuCheckArgs {
                     writeln!(md, "| synthetic:{name} | {dtype:?} | error: {e} | **NO** |")?;
                 }
             }
-            self.save(&md)?;
+            self.save(md)?;
         }
-        self.save(&md)?;
-        if !self.skip_speed {
-            self.speed(&device, &mut md)?;
-        }
-        println!("{md}");
-        self.save(&md)?;
-        if failures > 0 {
-            bail!("{failures} check(s) failed");
-        }
-        Ok(())
+        self.save(md)?;
+        Ok(failures)
     }
 
     /// Writes the report so far, so a run cut short still leaves its finished sections.
