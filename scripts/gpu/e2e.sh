@@ -7,7 +7,7 @@
 # Runs, in order, until SECONDS (default 200) are spent: one stream (batch-1 decode, what the
 # transformers peer's batch-1 row is compared with), 64 requests at once (the 64-stream row), then
 # Poisson arrivals at a light load, near capacity and past it, then a capacity search under the
-# deadline SLO. Each run's directory (report.md, summary.json, requests.jsonl) lands in RUNS_DIR;
+# deadline SLO; with E2E_DRAFT=1, then a draft-model speculation run (issue 17). Each run's directory (report.md, summary.json, requests.jsonl) lands in RUNS_DIR;
 # REPORT_MD gets a table of their one-line summaries. Every knob is on the command lines below.
 set -uo pipefail
 BIN=$1 RUNS=$2 MD=$3 BUDGET=${4:-200}
@@ -75,4 +75,27 @@ if (( left > 60 )); then
   { echo '```'; tail -8 "$RUNS/capacity.txt"; echo '```'; } >> "$MD"
 fi
 curl -s "$URL/metrics" > "$RUNS/metrics.txt"
+
+# Issue 17's draft-model run on the GPU (opt-in: E2E_DRAFT=1): the same target with a
+# Llama-3.2-1B-shaped draft of the same vocabulary, K = 4. Both have random weights, so drafts are
+# almost never accepted: this measures what a draft-model step costs on the GPU (the draft's
+# forwards plus K+1 verified rows), and proves the path runs there; acceptance needs real weights.
+if [[ -n ${E2E_DRAFT:-} ]] && (( END - SECONDS > 60 )); then
+  kill -TERM $SERVER; wait $SERVER 2>/dev/null
+  SPEC="{\"method\":\"draft_model\",\"model\":\"${E2E_DRAFT_MODEL:-synthetic:llama-3.2-1b}\",\"num_speculative_tokens\":4}"
+  "$BIN" serve "${SERVE_ARGS[@]}" --speculative-config "$SPEC" > "$RUNS/server-draft.log" 2>&1 &
+  SERVER=$!
+  until curl -sf "$URL/health" > /dev/null; do
+    kill -0 $SERVER 2>/dev/null && (( SECONDS < END )) || break
+    sleep 1
+  done
+  echo >> "$MD"
+  echo "With \`--speculative-config $SPEC\` (random draft: acceptance near 0, so this is the cost side):" >> "$MD"
+  echo >> "$MD"
+  echo "| run | arrivals | requests | summary |" >> "$MD"
+  echo "| --- | --- | --- | --- |" >> "$MD"
+  bench draft-one-stream "one at a time (constant 0.5 QPS)" --arrival constant --qps 0.5 --num-requests 6
+  bench draft-64-at-once "64 at t=0" --arrival constant --qps 10000 --num-requests 64
+  curl -s "$URL/metrics" > "$RUNS/metrics-draft.txt"
+fi
 exit $status
