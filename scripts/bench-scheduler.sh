@@ -27,6 +27,9 @@ SERVE_FLAGS=${SERVE_FLAGS:-"--threads 2 --max-model-len 2048 --tbt-slo 100ms --t
 # raises the knee so that >= 1000 requests per run fit in an hour, e.g.
 # WORKLOAD=synthetic:prompt=uniform:32:96,output=uniform:16:48
 WORKLOAD=${WORKLOAD:-}
+# Extra arguments of the knee search, e.g. "--start-qps 2 --granularity-pct 10 --repeats 1" to
+# bound it to ~6 probes (bench capacity's defaults, 2.5% and 3 seeds, take ~15 probes).
+CAP_ARGS=${CAP_ARGS:-}
 WL_ARGS=()
 [ -n "$WORKLOAD" ] && WL_ARGS=(--workload "$WORKLOAD")
 mkdir -p "$OUT"
@@ -38,7 +41,7 @@ uptime | tee "$OUT/load-start.txt"
 if [ -z "${KNEE:-}" ]; then
   $BIN bench capacity --serve "$SERVE_FLAGS --slo-file $OUT/slo.json --scheduling-policy fcfs" \
     --slo deadline --slo-file "$OUT/slo.json" --tbt-slo 0.1 --ttft-slack 1 --seed "$SEED" \
-    --num-requests "${CAP_N:-300}" "${WL_ARGS[@]}" \
+    --num-requests "${CAP_N:-300}" "${WL_ARGS[@]}" $CAP_ARGS \
     --out "$OUT/capacity" | tee "$OUT/capacity.txt"
   KNEE=$(python3 -c "import json; print(json.load(open('$OUT/capacity/capacity.json'))['result']['max_qps_under_slo'])")
 fi
