@@ -13,6 +13,7 @@
 # Pacing of the timed measures, for models slower than the default (scripts/compare-cpu-sizes.sh
 # sets them per size so that requests never overlap): DECODE_TOKENS (256), DECODE_QPS (0.1),
 # PREFILL_QPS (0.25), REQUESTS (3 per measure), STREAMS (1 = run the 16-stream measure),
+# ONLY_STREAMS (1 = the 16-stream measure alone, e.g. at 8B where the others ran before),
 # WARMUP (1 = one untimed run per system before the timed ones; 0 = none).
 # KV_CACHE_DTYPE (f16: what llama-server's cache holds by default, so both read the same KV
 # bytes per token; f32 = Metrum's exact default).
@@ -113,10 +114,12 @@ for rep in $(seq 1 "${REPEATS_RUN:-$REPEATS}"); do
   for system in metrum llama; do
     mkdir -p "$OUT/$system"
     echo "== repeat $rep: $system"
-    bench "$system" "decode-$rep" --workload "synthetic:prompt=fixed:16,output=fixed:${DECODE_TOKENS:-256}" \
-      --arrival constant --qps "${DECODE_QPS:-0.1}" --num-requests "${REQUESTS:-3}" --seed "$((100 + rep))"
-    bench "$system" "prefill512-$rep" --workload synthetic:prompt=fixed:512,output=fixed:1 \
-      --arrival constant --qps "${PREFILL_QPS:-0.25}" --num-requests "${REQUESTS:-3}" --seed "$((200 + rep))"
+    if [ "${ONLY_STREAMS:-0}" != 1 ]; then
+      bench "$system" "decode-$rep" --workload "synthetic:prompt=fixed:16,output=fixed:${DECODE_TOKENS:-256}" \
+        --arrival constant --qps "${DECODE_QPS:-0.1}" --num-requests "${REQUESTS:-3}" --seed "$((100 + rep))"
+      bench "$system" "prefill512-$rep" --workload synthetic:prompt=fixed:512,output=fixed:1 \
+        --arrival constant --qps "${PREFILL_QPS:-0.25}" --num-requests "${REQUESTS:-3}" --seed "$((200 + rep))"
+    fi
     [ "${STREAMS:-1}" = 1 ] || continue
     bench "$system" "streams16-$rep" --workload synthetic:prompt=fixed:256,output=fixed:128 \
       --arrival constant --qps 1000 --num-requests 16 --seed "$((300 + rep))"

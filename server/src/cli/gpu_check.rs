@@ -96,7 +96,7 @@ impl GpuCheckArgs {
         let mut failures = 0usize;
         // 1. Kernels against the CPU reference.
         let t0 = std::time::Instant::now();
-        let rows = match kernels::run_kernel_checks(&device, self.quick) {
+        let rows = match kernels::run_kernel_checks(device, self.quick) {
             Ok(rows) => rows,
             Err(e) => {
                 failures += 1;
@@ -153,7 +153,7 @@ impl GpuCheckArgs {
         ] {
             let result =
                 DecoderModel::synthetic(name, &Device::Cpu, DType::F32, 1).and_then(|cpu| {
-                    let dev = DecoderModel::synthetic(name, &device, dtype, 1)?;
+                    let dev = DecoderModel::synthetic(name, device, dtype, 1)?;
                     diag::compare_devices(&dev, &cpu, 16).map_err(Into::into)
                 });
             let tol = if dtype == DType::F32 { 1e-3 } else { 3e-2 };
