@@ -1,5 +1,6 @@
 #!/bin/bash
-# Issue 19, real-engine table (prepared, not yet run): metrum bench against metrum serve with
+# Issue 19, real-engine table (run in session 13: docs/results/scheduler.md section 9, tabulated by
+# scripts/sched_table.py): metrum bench against metrum serve with
 # --scheduling-policy fcfs / deadline / deadline-srpt / deadline-srpt + --admission refuse, on the
 # default model, at the real FCFS knee and 1.25x past it, same seeds, >= 1000 requests.
 #
@@ -9,7 +10,8 @@
 # Every request that gets a 429 is kept in requests.jsonl as a failed request (R15), and the
 # server's metrum_requests_refused_total is saved beside it.
 #
-# Usage: KNEE=<req/s> scripts/bench-scheduler.sh   (omit KNEE to search it first)
+# Usage: KNEE=<req/s> scripts/bench-scheduler.sh   (omit KNEE to search it first; VARIANTS picks
+# among fcfs deadline deadline-srpt deadline-srpt+refuse, all four by default)
 # Record `uptime` with the numbers; the machine's load changes the real (not the simulated) ones.
 # Session 8 learned two things the hard way: (1) capacity probes of bench's default 16 requests
 # never build a queue, so they found a "knee" of 2.11 req/s where 1000 requests at that rate
@@ -49,7 +51,7 @@ echo "FCFS knee: $KNEE req/s" | tee "$OUT/knee.txt"
 
 for factor in 1 1.25; do
   qps=$(python3 -c "print($KNEE * $factor)")
-  for variant in fcfs deadline deadline-srpt deadline-srpt+refuse; do
+  for variant in ${VARIANTS:-fcfs deadline deadline-srpt deadline-srpt+refuse}; do
     policy=${variant%+refuse}
     admission=off
     [ "$variant" != "$policy" ] && admission=refuse
