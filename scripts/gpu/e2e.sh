@@ -7,7 +7,8 @@
 # Runs, in order, until SECONDS (default 200) are spent: one stream (batch-1 decode, what the
 # transformers peer's batch-1 row is compared with), 64 requests at once (the 64-stream row), then
 # Poisson arrivals at a light load, near capacity and past it, then a capacity search under the
-# deadline SLO; with E2E_DRAFT=1, then a draft-model speculation run (issue 17). Each run's directory (report.md, summary.json, requests.jsonl) lands in RUNS_DIR;
+# deadline SLO; with E2E_DRAFT=1, a draft-model speculation run (issue 17) instead of the capacity
+# search. Each run's directory (report.md, summary.json, requests.jsonl) lands in RUNS_DIR;
 # REPORT_MD gets a table of their one-line summaries. Every knob is on the command lines below.
 set -uo pipefail
 BIN=$1 RUNS=$2 MD=$3 BUDGET=${4:-200}
