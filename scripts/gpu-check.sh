@@ -83,7 +83,7 @@ if [[ -n $MOE_ONLY ]]; then
   exit $status
 fi
 
-echo "== 1, 2, 4: kernels, whole-model logits, speed" >&2
+echo "== 1, 2: kernels, whole-model logits" >&2
 # Written beside the report as it goes, so a run cut short keeps its finished rows.
 # Checks first (fast), then the outside reference, then the timings (slow), so that a run cut
 # short by a time limit still has the correctness results.

@@ -29,7 +29,7 @@
 //! Its Q8_K activations are grouped by the same [`group_activations`] (256 values are 8
 //! blocks of 32).
 
-use super::formats::{Packed, f16_to_f32};
+use super::formats::{Packed, f16_to_f32, nibble_scale_min};
 
 /// Blocks per group: one per 32-bit lane of a 256-bit register.
 pub(crate) const GROUP_BLOCKS: usize = 8;
@@ -165,8 +165,7 @@ pub(crate) fn dequantize_row(packed: &Packed, r: usize, out: &mut [f32]) {
         Packed::NibblesG8 { scales, mins, qs } => {
             for b in 0..nb {
                 let i = r * nb + b;
-                let d = f16_to_f32(scales[i]);
-                let m = mins.as_ref().map_or(-8.0 * d, |m| f16_to_f32(m[i]));
+                let (d, m) = nibble_scale_min(scales, mins.as_deref(), i);
                 for k in 0..32 {
                     let q = if b < full {
                         let (g, j) = (b - b % GROUP_BLOCKS, b % GROUP_BLOCKS);

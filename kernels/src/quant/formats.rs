@@ -155,6 +155,13 @@ pub(crate) fn f16_to_f32(bits: u16) -> f32 {
     f16::from_bits(bits).to_f32()
 }
 
+/// Block `i`'s scale and offset in the 4-bit formats, `value = d·q + m`: Q4_1 stores `m`; Q4_0
+/// stores none and means `d·(q − 8)`, i.e. `m = −8·d`. Every nibble layout dequantizes with this.
+pub(crate) fn nibble_scale_min(scales: &[u16], mins: Option<&[u16]>, i: usize) -> (f32, f32) {
+    let d = f16_to_f32(scales[i]);
+    (d, mins.map_or(-8.0 * d, |m| f16_to_f32(m[i])))
+}
+
 /// The 6-bit scale and min of sub-block `j` (0..8) of a Q4_K/Q5_K super-block
 /// (ggml's `get_scale_min_k4`).
 pub(crate) fn k4_scale_min(j: usize, scales: &[u8]) -> (u8, u8) {

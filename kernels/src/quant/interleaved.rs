@@ -16,7 +16,7 @@
 //!
 //! Rows past the matrix's last (the final group's padding) are zero with zero scales.
 
-use super::formats::{Packed, f16_to_f32};
+use super::formats::{Packed, f16_to_f32, nibble_scale_min};
 
 /// Rows per interleaved group: one per 32-bit lane of a 512-bit register.
 pub(crate) const GROUP: usize = 16;
@@ -84,8 +84,7 @@ pub(crate) fn dequantize_row(packed: &Packed, r: usize, out: &mut [f32]) {
         Packed::NibblesX16 { scales, mins, qs } => {
             for b in 0..nb {
                 let at = (g * nb + b) * GROUP + j;
-                let d = f16_to_f32(scales[at]);
-                let m = mins.as_ref().map_or(-8.0 * d, |m| f16_to_f32(m[at]));
+                let (d, m) = nibble_scale_min(scales, mins.as_deref(), at);
                 let block = &qs[(g * nb + b) * 256..][..256];
                 for k in 0..4 {
                     for i in 0..4 {

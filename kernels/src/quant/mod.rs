@@ -40,7 +40,7 @@ pub use formats::QuantType;
 
 use std::sync::OnceLock;
 
-use formats::{Packed, SuperBlock, f16_to_f32};
+use formats::{Packed, SuperBlock, f16_to_f32, nibble_scale_min};
 
 /// The instruction set the quantized kernels use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -262,8 +262,7 @@ impl QuantMatrix {
             Packed::Nibbles { scales, mins, qs } => {
                 for b in 0..nb {
                     let i = r * nb + b;
-                    let d = f16_to_f32(scales[i]);
-                    let m = mins.as_ref().map_or(-8.0 * d, |m| f16_to_f32(m[i]));
+                    let (d, m) = nibble_scale_min(scales, mins.as_deref(), i);
                     for j in 0..16 {
                         let byte = qs[i * 16 + j];
                         out[b * 32 + j] = d * (byte & 0xF) as f32 + m;
