@@ -11,7 +11,7 @@
 # with it on for the workloads in CAP_ON (e.g. CAP_ON="arxiv sharegpt").
 # Loads: FACTORS (default "0.5 1 1.5") times the knee; FACTORS_<workload> overrides per workload.
 # Usage: scripts/bench-speculative.sh   (env: N requests per run (R8: >= 1000 completed), CAP_N
-# per capacity probe, CAP_ITERS, WORKLOADS, SPEC, LENGTH_SCALE, SERVE_FLAGS, TBT_SLO). Every
+# per capacity probe, CAP_ITERS, WORKLOADS, SPEC, LENGTH_SCALE, SERVE_FLAGS, TBT_SLO, TTFT_SLACK). Every
 # setting is written to $OUT/config.txt; `uptime` before and after each run: a busy machine
 # moves the real numbers. Tables: `python3 scripts/spec_case_table.py $OUT/<workload>`.
 set -u
@@ -31,7 +31,8 @@ LENGTH_SCALE=${LENGTH_SCALE:-0.1}
 SPEC=${SPEC:-'{"method":"ngram","num_speculative_tokens":2,"prompt_lookup_min":2,"prompt_lookup_max":4}'}
 SERVE_FLAGS=${SERVE_FLAGS:-"--threads 2 --max-model-len 2048"}
 TBT_SLO=${TBT_SLO:-0.1}
-SLO_FLAGS="--tbt-slo $TBT_SLO --ttft-slack 1"
+TTFT_SLACK=${TTFT_SLACK:-1}
+SLO_FLAGS="--tbt-slo $TBT_SLO --ttft-slack $TTFT_SLACK"
 mkdir -p "$OUT"
 cat > "$OUT/config.txt" <<EOF
 $(date -u +%FT%TZ) $(git rev-parse --short HEAD 2>/dev/null) $(nproc) cores
@@ -45,8 +46,9 @@ uptime | tee "$OUT/load-start.txt"
 [ -f "$OUT/slo.json" ] || $BIN profile-prefill --serve "$SERVE_FLAGS" --max-exp 10 --out "$OUT/slo.json"
 WL_FLAGS() { echo "--workload trace:$1 --length-scale $LENGTH_SCALE --seed $SEED"; }
 serve_flags() { # $1 = off|on
-  if [ "$1" = on ]; then echo "$SERVE_FLAGS --slo-file $OUT/slo.json --speculative-config $SPEC"
-  else echo "$SERVE_FLAGS --slo-file $OUT/slo.json"; fi
+  # The server gets the client's SLO too, so its own per-request fluidity uses the same D_d.
+  if [ "$1" = on ]; then echo "$SERVE_FLAGS --slo-file $OUT/slo.json $SLO_FLAGS --speculative-config $SPEC"
+  else echo "$SERVE_FLAGS --slo-file $OUT/slo.json $SLO_FLAGS"; fi
 }
 
 for wl in $WORKLOADS; do
