@@ -191,10 +191,37 @@ pub async fn list_models(http: &reqwest::Client, base: &str) -> Result<Vec<(Stri
         .collect())
 }
 
+/// What `GET /health` says.
+#[derive(Debug, PartialEq)]
+pub enum Readiness {
+    Ready,
+    /// Not answering yet, or loading (or draining).
+    NotYet,
+    /// Up, and its body says it failed (Metrum's `{"status": "failed: …"}`): it never will be.
+    Failed(String),
+}
+
+/// [`Readiness`] of the server at `base`.
+pub async fn readiness(http: &reqwest::Client, base: &str) -> Readiness {
+    let response = match http.get(format!("{base}/health")).send().await {
+        Ok(r) => r,
+        Err(_) => return Readiness::NotYet,
+    };
+    if response.status().is_success() {
+        return Readiness::Ready;
+    }
+    let status = response
+        .json::<Value>()
+        .await
+        .ok()
+        .and_then(|body| body.get("status")?.as_str().map(str::to_string));
+    match status {
+        Some(s) if s.starts_with("failed") => Readiness::Failed(s),
+        _ => Readiness::NotYet,
+    }
+}
+
 /// `GET /health` answers 2xx.
 pub async fn healthy(http: &reqwest::Client, base: &str) -> bool {
-    match http.get(format!("{base}/health")).send().await {
-        Ok(r) => r.status().is_success(),
-        Err(_) => false,
-    }
+    readiness(http, base).await == Readiness::Ready
 }

@@ -165,6 +165,12 @@ pub fn compare(dirs: &[PathBuf], out: Option<PathBuf>) -> Result<CompareOutcome>
                     .collect()
             })
             .collect();
+        // Deliveries: a multi-token delivery's tokens after its first arrive with a zero gap
+        // (spec/metrics.md "Multi-token emission"); without them, the gaps a reader waits.
+        let deliveries: Vec<Vec<f64>> = tbt
+            .iter()
+            .map(|gaps| gaps.iter().copied().filter(|&g| g > 0.0).collect())
+            .collect();
         let series = |v: &'_ [Vec<f64>]| -> Vec<(String, Vec<f64>)> {
             runs.iter()
                 .zip(v)
@@ -173,7 +179,16 @@ pub fn compare(dirs: &[PathBuf], out: Option<PathBuf>) -> Result<CompareOutcome>
         };
         for (file, title, data) in [
             ("ttft_cdf.svg", "TTFT CDF (over requests)", series(&ttft)),
-            ("tbt_cdf.svg", "TBT CDF (over tokens)", series(&tbt)),
+            (
+                "tbt_cdf.svg",
+                "TBT CDF (over tokens, burst zeros included)",
+                series(&tbt),
+            ),
+            (
+                "inter_delivery_cdf.svg",
+                "Inter-delivery gap CDF (over deliveries)",
+                series(&deliveries),
+            ),
         ] {
             let refs: Vec<(&str, &[f64])> = data
                 .iter()

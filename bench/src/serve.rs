@@ -4,7 +4,7 @@
 //! `server.log` in the run directory (keeping the progress bar readable), and it is stopped
 //! with SIGTERM (a graceful drain), then killed if it lingers.
 
-use crate::client::healthy;
+use crate::client::{Readiness, readiness};
 use anyhow::{Context, Result, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -67,8 +67,17 @@ impl ServerProcess {
         };
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            if healthy(http, &server.base_url).await {
-                return Ok(server);
+            match readiness(http, &server.base_url).await {
+                Readiness::Ready => return Ok(server),
+                Readiness::Failed(why) => {
+                    let log = server.log.clone();
+                    server.stop().await?;
+                    bail!(
+                        "the server answers /health with \"{why}\"; see {}",
+                        log.display()
+                    );
+                }
+                Readiness::NotYet => {}
             }
             if let Some(status) = server.child.try_wait()? {
                 bail!(
@@ -110,6 +119,7 @@ impl ServerProcess {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::healthy;
 
     #[test]
     fn command_line_is_serve_then_args_then_port() {
@@ -134,8 +144,16 @@ import http.server, signal, sys
 args = sys.argv[1:]
 assert args[0] == "serve", args
 port = int(args[args.index("--port") + 1])
+fail = "--fail" in args
 class Health(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
+        if fail:
+            body = b'{"status": "failed: the model failed to load"}'
+            self.send_response(503)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+            return
         self.send_response(200 if self.path == "/health" else 404)
         self.end_headers()
     def log_message(self, *a):
@@ -171,6 +189,33 @@ server.serve_forever()
         assert!(
             log.contains("'serve', '--model', 'tiny', '--port'"),
             "{log}"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A server that is up but whose model failed (Metrum's 503 `failed: …`) never becomes
+    /// ready: the wait ends at once with its reason instead of at the timeout.
+    #[tokio::test]
+    async fn a_server_that_reports_a_failed_load_is_an_error_at_once() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir =
+            std::env::temp_dir().join(format!("metrum-bench-serve-fail-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let exe = dir.join("fake-metrum");
+        std::fs::write(&exe, FAKE_METRUM).unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let http = reqwest::Client::new();
+        let started = std::time::Instant::now();
+        let result =
+            ServerProcess::start(&exe, "--fail", &dir, Duration::from_secs(60), &http).await;
+        let message = result.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            message.contains("failed: the model failed to load"),
+            "{message}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "it waited for the timeout"
         );
         let _ = std::fs::remove_dir_all(dir);
     }

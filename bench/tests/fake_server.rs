@@ -444,7 +444,12 @@ async fn compare_tables_runs_and_warns_when_they_differ() {
         "{joined}"
     );
     assert!(outcome.markdown.contains("| seed-1 |") && outcome.markdown.contains("| seed-2 |"));
-    for file in ["compare.md", "ttft_cdf.svg", "tbt_cdf.svg"] {
+    for file in [
+        "compare.md",
+        "ttft_cdf.svg",
+        "tbt_cdf.svg",
+        "inter_delivery_cdf.svg",
+    ] {
         assert!(out.join(file).is_file(), "{file}");
     }
     let _ = std::fs::remove_dir_all(root);

@@ -175,6 +175,21 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// Every running decode must fit in one step: the token budget is at least the running cap.
+/// Known before the model loads, so `metrum serve` checks it at start-up with this same rule.
+pub fn check_step_budget(
+    max_num_batched_tokens: usize,
+    max_num_seqs: usize,
+) -> Result<(), ConfigError> {
+    if max_num_batched_tokens < max_num_seqs {
+        return Err(ConfigError::BudgetBelowMaxNumSeqs {
+            max_num_batched_tokens,
+            max_num_seqs,
+        });
+    }
+    Ok(())
+}
+
 impl SchedulerConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         for (field, value) in [
@@ -188,12 +203,7 @@ impl SchedulerConfig {
                 return Err(ConfigError::Zero { field });
             }
         }
-        if self.max_num_batched_tokens < self.max_num_seqs {
-            return Err(ConfigError::BudgetBelowMaxNumSeqs {
-                max_num_batched_tokens: self.max_num_batched_tokens,
-                max_num_seqs: self.max_num_seqs,
-            });
-        }
+        check_step_budget(self.max_num_batched_tokens, self.max_num_seqs)?;
         if u32::try_from(self.num_blocks).is_err() {
             return Err(ConfigError::TooManyBlocks {
                 num_blocks: self.num_blocks,

@@ -8,6 +8,10 @@
 //!   tile's queries of all the query heads that share that KV head (3 × 8 for SmolLM2), instead
 //!   of once per (token, head). On AVX-512 every tile is one token: the decode kernel
 //!   ([`super::fast_decode_avx512`]) runs it, prefetching rows ahead (see below for why).
+//!   Where that leaves fewer tiles than the pool can share evenly (a lone decode or
+//!   verification has one tile per KV head), the tiles are cut by query head
+//!   ([`split_by_head`]). On AVX2 an f16 cache's rows are read in place and widened in
+//!   registers (`attention_f16_avx2`); elsewhere a tile widens its rows into a scratch copy.
 //! - **SIMD.** The dot products and the V accumulation are written as fixed-width lane loops
 //!   that LLVM vectorizes, compiled twice: for AVX-512/AVX2+FMA (chosen at run time) and for
 //!   baseline x86-64.
@@ -37,7 +41,7 @@ use crate::AttentionParams;
 use crate::quant::Isa;
 use crate::vmath::{LANES, sum_lanes};
 
-use super::kv_dtype::KvElem;
+use super::kv_dtype::{KvElem, KvFormat};
 
 /// Query tokens per tile.
 const Q_TILE: usize = 8;
@@ -63,7 +67,8 @@ impl Dims {
 }
 
 /// One unit of work: `q_len` query tokens of one sequence starting at batch row `row0`
-/// (positions `pos0..pos0 + q_len`), for the query heads of KV head `kvh`.
+/// (positions `pos0..pos0 + q_len`), for query heads `h0..h0 + heads` of KV head `kvh`'s group
+/// (the whole group unless [`split_by_head`] cut it).
 #[derive(Clone, Copy)]
 pub(super) struct Tile {
     pub seq: usize,
@@ -71,7 +76,13 @@ pub(super) struct Tile {
     pub row0: usize,
     pub pos0: usize,
     pub q_len: usize,
+    pub h0: usize,
+    pub heads: usize,
 }
+
+/// Below this many tiles per pool thread, tiles are cut into one per query head (see
+/// [`split_by_head`]).
+const SPLIT_BELOW_TILES_PER_THREAD: usize = 4;
 
 /// A raw output pointer shared by tiles that write disjoint (token, head) rows.
 #[derive(Clone, Copy)]
@@ -105,11 +116,9 @@ pub(crate) fn paged_attention_fast<T: KvElem>(
     let isa = Isa::detect();
     // One home for the choice of path, so every row of a model takes the same one (see
     // "Batch invariance" above): on AVX-512 the decode kernel, one token per tile.
-    let tile_len = if decode_kernel_runs_every_row(isa, d) {
-        1
-    } else {
-        Q_TILE
-    };
+    let decode_kernel = decode_kernel_runs_every_row(isa, d);
+    let tile_len = if decode_kernel { 1 } else { Q_TILE };
+    let group = d.num_heads / d.kv_heads;
     let mut tiles = Vec::new();
     for s in 0..meta.num_seqs() {
         let start = meta.query_start_loc[s] as usize;
@@ -125,10 +134,19 @@ pub(crate) fn paged_attention_fast<T: KvElem>(
                     row0: start + i,
                     pos0: seq_len - q_len + i,
                     q_len: n,
+                    h0: 0,
+                    heads: group,
                 });
                 i += n;
             }
         }
+    }
+    let pool = crate::threads::global();
+    if !decode_kernel
+        && reads_cache_in_place::<T>(isa, d.head_dim)
+        && tiles.len() < SPLIT_BELOW_TILES_PER_THREAD * pool.threads()
+    {
+        tiles = split_by_head(&tiles);
     }
     let mut out = vec![0f32; meta.num_tokens() * d.num_heads * d.head_dim];
     let args = TileArgs {
@@ -140,12 +158,50 @@ pub(crate) fn paged_attention_fast<T: KvElem>(
         params,
         out: OutPtr(out.as_mut_ptr()),
     };
-    crate::threads::global().run(tiles.len(), &|i| {
+    pool.run(tiles.len(), &|i| {
         // SAFETY: tile `i` writes only rows (token in its range, head of its KV head group),
         // disjoint from every other tile's.
         unsafe { run_tile(isa, &args, tiles[i]) }
     });
     out
+}
+
+/// One tile per query head of each tile. A lone sequence has as many tiles as KV heads (3 for
+/// SmolLM2), which 2 threads share 2:1; 9 one-head tiles share 5:4. A row's arithmetic does
+/// not depend on its tile, so its bits do not change; what a tile loses is sharing its K and V
+/// loads among the group's heads (they come from L1/L2 for the next head), so it is done only
+/// where tiles are few and the tile reads the cache's rows in place (no widening pass per tile).
+fn split_by_head(tiles: &[Tile]) -> Vec<Tile> {
+    tiles
+        .iter()
+        .flat_map(|t| {
+            (t.h0..t.h0 + t.heads).map(move |h| Tile {
+                h0: h,
+                heads: 1,
+                ..*t
+            })
+        })
+        .collect()
+}
+
+/// Whether a tile reads `T` rows straight from the cache: f32 always; f16 on AVX2 (widened in
+/// registers by `attention_f16_avx2`) for the head dimensions it serves. Otherwise each tile
+/// widens its K and V rows into a scratch copy first.
+fn reads_cache_in_place<T: KvElem>(isa: Isa, head_dim: usize) -> bool {
+    match T::FORMAT {
+        KvFormat::F32 => true,
+        KvFormat::F16 => f16_in_registers(isa, head_dim),
+    }
+}
+
+/// Whether the AVX2 tile reads an f16 cache's rows in place.
+fn f16_in_registers(isa: Isa, head_dim: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 {
+        return super::attention_f16_avx2::serves(head_dim);
+    }
+    let _ = (isa, head_dim);
+    false
 }
 
 /// Whether the AVX-512 decode kernel computes every row of this model (then every tile is one
@@ -172,20 +228,21 @@ unsafe fn run_tile<T: KvElem>(isa: Isa, args: &TileArgs<T>, tile: Tile) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 unsafe fn tile_avx512<T: KvElem>(args: &TileArgs<T>, tile: Tile) {
-    if tile.q_len == 1 && super::fast_decode_avx512::handles(args.d) {
+    let whole_group = tile.heads == args.d.num_heads / args.d.kv_heads;
+    if tile.q_len == 1 && whole_group && super::fast_decode_avx512::handles(args.d) {
         return unsafe { super::fast_decode_avx512::decode_tile(args, tile) };
     }
     unsafe { tile_generic(Isa::Avx512Vnni, args, tile) }
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn tile_avx2<T: KvElem>(args: &TileArgs<T>, tile: Tile) {
     unsafe { tile_generic(Isa::Avx2, args, tile) }
 }
 
 #[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; LANES];
     let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
     let tail: f32 = ac
@@ -248,7 +305,7 @@ unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
 
 /// `acc += Σ_p weights[p] · rows[p]`, in 16-lane chunks of `acc` held in registers.
 #[inline(always)]
-fn accumulate_rows(acc: &mut [f32], weights: &[f32], rows: &[&[f32]]) {
+pub(super) fn accumulate_rows(acc: &mut [f32], weights: &[f32], rows: &[&[f32]]) {
     let mut start = 0;
     while start < acc.len() {
         let width = (acc.len() - start).min(4 * LANES);
@@ -274,6 +331,14 @@ fn accumulate_rows(acc: &mut [f32], weights: &[f32], rows: &[&[f32]]) {
     }
 }
 
+/// A tile's K or V rows: f32 slices (the cache's own, or widened into a scratch copy), or the
+/// f16 cache's own rows that the AVX2 loops widen in registers.
+enum KvRows<'a> {
+    F32(Vec<&'a [f32]>),
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    F16(Vec<&'a [half::f16]>),
+}
+
 #[inline(always)]
 unsafe fn tile_generic<T: KvElem>(isa: Isa, args: &TileArgs<T>, tile: Tile) {
     let TileArgs {
@@ -297,31 +362,50 @@ unsafe fn tile_generic<T: KvElem>(isa: Isa, args: &TileArgs<T>, tile: Tile) {
         let base = d.kv_row_start(table, tile.kvh, lo + j);
         base..base + hd
     };
-    // Rows of (query token i, head h in the group): i * group + h.
-    let rows = tile.q_len * group;
-    let qrow = |r: usize| {
-        let (i, h) = (r / group, tile.kvh * group + r % group);
-        &q[((tile.row0 + i) * d.num_heads + h) * hd..][..hd]
-    };
+    // Rows of (query token i, head h0 + h of the group): i * heads + h.
+    let rows = tile.q_len * tile.heads;
+    let head_of = |r: usize| tile.kvh * group + tile.h0 + r % tile.heads;
+    let qrow =
+        |r: usize| &q[((tile.row0 + r / tile.heads) * d.num_heads + head_of(r)) * hd..][..hd];
     // Row r's visible keys, tile-local.
     let visible = |r: usize| {
-        let keys = params.visible_keys(tile.pos0 + r / group);
+        let keys = params.visible_keys(tile.pos0 + r / tile.heads);
         keys.start - lo..keys.end - lo
     };
-    // The tile's K and V rows as f32: the cache's own rows when it is f32; for an f16 cache,
-    // each row widened once into a scratch copy that every query row of the tile then reads.
+    // The tile's K and V rows: the cache's own rows when it is f32 (or f16 read in registers);
+    // otherwise each row widened once into a scratch copy that every query row of the tile
+    // then reads.
     let (mut k_wide, mut v_wide) = (Vec::new(), Vec::new());
-    let k_rows = rows_as_f32(k, &kv_row, width, hd, isa, &mut k_wide);
-    let v_rows = rows_as_f32(v, &kv_row, width, hd, isa, &mut v_wide);
+    let (k_rows, v_rows) = if f16_in_registers(isa, hd) && T::FORMAT == KvFormat::F16 {
+        (
+            KvRows::F16(f16_rows(k, &kv_row, width)),
+            KvRows::F16(f16_rows(v, &kv_row, width)),
+        )
+    } else {
+        (
+            KvRows::F32(rows_as_f32(k, &kv_row, width, hd, isa, &mut k_wide)),
+            KvRows::F32(rows_as_f32(v, &kv_row, width, hd, isa, &mut v_wide)),
+        )
+    };
     let mut scores = vec![f32::NEG_INFINITY; rows * width];
     // One dot product per (key, row), each summed in the same order whatever the tile holds:
     // scoring 16 keys at once through transposed keys would save the horizontal sums but add
     // in another order, and a row must not depend on its tile (see "Batch invariance").
     let visible_of: Vec<std::ops::Range<usize>> = (0..rows).map(visible).collect();
-    for (j, krow) in k_rows.iter().enumerate() {
+    for j in 0..width {
         for (r, vis) in visible_of.iter().enumerate() {
             if vis.contains(&j) {
-                scores[r * width + j] = score_dot(isa, qrow(r), krow) * params.scale;
+                let dot = match &k_rows {
+                    KvRows::F32(k_rows) => score_dot(isa, qrow(r), k_rows[j]),
+                    // SAFETY: f16 rows are only lent out on AVX2 (`f16_in_registers`).
+                    #[cfg(target_arch = "x86_64")]
+                    KvRows::F16(k_rows) => unsafe {
+                        super::attention_f16_avx2::dot_f16(qrow(r), k_rows[j])
+                    },
+                    #[cfg(not(target_arch = "x86_64"))]
+                    KvRows::F16(_) => unreachable!("f16 rows are read in place only on AVX2"),
+                };
+                scores[r * width + j] = dot * params.scale;
             }
         }
     }
@@ -342,19 +426,35 @@ unsafe fn tile_generic<T: KvElem>(isa: Isa, args: &TileArgs<T>, tile: Tile) {
     for r in 0..rows {
         let vis = visible(r);
         let weights = &scores[r * width + vis.start..r * width + vis.end];
-        accumulate_rows(
-            &mut acc[r * hd..(r + 1) * hd],
-            weights,
-            &v_rows[vis.start..],
-        );
+        let acc = &mut acc[r * hd..(r + 1) * hd];
+        match &v_rows {
+            KvRows::F32(v_rows) => accumulate_rows(acc, weights, &v_rows[vis.start..]),
+            // SAFETY: as for the scores.
+            #[cfg(target_arch = "x86_64")]
+            KvRows::F16(v_rows) => unsafe {
+                super::attention_f16_avx2::accumulate_rows_f16(acc, weights, &v_rows[vis.start..])
+            },
+            #[cfg(not(target_arch = "x86_64"))]
+            KvRows::F16(_) => unreachable!("f16 rows are read in place only on AVX2"),
+        }
     }
     for r in 0..rows {
-        let (i, h) = (r / group, tile.kvh * group + r % group);
-        let dst = ((tile.row0 + i) * d.num_heads + h) * hd;
+        let dst = ((tile.row0 + r / tile.heads) * d.num_heads + head_of(r)) * hd;
         for (j, a) in acc[r * hd..(r + 1) * hd].iter().enumerate() {
             unsafe { *out.0.add(dst + j) = a / denom[r] };
         }
     }
+}
+
+/// Rows `0..width` of an f16 cache (at `kv_row(j)`), as they are.
+fn f16_rows<'a, T: KvElem>(
+    cache: &'a [T],
+    kv_row: &impl Fn(usize) -> std::ops::Range<usize>,
+    width: usize,
+) -> Vec<&'a [half::f16]> {
+    (0..width)
+        .map(|j| T::as_f16(&cache[kv_row(j)]).expect("an f16 cache"))
+        .collect()
 }
 
 /// Rows `0..width` of a cache (at `kv_row(j)`, `hd` long each) as f32 slices: borrowed from an

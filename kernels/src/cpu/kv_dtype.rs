@@ -1,8 +1,8 @@
 //! The element types a CPU KV cache can hold on the fast path: f32, and f16 (half the bytes a
 //! decode step reads from the cache; llama.cpp's default). Activations stay f32: keys and values
 //! are narrowed once when written (round-to-nearest-even) and widened to f32 when read, in
-//! registers on the AVX-512 decode tile (`vcvtph2ps`), a row at a time (F16C) on the generic
-//! tile.
+//! registers on the AVX-512 decode tile and the AVX2 tile (`vcvtph2ps`), a row at a time
+//! (F16C) into a scratch copy on the other tiles.
 
 use crate::quant::Isa;
 use half::f16;
@@ -21,6 +21,9 @@ pub(crate) trait KvElem: Copy + Send + Sync + 'static {
     /// The row itself when it already is f32 (no copy), `None` when it must be widened.
     fn as_f32(row: &[Self]) -> Option<&[f32]>;
 
+    /// The row itself when it is f16 (read and widened in registers by the AVX2 tile).
+    fn as_f16(row: &[Self]) -> Option<&[f16]>;
+
     /// Widens `src` into `dst` (same length).
     fn widen(src: &[Self], dst: &mut [f32], isa: Isa);
 }
@@ -30,6 +33,10 @@ impl KvElem for f32 {
 
     fn as_f32(row: &[f32]) -> Option<&[f32]> {
         Some(row)
+    }
+
+    fn as_f16(_row: &[f32]) -> Option<&[f16]> {
+        None
     }
 
     fn widen(src: &[f32], dst: &mut [f32], _isa: Isa) {
@@ -42,6 +49,10 @@ impl KvElem for f16 {
 
     fn as_f32(_row: &[f16]) -> Option<&[f32]> {
         None
+    }
+
+    fn as_f16(row: &[f16]) -> Option<&[f16]> {
+        Some(row)
     }
 
     fn widen(src: &[f16], dst: &mut [f32], isa: Isa) {

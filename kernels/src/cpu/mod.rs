@@ -7,6 +7,8 @@
 //! math on the vectorized exp of [`crate::vmath`] (unit-tested against f64), as is GeGLU's.
 
 mod activation;
+#[cfg(target_arch = "x86_64")]
+mod attention_f16_avx2;
 mod fast_attention;
 #[cfg(target_arch = "x86_64")]
 mod fast_decode_avx512;

@@ -197,6 +197,12 @@ impl ServeArgs {
         ] {
             anyhow::ensure!(value != Some(0), "{name} must be at least 1");
         }
+        let max_num_seqs = self.max_num_seqs.unwrap_or(defaults.max_num_seqs);
+        let max_num_batched_tokens = self
+            .max_num_batched_tokens
+            .unwrap_or(defaults.max_num_batched_tokens);
+        // A start-up error, not a model that "failed to load" behind a listening server.
+        metrum_scheduler::config::check_step_budget(max_num_batched_tokens, max_num_seqs)?;
         Ok(EngineConfig {
             model: self.model.clone(),
             served_model_name: self.served_model_name.clone(),
@@ -209,10 +215,8 @@ impl ServeArgs {
             max_model_len: self.max_model_len,
             block_size: self.block_size.unwrap_or(defaults.block_size),
             kv_cache,
-            max_num_seqs: self.max_num_seqs.unwrap_or(defaults.max_num_seqs),
-            max_num_batched_tokens: self
-                .max_num_batched_tokens
-                .unwrap_or(defaults.max_num_batched_tokens),
+            max_num_seqs,
+            max_num_batched_tokens,
             max_waiting_requests: self
                 .max_waiting_requests
                 .unwrap_or(defaults.max_waiting_requests),
@@ -321,6 +325,27 @@ mod tests {
         assert_eq!(options.max_body_bytes, 32 << 20);
         assert_eq!(options.api_key, None);
         assert_eq!(options.limits, crate::limits::RequestLimits::default());
+    }
+
+    /// A budget below the running cap used to reach the engine thread and leave a listening
+    /// server whose model "failed to load" (and `profile-prefill --serve` waiting on it).
+    #[test]
+    fn a_step_budget_below_the_running_cap_is_a_start_up_error() {
+        let a = parse(&["metrum", "serve", "--max-num-batched-tokens", "32"]);
+        let err = a.engine_config().unwrap_err().to_string();
+        assert!(
+            err.contains("--max-num-batched-tokens (32) must be at least --max-num-seqs (64)"),
+            "{err}"
+        );
+        let a = parse(&[
+            "metrum",
+            "serve",
+            "--max-num-batched-tokens",
+            "32",
+            "--max-num-seqs",
+            "32",
+        ]);
+        assert_eq!(a.engine_config().unwrap().max_num_batched_tokens, 32);
     }
 
     #[test]
