@@ -17,7 +17,7 @@ use crate::vmath::LANES;
 
 /// Whether the f16 loops below serve a head dimension: P·V works in whole 64-lane chunks.
 pub(super) fn serves(head_dim: usize) -> bool {
-    head_dim % (4 * LANES) == 0
+    head_dim.is_multiple_of(4 * LANES)
 }
 
 /// `fast_attention::dot_avx2(a, widen(b))`, bit for bit.
@@ -56,7 +56,7 @@ pub(super) unsafe fn dot_f16(a: &[f32], b: &[f16]) -> f32 {
 pub(super) unsafe fn accumulate_rows_f16(acc: &mut [f32], weights: &[f32], rows: &[&[f16]]) {
     const CHUNK: usize = 4 * LANES;
     assert!(
-        acc.len() % CHUNK == 0,
+        acc.len().is_multiple_of(CHUNK),
         "accumulate_rows_f16: width {}",
         acc.len()
     );
