@@ -15,15 +15,7 @@ import json
 import os
 import sys
 
-
-def q(values, x):
-    if not values:
-        return float("nan")
-    v = sorted(values)
-    pos = x * (len(v) - 1)
-    lo = int(pos)
-    hi = min(lo + 1, len(v) - 1)
-    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
+from sched_table import q  # the one quantile rule of the result tables
 
 
 def metric(path, name):

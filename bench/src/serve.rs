@@ -164,15 +164,21 @@ print("serving", args, flush=True)
 server.serve_forever()
 "#;
 
-    #[tokio::test]
-    async fn serve_starts_the_executable_waits_for_health_and_stops_it_with_sigterm() {
+    /// A fresh directory holding [`FAKE_METRUM`] as an executable `fake-metrum`.
+    fn fake_metrum(case: &str) -> (std::path::PathBuf, std::path::PathBuf) {
         use std::os::unix::fs::PermissionsExt;
         let dir =
-            std::env::temp_dir().join(format!("metrum-bench-serve-ok-{}", std::process::id()));
+            std::env::temp_dir().join(format!("metrum-bench-serve-{case}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let exe = dir.join("fake-metrum");
         std::fs::write(&exe, FAKE_METRUM).unwrap();
         std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        (dir, exe)
+    }
+
+    #[tokio::test]
+    async fn serve_starts_the_executable_waits_for_health_and_stops_it_with_sigterm() {
+        let (dir, exe) = fake_metrum("ok");
         let http = reqwest::Client::new();
         let server =
             ServerProcess::start(&exe, "--model tiny", &dir, Duration::from_secs(30), &http)
@@ -197,13 +203,7 @@ server.serve_forever()
     /// ready: the wait ends at once with its reason instead of at the timeout.
     #[tokio::test]
     async fn a_server_that_reports_a_failed_load_is_an_error_at_once() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir =
-            std::env::temp_dir().join(format!("metrum-bench-serve-fail-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let exe = dir.join("fake-metrum");
-        std::fs::write(&exe, FAKE_METRUM).unwrap();
-        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (dir, exe) = fake_metrum("fail");
         let http = reqwest::Client::new();
         let started = std::time::Instant::now();
         let result =

@@ -41,11 +41,7 @@ pub(super) unsafe fn dot_f16(a: &[f32], b: &[f16]) -> f32 {
             hi = _mm256_add_ps(hi, _mm256_mul_ps(_mm256_loadu_ps(pa.add(8)), b_hi));
             i += LANES;
         }
-        let s8 = _mm256_add_ps(lo, hi);
-        let s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
-        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-        let s1 = _mm_add_ss(s2, _mm_movehdup_ps(s2));
-        _mm_cvtss_f32(s1) + tail
+        super::fast_attention::halving_sum(lo, hi) + tail
     }
 }
 

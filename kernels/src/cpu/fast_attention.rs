@@ -295,11 +295,25 @@ unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
             );
             i += LANES;
         }
+        halving_sum(lo, hi) + tail
+    }
+}
+
+/// `sum_lanes` of a 16-lane accumulator held as lanes 0-7 (`lo`) and 8-15 (`hi`): the same
+/// halving tree (8, 4, 2, 1), so every AVX2 score dot ends its sum in `dot`'s order.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(super) unsafe fn halving_sum(
+    lo: std::arch::x86_64::__m256,
+    hi: std::arch::x86_64::__m256,
+) -> f32 {
+    use std::arch::x86_64::*;
+    unsafe {
         let s8 = _mm256_add_ps(lo, hi);
         let s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
         let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
         let s1 = _mm_add_ss(s2, _mm_movehdup_ps(s2));
-        _mm_cvtss_f32(s1) + tail
+        _mm_cvtss_f32(s1)
     }
 }
 
