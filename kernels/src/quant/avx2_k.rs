@@ -46,6 +46,14 @@ unsafe fn hsum128(s: __m128) -> f32 {
     }
 }
 
+/// `scale · d_x` in every lane, `d_x` (a token's super-block scale) broadcast straight from
+/// memory: a load, where `_mm256_set1_ps(scale * d_x)` cost a scalar multiply and a register
+/// broadcast on the vector pipes per token and super-block. The same product, so the same bits.
+#[inline(always)]
+unsafe fn times_act_scale(scale: __m256, d_x: &f32) -> __m256 {
+    unsafe { _mm256_mul_ps(scale, _mm256_broadcast_ss(d_x)) }
+}
+
 /// `vpshufb` controls: entry `i` broadcasts i16 word `i` of each 128-bit lane to all 8 of its
 /// words. A table, not `_mm256_setr_epi8` with a loop index: the compiler built that vector
 /// with 32 `vpinsrb` per use, a quarter of the kernel's time (perf, 2026-12-05).
@@ -131,8 +139,8 @@ pub(crate) unsafe fn q45k_row<const C: usize, const Q5: bool>(
         let mut acc = [_mm256_setzero_ps(); C];
         let m4 = _mm256_set1_epi8(0x0F);
         for (s, b) in row.chunks_exact(bb).enumerate() {
-            let d = f16_to_f32(b, 0);
-            let dmin = f16_to_f32(b, 2);
+            let d_w = _mm256_set1_ps(f16_to_f32(b, 0));
+            let neg_dmin = _mm256_set1_ps(-f16_to_f32(b, 2));
             let scales_mins = _mm256_cvtepu8_epi16(scales_and_mins(b));
             let mins = _mm256_extracti128_si256(scales_mins, 1);
             let scales = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(scales_mins));
@@ -140,7 +148,7 @@ pub(crate) unsafe fn q45k_row<const C: usize, const Q5: bool>(
             for c in 0..C {
                 let bsums = _mm_loadu_si128(acts[c].bsums32.as_ptr().add(s * 8).cast());
                 let prod = _mm_cvtepi32_ps(_mm_madd_epi16(mins, bsums));
-                let dm = _mm256_set1_ps(-dmin * *acts[c].d.get_unchecked(s));
+                let dm = times_act_scale(neg_dmin, acts[c].d.get_unchecked(s));
                 acc[c] = _mm256_fmadd_ps(dm, _mm256_zextps128_ps256(prod), acc[c]);
             }
             let (qh, qs) = if Q5 {
@@ -169,7 +177,7 @@ pub(crate) unsafe fn q45k_row<const C: usize, const Q5: bool>(
                 }
             }
             for c in 0..C {
-                let dd = _mm256_set1_ps(d * *acts[c].d.get_unchecked(s));
+                let dd = times_act_scale(d_w, acts[c].d.get_unchecked(s));
                 acc[c] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(sumi[c]), acc[c]);
             }
         }
@@ -197,8 +205,8 @@ pub(crate) unsafe fn q4k_grouped_row<const C: usize>(
         let mut acc = [_mm256_setzero_ps(); C];
         let m4 = _mm256_set1_epi8(0x0F);
         for (s, b) in row.chunks_exact(144).enumerate() {
-            let d = f16_to_f32(b, 0);
-            let dmin = f16_to_f32(b, 2);
+            let d_w = _mm256_set1_ps(f16_to_f32(b, 0));
+            let neg_dmin = _mm256_set1_ps(-f16_to_f32(b, 2));
             let scales_mins = scales_and_mins(b);
             let mins = _mm256_extracti128_si256(_mm256_cvtepu8_epi16(scales_mins), 1);
             // Lane j: sub-block j's scale in both of its 16-bit words.
@@ -206,7 +214,7 @@ pub(crate) unsafe fn q4k_grouped_row<const C: usize>(
             for c in 0..C {
                 let bsums = _mm_loadu_si128(acts[c].bsums32.as_ptr().add(s * 8).cast());
                 let prod = _mm_cvtepi32_ps(_mm_madd_epi16(mins, bsums));
-                let dm = _mm256_set1_ps(-dmin * *acts[c].d.get_unchecked(s));
+                let dm = times_act_scale(neg_dmin, acts[c].d.get_unchecked(s));
                 acc[c] = _mm256_fmadd_ps(dm, _mm256_zextps128_ps256(prod), acc[c]);
             }
             let qs = b.as_ptr().add(16);
@@ -228,7 +236,7 @@ pub(crate) unsafe fn q4k_grouped_row<const C: usize>(
             }
             for c in 0..C {
                 let sumi = _mm256_madd_epi16(sums[c], scales);
-                let dd = _mm256_set1_ps(d * *acts[c].d.get_unchecked(s));
+                let dd = times_act_scale(d_w, acts[c].d.get_unchecked(s));
                 acc[c] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(sumi), acc[c]);
             }
         }
@@ -246,7 +254,7 @@ pub(crate) unsafe fn q6k_row<const C: usize>(row: &[u8], acts: &[KActRow; C], ou
         let m4 = _mm256_set1_epi8(0x0F);
         let m2 = _mm256_set1_epi8(0x30);
         for (s, b) in row.chunks_exact(210).enumerate() {
-            let d = f16_to_f32(b, 208);
+            let d_w = _mm256_set1_ps(f16_to_f32(b, 208));
             let sc8 = _mm_loadu_si128(b.as_ptr().add(192).cast());
             // −32 · Σ sc · bsum16 starts every token's integer sum.
             let sc16 = _mm256_cvtepi8_epi16(sc8);
@@ -295,7 +303,7 @@ pub(crate) unsafe fn q6k_row<const C: usize>(row: &[u8], acts: &[KActRow; C], ou
                 }
             }
             for c in 0..C {
-                let dd = _mm256_set1_ps(d * *acts[c].d.get_unchecked(s));
+                let dd = times_act_scale(d_w, acts[c].d.get_unchecked(s));
                 acc[c] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(sumi[c]), acc[c]);
             }
         }
